@@ -1,0 +1,1 @@
+"""The node agent: spawns task processes on one node, bound to their cores, and reports exits."""

@@ -1,0 +1,404 @@
+"""Process launcher: `posix_spawn` + pidfd, driven by an asyncio loop.
+
+Used in-process for local runs and inside the node agent. The hot path is a
+handful of system calls on top of the spawn itself:
+
+* the executable is resolved here against the PATH of the *task's*
+  environment (``posix_spawnp`` would use the PATH of this process), with a
+  cache keyed by ``(name, PATH, cwd)`` (cwd only matters for relative PATH
+  entries);
+* the working directory is set with ``os.chdir()`` before the spawn and
+  restored afterwards, because ``os.posix_spawn`` in Python 3.11 has no chdir
+  file action. **Consequence: spawn() must always be called from one thread
+  (the loop's thread), and other threads of the process must not rely on the
+  current directory.**
+* CPU binding: the calling thread's affinity is set with
+  ``os.sched_setaffinity(0, cpus)`` just before the spawn and restored after —
+  the child inherits the mask. No ``taskset``, no ``preexec_fn`` (which would
+  force the slow fork path). CPUs that do not exist here (virtual nodes with
+  more CPUs than the machine) are dropped; the effective set is logged and
+  returned in ``ProcessExit.cpus`` and ``ProcessSpawner.last_effective_cpus``.
+* streams are opened in the child with ``POSIX_SPAWN_OPEN`` file actions, so
+  the parent never holds a descriptor for them. stdout/stderr are truncated
+  (the original opens them with mode ``"w"``); the same path for both gives
+  one shared open file description (``POSIX_SPAWN_DUP2``).
+* every child gets its own process group (``setgroup=0``) so cancel and
+  walltime signal the whole tree the task started.
+* exits are detected with ``os.pidfd_open`` + ``loop.add_reader``; the child
+  is reaped with ``os.wait4(pid, WNOHANG)``. No polling, no threads.
+
+The exit code follows `subprocess`: the exit status, or the negative signal
+number when the process was killed by a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+_log = logging.getLogger(__name__)
+
+_DEVNULL = os.devnull
+_OPEN = os.POSIX_SPAWN_OPEN
+_DUP2 = os.POSIX_SPAWN_DUP2
+_RD = os.O_RDONLY
+_WR = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+# Python ignores SIGPIPE and SIGXFSZ; ignored dispositions survive exec, so
+# reset them in the child (what subprocess does with restore_signals=True).
+_SIGDEF = tuple(s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if s)
+
+
+@dataclass(slots=True)
+class ProcessSpec:
+    argv: list[str]
+    env: dict[str, str]                 # the complete environment of the child
+    cwd: str                            # absolute; created with parents if missing
+    stdin: str | None = None            # absolute paths; None -> /dev/null
+    stdout: str | None = None
+    stderr: str | None = None
+    cpus: list[int] | None = None       # CPU affinity; None = no binding
+    walltime: float | None = None       # seconds
+
+
+@dataclass(slots=True)
+class ProcessExit:
+    exit_code: int | None               # status, -signal, or None when never started / lost
+    reason: str | None                  # why it failed or was killed; None on a plain exit
+    started_at: float
+    finished_at: float
+    pid: int | None
+    killed: str | None                  # None, "walltime" or "canceled"
+    cpus: list[int] | None = None       # effective CPU binding (None = not bound)
+    rusage: Any = None                  # os.wait4 resource usage, when reaped
+
+
+class _Proc:
+    __slots__ = ("key", "pid", "pidfd", "on_exit", "started_at", "killed", "reason",
+                 "wt_handle", "kill_handle", "cpus")
+
+    def __init__(self, key, pid, pidfd, on_exit, started_at, cpus):
+        self.key = key
+        self.pid = pid
+        self.pidfd = pidfd
+        self.on_exit = on_exit
+        self.started_at = started_at
+        self.killed: str | None = None
+        self.reason: str | None = None
+        self.wt_handle: asyncio.TimerHandle | None = None
+        self.kill_handle: asyncio.TimerHandle | None = None
+        self.cpus = cpus
+
+
+def _err_text(exc: OSError) -> str:
+    if exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc)
+
+
+def _is_exe(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
+
+
+class ProcessSpawner:
+    """Starts processes and reports their exits through callbacks on `loop`."""
+
+    _EXE_CACHE_MAX = 4096
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0) -> None:
+        self._loop = loop
+        self._kill_grace = kill_grace
+        self._procs: dict[Hashable, _Proc] = {}
+        self._exe_cache: dict[tuple, str] = {}
+        try:
+            self._base_cpus: frozenset[int] | None = frozenset(os.sched_getaffinity(0))
+        except (AttributeError, OSError):   # pragma: no cover - non-Linux
+            self._base_cpus = None
+        self._cpu_cache: dict[tuple[int, ...], frozenset[int] | None] = {}
+        self._idle: asyncio.Future | None = None
+        self._devnull: int | None = None
+        self.last_effective_cpus: list[int] | None = None
+
+    # ------------------------------------------------------------------ api
+    @property
+    def running(self) -> int:
+        return len(self._procs)
+
+    @property
+    def available_cpus(self) -> list[int] | None:
+        """CPUs this process may use (what binding is clamped to)."""
+        return sorted(self._base_cpus) if self._base_cpus is not None else None
+
+    def spawn(self, key: Hashable, spec: ProcessSpec,
+              on_exit: Callable[[Hashable, ProcessExit], None]) -> int | None:
+        """Start `spec`; returns the pid, or None when it could not start.
+
+        On failure `on_exit` is still called (soon, from the loop) with
+        ``exit_code=None`` and a reason naming what failed.
+        """
+        if key in self._procs:
+            raise ValueError(f"process key {key!r} is already running")
+        started = time.time()
+        argv = spec.argv
+        self.last_effective_cpus = None
+        if not argv:
+            return self._fail(key, on_exit, started, "cannot start task: empty command line")
+        fa = self._file_actions(spec)
+
+        name = argv[0]
+        cwd = spec.cwd
+        env = spec.env
+        try:
+            exe = self._resolve(name, env.get("PATH", os.defpath), cwd)
+        except OSError as exc:
+            return self._fail(key, on_exit, started, f"cannot start {name!r}: {_err_text(exc)}")
+
+        # --- affinity
+        cpus = None
+        if spec.cpus is not None:
+            cpus = self._effective_cpus(spec.cpus)
+
+        # --- cwd
+        prev_cwd = os.getcwd()
+        try:
+            os.chdir(cwd)
+        except FileNotFoundError:
+            try:
+                os.makedirs(cwd, exist_ok=True)
+                os.chdir(cwd)
+            except OSError as exc:
+                return self._fail(key, on_exit, started,
+                                  f"cannot create working directory {cwd!r}: {_err_text(exc)}")
+        except OSError as exc:
+            return self._fail(key, on_exit, started,
+                              f"cannot enter working directory {cwd!r}: {_err_text(exc)}")
+        try:
+            bind = cpus is not None and cpus is not self._base_cpus
+            if bind:
+                os.sched_setaffinity(0, cpus)
+            try:
+                pid = os.posix_spawn(exe, argv, env, file_actions=fa, setpgroup=0,
+                                     setsigdef=_SIGDEF, setsigmask=())
+            finally:
+                if bind:
+                    os.sched_setaffinity(0, self._base_cpus)
+        except OSError as exc:
+            reason = self._diagnose(spec, exe, exc)
+            if exc.errno == errno.ENOENT:
+                self._forget(name)
+            return self._fail(key, on_exit, started, reason)
+        finally:
+            try:
+                os.chdir(prev_cwd)
+            except OSError:  # pragma: no cover - our own cwd vanished
+                _log.warning("cannot return to directory %s", prev_cwd)
+
+        eff = sorted(cpus) if cpus is not None else None
+        self.last_effective_cpus = eff
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # pragma: no cover - kernel without pidfd
+            _log.error("pidfd_open(%d) failed: %s", pid, exc)
+            raise
+        proc = _Proc(key, pid, pidfd, on_exit, started, eff)
+        self._procs[key] = proc
+        self._loop.add_reader(pidfd, self._reap, proc)
+        if spec.walltime is not None and spec.walltime > 0:
+            proc.wt_handle = self._loop.call_later(spec.walltime, self._walltime, proc, spec.walltime)
+        return pid
+
+    def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
+        """SIGTERM the process group of `key`, SIGKILL after the grace time."""
+        proc = self._procs.get(key)
+        if proc is None:
+            return False
+        if proc.killed is None:
+            proc.killed = "canceled"
+            proc.reason = reason
+        self._terminate(proc)
+        return True
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """TERM then KILL everything still running; wait (bounded) for the exits.
+
+        Also closes the spawner's own /dev/null descriptor (reopened if spawn()
+        is called again).
+        """
+        try:
+            await self._shutdown(timeout)
+        finally:
+            if self._devnull is not None:
+                os.close(self._devnull)
+                self._devnull = None
+
+    async def _shutdown(self, timeout: float) -> None:
+        if not self._procs:
+            return
+        for proc in list(self._procs.values()):
+            if proc.killed is None:
+                proc.killed = "canceled"
+                proc.reason = "shutdown"
+            self._terminate(proc, grace=min(self._kill_grace, timeout / 2))
+        if self._idle is None or self._idle.done():
+            self._idle = self._loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        except asyncio.TimeoutError:
+            left = [p.pid for p in self._procs.values()]
+            _log.error("shutdown: %d process(es) did not exit in %.1fs: %s", len(left), timeout, left)
+            for proc in list(self._procs.values()):
+                self._signal(proc, signal.SIGKILL)
+
+    # ------------------------------------------------------------ internals
+    def _fail(self, key, on_exit, started, reason):
+        _log.warning("spawn of %r failed: %s", key, reason)
+        ev = ProcessExit(None, reason, started, time.time(), None, None)
+        self._loop.call_soon(self._call, on_exit, key, ev)
+        return None
+
+    @staticmethod
+    def _call(cb, key, ev):
+        try:
+            cb(key, ev)
+        except Exception:  # a broken callback must not break the spawner
+            _log.exception("on_exit callback for %r failed", key)
+
+    def _file_actions(self, spec: ProcessSpec) -> list[tuple]:
+        # /dev/null comes from one descriptor kept open here (O_CLOEXEC; dup2
+        # clears the flag on the child's copy): cheaper than three opens in
+        # the child while the parent is suspended in vfork.
+        dn = self._devnull
+        if dn is None:
+            dn = self._devnull = os.open(_DEVNULL, os.O_RDWR | os.O_CLOEXEC)
+        out, err = spec.stdout, spec.stderr
+        fa: list[tuple] = [(_OPEN, 0, spec.stdin, _RD, 0) if spec.stdin else (_DUP2, dn, 0)]
+        fa.append((_OPEN, 1, out, _WR, 0o666) if out else (_DUP2, dn, 1))
+        if err and err == out:
+            fa.append((_DUP2, 1, 2))
+        else:
+            fa.append((_OPEN, 2, err, _WR, 0o666) if err else (_DUP2, dn, 2))
+        return fa
+
+    def _resolve(self, name: str, path: str, cwd: str) -> str:
+        if "/" in name:
+            return name              # relative to cwd: we chdir() there before spawning
+        relative = any(not d or not d.startswith("/") for d in path.split(":"))
+        ck = (name, path, cwd) if relative else (name, path)
+        exe = self._exe_cache.get(ck)
+        if exe is not None:
+            return exe
+        for d in path.split(":"):
+            d = d or "."
+            cand = os.path.join(d if d.startswith("/") else os.path.join(cwd, d), name)
+            if _is_exe(cand):
+                if len(self._exe_cache) >= self._EXE_CACHE_MAX:
+                    self._exe_cache.clear()
+                self._exe_cache[ck] = cand
+                return cand
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+    def _forget(self, name: str) -> None:
+        for ck in [k for k in self._exe_cache if k[0] == name]:
+            del self._exe_cache[ck]
+
+    def _effective_cpus(self, wanted: list[int]) -> frozenset[int] | None:
+        tk = tuple(wanted)
+        if tk in self._cpu_cache:
+            return self._cpu_cache[tk]
+        req = frozenset(wanted)
+        base = self._base_cpus
+        if base is None:
+            eff = None
+        else:
+            eff = req & base
+            if not eff:
+                _log.warning("none of the requested CPUs %s exist here (available %s): not binding",
+                             sorted(req), sorted(base))
+                eff = None
+            elif eff != req:
+                _log.warning("requested CPUs %s not all available here: binding to %s",
+                             sorted(req), sorted(eff))
+            if eff == base:
+                eff = base          # identity: no affinity change needed at spawn
+        if len(self._cpu_cache) < 4096:
+            self._cpu_cache[tk] = eff
+        return eff
+
+    def _diagnose(self, spec: ProcessSpec, exe: str, exc: OSError) -> str:
+        """Explain a failed posix_spawn (slow path only)."""
+        for label, p, write in (("stdin", spec.stdin, False), ("stdout", spec.stdout, True),
+                                ("stderr", spec.stderr, True)):
+            if not p:
+                continue
+            try:
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND if write else os.O_RDONLY, 0o666)
+                os.close(fd)
+            except OSError as e:
+                return f"cannot open {label} {p!r}: {_err_text(e)}"
+        return f"cannot start {spec.argv[0]!r}: {_err_text(exc)}"
+
+    def _signal(self, proc: _Proc, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            # the group may be gone while the leader (a zombie we still hold) is not
+            try:
+                signal.pidfd_send_signal(proc.pidfd, sig)
+            except OSError:
+                pass
+
+    def _terminate(self, proc: _Proc, grace: float | None = None) -> None:
+        self._signal(proc, signal.SIGTERM)
+        if proc.kill_handle is None:
+            proc.kill_handle = self._loop.call_later(
+                self._kill_grace if grace is None else grace, self._kill, proc)
+
+    def _kill(self, proc: _Proc) -> None:
+        proc.kill_handle = None
+        if self._procs.get(proc.key) is proc:
+            self._signal(proc, signal.SIGKILL)
+
+    def _walltime(self, proc: _Proc, wt: float) -> None:
+        proc.wt_handle = None
+        if self._procs.get(proc.key) is not proc or proc.killed is not None:
+            return
+        proc.killed = "walltime"
+        proc.reason = f"walltime exceeded ({wt:g}s)"
+        self._terminate(proc)
+
+    def _reap(self, proc: _Proc) -> None:
+        try:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status, ru = proc.pid, None, None
+        if pid == 0:        # spurious wake-up
+            return
+        self._loop.remove_reader(proc.pidfd)
+        os.close(proc.pidfd)
+        if proc.wt_handle is not None:
+            proc.wt_handle.cancel()
+        if proc.kill_handle is not None:
+            proc.kill_handle.cancel()
+        del self._procs[proc.key]
+        if status is None:
+            code, reason = None, "exit status lost (reaped by someone else)"
+        else:
+            code = os.waitstatus_to_exitcode(status)
+            reason = proc.reason
+        ev = ProcessExit(code, reason, proc.started_at, time.time(), proc.pid, proc.killed,
+                         proc.cpus, ru)
+        self._call(proc.on_exit, proc.key, ev)
+        if not self._procs and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)

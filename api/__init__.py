@@ -1,0 +1,1 @@
+"""Public client side of the pilot-job manager: job model, errors, protocol, client API."""

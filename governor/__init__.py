@@ -1,0 +1,1 @@
+"""The governor: requests, job registry, dependencies, dispatch, journal, reports, CLI."""

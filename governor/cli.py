@@ -1,0 +1,101 @@
+"""Command line of `qcg-gov`, `qcg-pm-service` and `python -m qcg.pilotjob.service`.
+
+The options and their spellings are the reference's, so existing job
+scripts keep working. Options of features that this build does not provide
+yet are accepted by the parser and refused with one clear line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from qcg.pilotjob.governor.logs import LEVELS
+from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
+
+# options of later stages: (option name, what provides it)
+_NOT_YET = {
+    "net": "--net", "net_port": "--net-port", "net_pub_port": "--net-pub-port",
+    "net_port_min": "--net-port-min", "net_port_max": "--net-port-max",
+    "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
+    "slurm_limit_nodes_range_begin": "--slurm-limit-nodes-range-begin",
+    "slurm_limit_nodes_range_end": "--slurm-limit-nodes-range-end",
+    "slurm_resources_file": "--slurm-resources-file",
+}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--net", is_flag=True, help="enable the network (ZMQ) interface")
+@click.option("--net-port", type=int, help="port of the network interface (implies --net)")
+@click.option("--net-pub-port", type=int, help="port publishing events (implies --net)")
+@click.option("--net-port-min", type=int, help="lowest port to try (implies --net)")
+@click.option("--net-port-max", type=int, help="highest port to try (implies --net)")
+@click.option("--file", "file_flag", is_flag=True, help="enable the file interface")
+@click.option("--file-path", help="path of the request file (implies --file)")
+@click.option("--wd", default=".", show_default=True, help="working directory of the service")
+@click.option("--envschema", type=click.Choice(["auto", "slurm"]), default="auto", show_default=True,
+              help="job environment schema")
+@click.option("--resources", type=click.Choice(["auto", "slurm", "local"]), default="auto", show_default=True,
+              help="source of the resources description")
+@click.option("--report-format", type=click.Choice(["json", "text", "none"]), default="json", show_default=True,
+              help="format of the job report file")
+@click.option("--report-file", default="jobs.report", show_default=True, help="name of the job report file")
+@click.option("--nodes", help='available resources: "[name:]cores,..." (implies --resources local)')
+@click.option("--log", "log_level", type=click.Choice(list(LEVELS)), default="info", show_default=True,
+              help="log level")
+@click.option("--system-core", is_flag=True, help="reserve one core for the service")
+@click.option("--disable-nl", is_flag=True, help="launch every task with srun instead of node agents")
+@click.option("--show-progress", is_flag=True, help="show a progress bar of finished tasks")
+@click.option("--governor", is_flag=True, help="run as a governor of partition managers")
+@click.option("--parent", help="address of the governor this manager attaches to")
+@click.option("--id", "instance_id", help="identifier of this manager (default: host.random)")
+@click.option("--tags", help="comma separated tags of this manager")
+@click.option("--slurm-partition-nodes", type=int, help="split the allocation into partitions of N nodes")
+@click.option("--slurm-limit-nodes-range-begin", type=int, help="first node of the allocation to use")
+@click.option("--slurm-limit-nodes-range-end", type=int, help="node after the last one to use")
+@click.option("--slurm-resources-file", help="file describing the Slurm resources")
+@click.option("--resume", help="working or aux directory of an interrupted run to finish")
+@click.option("--enable-proc-stats", is_flag=True, help="gather statistics of launched processes")
+@click.option("--enable-rt-stats", is_flag=True, help="gather exact start and stop times of processes")
+@click.option("--wrapper-rt-stats", help="path of the runtime statistics wrapper")
+@click.option("--nl-init-timeout", type=float, default=600, show_default=True,
+              help="seconds to wait for node agents")
+@click.option("--nl-ready-threshold", "--nl-ready-treshold", "nl_ready_threshold", type=float, default=1.0,
+              show_default=True, help="fraction (0.0-1.0) of node agents that must be ready")
+@click.option("--disable-pub", is_flag=True, help="disable the event publisher")
+@click.option("--nl-start-method", type=click.Choice(["slurm", "ssh", "local"]), default="slurm",
+              show_default=True, help="how node agents are started")
+def cli(**opts: object) -> None:
+    """Pilot-job manager: runs many tasks inside one allocation (QCG-PilotJob compatible)."""
+    for key, flag in _NOT_YET.items():
+        if opts.get(key):
+            click.echo(f"Error: {flag} is not available in this build yet (flat local mode only)", err=True)
+            sys.exit(EXIT_START_FAILED)
+    if opts["file_flag"] and not opts["file_path"]:
+        click.echo("Error: --file needs --file-path", err=True)
+        sys.exit(EXIT_START_FAILED)
+    if not opts["file_path"] and not opts["resume"]:
+        click.echo("Error: no interface enabled: give --file-path (or --resume)", err=True)
+        sys.exit(EXIT_START_FAILED)
+    threshold = opts["nl_ready_threshold"]
+    if not 0.0 <= threshold <= 1.0:  # type: ignore[operator]
+        click.echo("Error: --nl-ready-threshold must be between 0.0 and 1.0", err=True)
+        sys.exit(EXIT_START_FAILED)
+    tags = [t.strip() for t in str(opts["tags"] or "").split(",") if t.strip()]
+    config = ServiceConfig(
+        wd=str(opts["wd"]), file_path=opts["file_path"], envschema=str(opts["envschema"]),  # type: ignore[arg-type]
+        resources=str(opts["resources"]), report_format=str(opts["report_format"]),
+        report_file=str(opts["report_file"]), nodes=opts["nodes"], log_level=str(opts["log_level"]),  # type: ignore[arg-type]
+        system_core=bool(opts["system_core"]), show_progress=bool(opts["show_progress"]),
+        id=opts["instance_id"], tags=tags, resume=opts["resume"],  # type: ignore[arg-type]
+    )
+    sys.exit(run(config))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="qcg-gov", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The request file of `--file-path`: a JSON list of requests, read before anything starts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class RequestFileError(Exception):
+    """The file cannot be used; the message says which file and why."""
+
+
+def load_requests(path: str) -> list[Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise RequestFileError(f"request file '{path}': cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RequestFileError(f"request file '{path}': not UTF-8 text ({exc.reason})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestFileError(f"request file '{path}': malformed JSON at line {exc.lineno} column {exc.colno}: "
+                               f"{exc.msg}") from None
+    if isinstance(data, dict) and "request" in data:
+        data = [data]
+    if not isinstance(data, list):
+        raise RequestFileError(f"request file '{path}': must hold a JSON list of requests, "
+                               f"got {type(data).__name__}")
+    return data

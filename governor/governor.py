@@ -1,0 +1,508 @@
+"""The governor core: accepts jobs, tracks their states, releases dependants, dispatches tasks.
+
+It talks to its partition through four calls (`submit`, `cancel`,
+`never_fits`, `queue_limit`) and hears back through `task_started` and
+`task_finished`; in flat mode those are plain method calls. Everything per
+event is O(1) plus O(dependants): a heap of runnable jobs keyed by
+submission order, an index of waiters per target, and a cursor per
+iterative job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import deque
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Iterable, Protocol
+
+import structlog
+
+from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from qcg.pilotjob.governor.dependencies import WaiterIndex, check_submission, resolve_template, split_dependencies
+from qcg.pilotjob.governor.registry import (
+    IterationRecord, JobRecord, Registry, execution_fields_with_placeholders, split_task_name,
+)
+from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, JobState
+from qcg.pilotjob.governor.tasks import make_task, request_variables
+from qcg.pilotjob.partition.iter_schedulers import iteration_request
+from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec, TaskStarted
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.api.jobdesc import JobDescription
+
+log = structlog.get_logger("governor")
+
+
+class PartitionPort(Protocol):
+    """What the governor needs from a partition (in-process object or remote proxy)."""
+
+    queue_limit: int
+
+    def submit(self, tasks: list[TaskSpec]) -> None: ...
+    def cancel(self, task_ids: list[str]) -> None: ...
+    def never_fits(self, request: ResourceRequest) -> str | None: ...
+    def totals(self) -> tuple[int, int, int]: ...  # total cores, total nodes, cores per node
+
+
+class GovernorListener:
+    """Hooks for reports, journal, progress and event publishing; all optional."""
+
+    def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"]) -> None: ...
+    def state_changed(self, job: JobRecord, iteration: int | None, state: JobState) -> None: ...
+    def task_final(self, job: JobRecord, iteration: int | None, record: IterationRecord) -> None: ...
+    def job_final(self, job: JobRecord) -> None: ...
+    def removed(self, names: list[str]) -> None: ...
+
+
+class Governor:
+    def __init__(self, loop: asyncio.AbstractEventLoop, partition: PartitionPort,
+                 listeners: Iterable[GovernorListener] = ()) -> None:
+        self.loop = loop
+        self.partition = partition
+        self.listeners = list(listeners)
+        self.registry = Registry()
+        self.waiters = WaiterIndex()
+        self.inflight: dict[str, tuple[JobRecord, int | None]] = {}
+        self._runnable: list[tuple[int, int, JobRecord]] = []
+        self._in_heap: set[str] = set()
+        self._dispatch_pending = False
+        self._finals: deque[tuple[str, int | None, JobState, str]] = deque()
+        self._propagating = False
+        self.unfinished = 0                 # jobs not yet in a final state
+        self.rcnt = 0
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, descs: list["JobDescription"], *, rcnt: int | None = None, when: datetime | None = None,
+               done: dict[str, dict[int | None, JobState]] | None = None) -> list[str]:
+        """Register a batch atomically; raise InvalidJobDescriptionError naming every problem.
+
+        `done` (from --resume) gives the final states already reached, per
+        job and iteration (None for a plain job).
+        """
+        problems = [f"job '{d.name}': field 'name': a job with this name already exists"
+                    for d in descs if d.name in self.registry]
+        if not problems:
+            problems = check_submission(descs, lambda n: (j.desc if (j := self.registry.get(n)) else None))
+        requests: dict[str, ResourceRequest] = {}
+        for desc in descs:
+            try:
+                req = self.request_of(desc, 0)
+                reason = self.partition.never_fits(req)
+            except ValueError as exc:
+                reason = str(exc)
+            if reason:
+                problems.append(f"job '{desc.name}': field 'resources': {reason}")
+            else:
+                requests[desc.name] = req
+        if problems:
+            raise InvalidJobDescriptionError(problems)
+        if rcnt is None:
+            self.rcnt += 1
+            rcnt = self.rcnt
+        else:
+            self.rcnt = max(self.rcnt, rcnt)
+        when = when or datetime.now()
+        for lst in self.listeners:
+            lst.submitted(rcnt, when, descs)
+        base = request_variables(rcnt, when)
+        jobs = [self._create(desc, rcnt, when, base, requests[desc.name], (done or {}).get(desc.name))
+                for desc in descs]
+        for job in jobs:
+            self._register_dependencies(job)
+        self._propagate()
+        self._request_dispatch()
+        return [j.name for j in jobs]
+
+    def request_of(self, desc: "JobDescription", position: int) -> ResourceRequest:
+        """Resources of one task; iteration schedulers give each iteration its own size."""
+        res = desc.resources
+        total_cores, total_nodes, per_node = self.partition.totals()
+        return iteration_request(res.num_cores, res.num_nodes, len(desc.iteration) if desc.iteration else 1,
+                                 total_cores, total_nodes, per_node, index=position)
+
+    def _create(self, desc: "JobDescription", rcnt: int, when: datetime, base: dict, request: ResourceRequest,
+                done: dict[int | None, JobState] | None) -> JobRecord:
+        ts = when.timestamp()
+        job = JobRecord(desc=desc, seq=self.registry.next_seq(), rcnt=rcnt, submitted_at=when,
+                        record=IterationRecord(JobState.QUEUED, ts))
+        if desc.iteration is not None:
+            job.indices = desc.iteration.indices()
+        deps = split_dependencies(desc)
+        job.per_iteration_deps = deps.templated
+        job.exec_templated = execution_fields_with_placeholders(desc.execution)
+        job.base_vars = dict(base, jname=desc.name)
+        self.registry.add(job)
+        self.unfinished += 1
+        job.request = request
+        res = desc.resources
+        job.sized_per_iteration = any(size is not None and size.scheduler is not None
+                                      for size in (res.num_cores, res.num_nodes))
+        if done:
+            self._restore(job, done)
+        return job
+
+    def _restore(self, job: JobRecord, done: dict[int | None, JobState]) -> None:
+        if not job.iterative:
+            state = done.get(None)
+            if state is not None:
+                self._finish_job(job, state, notify=False)
+            return
+        for it, state in done.items():
+            if it is None:
+                continue
+            job.done_before[it] = state
+            job.count_final(state)
+        if job.finished_count >= job.total:
+            self._finish_job(job, job.final_state_from_iterations(), notify=False)
+        elif None in done:
+            self._finish_job(job, done[None], notify=False)
+
+    def _register_dependencies(self, job: JobRecord) -> None:
+        if job.is_final:
+            return
+        for name, it in split_dependencies(job.desc).static:
+            state = self._target_state(name, it)
+            if state is JobState.SUCCEED:
+                continue
+            if state in BLOCKING_STATES:
+                self._omit(job, None, f"dependency '{name}' ended {state.value}")
+                return
+            job.waiting_for += 1
+            self.waiters.add((name, it), (job, None))
+        if job.waiting_for == 0:
+            self._make_runnable(job)
+
+    def _target_state(self, name: str, it: int | None) -> JobState | None:
+        job = self.registry.get(name)
+        if job is None:
+            return None
+        if it is None:
+            return job.state
+        return job.iteration_state(it)
+
+    # ---------------------------------------------------------------- dispatch
+    def _make_runnable(self, job: JobRecord) -> None:
+        if job.name not in self._in_heap and not job.is_final:
+            self._in_heap.add(job.name)
+            heapq.heappush(self._runnable, (job.seq, id(job), job))
+            self._request_dispatch()
+
+    def _request_dispatch(self) -> None:
+        if not self._dispatch_pending and self._runnable:
+            self._dispatch_pending = True
+            self.loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_pending = False
+        room = self.partition.queue_limit - len(self.inflight)
+        heap = self._runnable
+        batch: list[TaskSpec] = []
+        while room > 0 and heap:
+            job = heap[0][2]
+            spec = None if (job.is_final or job.canceled or self.registry.get(job.name) is not job) \
+                else self._next_task(job)
+            if spec is None:
+                heapq.heappop(heap)
+                self._in_heap.discard(job.name)
+                continue
+            batch.append(spec)
+            room -= 1
+        if batch:
+            self.partition.submit(batch)
+        self._propagate()
+
+    def _next_task(self, job: JobRecord) -> TaskSpec | None:
+        if not job.iterative:
+            if job.task_id(None) in self.inflight or job.record.state is not JobState.QUEUED:
+                return None
+            self.inflight[job.name] = (job, None)
+            assert job.request is not None
+            return make_task(job, None, job.request)
+        while True:
+            it = job.next_iteration()
+            if it is None:
+                return None
+            if job.per_iteration_deps and not self._iteration_deps_met(job, it):
+                continue
+            job.its[it] = IterationRecord(JobState.QUEUED, record=False)
+            tid = job.task_id(it)
+            self.inflight[tid] = (job, it)
+            assert job.request is not None and job.indices is not None
+            request = self.request_of(job.desc, it - job.indices.start) if job.sized_per_iteration \
+                else job.request
+            return make_task(job, it, request)
+
+    def _iteration_deps_met(self, job: JobRecord, it: int) -> bool:
+        assert job.desc.iteration is not None
+        values = job.desc.iteration.substitutions(it)
+        unmet = 0
+        for template in job.per_iteration_deps:
+            name, dep_it = resolve_template(template, it, values)
+            state = self._target_state(name, dep_it)
+            if state is JobState.SUCCEED:
+                continue
+            if state is None or state in BLOCKING_STATES:
+                why = f"dependency '{name if dep_it is None else f'{name}:{dep_it}'}' " + \
+                      ("does not exist" if state is None else f"ended {state.value}")
+                self._omit(job, it, why)
+                return False
+            unmet += 1
+            self.waiters.add((name, dep_it), (job, it))
+        if unmet:
+            job.parked[it] = unmet
+            return False
+        return True
+
+    # ------------------------------------------------------------ task events
+    def task_started(self, ev: TaskStarted) -> None:
+        entry = self.inflight.get(ev.task_id)
+        if entry is None:
+            log.debug("start of unknown task", task=ev.task_id)
+            return
+        job, it = entry
+        rec = job.record if it is None else job.its[it]
+        rec.runtime["allocation"] = ev.allocation.describe()
+        rec.runtime["wd"] = ev.wd
+        rec.set_state(JobState.SCHEDULED, ev.scheduled_at)
+        rec.set_state(JobState.EXECUTING, ev.started_at)
+        if it is not None:
+            job.executing_count += 1
+            if job.record.state is JobState.QUEUED:
+                job.record.set_state(JobState.EXECUTING, ev.started_at)
+                self._notify_state(job, None, JobState.EXECUTING)
+        self._notify_state(job, it, JobState.EXECUTING)
+
+    def task_finished(self, ev: TaskFinished) -> None:
+        entry = self.inflight.pop(ev.task_id, None)
+        if entry is None:
+            log.debug("end of unknown task", task=ev.task_id)
+            return
+        job, it = entry
+        rec = job.record if it is None else job.its[it]
+        was_executing = rec.state is JobState.EXECUTING
+        if it is not None and was_executing:
+            job.executing_count -= 1
+        if ev.requeue and not job.canceled and self.registry.get(job.name) is job:
+            log.warning("task requeued", task=ev.task_id, reason=ev.message)
+            rec.add_message(ev.message)
+            if it is None:
+                rec.set_state(JobState.QUEUED)
+            else:
+                del job.its[it]
+                job.released.append(it)
+            self._make_runnable(job)
+            return
+        if ev.started_at is not None and ev.finished_at is not None:
+            rec.runtime["rtime"] = str(timedelta(seconds=max(0.0, ev.finished_at - ev.started_at)))
+        if ev.exit_code is not None:
+            rec.runtime["exit_code"] = str(ev.exit_code)
+        if ev.allocation is not None and "allocation" not in rec.runtime:
+            rec.runtime["allocation"] = ev.allocation.describe()
+        rec.add_message(ev.message)
+        state = JobState(ev.state)
+        if it is None:
+            self._finish_job(job, state, when=ev.finished_at)
+        else:
+            rec.set_state(state, ev.finished_at)
+            self._finish_iteration(job, it, rec, state)
+        self._request_dispatch()
+        self._propagate()
+
+    # ----------------------------------------------------------- final states
+    def _finish_iteration(self, job: JobRecord, it: int, rec: IterationRecord, state: JobState) -> None:
+        job.count_final(state)
+        for lst in self.listeners:
+            lst.task_final(job, it, rec)
+        self._notify_state(job, it, state)
+        self._finals.append((job.name, it, state, ""))
+        self._maybe_complete(job)
+
+    def _maybe_complete(self, job: JobRecord) -> None:
+        if job.is_final or job.finished_count < job.total:
+            return
+        self._finish_job(job, job.final_state_from_iterations())
+
+    def _finish_job(self, job: JobRecord, state: JobState, notify: bool = True, when: float | None = None) -> None:
+        if job.is_final:
+            return
+        job.record.set_state(state, when)
+        self.unfinished -= 1
+        if notify:
+            for lst in self.listeners:
+                if not job.iterative:
+                    lst.task_final(job, None, job.record)
+                lst.job_final(job)
+            self._notify_state(job, None, state)
+        self._finals.append((job.name, None, state, ""))
+        if self.unfinished == 0:
+            self._wake_idle()
+
+    def _omit(self, job: JobRecord, it: int | None, reason: str) -> None:
+        if it is None:
+            if job.is_final:
+                return
+            job.record.add_message(reason)
+            job.cursor = len(job.indices) if job.indices is not None else 0
+            self._finish_job(job, JobState.OMITTED)
+            return
+        job.parked.pop(it, None)
+        rec = IterationRecord(JobState.OMITTED)
+        rec.add_message(reason)
+        job.its[it] = rec
+        self._finish_iteration(job, it, rec, JobState.OMITTED)
+
+    def _propagate(self) -> None:
+        """Release or omit the dependants of everything that just ended (worklist, no recursion)."""
+        if self._propagating:
+            return
+        self._propagating = True
+        try:
+            while self._finals:
+                name, it, state, _ = self._finals.popleft()
+                for wjob, wit in self.waiters.pop((name, it)):
+                    if self.registry.get(wjob.name) is not wjob or wjob.is_final:
+                        continue
+                    target = name if it is None else f"{name}:{it}"
+                    if wit is None:
+                        if state is JobState.SUCCEED:
+                            wjob.waiting_for -= 1
+                            if wjob.waiting_for == 0:
+                                self._make_runnable(wjob)
+                        else:
+                            self._omit(wjob, None, f"dependency '{target}' ended {state.value}")
+                    elif wit in wjob.parked:
+                        if state is JobState.SUCCEED:
+                            wjob.parked[wit] -= 1
+                            if wjob.parked[wit] == 0:
+                                del wjob.parked[wit]
+                                wjob.released.append(wit)
+                                self._make_runnable(wjob)
+                        else:
+                            self._omit(wjob, wit, f"dependency '{target}' ended {state.value}")
+        finally:
+            self._propagating = False
+
+    def _notify_state(self, job: JobRecord, it: int | None, state: JobState) -> None:
+        for lst in self.listeners:
+            lst.state_changed(job, it, state)
+
+    # ------------------------------------------------------- cancel / remove
+    def cancel(self, names: list[str]) -> tuple[int, dict[str, str]]:
+        canceled = 0
+        errors: dict[str, str] = {}
+        to_partition: list[str] = []
+        for full in names:
+            try:
+                name, it = split_task_name(full)
+            except ValueError as exc:
+                errors[full] = str(exc)
+                continue
+            job = self.registry.get(name)
+            if job is None:
+                errors[full] = f"job '{name}' does not exist"
+                continue
+            if it is not None:
+                err = self._cancel_iteration(job, it, to_partition)
+            else:
+                err = self._cancel_job(job, to_partition)
+            if err:
+                errors[full] = err
+            else:
+                canceled += 1
+        if to_partition:
+            self.partition.cancel(to_partition)
+        self._propagate()
+        return canceled, errors
+
+    def _cancel_job(self, job: JobRecord, to_partition: list[str]) -> str | None:
+        if job.is_final:
+            return f"job '{job.name}' already finished ({job.state.value})"
+        if job.canceled:
+            return f"job '{job.name}' already canceled"
+        job.canceled = True
+        if not job.iterative:
+            if job.name in self.inflight:
+                to_partition.append(job.name)
+            else:
+                job.record.add_message("canceled by user")
+                self._finish_job(job, JobState.CANCELED)
+            return None
+        assert job.indices is not None
+        for it in list(job.parked) + job.released:
+            job.parked.pop(it, None)
+            rec = IterationRecord(JobState.CANCELED)
+            job.its[it] = rec
+            self._finish_iteration(job, it, rec, JobState.CANCELED)
+        job.released.clear()
+        remaining = sum(1 for i in range(job.cursor, len(job.indices)) if job.indices[i] not in job.done_before) \
+            if job.done_before else len(job.indices) - job.cursor
+        job.cursor = len(job.indices)
+        job.finished_count += remaining
+        job.bad_count += remaining
+        to_partition.extend(tid for tid, (j, _) in self.inflight.items() if j is job)
+        self._maybe_complete(job)
+        return None
+
+    def _cancel_iteration(self, job: JobRecord, it: int, to_partition: list[str]) -> str | None:
+        if job.indices is None or it not in job.indices:
+            return f"job '{job.name}' has no iteration {it}"
+        if job.iteration_state(it) in FINAL_STATES:
+            return f"iteration {it} of job '{job.name}' already finished"
+        tid = job.task_id(it)
+        if tid in self.inflight:
+            to_partition.append(tid)
+            return None
+        # not handed out yet: finish it now, and make the cursor skip it
+        job.parked.pop(it, None)
+        if it in job.released:
+            job.released.remove(it)
+        rec = IterationRecord(JobState.CANCELED)
+        rec.add_message("canceled by user")
+        job.its[it] = rec
+        job.done_before[it] = JobState.CANCELED
+        self._finish_iteration(job, it, rec, JobState.CANCELED)
+        return None
+
+    def remove(self, names: list[str]) -> tuple[int, dict[str, str]]:
+        removed: list[str] = []
+        errors: dict[str, str] = {}
+        for name in names:
+            job = self.registry.get(name)
+            if job is None:
+                errors[name] = f"job '{name}' does not exist"
+            elif not job.is_final:
+                errors[name] = f"job '{name}' not finished ({job.state.value}) - can not be removed"
+            else:
+                self.registry.remove(name)
+                removed.append(name)
+        if removed:
+            for lst in self.listeners:
+                lst.removed(removed)
+        return len(removed), errors
+
+    # ------------------------------------------------------------- waiting
+    @property
+    def all_finished(self) -> bool:
+        return self.unfinished == 0
+
+    async def wait_all_finished(self) -> None:
+        if self.unfinished == 0:
+            return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._idle_waiters.append(fut)
+        await fut
+
+    def _wake_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def cancel_everything(self) -> None:
+        """Cancel every unfinished job (used by `finish` and on signals)."""
+        names = [j.name for j in self.registry if not j.is_final and not j.canceled]
+        if names:
+            self.cancel(names)
+

@@ -1,0 +1,162 @@
+"""The journal behind `--resume`: what was submitted and what has ended.
+
+Two append-only JSON-lines files in the aux dir:
+
+* `track.reqs` — every accepted submission (with its request counter and
+  time, so placeholders resolve the same way again), every removal and the
+  `finishAfterAllTasksDone` command; flushed before the request is answered.
+* `track.states` — the final state of every task and job, buffered and
+  flushed in batches (and always before the service reports success).
+
+Resume replays `track.reqs` and marks exactly the recorded tasks as done,
+whatever order iterations finished in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.governor.governor import GovernorListener
+from qcg.pilotjob.governor.states import JobState
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.api.jobdesc import JobDescription
+    from qcg.pilotjob.governor.registry import IterationRecord, JobRecord
+
+log = structlog.get_logger("journal")
+
+REQS_FILE = "track.reqs"
+STATES_FILE = "track.states"
+
+
+class Journal(GovernorListener):
+    def __init__(self, aux_dir: str, batch: int = 2000) -> None:
+        self._reqs = open(os.path.join(aux_dir, REQS_FILE), "a", encoding="utf-8")
+        self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8")
+        self._buffer: list[str] = []
+        self._batch = batch
+
+    # -- GovernorListener
+    def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"]) -> None:
+        rec = {"rcnt": rcnt, "time": when.isoformat(), "jobs": [d.to_dict() for d in descs]}
+        self._write_now(rec)
+
+    def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
+        self._buffer.append(json.dumps({"task": job.task_id(iteration), "it": iteration,
+                                        "state": record.state.value, "rcnt": job.rcnt}))
+        if len(self._buffer) >= self._batch:
+            self.flush()
+
+    def job_final(self, job: "JobRecord") -> None:
+        if job.iterative:
+            self._buffer.append(json.dumps({"task": job.name, "it": None, "state": job.state.value,
+                                            "rcnt": job.rcnt}))
+
+    def removed(self, names: list[str]) -> None:
+        self._write_now({"remove": names})
+
+    def control(self, command: str) -> None:
+        self._write_now({"control": command})
+
+    # -- files
+    def _write_now(self, rec: dict[str, Any]) -> None:
+        self._reqs.write(json.dumps(rec) + "\n")
+        self._reqs.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._states.write("\n".join(self._buffer) + "\n")
+            self._buffer.clear()
+        self._states.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._reqs.close()
+        self._states.close()
+
+
+@dataclass
+class Submission:
+    rcnt: int
+    when: datetime
+    descs: list["JobDescription"]
+    done: dict[str, dict[int | None, JobState]] = field(default_factory=dict)
+
+
+@dataclass
+class Replay:
+    submissions: list[Submission]
+    finish_after_all: bool
+    skipped_lines: int
+
+
+def load(aux_dir: str) -> Replay:
+    """Read the journal of an earlier run; tolerates a torn last line."""
+    submissions: list[Submission] = []
+    finish = False
+    skipped = 0
+    by_key: dict[tuple[str, int], Submission] = {}
+    live: dict[str, Submission] = {}
+    with open(os.path.join(aux_dir, REQS_FILE), encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                skipped += 1
+                continue
+            if "jobs" in rec:
+                try:
+                    descs = parse_jobs(rec["jobs"])
+                except InvalidJobDescriptionError as exc:
+                    log.error("journal submission unreadable", problems=exc.problems)
+                    skipped += 1
+                    continue
+                sub = Submission(int(rec["rcnt"]), datetime.fromisoformat(rec["time"]), descs)
+                submissions.append(sub)
+                for d in descs:
+                    by_key[(d.name, sub.rcnt)] = sub
+                    live[d.name] = sub
+            elif "remove" in rec:
+                for name in rec["remove"]:
+                    sub = live.pop(name, None)
+                    if sub is not None:
+                        sub.descs = [d for d in sub.descs if d.name != name]
+            elif rec.get("control") == "finishAfterAllTasksDone":
+                finish = True
+    states_path = os.path.join(aux_dir, STATES_FILE)
+    if os.path.exists(states_path):
+        with open(states_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    task, it, state = rec["task"], rec["it"], JobState(rec["state"])
+                    name = task if it is None else task.rpartition(":")[0]
+                    sub = by_key.get((name, int(rec["rcnt"])))
+                except (ValueError, KeyError, TypeError):
+                    skipped += 1
+                    continue
+                if sub is not None:
+                    sub.done.setdefault(name, {})[it] = state
+    return Replay([s for s in submissions if s.descs], finish, skipped)
+
+
+def find_aux_dir(path: str) -> str:
+    """The aux dir itself, or the newest `.qcgpjm-service-*` inside a working dir."""
+    path = os.path.abspath(path)
+    if os.path.basename(path).startswith(".qcgpjm-service-") and os.path.isfile(os.path.join(path, REQS_FILE)):
+        return path
+    if os.path.isdir(path):
+        cands = [os.path.join(path, e) for e in os.listdir(path)
+                 if e.startswith(".qcgpjm-service-") and os.path.isfile(os.path.join(path, e, REQS_FILE))]
+        if cands:
+            return max(cands, key=os.path.getmtime)
+    raise FileNotFoundError(f"--resume {path}: no QCG-PilotJob aux directory with a journal "
+                            f"({REQS_FILE}) there")

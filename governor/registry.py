@@ -1,0 +1,184 @@
+"""The job registry: one record per job, iterations expanded lazily.
+
+An iterative job of a million iterations is one `JobRecord` with a cursor;
+an `IterationRecord` exists only for iterations that were handed out or
+finished (their history and runtime are what `jobInfo` and the reports show).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterator
+
+from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, JobState
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.api.jobdesc import Execution, JobDescription
+    from qcg.pilotjob.partition.task import ResourceRequest
+
+History = list[tuple[float, JobState]]  # (time.time(), state)
+
+
+class IterationRecord:
+    """State of one task: a whole non-iterative job, or one iteration."""
+
+    __slots__ = ("state", "history", "runtime", "messages")
+
+    def __init__(self, state: JobState = JobState.QUEUED, when: float | None = None,
+                 record: bool = True) -> None:
+        self.state = state
+        # an iteration's history starts when it is scheduled (as in the original)
+        self.history: History = [(when or time.time(), state)] if record else []
+        self.runtime: dict[str, str] = {}
+        self.messages: str | None = None
+
+    def set_state(self, state: JobState, when: float | None = None) -> None:
+        self.state = state
+        self.history.append((when or time.time(), state))
+
+    def add_message(self, message: str | None) -> None:
+        if message:
+            self.messages = message if not self.messages else f"{self.messages}\n{message}"
+
+
+@dataclass(eq=False)
+class JobRecord:
+    """A submitted job: description, state, iteration bookkeeping, dependencies."""
+
+    desc: "JobDescription"
+    seq: int
+    rcnt: int
+    submitted_at: datetime
+    request: "ResourceRequest | None" = None
+    record: IterationRecord = field(default_factory=IterationRecord)
+    # -- iterations (None for a plain job)
+    indices: range | None = None
+    its: dict[int, IterationRecord] = field(default_factory=dict)
+    cursor: int = 0                      # position in `indices` of the next iteration to hand out
+    done_before: dict[int, JobState] = field(default_factory=dict)  # restored by --resume
+    parked: dict[int, int] = field(default_factory=dict)  # iteration -> unmet per-iteration deps
+    released: list[int] = field(default_factory=list)     # parked iterations whose deps are now met
+    finished_count: int = 0
+    bad_count: int = 0                   # FAILED / CANCELED / OMITTED iterations
+    executing_count: int = 0
+    canceled: bool = False
+    # -- dependencies
+    waiting_for: int = 0                 # unmet job-level dependencies
+    per_iteration_deps: tuple[str, ...] = ()
+    sized_per_iteration: bool = False    # an iteration scheduler sizes each iteration
+    exec_templated: bool = False         # execution holds request-time placeholders
+    base_vars: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.desc.name
+
+    @property
+    def iterative(self) -> bool:
+        return self.indices is not None
+
+    @property
+    def state(self) -> JobState:
+        return self.record.state
+
+    @property
+    def total(self) -> int:
+        return len(self.indices) if self.indices is not None else 1
+
+    @property
+    def is_final(self) -> bool:
+        return self.record.state in FINAL_STATES
+
+    @property
+    def all_handed_out(self) -> bool:
+        """No iteration is left to dispatch now (parked ones may come back)."""
+        if self.indices is None:
+            return True
+        return self.cursor >= len(self.indices) and not self.released
+
+    def task_id(self, iteration: int | None) -> str:
+        return self.desc.name if iteration is None else f"{self.desc.name}:{iteration}"
+
+    def iteration_state(self, iteration: int) -> JobState:
+        rec = self.its.get(iteration)
+        if rec is not None:
+            return rec.state
+        if iteration in self.done_before:
+            return self.done_before[iteration]
+        if self.record.state in (JobState.OMITTED, JobState.CANCELED):
+            return self.record.state
+        return JobState.QUEUED
+
+    def final_state_from_iterations(self) -> JobState:
+        if self.canceled:
+            return JobState.CANCELED
+        return JobState.FAILED if self.bad_count else JobState.SUCCEED
+
+    def next_iteration(self) -> int | None:
+        """Advance the cursor past finished (resumed) iterations; None when exhausted."""
+        if self.released:
+            return self.released.pop()
+        assert self.indices is not None
+        while self.cursor < len(self.indices):
+            idx = self.indices[self.cursor]
+            self.cursor += 1
+            if idx in self.done_before:
+                continue
+            return idx
+        return None
+
+    def count_final(self, state: JobState) -> None:
+        self.finished_count += 1
+        if state in BLOCKING_STATES:
+            self.bad_count += 1
+
+
+class Registry:
+    """All jobs known to the governor, by name, in submission order."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobRecord] = {}
+        self._seq = 0
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __iter__(self) -> Iterator[JobRecord]:
+        return iter(self.jobs.values())
+
+    def get(self, name: str) -> JobRecord | None:
+        return self.jobs.get(name)
+
+    def add(self, job: JobRecord) -> None:
+        self.jobs[job.name] = job
+
+    def remove(self, name: str) -> JobRecord | None:
+        return self.jobs.pop(name, None)
+
+
+def split_task_name(name: str) -> tuple[str, int | None]:
+    """`job:3` -> ("job", 3); `job` -> ("job", None). ValueError for `job:x`."""
+    base, sep, it = name.rpartition(":")
+    if not sep:
+        return name, None
+    try:
+        return base, int(it)
+    except ValueError:
+        raise ValueError(f"'{name}': iteration index '{it}' is not an integer") from None
+
+
+def execution_fields_with_placeholders(execution: "Execution") -> bool:
+    from qcg.pilotjob.api.placeholders import tree_has_placeholders
+
+    return tree_has_placeholders([execution.exec, list(execution.args), execution.script, execution.env,
+                                  execution.stdin, execution.stdout, execution.stderr, execution.wd,
+                                  list(execution.modules), execution.venv, execution.model_opts])

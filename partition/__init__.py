@@ -1,0 +1,1 @@
+"""A partition owns a node group: its resources, its scheduler and its launcher."""

@@ -1,0 +1,88 @@
+"""How a partition gets processes started: the launcher interface and its local form.
+
+The partition hands a `LaunchRequest` to the launcher of the node that runs
+the task. Locally that is an in-process `ProcessSpawner`; the node agents
+(started by srun or ssh) implement the same interface behind a ZMQ
+connection, so the partition does not know which one it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
+
+
+@dataclass(slots=True)
+class LaunchRequest:
+    task_id: str
+    node: str
+    argv: list[str]
+    env: dict[str, str]          # overrides on top of the node's own environment
+    cwd: str
+    stdin: str | None
+    stdout: str | None
+    stderr: str | None
+    cpus: list[int] | None
+    walltime: float | None
+
+
+@dataclass(slots=True)
+class LaunchResult:
+    task_id: str
+    exit_code: int | None        # None: the process could not be started
+    message: str | None
+    started_at: float
+    finished_at: float
+    pid: int | None
+    killed: str | None           # None, "walltime", "canceled" or "node lost"
+
+
+StartedCallback = Callable[[str, int | None, float], None]   # task id, pid, start time
+ExitCallback = Callable[[LaunchResult], None]
+
+
+class Launcher(Protocol):
+    def launch(self, req: LaunchRequest) -> None: ...
+    def cancel(self, task_id: str) -> None: ...
+    async def shutdown(self, timeout: float = 5.0) -> None: ...
+
+
+class LocalLauncher:
+    """Runs every task as a child of this process (flat local mode)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_started: StartedCallback, on_exit: ExitCallback,
+                 kill_grace: float = 3.0) -> None:
+        self._spawner = ProcessSpawner(loop, kill_grace=kill_grace)
+        self._on_started = on_started
+        self._on_exit = on_exit
+        self._base_env = dict(os.environ)
+
+    @property
+    def running(self) -> int:
+        return self._spawner.running
+
+    def launch(self, req: LaunchRequest) -> None:
+        env = self._base_env.copy()
+        env.update(req.env)
+        spec = ProcessSpec(argv=req.argv, env=env, cwd=req.cwd, stdin=req.stdin, stdout=req.stdout,
+                           stderr=req.stderr, cpus=req.cpus, walltime=req.walltime)
+        started = time.time()
+        pid = self._spawner.spawn(req.task_id, spec, self._exited)
+        if pid is not None:
+            self._on_started(req.task_id, pid, started)
+
+    def _exited(self, task_id: object, ex: ProcessExit) -> None:
+        self._on_exit(LaunchResult(task_id=str(task_id), exit_code=ex.exit_code, message=ex.reason,
+                                   started_at=ex.started_at, finished_at=ex.finished_at, pid=ex.pid,
+                                   killed=ex.killed))
+
+    def cancel(self, task_id: str) -> None:
+        self._spawner.cancel(task_id)
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        await self._spawner.shutdown(timeout)

@@ -1,0 +1,172 @@
+"""One partition: queue tasks, give them cores, launch them, report what happened.
+
+Flat mode wires it to the governor in-process; a partition manager process
+wraps the same object behind a ZMQ connection. Scheduling passes are
+coalesced: many submissions or exits in one loop turn cost one pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from qcg.pilotjob.api.placeholders import substitute_fields
+from qcg.pilotjob.partition.environment import task_environment
+from qcg.pilotjob.partition.launcher import Launcher, LaunchRequest, LaunchResult, LocalLauncher
+from qcg.pilotjob.partition.models import ModelError, build_launch
+from qcg.pilotjob.partition.resources import Resources
+from qcg.pilotjob.partition.scheduler import Scheduler
+from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
+
+log = structlog.get_logger("partition")
+
+
+class PartitionEvents(Protocol):
+    def task_started(self, ev: TaskStarted) -> None: ...
+    def task_finished(self, ev: TaskFinished) -> None: ...
+
+
+@dataclass(slots=True)
+class _Running:
+    task: TaskSpec
+    allocation: Allocation
+    wd: str
+    scheduled_at: float
+    files: list[str] = field(default_factory=list)
+    canceled: bool = False
+
+
+@dataclass(slots=True)
+class PartitionConfig:
+    root_wd: str                      # the service's --wd, absolute
+    scratch_dir: str                  # helper files (rankfiles ...), never the job's wd
+    local: bool = True                # virtual local nodes (no binding, models run plainly)
+    envschema: str = "auto"
+    zmq_address: str | None = None
+    queue_factor: int = 2             # tasks held per core, beyond running ones
+
+
+class Partition:
+    def __init__(self, loop: asyncio.AbstractEventLoop, resources: Resources, config: PartitionConfig,
+                 events: PartitionEvents, launcher: Launcher | None = None) -> None:
+        self.loop = loop
+        self.resources = resources
+        self.config = config
+        self.events = events
+        self.scheduler = Scheduler(resources)
+        self.running: dict[str, _Running] = {}
+        self.launcher: Launcher = launcher or LocalLauncher(loop, self._launched, self._exited)
+        self._pass_pending = False
+        cores = resources.total_cores
+        self.queue_limit = max(cores * (1 + config.queue_factor), 64)
+        self._per_node = max((n.total for n in resources.nodes), default=0)
+        # task_environment looks at the base only to detect a Slurm allocation (envschema auto)
+        self._base_env = {k: v for k, v in os.environ.items() if k.startswith("SLURM_")}
+
+    # ------------------------------------------------------------ governor side
+    def totals(self) -> tuple[int, int, int]:
+        return self.resources.total_cores, self.resources.total_nodes, self._per_node
+
+    def never_fits(self, request: ResourceRequest) -> str | None:
+        return self.resources.never_fits(request)
+
+    def info(self) -> dict:
+        return self.resources.info()
+
+    def submit(self, tasks: list[TaskSpec]) -> None:
+        for task in tasks:
+            reason = self.scheduler.add(task)
+            if reason:
+                self._report_later(TaskFinished(task.task_id, "FAILED", message=reason))
+        self._request_pass()
+
+    def cancel(self, task_ids: list[str]) -> None:
+        for tid in task_ids:
+            if self.scheduler.remove(tid) is not None:
+                self._report_later(TaskFinished(tid, "CANCELED", message="canceled by user"))
+            elif (run := self.running.get(tid)) is not None and not run.canceled:
+                run.canceled = True
+                self.launcher.cancel(tid)
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        await self.launcher.shutdown(timeout)
+
+    # ------------------------------------------------------------- scheduling
+    def _report_later(self, ev: TaskFinished) -> None:
+        self.loop.call_soon(self.events.task_finished, ev)
+
+    def _request_pass(self) -> None:
+        if not self._pass_pending and len(self.scheduler):
+            self._pass_pending = True
+            self.loop.call_soon(self._pass)
+
+    def _pass(self) -> None:
+        self._pass_pending = False
+        for task, allocation in self.scheduler.schedule():
+            self._start(task, allocation)
+
+    def _start(self, task: TaskSpec, allocation: Allocation) -> None:
+        scheduled_at = time.time()
+        cfg = self.config
+        execution = task.execution
+        if task.templated:
+            execution = substitute_fields(execution, {
+                "root_wd": cfg.root_wd, "ncores": allocation.ncores, "nnodes": allocation.nnodes,
+                "nlist": ",".join(allocation.node_names)})
+        wd = os.path.join(cfg.root_wd, execution.wd) if execution.wd else cfg.root_wd
+
+        def in_wd(path: str | None) -> str | None:
+            return None if path is None else os.path.join(wd, path)
+
+        try:
+            cmd = build_launch(execution, allocation, local=cfg.local, scratch_dir=cfg.scratch_dir,
+                               name=task.task_id)
+        except ModelError as exc:
+            self.resources.release(allocation)
+            self._report_later(TaskFinished(task.task_id, "FAILED", message=str(exc), allocation=allocation))
+            return
+        # QCG_PM_CPU_SET names the allocated cores even where processes are not bound (local mode)
+        env = task_environment(self._base_env, execution.env, allocation, uuid.uuid4().hex,
+                               envschema=cfg.envschema, zmq_address=cfg.zmq_address, binding=True)
+        env.update(cmd.env_extra)
+        self.running[task.task_id] = _Running(task, allocation, wd, scheduled_at, cmd.files)
+        self.launcher.launch(LaunchRequest(
+            task_id=task.task_id, node=allocation.nodes[0][0], argv=cmd.argv, env=env, cwd=wd,
+            stdin=in_wd(execution.stdin), stdout=in_wd(execution.stdout), stderr=in_wd(execution.stderr),
+            cpus=cmd.cpus, walltime=task.walltime))
+
+    # ---------------------------------------------------------- launcher side
+    def _launched(self, task_id: str, pid: int | None, started_at: float) -> None:
+        run = self.running.get(task_id)
+        if run is not None:
+            self.events.task_started(TaskStarted(task_id, run.allocation, run.wd, run.scheduled_at,
+                                                 started_at, pid))
+
+    def _exited(self, res: LaunchResult) -> None:
+        run = self.running.pop(res.task_id, None)
+        if run is None:
+            return
+        self.resources.release(run.allocation)
+        for path in run.files:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if res.killed == "canceled" or run.canceled:
+            state, message = "CANCELED", res.message or "canceled by user"
+        elif res.exit_code == 0 and not res.killed:
+            state, message = "SUCCEED", None
+        else:
+            state = "FAILED"
+            message = res.message or f"exit code {res.exit_code}"
+        self.events.task_finished(TaskFinished(
+            res.task_id, state, exit_code=res.exit_code if res.exit_code is not None else -1, message=message,
+            allocation=run.allocation, wd=run.wd, started_at=res.started_at, finished_at=res.finished_at,
+            requeue=res.killed == "node lost"))
+        self._request_pass()

@@ -1,0 +1,397 @@
+"""ProcessSpawner: posix_spawn + pidfd launcher (DESIGN.md "Performance notes";
+reference "Execution models" for CPU binding, "Executors" for local processes).
+
+Every wait is bounded by asyncio.wait_for; no assertion depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import psutil
+import pytest
+
+from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
+
+WAIT = 20.0
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _zombies() -> list[psutil.Process]:
+    return [c for c in psutil.Process().children(recursive=True)
+            if c.status() == psutil.STATUS_ZOMBIE]
+
+
+class Collector:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.exits: dict = {}
+        self._waiters: dict = {}
+
+    def __call__(self, key, ev: ProcessExit) -> None:
+        self.exits[key] = ev
+        fut = self._waiters.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(ev)
+
+    async def wait(self, key) -> ProcessExit:
+        if key in self.exits:
+            return self.exits[key]
+        fut = self._waiters.setdefault(key, self.loop.create_future())
+        return await asyncio.wait_for(fut, WAIT)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(extra)
+    return e
+
+
+def test_exit_code_output_and_cwd_created(tmp_path):
+    """Exit status is reported; the wd is created with its parents; stdout is written."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        wd = tmp_path / "a" / "b"
+        out = tmp_path / "out.txt"
+        pid = sp.spawn("t", ProcessSpec(["sh", "-c", "pwd; echo err >&2; exit 7"], env(), str(wd),
+                                        stdout=str(out)), col)
+        assert isinstance(pid, int)
+        assert sp.running == 1
+        ev = await col.wait("t")
+        assert ev.exit_code == 7 and ev.reason is None and ev.killed is None
+        assert ev.pid == pid and ev.finished_at >= ev.started_at
+        assert out.read_text() == f"{wd}\n"          # stderr went to /dev/null
+        assert sp.running == 0
+        await sp.shutdown()
+    run(main())
+
+
+def test_same_file_for_stdout_and_stderr_and_truncation(tmp_path):
+    """stdout == stderr -> one file with both streams; existing content is truncated
+    (the original opens the files with mode "w")."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        log = tmp_path / "both.log"
+        log.write_text("OLD CONTENT THAT MUST DISAPPEAR\n" * 10)
+        sp.spawn(1, ProcessSpec(["sh", "-c", "echo one; echo two >&2; echo three"], env(), str(tmp_path),
+                                stdout=str(log), stderr=str(log)), col)
+        ev = await col.wait(1)
+        assert ev.exit_code == 0
+        assert log.read_text() == "one\ntwo\nthree\n"
+        await sp.shutdown()
+    run(main())
+
+
+def test_stdin_and_separate_stderr(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        (tmp_path / "in").write_text("hello input\n")
+        sp.spawn(1, ProcessSpec(["sh", "-c", "cat; echo e >&2"], env(), str(tmp_path),
+                                stdin=str(tmp_path / "in"), stdout=str(tmp_path / "o"),
+                                stderr=str(tmp_path / "e")), col)
+        assert (await col.wait(1)).exit_code == 0
+        assert (tmp_path / "o").read_text() == "hello input\n"
+        assert (tmp_path / "e").read_text() == "e\n"
+        await sp.shutdown()
+    run(main())
+
+
+def test_environment_is_exactly_spec_env_and_path_lookup_uses_it(tmp_path):
+    """The child gets spec.env only; argv[0] is looked up in spec.env's PATH,
+    not in the manager's PATH."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        tool = bindir / "only-here-tool"
+        tool.write_text("#!/bin/sh\nenv > \"$1\"\n")
+        tool.chmod(0o755)
+        e = {"PATH": f"{bindir}:/usr/bin:/bin", "ONLY_VAR": "x y $z"}
+        sp.spawn(1, ProcessSpec(["only-here-tool", str(tmp_path / "env.txt")], e, str(tmp_path)), col)
+        ev = await col.wait(1)
+        assert ev.exit_code == 0, ev.reason
+        lines = set((tmp_path / "env.txt").read_text().splitlines())
+        assert "ONLY_VAR=x y $z" in lines
+        assert not any(l.startswith("HOME=") for l in lines)
+        # not on the manager's PATH -> the lookup must have used spec.env
+        sp.spawn(2, ProcessSpec(["only-here-tool", "/dev/null"], env(), str(tmp_path)), col)
+        ev2 = await col.wait(2)
+        assert ev2.exit_code is None and "only-here-tool" in ev2.reason
+        await sp.shutdown()
+    run(main())
+
+
+def test_relative_executable_is_relative_to_cwd(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        (tmp_path / "app.sh").write_text("#!/bin/sh\nexit 5\n")
+        (tmp_path / "app.sh").chmod(0o755)
+        sp.spawn(1, ProcessSpec(["./app.sh"], env(), str(tmp_path)), col)
+        assert (await col.wait(1)).exit_code == 5
+        await sp.shutdown()
+    run(main())
+
+
+def test_spawn_failures_report_clear_reason(tmp_path):
+    """Missing executable, unwritable stdout, missing stdin, uncreatable wd: pid None,
+    on_exit called later with exit_code None and a reason naming the culprit."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        cases = {
+            "noexe": ProcessSpec(["no-such-program-xyz"], env(), str(tmp_path)),
+            "abs": ProcessSpec([str(tmp_path / "missing")], env(), str(tmp_path)),
+            "out": ProcessSpec(["true"], env(), str(tmp_path), stdout=str(tmp_path / "nodir" / "o")),
+            "in": ProcessSpec(["true"], env(), str(tmp_path), stdin=str(tmp_path / "noinput")),
+            "wd": ProcessSpec(["true"], env(), str(blocker / "sub")),
+        }
+        for key, spec in cases.items():
+            assert sp.spawn(key, spec, col) is None
+            assert key not in col.exits            # reported later, not re-entrantly
+        got = {k: await col.wait(k) for k in cases}
+        assert got["noexe"].reason == \
+            "cannot start 'no-such-program-xyz': [Errno 2] No such file or directory"
+        assert got["abs"].reason.startswith(f"cannot start '{tmp_path / 'missing'}': [Errno 2]")
+        assert got["out"].reason.startswith(f"cannot open stdout '{tmp_path / 'nodir' / 'o'}'")
+        assert got["in"].reason.startswith(f"cannot open stdin '{tmp_path / 'noinput'}'")
+        assert str(blocker / "sub") in got["wd"].reason
+        assert all(ev.exit_code is None and ev.pid is None for ev in got.values())
+        assert sp.running == 0
+        await sp.shutdown()
+    run(main())
+
+
+def test_cwd_is_restored_after_spawn(tmp_path):
+    """spawn() chdir()s into the task's wd and back (DESIGN: posix_spawn has no chdir action)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        before = os.getcwd()
+        sp.spawn(1, ProcessSpec(["true"], env(), str(tmp_path / "w")), col)
+        sp.spawn(2, ProcessSpec(["nonexistent-xyz"], env(), str(tmp_path / "w")), col)
+        assert os.getcwd() == before
+        await col.wait(1)
+        await col.wait(2)
+        await sp.shutdown()
+    run(main())
+
+
+def test_walltime_kills_the_whole_process_group(tmp_path):
+    """Walltime: TERM to the group; a child that ignores TERM is KILLed after the grace."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop, kill_grace=0.5)
+        col = Collector(loop)
+        pidfile = tmp_path / "grandchild.pid"
+        script = f'trap "" TERM; sleep 60 & echo $! > {pidfile}; wait'
+        sp.spawn("w", ProcessSpec(["sh", "-c", script], env(), str(tmp_path), walltime=0.3), col)
+        ev = await col.wait("w")
+        assert ev.killed == "walltime"
+        assert ev.reason == "walltime exceeded (0.3s)"
+        assert ev.exit_code == -signal.SIGKILL
+        gpid = int(pidfile.read_text())
+        # the grandchild (same group) got TERM too; it is re-parented, wait for it to vanish
+        for _ in range(200):
+            if not psutil.pid_exists(gpid) or psutil.Process(gpid).status() == psutil.STATUS_ZOMBIE:
+                break
+            await asyncio.sleep(0.05)
+        assert not psutil.pid_exists(gpid) or psutil.Process(gpid).status() == psutil.STATUS_ZOMBIE
+        await sp.shutdown()
+    run(main())
+
+
+def test_cancel_sends_term_and_reports_negative_signal(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        sp.spawn("c", ProcessSpec(["sleep", "60"], env(), str(tmp_path)), col)
+        assert sp.cancel("c") is True
+        assert sp.cancel("unknown") is False
+        ev = await col.wait("c")
+        assert ev.exit_code == -signal.SIGTERM
+        assert ev.killed == "canceled" and ev.reason == "canceled"
+        assert sp.cancel("c") is False
+        await sp.shutdown()
+    run(main())
+
+
+def test_shutdown_terminates_everything(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop, kill_grace=0.3)
+        col = Collector(loop)
+        for i in range(5):
+            sp.spawn(i, ProcessSpec(["sh", "-c", 'trap "" TERM; sleep 60'] if i % 2 else ["sleep", "60"],
+                                    env(), str(tmp_path)), col)
+        assert sp.running == 5
+        await sp.shutdown(timeout=10)
+        assert sp.running == 0
+        assert {ev.killed for ev in col.exits.values()} == {"canceled"}
+        assert len(col.exits) == 5
+    run(main())
+
+
+def test_duplicate_key_is_rejected(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        sp.spawn("k", ProcessSpec(["sleep", "60"], env(), str(tmp_path)), col)
+        with pytest.raises(ValueError):
+            sp.spawn("k", ProcessSpec(["true"], env(), str(tmp_path)), col)
+        await sp.shutdown()
+    run(main())
+
+
+def _allowed(path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def test_cpu_binding_is_inherited_and_parent_mask_restored(tmp_path):
+    """Reference "Execution models": tasks are bound to their cores (no taskset)."""
+    avail = sorted(os.sched_getaffinity(0))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        target = avail[-1]
+        sp.spawn(1, ProcessSpec(["cat", "/proc/self/status"], env(), str(tmp_path),
+                                stdout=str(tmp_path / "s1"), cpus=[target]), col)
+        assert sp.last_effective_cpus == [target]
+        assert sorted(os.sched_getaffinity(0)) == avail      # restored
+        ev = await col.wait(1)
+        assert ev.cpus == [target]
+        assert _allowed(tmp_path / "s1") == str(target)
+        await sp.shutdown()
+    run(main())
+
+
+def test_cpu_binding_drops_cpus_that_do_not_exist(tmp_path, caplog):
+    """slurm-localhost.md caveat: virtual nodes may name CPUs this machine lacks —
+    bind to the existing ones only and report the effective set."""
+    avail = sorted(os.sched_getaffinity(0))
+    bogus = 4096 + 7
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        sp.spawn(1, ProcessSpec(["cat", "/proc/self/status"], env(), str(tmp_path),
+                                stdout=str(tmp_path / "s"), cpus=[avail[0], bogus]), col)
+        ev = await col.wait(1)
+        assert ev.exit_code == 0 and ev.cpus == [avail[0]]
+        assert _allowed(tmp_path / "s") == str(avail[0])
+        # no existing CPU at all: runs unbound and says so
+        sp.spawn(2, ProcessSpec(["true"], env(), str(tmp_path), cpus=[bogus]), col)
+        ev2 = await col.wait(2)
+        assert ev2.exit_code == 0 and ev2.cpus is None
+        await sp.shutdown()
+
+    with caplog.at_level("WARNING", logger="qcg.pilotjob.agent.spawner"):
+        run(main())
+    assert any("not all available" in r.getMessage() for r in caplog.records)
+    assert any("none of the requested CPUs" in r.getMessage() for r in caplog.records)
+
+
+def test_sigpipe_default_in_child(tmp_path):
+    """Python ignores SIGPIPE; the child must get the default disposition back."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        sp.spawn(1, ProcessSpec(["sh", "-c", "grep SigIgn /proc/self/status"], env(), str(tmp_path),
+                                stdout=str(tmp_path / "o")), col)
+        await col.wait(1)
+        ign = int((tmp_path / "o").read_text().split()[1], 16)
+        assert not ign & (1 << (signal.SIGPIPE - 1))
+        await sp.shutdown()
+    run(main())
+
+
+def test_own_process_group(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        pid = sp.spawn(1, ProcessSpec(["sleep", "60"], env(), str(tmp_path)), col)
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        sp.cancel(1)
+        await col.wait(1)
+        await sp.shutdown()
+    run(main())
+
+
+def test_no_zombies_no_fd_leaks(tmp_path):
+    """Many spawns (successful, failing, killed): afterwards no zombie children and
+    the same number of open descriptors as before."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        # warm-up: lets the spawner open its /dev/null descriptor and the loop settle
+        sp.spawn("warm", ProcessSpec(["true"], env(), str(tmp_path)), col)
+        await col.wait("warm")
+        before = _fds()
+        n = 200
+        for i in range(n):
+            if i % 10 == 0:
+                spec = ProcessSpec(["no-such-xyz"], env(), str(tmp_path))
+            elif i % 10 == 1:
+                spec = ProcessSpec(["sleep", "30"], env(), str(tmp_path), walltime=0.05)
+            else:
+                spec = ProcessSpec(["true"], env(), str(tmp_path), stdout=str(tmp_path / f"o{i % 3}"),
+                                   stderr=str(tmp_path / f"o{i % 3}"))
+            sp.spawn(i, spec, col)
+        for i in range(n):
+            await col.wait(i)
+        assert sp.running == 0
+        assert _fds() == before
+        assert _zombies() == []
+        await sp.shutdown()
+        assert _fds() == before - 1        # the /dev/null descriptor is closed by shutdown
+    run(main())
+
+
+def test_broken_callback_does_not_break_spawner(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+
+        def bad(key, ev):
+            raise RuntimeError("boom")
+
+        sp.spawn("bad", ProcessSpec(["true"], env(), str(tmp_path)), bad)
+        sp.spawn("good", ProcessSpec(["sh", "-c", "sleep 0.2"], env(), str(tmp_path)), col)
+        assert (await col.wait("good")).exit_code == 0
+        assert sp.running == 0
+        await sp.shutdown()
+    run(main())
