@@ -24,8 +24,14 @@ handful of system calls on top of the spawn itself:
   one shared open file description (``POSIX_SPAWN_DUP2``).
 * every child gets its own process group (``setgroup=0``) so cancel and
   walltime signal the whole tree the task started.
-* exits are detected with ``os.pidfd_open`` + ``loop.add_reader``; the child
-  is reaped with ``os.wait4(pid, WNOHANG)``. No polling, no threads.
+* exits are detected with ``os.pidfd_open``: every pidfd goes into one
+  private ``epoll`` whose descriptor is the only thing the asyncio loop
+  watches (registering each pidfd with the loop costs several times more in
+  Python bookkeeping); the child is reaped with ``os.wait4(pid, WNOHANG)``.
+  Exits that arrive together are handled in one wake-up. No polling, no
+  threads.
+* ``chdir`` is skipped when the task runs in the spawner's own current
+  directory (the service runs in its working directory, the default wd).
 
 The exit code follows `subprocess`: the exit status, or the negative signal
 number when the process was killed by a signal.
@@ -37,6 +43,7 @@ import asyncio
 import errno
 import logging
 import os
+import select
 import signal
 import stat
 import time
@@ -128,6 +135,9 @@ class ProcessSpawner:
         self._idle: asyncio.Future | None = None
         self._devnull: int | None = None
         self.last_effective_cpus: list[int] | None = None
+        self._epoll: select.epoll | None = None
+        self._by_fd: dict[int, _Proc] = {}
+        self._cwd = os.getcwd()
 
     # ------------------------------------------------------------------ api
     @property
@@ -169,9 +179,11 @@ class ProcessSpawner:
             cpus = self._effective_cpus(spec.cpus)
 
         # --- cwd
-        prev_cwd = os.getcwd()
+        prev_cwd = self._cwd
+        same_dir = cwd == prev_cwd
         try:
-            os.chdir(cwd)
+            if not same_dir:
+                os.chdir(cwd)
         except FileNotFoundError:
             try:
                 os.makedirs(cwd, exist_ok=True)
@@ -198,10 +210,11 @@ class ProcessSpawner:
                 self._forget(name)
             return self._fail(key, on_exit, started, reason)
         finally:
-            try:
-                os.chdir(prev_cwd)
-            except OSError:  # pragma: no cover - our own cwd vanished
-                _log.warning("cannot return to directory %s", prev_cwd)
+            if not same_dir:
+                try:
+                    os.chdir(prev_cwd)
+                except OSError:  # pragma: no cover - our own cwd vanished
+                    _log.warning("cannot return to directory %s", prev_cwd)
 
         eff = sorted(cpus) if cpus is not None else None
         self.last_effective_cpus = eff
@@ -212,7 +225,12 @@ class ProcessSpawner:
             raise
         proc = _Proc(key, pid, pidfd, on_exit, started, eff)
         self._procs[key] = proc
-        self._loop.add_reader(pidfd, self._reap, proc)
+        self._by_fd[pidfd] = proc
+        ep = self._epoll
+        if ep is None:
+            ep = self._epoll = select.epoll()
+            self._loop.add_reader(ep.fileno(), self._on_exits)
+        ep.register(pidfd, select.EPOLLIN)
         if spec.walltime is not None and spec.walltime > 0:
             proc.wt_handle = self._loop.call_later(spec.walltime, self._walltime, proc, spec.walltime)
         return pid
@@ -240,6 +258,10 @@ class ProcessSpawner:
             if self._devnull is not None:
                 os.close(self._devnull)
                 self._devnull = None
+            if self._epoll is not None and not self._procs:
+                self._loop.remove_reader(self._epoll.fileno())
+                self._epoll.close()
+                self._epoll = None
 
     async def _shutdown(self, timeout: float) -> None:
         if not self._procs:
@@ -378,6 +400,16 @@ class ProcessSpawner:
         proc.reason = f"walltime exceeded ({wt:g}s)"
         self._terminate(proc)
 
+    def _on_exits(self) -> None:
+        ep = self._epoll
+        if ep is None:
+            return
+        by_fd = self._by_fd
+        for fd, _ in ep.poll(0):
+            proc = by_fd.get(fd)
+            if proc is not None:
+                self._reap(proc)
+
     def _reap(self, proc: _Proc) -> None:
         try:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
@@ -385,8 +417,8 @@ class ProcessSpawner:
             pid, status, ru = proc.pid, None, None
         if pid == 0:        # spurious wake-up
             return
-        self._loop.remove_reader(proc.pidfd)
-        os.close(proc.pidfd)
+        del self._by_fd[proc.pidfd]
+        os.close(proc.pidfd)       # closing also removes it from the epoll set
         if proc.wt_handle is not None:
             proc.wt_handle.cancel()
         if proc.kill_handle is not None:

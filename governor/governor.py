@@ -265,6 +265,8 @@ class Governor:
         rec = job.record if it is None else job.its[it]
         rec.runtime["allocation"] = ev.allocation.describe()
         rec.runtime["wd"] = ev.wd
+        if ev.pid is not None:
+            rec.runtime["pid"] = str(ev.pid)
         rec.set_state(JobState.SCHEDULED, ev.scheduled_at)
         rec.set_state(JobState.EXECUTING, ev.started_at)
         if it is not None:
@@ -307,8 +309,9 @@ class Governor:
         else:
             rec.set_state(state, ev.finished_at)
             self._finish_iteration(job, it, rec, state)
-        self._request_dispatch()
         self._propagate()
+        if self._runnable:
+            self._dispatch()
 
     # ----------------------------------------------------------- final states
     def _finish_iteration(self, job: JobRecord, it: int, rec: IterationRecord, state: JobState) -> None:

@@ -50,8 +50,9 @@ class Journal(GovernorListener):
         self._write_now(rec)
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
-        self._buffer.append(json.dumps({"task": job.task_id(iteration), "it": iteration,
-                                        "state": record.state.value, "rcnt": job.rcnt}))
+        it = "null" if iteration is None else iteration
+        self._buffer.append(f'{{"task": {json.dumps(job.task_id(iteration))}, "it": {it}, '
+                            f'"state": "{record.state.value}", "rcnt": {job.rcnt}}}')
         if len(self._buffer) >= self._batch:
             self.flush()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from qcg.pilotjob.governor.governor import GovernorListener
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from qcg.pilotjob.governor.registry import IterationRecord, JobRecord
 
 FORMATS = ("json", "text", "none")
+_dumps = json.JSONEncoder(separators=(",", ": ")).encode
 
 
 class JobReport(GovernorListener):
@@ -33,7 +35,14 @@ class JobReport(GovernorListener):
     def _add(self, name: str, rec: "IterationRecord", job: "JobRecord | None") -> None:
         if self._file is None:
             return
-        if self._fmt == "json":
+        if self._fmt == "json" and job is None:
+            # the hot path (one line per iteration), formatted directly: same text as json.dumps below
+            hist = ",".join(f'{{"state": "{st.value}","date": "{datetime.fromtimestamp(ts).isoformat()}"}}'
+                            for ts, st in rec.history)
+            line = (f'{{"name": {_dumps(name)},"state": "{rec.state.value}","history": [{hist}],'
+                    f'"runtime": {_dumps(rec.runtime)}')
+            self._buffer.append(line + (f',"messages": {_dumps(rec.messages)}}}' if rec.messages else "}"))
+        elif self._fmt == "json":
             data: dict[str, Any] = {"name": name, "state": rec.state.value, "history": history_list(rec.history),
                                     "runtime": rec.runtime}
             if job is not None:

@@ -110,6 +110,8 @@ class Service:
         cfg = self.config
         self.loop = loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # tasks run in the working directory by default; being there spares a chdir per spawn
+        os.chdir(self.wd)
         self._closers.append(logs.setup(os.path.join(self.aux_dir, "service.log"), cfg.log_level))
         log.info("service starting", id=self.instance_id, wd=self.wd, resources=self.resources.info(),
                  tags=cfg.tags, resume=cfg.resume)

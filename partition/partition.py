@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +62,8 @@ class Partition:
         self.running: dict[str, _Running] = {}
         self.launcher: Launcher = launcher or LocalLauncher(loop, self._launched, self._exited)
         self._pass_pending = False
+        self._deferring = False          # inside an exit callback: run the pass at its end
+        self._env_cache: dict[tuple, dict[str, str]] = {}
         cores = resources.total_cores
         self.queue_limit = max(cores * (1 + config.queue_factor), 64)
         self._per_node = max((n.total for n in resources.nodes), default=0)
@@ -102,6 +103,8 @@ class Partition:
         self.loop.call_soon(self.events.task_finished, ev)
 
     def _request_pass(self) -> None:
+        if self._deferring:
+            return
         if not self._pass_pending and len(self.scheduler):
             self._pass_pending = True
             self.loop.call_soon(self._pass)
@@ -131,15 +134,33 @@ class Partition:
             self.resources.release(allocation)
             self._report_later(TaskFinished(task.task_id, "FAILED", message=str(exc), allocation=allocation))
             return
-        # QCG_PM_CPU_SET names the allocated cores even where processes are not bound (local mode)
-        env = task_environment(self._base_env, execution.env, allocation, uuid.uuid4().hex,
-                               envschema=cfg.envschema, zmq_address=cfg.zmq_address, binding=True)
-        env.update(cmd.env_extra)
+        env = self._environment(execution.env, allocation)
+        if cmd.env_extra:
+            env.update(cmd.env_extra)
         self.running[task.task_id] = _Running(task, allocation, wd, scheduled_at, cmd.files)
         self.launcher.launch(LaunchRequest(
             task_id=task.task_id, node=allocation.nodes[0][0], argv=cmd.argv, env=env, cwd=wd,
             stdin=in_wd(execution.stdin), stdout=in_wd(execution.stdout), stderr=in_wd(execution.stderr),
             cpus=cmd.cpus, walltime=task.walltime))
+
+    def _environment(self, job_env: dict[str, str], allocation: Allocation) -> dict[str, str]:
+        """Task variables; all but the step id depend only on the allocation and job env (cached)."""
+        key = (allocation, tuple(job_env.items()) if job_env else None)
+        env = self._env_cache.get(key)
+        if env is None:
+            cfg = self.config
+            # QCG_PM_CPU_SET names the allocated cores even where processes are not bound (local mode)
+            env = task_environment(self._base_env, job_env, allocation, "", envschema=cfg.envschema,
+                                   zmq_address=cfg.zmq_address, binding=True)
+            for k in self._base_env:
+                if env.get(k) == self._base_env[k]:
+                    del env[k]
+            if len(self._env_cache) >= 4096:
+                self._env_cache.clear()
+            self._env_cache[key] = env
+        env = env.copy()
+        env["QCG_PM_STEP_ID"] = os.urandom(16).hex()
+        return env
 
     # ---------------------------------------------------------- launcher side
     def _launched(self, task_id: str, pid: int | None, started_at: float) -> None:
@@ -152,6 +173,15 @@ class Partition:
         run = self.running.pop(res.task_id, None)
         if run is None:
             return
+        self._deferring = True
+        try:
+            self._report_exit(run, res)
+        finally:
+            self._deferring = False
+        if len(self.scheduler):
+            self._pass()
+
+    def _report_exit(self, run: _Running, res: LaunchResult) -> None:
         self.resources.release(run.allocation)
         for path in run.files:
             try:
@@ -169,4 +199,3 @@ class Partition:
             res.task_id, state, exit_code=res.exit_code if res.exit_code is not None else -1, message=message,
             allocation=run.allocation, wd=run.wd, started_at=res.started_at, finished_at=res.finished_at,
             requeue=res.killed == "node lost"))
-        self._request_pass()

@@ -1,0 +1,79 @@
+"""Wire format shared by the service, its clients and (later) partitions and agents.
+
+A message is one ZMQ frame holding a msgpack map with the protocol version
+under `"v"`. Requests carry `"request"` (the reference's request names) and
+an optional `"id"` echoed in the response; responses carry `"code"`
+(0 = success), `"message"` and `"data"` as in the reference.
+
+For clients written for the original, a frame that starts with `{` is read
+as a JSON request and answered in JSON (the original's envelope).
+
+Events on the publisher socket are two frames: topic, msgpack map.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# publisher topics
+TOPIC_JOB = b"job"          # a job changed state: {"v", "job", "state", "manager"}
+TOPIC_TASK = b"task"        # an iteration changed state: {"v", "job", "it", "state", "manager"}
+TOPIC_NO_JOBS = b"nojobs"   # every job is in a final state: {"v", "manager"}
+
+# key files in `<aux dir>/keys/` (z85 text, mode 0600)
+KEYS_DIR = "keys"
+SERVER_PUBLIC = "server.key"
+SERVER_SECRET = "server.key_secret"
+CLIENT_PUBLIC = "client.key"
+CLIENT_SECRET = "client.key_secret"
+KEYS_ENV = "QCG_PM_KEYS"              # directory with the key files (or an aux dir holding `keys/`)
+ADDRESS_ENV = "QCG_PM_ZMQ_ADDRESS"
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    if "v" not in message:
+        message = {"v": PROTOCOL_VERSION, **message}
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def decode(frame: bytes) -> tuple[dict[str, Any], bool]:
+    """(message, is_json). Raises ProtocolError with a readable reason."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+    if frame[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+        try:
+            msg = json.loads(frame.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"malformed JSON request: {exc}") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError("a JSON request must be an object")
+        return msg, True
+    try:
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_buffer_size=MAX_MESSAGE_BYTES)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(f"malformed msgpack message: {type(exc).__name__}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("a message must be a map")
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})")
+    return msg, False
+
+
+def encode_response(response: dict[str, Any], as_json: bool, request_id: Any = None) -> bytes:
+    if as_json:
+        return json.dumps(response).encode("utf-8")
+    out = {"v": PROTOCOL_VERSION, **response}
+    if request_id is not None:
+        out["id"] = request_id
+    return msgpack.packb(out, use_bin_type=True)
