@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Iterable, Protocol
 
 import structlog
@@ -65,7 +65,7 @@ class Governor:
         self.waiters = WaiterIndex()
         self.inflight: dict[str, tuple[JobRecord, int | None]] = {}
         self._runnable: list[tuple[int, int, JobRecord]] = []
-        self._in_heap: set[str] = set()
+        self._in_heap: set[JobRecord] = set()   # by identity: a removed name may be reused
         self._dispatch_pending = False
         self._finals: deque[tuple[str, int | None, JobState, str]] = deque()
         self._propagating = False
@@ -184,8 +184,8 @@ class Governor:
 
     # ---------------------------------------------------------------- dispatch
     def _make_runnable(self, job: JobRecord) -> None:
-        if job.name not in self._in_heap and not job.is_final:
-            self._in_heap.add(job.name)
+        if job not in self._in_heap and not job.is_final:
+            self._in_heap.add(job)
             heapq.heappush(self._runnable, (job.seq, id(job), job))
             self._request_dispatch()
 
@@ -205,7 +205,7 @@ class Governor:
                 else self._next_task(job)
             if spec is None:
                 heapq.heappop(heap)
-                self._in_heap.discard(job.name)
+                self._in_heap.discard(job)
                 continue
             batch.append(spec)
             room -= 1
@@ -263,10 +263,9 @@ class Governor:
             return
         job, it = entry
         rec = job.record if it is None else job.its[it]
-        rec.runtime["allocation"] = ev.allocation.describe()
-        rec.runtime["wd"] = ev.wd
-        if ev.pid is not None:
-            rec.runtime["pid"] = str(ev.pid)
+        rec.allocation = ev.allocation.describe()
+        rec.wd = ev.wd
+        rec.pid = ev.pid
         rec.set_state(JobState.SCHEDULED, ev.scheduled_at)
         rec.set_state(JobState.EXECUTING, ev.started_at)
         if it is not None:
@@ -297,11 +296,11 @@ class Governor:
             self._make_runnable(job)
             return
         if ev.started_at is not None and ev.finished_at is not None:
-            rec.runtime["rtime"] = str(timedelta(seconds=max(0.0, ev.finished_at - ev.started_at)))
+            rec.rtime = max(0.0, ev.finished_at - ev.started_at)
         if ev.exit_code is not None:
-            rec.runtime["exit_code"] = str(ev.exit_code)
-        if ev.allocation is not None and "allocation" not in rec.runtime:
-            rec.runtime["allocation"] = ev.allocation.describe()
+            rec.exit_code = ev.exit_code
+        if ev.allocation is not None and rec.allocation is None:
+            rec.allocation = ev.allocation.describe()
         rec.add_message(ev.message)
         state = JobState(ev.state)
         if it is None:

@@ -38,11 +38,21 @@ STATES_FILE = "track.states"
 
 
 class Journal(GovernorListener):
-    def __init__(self, aux_dir: str, batch: int = 2000) -> None:
+    def __init__(self, aux_dir: str, batch: int = 512) -> None:
         self._reqs = open(os.path.join(aux_dir, REQS_FILE), "a", encoding="utf-8")
         self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8")
         self._buffer: list[str] = []
         self._batch = batch
+        self._interrupting = False
+
+    def interrupting(self) -> None:
+        """From now on, cancellations are the service stopping, not user decisions.
+
+        Tasks killed or never started because the service stops (signal,
+        `finish`) are not final for `--resume`: they run again there.
+        """
+        self.flush()
+        self._interrupting = True
 
     # -- GovernorListener
     def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"]) -> None:
@@ -50,6 +60,8 @@ class Journal(GovernorListener):
         self._write_now(rec)
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
+        if self._interrupting and record.state is JobState.CANCELED:
+            return
         it = "null" if iteration is None else iteration
         self._buffer.append(f'{{"task": {json.dumps(job.task_id(iteration))}, "it": {it}, '
                             f'"state": "{record.state.value}", "rcnt": {job.rcnt}}}')
@@ -57,6 +69,8 @@ class Journal(GovernorListener):
             self.flush()
 
     def job_final(self, job: "JobRecord") -> None:
+        if self._interrupting and job.state is JobState.CANCELED:
+            return
         if job.iterative:
             self._buffer.append(json.dumps({"task": job.name, "it": None, "state": job.state.value,
                                             "rcnt": job.rcnt}))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterator
 
 from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, JobState
@@ -22,21 +22,52 @@ History = list[tuple[float, JobState]]  # (time.time(), state)
 
 
 class IterationRecord:
-    """State of one task: a whole non-iterative job, or one iteration."""
+    """State of one task: a whole non-iterative job, or one iteration.
 
-    __slots__ = ("state", "history", "runtime", "messages")
+    Kept small, because a sweep holds one per finished iteration: the history
+    is a flat list `[time, state, time, state, ...]` and the runtime facts are
+    plain fields; the reference's `history` pairs and `runtime` dict are built
+    only when someone asks for them.
+    """
+
+    __slots__ = ("state", "_hist", "allocation", "wd", "pid", "exit_code", "rtime", "messages")
 
     def __init__(self, state: JobState = JobState.QUEUED, when: float | None = None,
                  record: bool = True) -> None:
         self.state = state
         # an iteration's history starts when it is scheduled (as in the original)
-        self.history: History = [(when or time.time(), state)] if record else []
-        self.runtime: dict[str, str] = {}
+        self._hist: list = [when or time.time(), state] if record else []
+        self.allocation: str | None = None
+        self.wd: str | None = None
+        self.pid: int | None = None
+        self.exit_code: int | None = None
+        self.rtime: float | None = None
         self.messages: str | None = None
 
     def set_state(self, state: JobState, when: float | None = None) -> None:
         self.state = state
-        self.history.append((when or time.time(), state))
+        self._hist += (when or time.time(), state)
+
+    @property
+    def history(self) -> History:
+        h = self._hist
+        return list(zip(h[::2], h[1::2]))
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        """The reference's runtime dict (all values strings), in its key order."""
+        rt: dict[str, str] = {}
+        if self.allocation is not None:
+            rt["allocation"] = self.allocation
+        if self.wd is not None:
+            rt["wd"] = self.wd
+        if self.rtime is not None:
+            rt["rtime"] = str(timedelta(seconds=self.rtime))
+        if self.exit_code is not None:
+            rt["exit_code"] = str(self.exit_code)
+        if self.pid is not None:
+            rt["pid"] = str(self.pid)
+        return rt
 
     def add_message(self, message: str | None) -> None:
         if message:

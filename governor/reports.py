@@ -17,7 +17,7 @@ _dumps = json.JSONEncoder(separators=(",", ": ")).encode
 
 
 class JobReport(GovernorListener):
-    def __init__(self, path: str, fmt: str = "json", batch: int = 2000) -> None:
+    def __init__(self, path: str, fmt: str = "json", batch: int = 256) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"--report-format: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
         self._fmt = fmt
@@ -37,8 +37,9 @@ class JobReport(GovernorListener):
             return
         if self._fmt == "json" and job is None:
             # the hot path (one line per iteration), formatted directly: same text as json.dumps below
-            hist = ",".join(f'{{"state": "{st.value}","date": "{datetime.fromtimestamp(ts).isoformat()}"}}'
-                            for ts, st in rec.history)
+            h = rec._hist
+            hist = ",".join(f'{{"state": "{h[i + 1].value}","date": "{datetime.fromtimestamp(h[i]).isoformat()}"}}'
+                            for i in range(0, len(h), 2))
             line = (f'{{"name": {_dumps(name)},"state": "{rec.state.value}","history": [{hist}],'
                     f'"runtime": {_dumps(rec.runtime)}')
             self._buffer.append(line + (f',"messages": {_dumps(rec.messages)}}}' if rec.messages else "}"))

@@ -14,6 +14,7 @@ import structlog
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.jobdesc import parse_jobs
 from qcg.pilotjob.governor.registry import split_task_name
+from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.governor.views import info_entry, job_list_entry, status_entry
 
 if TYPE_CHECKING:
@@ -130,7 +131,13 @@ class RequestHandler:
         return ok({"submitted": len(names), "jobs": names}, f"{len(names)} jobs submitted")
 
     def _list_jobs(self, request: dict[str, Any]) -> dict[str, Any]:
-        jobs = {job.name: job_list_entry(job) for job in self.governor.registry}
+        jobs: dict[str, Any] = {}
+        position = 0
+        for job in self.governor.registry:
+            entry = jobs[job.name] = job_list_entry(job)
+            if job.state is JobState.QUEUED:      # place in the queue, in submission order
+                entry["inQueue"] = position
+                position += 1
         return ok({"length": len(jobs), "jobs": jobs})
 
     def _job_status(self, request: dict[str, Any]) -> dict[str, Any]:
