@@ -26,7 +26,7 @@ from qcg.pilotjob.governor.registry import (
 from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, JobState
 from qcg.pilotjob.governor.tasks import make_task, request_variables
 from qcg.pilotjob.partition.iter_schedulers import iteration_request
-from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec, TaskStarted
+from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
 
 if TYPE_CHECKING:
     from qcg.pilotjob.api.jobdesc import JobDescription
@@ -72,6 +72,7 @@ class Governor:
         self.unfinished = 0                 # jobs not yet in a final state
         self.rcnt = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self._alloc_text: dict[Allocation, str] = {}
 
     # ------------------------------------------------------------------ submit
     def submit(self, descs: list["JobDescription"], *, rcnt: int | None = None, when: datetime | None = None,
@@ -263,7 +264,7 @@ class Governor:
             return
         job, it = entry
         rec = job.record if it is None else job.its[it]
-        rec.allocation = ev.allocation.describe()
+        rec.allocation = self._describe(ev.allocation)
         rec.wd = ev.wd
         rec.pid = ev.pid
         rec.set_state(JobState.SCHEDULED, ev.scheduled_at)
@@ -274,6 +275,15 @@ class Governor:
                 job.record.set_state(JobState.EXECUTING, ev.started_at)
                 self._notify_state(job, None, JobState.EXECUTING)
         self._notify_state(job, it, JobState.EXECUTING)
+
+    def _describe(self, allocation: "Allocation") -> str:
+        """The allocation string, one shared copy per distinct allocation (sweeps repeat them)."""
+        text = self._alloc_text.get(allocation)
+        if text is None:
+            text = allocation.describe()
+            if len(self._alloc_text) < 65536:
+                self._alloc_text[allocation] = text
+        return text
 
     def task_finished(self, ev: TaskFinished) -> None:
         entry = self.inflight.pop(ev.task_id, None)
@@ -300,7 +310,7 @@ class Governor:
         if ev.exit_code is not None:
             rec.exit_code = ev.exit_code
         if ev.allocation is not None and rec.allocation is None:
-            rec.allocation = ev.allocation.describe()
+            rec.allocation = self._describe(ev.allocation)
         rec.add_message(ev.message)
         state = JobState(ev.state)
         if it is None:

@@ -74,7 +74,7 @@ class IterationRecord:
             self.messages = message if not self.messages else f"{self.messages}\n{message}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class JobRecord:
     """A submitted job: description, state, iteration bookkeeping, dependencies."""
 
