@@ -90,7 +90,9 @@ def _program(ex: Any, wrapped: bool) -> list[str]:
     if ex.exec:
         return [ex.exec, *map(str, ex.args or ())]
     if ex.script:
-        return ["bash", "-c", ex.script] if wrapped else ["bash", "-l", "-c", ex.script]
+        # a plain (non-login) shell, as the issue asks: a login shell per task re-reads the
+        # profile (pyenv rehash, module init ...) and costs tens of milliseconds
+        return ["bash", "-c", ex.script]
     raise ModelError("execution has neither 'exec' nor 'script'")
 
 
@@ -121,7 +123,9 @@ def _helper_file(scratch_dir: str, name: str, suffix: str, lines: list[str]) -> 
 def wrap_modules_venv(argv: list[str], modules: list[str] | tuple[str, ...] | None,
                       venv: str | None) -> list[str]:
     mods = [str(m) for m in (modules or ())]
-    return ["bash", "-l", "-c", WRAPPER_SCRIPT, WRAPPER_ARGV0, str(len(mods)), *mods, venv or "", *argv]
+    # `module` is defined by the login profile; a venv alone needs no login shell
+    shell = ["bash", "-l", "-c"] if mods else ["bash", "-c"]
+    return [*shell, WRAPPER_SCRIPT, WRAPPER_ARGV0, str(len(mods)), *mods, venv or "", *argv]
 
 
 def _local_mask(allocation: Allocation) -> str:

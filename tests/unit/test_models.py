@@ -33,7 +33,7 @@ def test_default_exec_and_args(tmp_path):
 
 def test_default_script_runs_in_login_bash(tmp_path):
     cmd = build_launch(ex(script="echo $X"), NODE4, local=True, scratch_dir=str(tmp_path))
-    assert cmd.argv == ["bash", "-l", "-c", "echo $X"]
+    assert cmd.argv == ["bash", "-c", "echo $X"]
 
 
 def test_default_binding_in_slurm_mode(tmp_path):
@@ -128,7 +128,7 @@ def test_openmpi_script_runs_per_rank(tmp_path):
     """Reference warning: with a parallel model the script runs once per rank."""
     cmd = build_launch(ex(script="echo $OMPI_COMM_WORLD_RANK", model="openmpi"), TWO, local=True,
                        scratch_dir=str(tmp_path))
-    assert cmd.argv[-4:] == ["bash", "-l", "-c", "echo $OMPI_COMM_WORLD_RANK"]
+    assert cmd.argv[-3:] == ["bash", "-c", "echo $OMPI_COMM_WORLD_RANK"]
 
 
 def test_intelmpi_components_per_node(tmp_path):

@@ -1,0 +1,177 @@
+"""Bad input end to end (issue 3 "Bad input": each a clear message and a non-zero exit, other tasks
+unaffected, never a traceback; DESIGN principle 6). Reference 10.2 (requests file), 6 (options)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import job, submit
+
+
+def one_error_line(r) -> str:
+    r.assert_no_traceback()
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_malformed_json_file(service):
+    """Issue 3 "malformed JSON file": one line naming the file and the position; exit non-zero."""
+    r = service('[{"request": "submit", ')
+    assert r.rc != 0
+    line = one_error_line(r)
+    assert "reqs.json" in line and "JSON" in line
+
+
+def test_not_a_list(service):
+    """Facts 15: a file that is not a list of requests is refused."""
+    r = service('"hello"')
+    assert r.rc != 0
+    assert "list" in one_error_line(r)
+
+
+def test_missing_file(service, tmp_path):
+    """Issue 3 "missing file": one clear line with the path; exit non-zero."""
+    r = service(None, file_path=str(tmp_path / "nofile.json"))
+    assert r.rc != 0
+    assert "nofile.json" in one_error_line(r)
+
+
+def test_no_interface(service):
+    """Facts 15: no --file-path and no --resume -> error, exit non-zero."""
+    r = service(None)
+    assert r.rc != 0
+    one_error_line(r)
+
+
+def test_unknown_request_other_requests_served(service):
+    """Issue 3 "unknown request": error line naming it, non-zero exit, the other requests still served."""
+    r = service([{"request": "bogus"}, submit(job("a", "/bin/echo", ["x"], stdout="o"))])
+    assert r.rc != 0
+    assert "bogus" in one_error_line(r)
+    assert (r.wd / "o").read_text() == "x\n"
+    assert r.report()["a"]["state"] == "SUCCEED"
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"name": "w1", "execution": {"exec": "/bin/true", "args": "x y"}}, "args"),
+    ({"name": "w2", "execution": {"exec": "/bin/true", "env": ["A=1"]}}, "env"),
+    ({"name": "w3", "execution": {"exec": "/bin/true"}, "resources": {"numCores": "two"}}, "numCores"),
+    ({"name": "w4", "execution": {"exec": "/bin/true"}, "resources": {"numCores": {"exact": 1.5}}},
+     "numCores"),
+    ({"name": "w5", "execution": {"exec": "/bin/true"}, "iteration": {"stop": "ten"}}, "iteration"),
+    ({"name": "w6", "execution": {"exec": "/bin/true"}, "dependencies": {"after": "a"}}, "after"),
+    ({"name": "w7", "execution": "ls"}, "execution"),
+    ({"name": "w8", "execution": {"exec": "/bin/true"}, "resources": {"wt": "abc"}}, "wt"),
+])
+def test_wrong_field_types(service, bad, field):
+    """Issue 3 "wrong field types": one clear line naming job and field; submit refused; others run."""
+    r = service([submit(bad), submit(job("good"))])
+    assert r.rc != 0
+    line = one_error_line(r)
+    assert bad["name"] in line and field in line
+    rep = r.report()
+    assert rep["good"]["state"] == "SUCCEED" and bad["name"] not in rep
+
+
+def test_duplicate_names(service):
+    """Issue 3 "duplicate names": in one request and across requests."""
+    r = service([submit(job("d"), job("d")), submit(job("e")), submit(job("e"))])
+    assert r.rc != 0
+    r.assert_no_traceback()
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2, r.stderr
+    assert all("'d'" in lines[0] or "d" in lines[0] for _ in [0])
+    assert "e" in lines[1]
+    rep = r.report()
+    assert "d" not in rep and rep["e"]["state"] == "SUCCEED"
+
+
+def test_unknown_dependency(service):
+    """Issue 3 "unknown dependency" rejected at submit (the original only OMITTED it later)."""
+    r = service([submit(job("x", dependencies={"after": ["ghost"]})), submit(job("ok"))])
+    assert r.rc != 0
+    line = one_error_line(r)
+    assert "x" in line and "ghost" in line
+    assert "x" not in r.report()
+
+
+def test_cycle(service):
+    """Issue 3 "cycle" rejected at submit with a clear error."""
+    r = service([submit(job("p", dependencies={"after": ["q"]}), job("q", dependencies={"after": ["p"]}))])
+    assert r.rc != 0
+    line = one_error_line(r)
+    assert "cycle" in line and "p" in line and "q" in line
+
+
+def test_more_cores_than_exist(service):
+    """Issue 3 "more cores than exist" / reference 7.2: refused naming job and field."""
+    r = service([submit(job("toobig", resources={"numCores": {"exact": 5}}))], nodes="2,2")
+    assert r.rc != 0
+    line = one_error_line(r)
+    assert "toobig" in line and "resources" in line
+
+
+@pytest.mark.parametrize("nodes", ["0", "x", "a:", "2,,3", "n:-1", "a:2,a:3", ":"])
+def test_bad_nodes_string(service, nodes):
+    """Issue 3 "bad --nodes string": one clear line mentioning --nodes; exit non-zero."""
+    r = service([submit(job("a"))], nodes=nodes)
+    assert r.rc != 0
+    assert "--nodes" in one_error_line(r)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write everywhere")
+def test_unwritable_wd_nonroot(service, tmp_path):
+    """Issue 3 "unwritable working dir": one clear line naming the dir; exit non-zero."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        r = service([submit(job("a"))], wd=ro)
+    finally:
+        ro.chmod(0o700)
+    assert r.rc != 0
+    assert str(ro) in one_error_line(r)
+
+
+def test_wd_is_a_file(service, tmp_path):
+    """Issue 3 "unwritable working dir" (works as root too): --wd pointing below a regular file."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = service([submit(job("a"))], wd=f / "sub")
+    assert r.rc != 0
+    assert "afile" in one_error_line(r)
+
+
+def test_missing_executable_fails_task_only(service):
+    """Issue 3 "missing executable (task FAILED with the OS error in jobs.report)", other tasks unaffected;
+    reference 10.3.3 FAILED "a job could not be started (for example there is no executable)"."""
+    r = service([submit(job("nx", "/no/such/program"), job("nx2", "no-such-program-in-path"),
+                        job("ok", "/bin/echo", ["fine"], stdout="o"))])
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    for name in ("nx", "nx2"):
+        assert rep[name]["state"] == "FAILED"
+        assert "No such file or directory" in rep[name]["messages"] or "not found" in rep[name]["messages"]
+    assert "/no/such/program" in rep["nx"]["messages"]
+    assert rep["ok"]["state"] == "SUCCEED"
+    assert (r.wd / "o").read_text() == "fine\n"
+
+
+def test_bad_resume_path(service, tmp_path):
+    """Reference 13.2 / facts 13: --resume of a path that is no aux dir: one clear line, exit non-zero."""
+    (tmp_path / "empty").mkdir()
+    r = service(None, "--resume", str(tmp_path / "empty"))
+    assert r.rc != 0
+    assert "empty" in one_error_line(r)
+
+
+def test_request_not_an_object(service):
+    """Issue 3 bad input: a request that is not a JSON object is refused; the rest served."""
+    r = service([42, submit(job("a"))])
+    assert r.rc != 0
+    one_error_line(r)
+    assert r.report()["a"]["state"] == "SUCCEED"

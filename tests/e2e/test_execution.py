@@ -1,0 +1,192 @@
+"""Launching real processes (issue 3 "Launching"): walltime, cancel of the whole process group,
+modules/venv wrapper, scripts. Reference 10.3.1 (execution, wt), 10.3.6 cancelJob, 8.2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.governor.governor import Governor, GovernorListener
+from qcg.pilotjob.governor.states import JobState
+from qcg.pilotjob.partition.partition import Partition, PartitionConfig
+from qcg.pilotjob.partition.resources import local_resources
+from tests.conftest import job, script_job, submit
+
+
+def test_walltime_kills(service):
+    """Issue 3 "`wt` enforced": a task running past its walltime is killed, FAILED, message about walltime;
+    a task within its walltime succeeds."""
+    reqs = [submit(job("slow", "/bin/sleep", ["30"], resources={"numCores": {"exact": 1}, "wt": "1s"}),
+                   job("quick", "/bin/true", resources={"numCores": {"exact": 1}, "wt": "10s"}))]
+    r = service(reqs, timeout=30)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["slow"]["state"] == "FAILED"
+    assert "walltime" in rep["slow"]["messages"].lower() or "wall time" in rep["slow"]["messages"].lower()
+    assert rep["quick"]["state"] == "SUCCEED"
+
+
+def test_walltime_kills_process_group(service, tmp_path):
+    """Issue 3 "cancel and walltime kill the whole process group": a background child dies too."""
+    pidfile = tmp_path / "child.pid"
+    sc = f"sleep 60 & echo $! > {pidfile}; wait"
+    r = service([submit(job("wt", "bash", ["-c", sc], resources={"numCores": {"exact": 1}, "wt": "1s"}))],
+                timeout=30)
+    assert r.rc == 0, r.stderr
+    assert r.report()["wt"]["state"] == "FAILED"
+    child = int(pidfile.read_text())
+    assert _gone(child, 10), "background child of a walltime-killed task survived"
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            p = psutil.Process(pid)
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class _Events(GovernorListener):
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, int | None, JobState]] = []
+
+    def state_changed(self, job, iteration, state):
+        self.changes.append((job.name, iteration, state))
+
+
+async def _wait_for(cond, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def test_cancel_running_kills_whole_process_group(tmp_path):
+    """Reference 10.3.6 cancelJob + issue 3 "cancel ... kill the whole process group (TERM, then KILL)":
+    after cancel of a running script that started a background child, no process of its group remains;
+    state CANCELED."""
+    pidfile = tmp_path / "pids"
+    sc = f"trap '' TERM; sleep 60 & echo $$ $! > {pidfile}; wait; wait"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        res = local_resources("2")
+        part = Partition(loop, res, PartitionConfig(root_wd=str(tmp_path), scratch_dir=str(tmp_path / "s")),
+                         events=None)
+        ev = _Events()
+        gov = Governor(loop, part, [ev])
+        part.events = gov
+        gov.submit(parse_jobs([{"name": "c", "execution": {"exec": "bash", "args": ["-c", sc]}}]))
+        await _wait_for(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 2, 15)
+        shell, child = map(int, pidfile.read_text().split())
+        pgid = os.getpgid(shell)
+        assert os.getpgid(child) == pgid
+        canceled, errors = gov.cancel(["c"])
+        assert canceled == 1 and not errors
+        await asyncio.wait_for(gov.wait_all_finished(), 20)
+        members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid
+                   and p.status() != psutil.STATUS_ZOMBIE]
+        assert members == [], f"processes of the canceled group remain: {members}"
+        assert gov.registry.get("c").state is JobState.CANCELED
+        await part.shutdown(5)
+        return shell, child
+
+    shell, child = asyncio.run(asyncio.wait_for(main(), 60))
+    assert _gone(child, 5) and _gone(shell, 5)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_cancel_in_file(service):
+    """Reference 10.3.6 cancelJob from the request file (issue 3 requests): the job ends CANCELED, the
+    service exits normally."""
+    reqs = [submit(job("s", "/bin/sleep", ["30"])), {"request": "cancelJob", "jobNames": ["s"]}]
+    r = service(reqs, timeout=30)
+    assert r.rc == 0, r.stderr
+    assert r.report()["s"]["state"] == "CANCELED"
+
+
+def test_script_runs_in_bash(service):
+    """Reference 10.3.1 `script`: commands for bash (argv never joined: quotes reach bash intact)."""
+    sc = 'x="a  b"; echo "[$x]" > s.out; echo \'single "dq"\' >> s.out'
+    r = service([submit(script_job("s", sc))])
+    assert r.rc == 0, r.stderr
+    assert (r.wd / "s.out").read_text() == '[a  b]\nsingle "dq"\n'
+
+
+def test_args_not_joined(service):
+    """Issue 3 "argv lists, never joined shell strings": an argument with spaces and shell characters stays
+    one argument."""
+    r = service([submit(job("a", sys.executable, ["-c", "import sys; print(sys.argv[1:])", "x y", "$(id)", ";|&"],
+                            stdout="o"))])
+    assert r.rc == 0, r.stderr
+    assert (r.wd / "o").read_text() == "['x y', '$(id)', ';|&']\n"
+
+
+def test_venv_activated(service, tmp_path):
+    """Reference 10.3.1 `venv`: the task runs inside the virtual environment (login-shell wrapper)."""
+    venv = tmp_path / "my venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    reqs = [submit(job("v", "python", ["-c", "import sys; print(sys.prefix)", "a b"], stdout="v.out",
+                       venv=str(venv)),
+                   script_job("vs", 'echo "$VIRTUAL_ENV" > vs.out', venv=str(venv)))]
+    r = service(reqs)
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["v"]["state"] == "SUCCEED", rep["v"]
+    assert (r.wd / "v.out").read_text().strip() == str(venv)
+    assert (r.wd / "vs.out").read_text().strip() == str(venv)
+
+
+def test_modules_loaded(service, tmp_path):
+    """Reference 10.3.1 `modules`: `module load` runs in the task's login shell before the program; module
+    names with spaces are passed intact (issue 3 "with correct quoting")."""
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "module.log"
+    (home / ".bash_profile").write_text(
+        f'module() {{ for a in "$@"; do echo "[$a]"; done >> "{log}"; export LOADED=yes; }}\n')
+    reqs = [submit(job("m", "bash", ["-c", 'echo "loaded=$LOADED" > m.out'], modules=["gcc/12", "odd name"],
+                       env={"HOME": str(home)}))]
+    r = service(reqs)
+    assert r.rc == 0, r.stderr
+    assert r.report()["m"]["state"] == "SUCCEED"
+    assert log.read_text() == "[load]\n[gcc/12]\n[odd name]\n"
+    assert (r.wd / "m.out").read_text() == "loaded=yes\n"
+
+
+def test_exit_code_nonzero(service):
+    """Reference 10.3.3 FAILED: non-zero exit code; runtime exit_code as a string."""
+    r = service([submit(job("e", "bash", ["-c", "exit 7"]))])
+    assert r.rc == 0, r.stderr
+    e = r.report()["e"]
+    assert e["state"] == "FAILED" and e["runtime"]["exit_code"] == "7"
+
+
+def test_many_short_tasks(service):
+    """Issue 3 "run thousands of tasks on one machine": 2000 iterations of /bin/true all SUCCEED."""
+    r = service([submit(job("many", "/bin/true", iteration={"stop": 2000}))], nodes="4", timeout=120)
+    assert r.rc == 0, r.stderr
+    fs = r.final_status()
+    assert fs["IterationStats"]["FinishedIterations"] == 2000
+    assert fs["JobStats"]["FinishedJobs"] == 1

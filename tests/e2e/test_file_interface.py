@@ -1,0 +1,393 @@
+"""The request file interface end to end: `python -m qcg.pilotjob.service --file-path ...` in a subprocess
+(reference 10 "File based interface", 6 "QCG-PilotJob Manager options", 7.2, 8.2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from tests.conftest import job, script_job, submit
+
+
+def test_full_run_report_status_and_journal(service, tmp_path):
+    """Reference 10.1/10.2: requests read in order, service exits 0 after all jobs end; aux dir has
+    jobs.report (json), final_status.json with the original's keys, track.* journal, service.log."""
+    reqs = [
+        submit(job("a", "/bin/echo", ["hello"], stdout="a.out"),
+               job("it", "/bin/true", iteration={"stop": 3}),
+               job("f", "/bin/false")),
+        {"request": "listJobs"},
+        {"request": "control", "command": "finishAfterAllTasksDone"},
+    ]
+    r = service(reqs, "--id", "full")
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    assert r.aux == r.wd / ".qcgpjm-service-full"
+    assert (r.wd / "a.out").read_text() == "hello\n"
+    rep = r.report()
+    assert rep["a"]["state"] == "SUCCEED"
+    assert rep["f"]["state"] == "FAILED"
+    assert rep["f"]["runtime"]["exit_code"] == "1"
+    assert rep["it"]["state"] == "SUCCEED"
+    assert {f"it:{i}" for i in range(3)} <= set(rep)
+    for key in ("name", "state", "history", "runtime", "execution", "resources"):
+        assert key in rep["a"]
+    assert rep["a"]["execution"]["exec"] == "/bin/echo"
+    assert [h["state"] for h in rep["a"]["history"]][-1] == "SUCCEED"
+    fs = r.final_status()
+    assert set(fs) == {"System", "Resources", "JobStats", "IterationStats"}
+    assert set(fs["System"]) >= {"InstanceId", "Started", "Generated", "Uptime", "Zmqaddress", "Ifaces",
+                                 "StatusPublisher", "Host", "Account", "Wd", "PythonVersion", "Python",
+                                 "Platform"}
+    assert fs["System"]["InstanceId"] == "full"
+    assert fs["Resources"] == {"TotalNodes": 1, "TotalCores": 4, "UsedCores": 0, "FreeCores": 4}
+    assert fs["JobStats"] == {"TotalJobs": 3, "InScheduleJobs": 0, "FailedJobs": 1, "FinishedJobs": 2,
+                              "ExecutingJobs": 0}
+    assert fs["IterationStats"]["TotalIterations"] == 5
+    assert fs["IterationStats"]["FailedIterations"] == 1
+    assert fs["IterationStats"]["FinishedIterations"] == 4
+    reqs_lines = r.aux_file("track.reqs").read_text().splitlines()
+    assert len(reqs_lines) >= 1
+    finals = {(s["task"], s["state"]) for s in r.states()}
+    assert {("a", "SUCCEED"), ("f", "FAILED"), ("it:0", "SUCCEED"), ("it", "SUCCEED")} <= finals
+    assert r.aux_file("service.log").stat().st_size > 0
+
+
+def test_all_requests_in_a_file(service):
+    """Reference 10.3.1-10.3.9: every request kind is served from a file without refusal (exit 0)."""
+    reqs = [
+        submit(job("a"), job("b", "/bin/sleep", ["0.1"])),
+        {"request": "listJobs"},
+        {"request": "jobStatus", "jobNames": ["a"]},
+        {"request": "jobInfo", "jobNames": ["a"], "params": {"withChilds": True}},
+        {"request": "resourcesInfo"},
+        {"request": "status"},
+        {"request": "status", "options": {"allJobsFinished": True}},
+        submit(job("c", "/bin/sleep", ["30"])),
+        {"request": "cancelJob", "jobNames": ["c"]},
+        {"request": "control", "command": "finishAfterAllTasksDone"},
+    ]
+    r = service(reqs)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["a"]["state"] == "SUCCEED" and rep["b"]["state"] == "SUCCEED"
+    assert rep["c"]["state"] == "CANCELED"
+
+
+def test_remove_then_resubmit_same_name(service):
+    """Reference 10.3.7: after removeJob the name can be submitted again."""
+    reqs = [submit(job("a")), {"request": "cancelJob", "jobNames": ["a"]},
+            {"request": "removeJob", "jobNames": ["a"]}, submit(job("a", "/bin/echo", ["2nd"], stdout="o"))]
+    r = service(reqs, timeout=20)
+    assert r.rc == 0, r.stderr
+    assert (r.wd / "o").read_text() == "2nd\n"
+
+
+def test_finish_request_kills_running(service):
+    """Reference 10.3.9 finish: the service ends at once, running jobs are killed; exit 0."""
+    reqs = [submit(job("long", "/bin/sleep", ["60"])), {"request": "finish"}]
+    r = service(reqs, timeout=30)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    assert r.report()["long"]["state"] == "CANCELED"
+
+
+def test_report_format_text(service):
+    """Reference 6 `--report-format text`: one block per finished entity: `name (STATE) msg`, history, runtime."""
+    r = service([submit(job("t", "/bin/false", iteration={"stop": 1}))], "--report-format", "text")
+    assert r.rc == 0, r.stderr
+    text = r.aux_file("jobs.report").read_text()
+    assert re.search(r"^t:0 \(FAILED\) ", text, re.M)
+    assert re.search(r"^t \(FAILED\) ", text, re.M)
+    assert re.search(r"^\t\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: EXECUTING$", text, re.M)
+    assert re.search(r"^\texit_code: 1$", text, re.M)
+    assert not text.lstrip().startswith("{")
+
+
+def test_report_file_name(service):
+    """Reference 6 `--report-file`: the report is written under the given name in the aux dir."""
+    r = service([submit(job("a"))], "--report-file", "my.report")
+    assert r.rc == 0, r.stderr
+    assert r.report("my.report")["a"]["state"] == "SUCCEED"
+
+
+def test_id_names_aux_dir(service):
+    """Reference 6 `--id`: aux dir `.qcgpjm-service-<id>` in the working dir; InstanceId = id."""
+    r = service([submit(job("a"))], "--id", "myid")
+    assert r.rc == 0, r.stderr
+    assert (r.wd / ".qcgpjm-service-myid").is_dir()
+    assert r.final_status()["System"]["InstanceId"] == "myid"
+
+
+def test_default_id_is_host_dot_number(service):
+    """Facts 14: default id `<hostname>.<number>`."""
+    r = service([submit(job("a"))])
+    assert r.rc == 0, r.stderr
+    assert re.fullmatch(r"\.qcgpjm-service-.+\.\d+", r.aux.name)
+
+
+def test_tags_accepted(service):
+    """Reference 6 `--tags`: accepted (logged), the run is unaffected."""
+    r = service([submit(job("a"))], "--tags", "t1,t2")
+    assert r.rc == 0, r.stderr
+
+
+def test_log_level(service):
+    """Reference 6 `--log`: debug is accepted and writes service.log."""
+    r = service([submit(job("a"))], "--log", "debug")
+    assert r.rc == 0, r.stderr
+    assert r.log()
+
+
+def test_system_core_reduces_free_cores(service):
+    """Reference 6 `--system-core` / 15.2: one core reserved: UsedCores 1 at idle, free reduced by one,
+    a job using all remaining cores still runs, one needing every core is refused."""
+    reqs = [submit(job("three", "/bin/true", resources={"numCores": {"exact": 3}})),
+            {"request": "resourcesInfo"}]
+    r = service(reqs, "--system-core", nodes="4")
+    assert r.rc == 0, r.stderr
+    fs = r.final_status()
+    assert fs["Resources"]["TotalCores"] == 4
+    assert fs["Resources"]["UsedCores"] == 1
+    assert fs["Resources"]["FreeCores"] == 3
+    rep = r.report()
+    assert rep["three"]["state"] == "SUCCEED"
+    assert "0" not in rep["three"]["runtime"]["allocation"].split("[")[1].rstrip("]").split(":")
+
+    r2 = service([submit(job("four", "/bin/true", resources={"numCores": {"exact": 4}}))], "--system-core",
+                 nodes="4", wd=r.wd.parent / "wd2")
+    r2.assert_no_traceback()
+    assert r2.rc != 0
+    assert "four" in r2.stderr
+
+
+def test_show_progress_prints_bar_to_stderr(tmp_path):
+    """Reference 6 `--show-progress` (issue 3 "with a progress bar"): a progress bar on stderr (a terminal)."""
+    import pty
+    import subprocess
+    import sys
+    import time
+    reqs = tmp_path / "r.json"
+    reqs.write_text(json.dumps([submit(job("it", "/bin/true", iteration={"stop": 20}))]))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs),
+                             "--wd", str(tmp_path / "wd"), "--nodes", "2", "--show-progress"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    err = b"".join(chunks).decode(errors="replace")
+    assert rc == 0, err
+    assert "Traceback" not in err
+    assert "20/20" in err or "100%" in err, err
+
+
+def test_placeholders(service, tmp_path):
+    """Reference 10.3.1 variables `${it}`, `${jname}`, `${rcnt}`, `${root_wd}`, `${ncores}`, `${nnodes}`,
+    `${nlist}` substituted per string field; `$$` and quotes survive (issue 3 "never on serialised JSON")."""
+    reqs = [
+        submit(job("first")),
+        submit(
+            job("p", "/bin/echo", ["${jname}|${rcnt}|${root_wd}|${ncores}|${nnodes}|${nlist}",
+                                   "$$HOME", 'q"uote\'s', "back\\slash"],
+                stdout="p.${ncores}.out", resources={"numCores": {"exact": 3}}),
+            job("i", "/bin/echo", ["it=${it}"], stdout="i.${it}.out", iteration={"start": 2, "stop": 4}),
+            job("v", "/bin/echo", ["${itval}"], stdout="v.${it}.out", iteration={"values": ["x y", "z"]}),
+        ),
+    ]
+    r = service(reqs, nodes="2,2")
+    assert r.rc == 0, r.stderr
+    out = (r.wd / "p.3.out").read_text().rstrip("\n")
+    fields, rest = out.split(" ", 1)
+    jname, rcnt, root_wd, ncores, nnodes, nlist = fields.split("|")
+    assert jname == "p"
+    assert rcnt == "2"
+    assert root_wd == str(r.wd)
+    assert ncores == "3" and nnodes == "2" and nlist == "n0,n1"
+    assert rest == "$$HOME q\"uote's back\\slash"
+    assert (r.wd / "i.2.out").read_text() == "it=2\n"
+    assert (r.wd / "i.3.out").read_text() == "it=3\n"
+    assert (r.wd / "v.0.out").read_text() == "x y\n"
+    assert (r.wd / "v.1.out").read_text() == "z\n"
+    # reports keep the description with ${it} literal (facts 8)
+    assert r.report()["i"]["execution"]["stdout"] == "i.${it}.out"
+
+
+def test_env_vars_inside_task(service):
+    """Reference 8.2 QCG execution environment: QCG_PM_NNODES, _NODELIST, _NPROCS, _NTASKS, _STEP_ID,
+    _TASKS_PER_NODE (+ issue 3 QCG_PM_CPU_SET) seen from inside a task; job `env` added."""
+    sc = ('for v in QCG_PM_NNODES QCG_PM_NODELIST QCG_PM_NPROCS QCG_PM_NTASKS QCG_PM_TASKS_PER_NODE '
+          'QCG_PM_STEP_ID QCG_PM_CPU_SET MYVAR; do echo "$v=${!v}"; done > env.${it}.txt')
+    reqs = [submit({"name": "e", "execution": {"script": sc, "env": {"MYVAR": "my value"}},
+                    "resources": {"numCores": {"exact": 3}}, "iteration": {"stop": 2}})]
+    r = service(reqs, nodes="2,2")
+    r.assert_no_traceback()
+    if r.rc != 0:
+        # env together with script may be refused (reference: script is exclusive with exec/args/env)
+        reqs[0]["jobs"][0]["execution"] = {"exec": "bash", "args": ["-c", sc.replace("${it}", "${it}")],
+                                           "env": {"MYVAR": "my value"}}
+        r = service(reqs, nodes="2,2", wd=r.wd.parent / "wd2")
+    assert r.rc == 0, r.stderr
+    step_ids = set()
+    for i in range(2):
+        env = dict(line.split("=", 1) for line in (r.wd / f"env.{i}.txt").read_text().splitlines())
+        assert env["QCG_PM_NNODES"] == "2"
+        assert env["QCG_PM_NODELIST"] == "n0,n1"
+        assert env["QCG_PM_NPROCS"] == "3" and env["QCG_PM_NTASKS"] == "3"
+        assert env["QCG_PM_TASKS_PER_NODE"] in ("2,1", "1,2")
+        assert re.fullmatch(r"[0-9a-f]{32}", env["QCG_PM_STEP_ID"])
+        assert len(env["QCG_PM_CPU_SET"].split(",")) == 3
+        assert env["MYVAR"] == "my value"
+        step_ids.add(env["QCG_PM_STEP_ID"])
+    assert len(step_ids) == 2
+
+
+def test_wd_created_and_relative_streams(service, tmp_path):
+    """Reference 10.3.1 `wd` (relative to the manager's wd, created if missing) and stdin/stdout/stderr
+    relative to the job's wd."""
+    (tmp_path / "wd" / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "wd" / "sub" / "deeper" / "in.txt").write_text("from stdin\n")
+    absdir = tmp_path / "abs" / "dir"
+    reqs = [submit(
+        job("rel", "/bin/cat", wd="sub/deeper", stdin="in.txt", stdout="out.txt"),
+        {"name": "err", "execution": {"exec": "bash", "args": ["-c", "echo E >&2; echo O; pwd"],
+                                      "wd": "new/dir", "stdout": "o.txt", "stderr": "e.txt"}},
+        job("abs", "/bin/pwd", wd=str(absdir), stdout="pwd.txt"),
+        {"name": "same", "execution": {"exec": "bash", "args": ["-c", "echo 1; echo 2 >&2; echo 3"],
+                                       "stdout": "both.txt", "stderr": "both.txt"}},
+    )]
+    r = service(reqs)
+    assert r.rc == 0, r.stderr
+    assert (r.wd / "sub" / "deeper" / "out.txt").read_text() == "from stdin\n"
+    assert (r.wd / "new" / "dir" / "e.txt").read_text() == "E\n"
+    assert (r.wd / "new" / "dir" / "o.txt").read_text() == f"O\n{r.wd / 'new' / 'dir'}\n"
+    assert (absdir / "pwd.txt").read_text() == f"{absdir}\n"
+    assert (r.wd / "both.txt").read_text() == "1\n2\n3\n"
+    assert r.report()["rel"]["runtime"]["wd"] == str(r.wd / "sub" / "deeper")
+
+
+def test_dependencies_and_omitted_in_report(service):
+    """Reference 7.2 + 10.3.1 dependencies: dependants of a failed job are OMITTED, others run; `a:${it}`."""
+    reqs = [submit(
+        job("bad", "/bin/false"),
+        job("dep", "/bin/true", dependencies={"after": ["bad"]}),
+        job("dep2", "/bin/true", dependencies={"after": ["dep"]}),
+        script_job("a", "test ${it} -ne 1", iteration={"stop": 3}),
+        job("b", "/bin/echo", ["${it}"], stdout="b.${it}", iteration={"stop": 3},
+            dependencies={"after": ["a:${it}"]}),
+        job("ok", "/bin/true"),
+    )]
+    r = service(reqs)
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["bad"]["state"] == "FAILED"
+    assert rep["dep"]["state"] == "OMITTED" and rep["dep2"]["state"] == "OMITTED"
+    assert rep["ok"]["state"] == "SUCCEED"
+    assert rep["a"]["state"] == "FAILED"
+    assert rep["b"]["state"] == "FAILED"
+    assert rep["b:1"]["state"] == "OMITTED"
+    assert (r.wd / "b.0").exists() and (r.wd / "b.2").exists() and not (r.wd / "b.1").exists()
+    assert rep["dep"]["dependencies"] == {"after": ["bad"]}
+
+
+def test_omitted_chain_3000(service):
+    """Issue 3 "dependants of a FAILED ... job become OMITTED" through a 3000-job chain, end to end."""
+    n = 3000
+    jobs = [job("c0", "/bin/false")] + [job(f"c{i}", dependencies={"after": [f"c{i-1}"]}) for i in range(1, n)]
+    r = service([submit(*jobs)], timeout=120)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["c0"]["state"] == "FAILED"
+    assert all(rep[f"c{i}"]["state"] == "OMITTED" for i in range(1, n))
+    assert r.final_status()["JobStats"]["FailedJobs"] == n
+
+
+def test_scheduling_fifo_backfill_minmax(service):
+    """Reference 7.2: FIFO; a later job runs when an earlier one does not fit (backfill); min/max gets the
+    maximum possible; numNodes gets whole nodes."""
+    reqs = [submit(
+        job("big", "/bin/sleep", ["0.5"], resources={"numCores": {"exact": 3}}),
+        job("wide", "/bin/true", resources={"numCores": {"exact": 4}}),
+        job("small", "/bin/true"),
+        job("range", "/bin/true", resources={"numCores": {"min": 1, "max": 8}},
+            dependencies={"after": ["wide"]}),
+        job("node", "/bin/true", resources={"numNodes": {"exact": 1}}, dependencies={"after": ["range"]}),
+    )]
+    r = service(reqs, nodes="4")
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert all(e["state"] == "SUCCEED" for e in rep.values()), rep
+
+    def t(name, state):
+        return next(h["date"] for h in rep[name]["history"] if h["state"] == state)
+
+    # small (1 core) starts while big holds 3 cores and wide (4 cores) waits
+    assert t("small", "EXECUTING") < t("big", "SUCCEED")
+    assert t("wide", "EXECUTING") >= t("big", "SUCCEED")
+    assert rep["big"]["runtime"]["allocation"].startswith("n0[")
+    assert rep["range"]["runtime"]["allocation"] == "n0[0:1:2:3]"
+    assert rep["node"]["runtime"]["allocation"] == "n0[0:1:2:3]"
+
+
+def test_never_fit_refused_with_clear_message(service):
+    """Reference 7.2 "minimal resource requirements greater than total available resources": refused with
+    one clear line naming the job and the field; non-zero exit; other requests still served."""
+    reqs = [submit(job("huge", resources={"numCores": {"exact": 9}})), submit(job("fine"))]
+    r = service(reqs, nodes="2,2")
+    r.assert_no_traceback()
+    assert r.rc != 0
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1, r.stderr
+    assert "huge" in err[0] and "resources" in err[0]
+    assert r.report()["fine"]["state"] == "SUCCEED"
+    assert "huge" not in r.report()
+
+
+def test_iteration_schedulers(service):
+    """Reference 12 iteration resource schedulers: split-into gives each iteration R/parts cores."""
+    reqs = [submit(job("s", "/bin/true", iteration={"stop": 2},
+                       resources={"numCores": {"min": 1, "scheduler": {"name": "split-into",
+                                                                       "params": {"parts": 2}}}}))]
+    r = service(reqs, nodes="4")
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    for i in range(2):
+        alloc = rep[f"s:{i}"]["runtime"]["allocation"]
+        assert len(alloc.split("[")[1].rstrip("]").split(":")) == 2
+
+
+def test_empty_request_list(service):
+    """Facts 15: an empty list of requests is a normal run (exit 0)."""
+    r = service([])
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+
+
+def test_qcg_gov_console_script(tmp_path):
+    """Issue 3 "Console scripts qcg-gov (primary) and qcg-pm-service (same CLI)"."""
+    import shutil
+    import subprocess
+    for name in ("qcg-gov", "qcg-pm-service"):
+        exe = shutil.which(name)
+        assert exe, f"{name} not installed"
+        out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0
+        assert "--file-path" in out.stdout and "--resume" in out.stdout

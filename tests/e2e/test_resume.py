@@ -1,0 +1,143 @@
+"""`--resume` after the service was killed (reference 13 "Resuming"; issue 3 "`--resume <wd or aux dir>`
+finishes exactly the unfinished tasks — including iterations that finished out of order")."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import SERVICE, find_aux, run_service, script_job, submit
+
+N = 40
+
+
+def _states(aux: Path) -> list[dict]:
+    path = aux / "track.states"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass          # a torn last line
+    return out
+
+
+def _counts(cnt: Path) -> dict[int, int]:
+    return {i: (len((cnt / str(i)).read_text().splitlines()) if (cnt / str(i)).exists() else 0)
+            for i in range(N)}
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the service, then every task it left behind (so nothing finishes after the snapshot)."""
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        kids = []
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    for k in kids:
+        try:
+            os.killpg(os.getpgid(k.pid), signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            k.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(kids, timeout=10)
+
+
+def _sweep(cnt: Path) -> dict:
+    # iterations finish out of order: it%3 == 0 at once, others later
+    sc = f"sleep 0.$(( (${{it}} % 3) * 3 )); echo done >> {cnt}/${{it}}"
+    # `bash -c`, not a `script` (login shell): killing a login shell mid-profile can leave stale locks behind
+    return submit({"name": "sweep", "execution": {"exec": "bash", "args": ["-c", sc]}, "iteration": {"stop": N}},
+                  script_job("after", f"echo after >> {cnt}/after", dependencies={"after": ["sweep"]}))
+
+
+def _start_and_kill(tmp_path: Path) -> tuple[Path, Path, Path]:
+    cnt = tmp_path / "cnt"
+    cnt.mkdir()
+    wd = tmp_path / "wd"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([_sweep(cnt)]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "4", "--id", "r"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    aux = wd / ".qcgpjm-service-r"
+    try:
+        deadline = time.monotonic() + 20
+        # wait until some iteration ends are journalled (the journal flushes in batches)
+        while time.monotonic() < deadline:
+            finished = [s for s in _states(aux) if s.get("it") is not None and s.get("state") == "SUCCEED"]
+            if len(finished) >= 3:
+                break
+            assert proc.poll() is None, "the service ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no iteration journalled in time")
+    finally:
+        _kill_tree(proc)
+    return cnt, wd, aux
+
+
+def _check_resumed(tmp_path: Path, cnt: Path, wd: Path, aux: Path, resume_arg: str) -> None:
+    journalled = {s["it"] for s in _states(aux) if s.get("it") is not None and s.get("state") == "SUCCEED"
+                  and str(s.get("task", "")).startswith("sweep:")}
+    before = _counts(cnt)
+    assert 0 < len(journalled) < N, "the kill must come mid-run"
+    assert all(before[i] == 1 for i in journalled)
+    r = run_service(tmp_path, None, "--resume", resume_arg, wd=wd, nodes="4", timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    after = _counts(cnt)
+    # finished ones did not run again; every other one ran exactly once more
+    for i in range(N):
+        if i in journalled:
+            assert after[i] == 1, f"iteration {i} finished before the kill but ran again"
+        else:
+            assert after[i] == before[i] + 1, f"iteration {i}: {before[i]} -> {after[i]} runs"
+    assert (cnt / "after").read_text() == "after\n"
+    rep = {e["name"]: e for e in (json.loads(x) for x in (aux / "jobs.report").read_text().splitlines() if x)}
+    assert rep["sweep"]["state"] == "SUCCEED"
+    assert rep["after"]["state"] == "SUCCEED"
+    fs = json.loads((aux / "final_status.json").read_text())
+    assert fs["JobStats"]["FinishedJobs"] == 2
+    assert fs["IterationStats"]["FinishedIterations"] == N + 1
+
+
+def test_resume_after_sigkill_out_of_order(tmp_path):
+    """Reference 13.1-13.3 + issue 3: SIGKILL mid-run (iterations finishing out of order), then
+    `--resume <aux dir>` runs exactly the unfinished iterations once, and the dependent job afterwards."""
+    cnt, wd, aux = _start_and_kill(tmp_path)
+    journalled = sorted(s["it"] for s in _states(aux) if s.get("it") is not None and s.get("state") == "SUCCEED")
+    # the case the original gets wrong: finished iterations are not a prefix
+    assert journalled != list(range(len(journalled))), journalled
+    _check_resumed(tmp_path, cnt, wd, aux, str(aux))
+
+
+def test_resume_by_working_dir(tmp_path):
+    """Reference 13.2: --resume may name the working directory holding the aux dir."""
+    cnt, wd, aux = _start_and_kill(tmp_path)
+    _check_resumed(tmp_path, cnt, wd, aux, str(wd))
+
+
+def test_resume_of_finished_run_runs_nothing(tmp_path):
+    """Reference 13.3 "no problem to resume already resumed computations": a finished run resumed again
+    runs nothing and exits 0."""
+    cnt = tmp_path / "cnt"
+    cnt.mkdir()
+    r = run_service(tmp_path, [submit(script_job("x", f"echo x >> {cnt}/x", iteration={"stop": 3}))])
+    assert r.rc == 0, r.stderr
+    r2 = run_service(tmp_path, None, "--resume", str(r.aux), wd=r.wd, timeout=30)
+    r2.assert_no_traceback()
+    assert r2.rc == 0, r2.stderr
+    assert (cnt / "x").read_text() == "x\nx\nx\n"

@@ -1,0 +1,182 @@
+"""The journal behind --resume (reference 13 "Resuming"; issue 3 "journal: every accepted submission and
+every final state, written in batches and flushed before the run reports success")."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+
+import pytest
+
+from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.governor import journal as jmod
+from qcg.pilotjob.governor.journal import Journal
+from qcg.pilotjob.governor.states import JobState
+
+from .test_governor import Harness
+
+
+def J(name, **kw):
+    d = {"name": name, "execution": {"exec": "/bin/echo", "args": ["${it}", "$$x", "q\"uote"]}}
+    d.update(kw)
+    return d
+
+
+@pytest.fixture
+def aux(tmp_path):
+    d = tmp_path / ".qcgpjm-service-t1"
+    d.mkdir()
+    return d
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_submission_written_before_answer(aux):
+    """Issue 3 / DESIGN principle 4: every accepted submission is journalled (on disk) before it is answered."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.listeners.append(j)
+    h.submit(J("a"), J("it", iteration={"stop": 3}))
+    recs = lines(aux / jmod.REQS_FILE)     # not closed, not flushed explicitly: already on disk
+    assert len(recs) == 1
+    assert [d["name"] for d in recs[0]["jobs"]] == ["a", "it"]
+    assert recs[0]["rcnt"] == 1
+    # the description is stored unsubstituted, quotes and $$ intact
+    assert recs[0]["jobs"][0]["execution"]["args"] == ["${it}", "$$x", "q\"uote"]
+    j.close()
+    h.close()
+
+
+def test_states_are_batched_and_flushed(aux):
+    """Issue 3 "written in batches and flushed": final states buffered until flush/close."""
+    j = Journal(str(aux), batch=1000)
+    h = Harness()
+    h.gov.listeners.append(j)
+    h.submit(J("a"), J("it", iteration={"stop": 2}))
+    h.finish("a")
+    h.finish("it:1")
+    states_path = aux / jmod.STATES_FILE
+    assert states_path.read_text() == ""
+    j.flush()
+    recs = lines(states_path)
+    assert {(r["task"], r["it"], r["state"]) for r in recs} == {("a", None, "SUCCEED"), ("it:1", 1, "SUCCEED")}
+    h.finish("it:0")
+    j.close()
+    recs = lines(states_path)
+    assert ("it", None, "SUCCEED") in {(r["task"], r["it"], r["state"]) for r in recs}
+    h.close()
+
+
+def test_load_round_trip_out_of_order(aux):
+    """Reference 13 + issue 3 "--resume finishes exactly the unfinished tasks — including iterations that
+    finished out of order": load() returns the submissions and exactly the recorded final states."""
+    j = Journal(str(aux))
+    h = Harness(queue_limit=10)
+    h.gov.listeners.append(j)
+    h.submit(J("a"), J("it", iteration={"stop": 10}), J("b", dependencies={"after": ["a"]}))
+    h.finish("it:7")
+    h.finish("it:2")
+    h.finish("it:5", "FAILED", code=1)
+    j.close()
+    replay = jmod.load(str(aux))
+    assert len(replay.submissions) == 1
+    sub = replay.submissions[0]
+    assert [d.name for d in sub.descs] == ["a", "it", "b"]
+    assert sub.done == {"it": {7: JobState.SUCCEED, 2: JobState.SUCCEED, 5: JobState.FAILED}}
+    assert replay.finish_after_all is False
+    h.close()
+
+
+def test_replay_into_new_governor_runs_only_unfinished(aux):
+    """Reference 13.3: a resumed governor hands out only the iterations not recorded as finished."""
+    j = Journal(str(aux))
+    h = Harness(queue_limit=20)
+    h.gov.listeners.append(j)
+    h.submit(J("it", iteration={"stop": 10}), J("p"))
+    for tid in ("it:9", "it:0", "it:4", "p"):
+        h.finish(tid)
+    j.close()
+    h.close()
+
+    replay = jmod.load(str(aux))
+    h2 = Harness(queue_limit=20)
+    for sub in replay.submissions:
+        h2.gov.submit(sub.descs, rcnt=sub.rcnt, when=sub.when, done=sub.done)
+    h2.drain()
+    assert sorted(h2.part.ids) == sorted(f"it:{i}" for i in (1, 2, 3, 5, 6, 7, 8))
+    assert h2.state("p") is JobState.SUCCEED
+    for tid in list(h2.part.ids):
+        h2.finish(tid)
+    assert h2.state("it") is JobState.SUCCEED
+    assert h2.gov.all_finished
+    h2.close()
+
+
+def test_load_tolerates_torn_last_line(aux):
+    """Issue 3 "Nothing lost": a kill during a write leaves a torn line; load skips it, keeps the rest."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.listeners.append(j)
+    h.submit(J("a"))
+    h.finish("a")
+    j.close()
+    with open(aux / jmod.STATES_FILE, "a") as f:
+        f.write('{"task": "b", "it": nu')
+    with open(aux / jmod.REQS_FILE, "a") as f:
+        f.write('{"rcnt": 2, "time": "20')
+    replay = jmod.load(str(aux))
+    assert replay.skipped_lines == 2
+    assert replay.submissions[0].done == {"a": {None: JobState.SUCCEED}}
+    h.close()
+
+
+def test_removed_jobs_not_replayed(aux):
+    """Reference 10.3.7 removeJob + 13: a removed job is not resumed."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.listeners.append(j)
+    h.submit(J("a"), J("b"))
+    h.finish("a")
+    h.gov.remove(["a"])
+    j.close()
+    replay = jmod.load(str(aux))
+    assert [d.name for s in replay.submissions for d in s.descs] == ["b"]
+    h.close()
+
+
+def test_control_recorded(aux):
+    """Reference 10.3.5 + 13: finishAfterAllTasksDone survives a resume."""
+    j = Journal(str(aux))
+    j.control("finishAfterAllTasksDone")
+    j.close()
+    assert jmod.load(str(aux)).finish_after_all is True
+
+
+def test_find_aux_dir(tmp_path):
+    """Reference 13.2: --resume takes the aux dir or a working dir (newest aux dir there)."""
+    old = tmp_path / ".qcgpjm-service-old"
+    new = tmp_path / ".qcgpjm-service-new"
+    for d in (old, new):
+        d.mkdir()
+        (d / jmod.REQS_FILE).write_text("")
+    past = time.time() - 100
+    os.utime(old, (past, past))
+    assert jmod.find_aux_dir(str(old)) == str(old)
+    assert jmod.find_aux_dir(str(tmp_path)) == str(new)
+
+
+@pytest.mark.parametrize("what", ["missing", "empty", "file"])
+def test_find_aux_dir_invalid(tmp_path, what):
+    """Facts 13: an invalid --resume path is an error naming the path."""
+    path = tmp_path / "x"
+    if what == "empty":
+        path.mkdir()
+    elif what == "file":
+        path.write_text("x")
+    with pytest.raises(FileNotFoundError) as ei:
+        jmod.find_aux_dir(str(path))
+    assert str(path) in str(ei.value)
