@@ -59,7 +59,7 @@ def decode(frame: bytes) -> tuple[dict[str, Any], bool]:
             raise ProtocolError("a JSON request must be an object")
         return msg, True
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_buffer_size=MAX_MESSAGE_BYTES)
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise ProtocolError(f"malformed msgpack message: {type(exc).__name__}") from None
     if not isinstance(msg, dict):

@@ -73,6 +73,8 @@ class Governor:
         self.rcnt = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._alloc_text: dict[Allocation, str] = {}
+        self._requeues: dict[str, int] = {}
+        self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
 
     # ------------------------------------------------------------------ submit
     def submit(self, descs: list["JobDescription"], *, rcnt: int | None = None, when: datetime | None = None,
@@ -295,7 +297,9 @@ class Governor:
         was_executing = rec.state is JobState.EXECUTING
         if it is not None and was_executing:
             job.executing_count -= 1
-        if ev.requeue and not job.canceled and self.registry.get(job.name) is job:
+        if ev.requeue and self._requeues.get(ev.task_id, 0) < self.requeue_limit \
+                and not job.canceled and self.registry.get(job.name) is job:
+            self._requeues[ev.task_id] = self._requeues.get(ev.task_id, 0) + 1
             log.warning("task requeued", task=ev.task_id, reason=ev.message)
             rec.add_message(ev.message)
             if it is None:

@@ -86,3 +86,26 @@ class LocalLauncher:
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         await self._spawner.shutdown(timeout)
+
+
+class SrunLauncher(LocalLauncher):
+    """`--disable-nl`: every task is started from here as its own `srun` step on its node.
+
+    Commands that already go through Slurm (`srun ...` of the srunmpi and
+    threads models, `mpirun` which starts its daemons through Slurm) run as
+    they are.
+    """
+
+    def launch(self, req: LaunchRequest) -> None:
+        prog = os.path.basename(req.argv[0]) if req.argv else ""
+        if prog not in ("srun", "mpirun", "mpiexec"):
+            bind = ["--cpu-bind=verbose,mask_cpu:" + hex(sum(1 << c for c in req.cpus))] if req.cpus else \
+                ["--cpu-bind=none"]
+            argv = ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={req.node}", "--mem-per-cpu=0",
+                    "--kill-on-bad-exit=1", *bind, *req.argv]
+            req = LaunchRequest(req.task_id, req.node, argv, req.env, req.cwd, req.stdin, req.stdout,
+                                req.stderr, None, req.walltime)
+        else:
+            req = LaunchRequest(req.task_id, req.node, req.argv, req.env, req.cwd, req.stdin, req.stdout,
+                                req.stderr, None, req.walltime)
+        super().launch(req)

@@ -95,6 +95,18 @@ class Partition:
                 run.canceled = True
                 self.launcher.cancel(tid)
 
+    def attach_launcher(self, launcher: Launcher) -> None:
+        """Use `launcher` (e.g. node agents) instead of launching locally; call before any task runs."""
+        self.launcher = launcher
+
+    def node_state(self, node: str, up: bool) -> None:
+        """A node's agent became ready (up) or was lost / is not ready yet (down)."""
+        if up:
+            self.resources.set_node_up(node)
+            self._request_pass()
+        else:
+            self.resources.set_node_down(node)
+
     async def shutdown(self, timeout: float = 5.0) -> None:
         await self.launcher.shutdown(timeout)
 

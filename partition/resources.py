@@ -129,6 +129,7 @@ class Resources:
         self._free_nodes = [n.index for n in self.nodes if n.free > 0]
         heapq.heapify(self._free_nodes)
         self._system: tuple[str, int] | None = None
+        self._down: dict[str, list[int]] = {}     # node -> cores held back while the node is down
         self._rebuild_stats()
 
     # -- statistics ------------------------------------------------------------
@@ -328,7 +329,31 @@ class Resources:
             node = self._by_name.get(name)
             if node is None:
                 raise ValueError(f"release of cores on unknown node {name!r}")
+            held = self._down.get(name)
+            if held is not None:        # the node is down: its cores stay out of use
+                held.extend(ids)
+                continue
             self._give(node, tuple(ids))
+
+    # -- node availability (agents that are not ready, or lost) -------------------
+    def set_node_down(self, name: str) -> None:
+        """Take a node out of use: its free cores, and later every core released on it, are held back."""
+        if name in self._down:
+            return
+        node = self._by_name[name]
+        self._down[name] = list(self._take(node, node.free)) if node.free else []
+
+    def set_node_up(self, name: str) -> None:
+        held = self._down.pop(name, None)
+        if held:
+            self._give(self._by_name[name], tuple(held))
+
+    def is_down(self, name: str) -> bool:
+        return name in self._down
+
+    @property
+    def nodes_up(self) -> int:
+        return self.total_nodes - len(self._down)
 
     # -- system core ------------------------------------------------------------
     def reserve_system_core(self) -> tuple[str, int] | None:

@@ -1,0 +1,5 @@
+import sys
+
+from qcg.pilotjob.agent.agent import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""The node agent: one process per node, started by srun or ssh, spawning the tasks of that node.
+
+It keeps one CURVE-authenticated DEALER connection to its partition (its
+identity is the node name), announces itself with the CPUs it can really
+use, runs what it is told through `ProcessSpawner`, and reports starts and
+exits in batches. Heartbeats go both ways: when the partition falls silent
+the agent kills its tasks and exits, so a lost partition leaves no orphans.
+
+Messages (msgpack maps with "v", see api/protocol.py), partition -> agent:
+`run` (task, argv, env, cwd, stdin, stdout, stderr, cpus, walltime),
+`cancel` (task), `exit`, `hb`; agent -> partition: `ready` (node, cpus,
+pid), `events` (list of `started`/`exited` records), `hb`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
+from qcg.pilotjob.api import curve, protocol
+
+HEARTBEAT = 2.0
+MISSED_HEARTBEATS = 5
+
+
+class Agent:
+    def __init__(self, node: str, address: str, keys_dir: str | None, heartbeat: float = HEARTBEAT) -> None:
+        self.node = node
+        self.address = address
+        self.keys_dir = keys_dir
+        self.heartbeat = heartbeat
+        self._events: list[list[Any]] = []
+        self._flush_pending = False
+        self._last_heard = time.monotonic()
+        self._done: asyncio.Event | None = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, self.node.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        if self.keys_dir:
+            public, secret = curve.load_pair(self.keys_dir, "agent")
+            server_public = curve.read_key(os.path.join(self.keys_dir, "partition.key"))
+            curve.make_client(self.sock, public, secret, server_public)
+        self.sock.connect(self.address)
+        self.spawner = ProcessSpawner(loop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._done.set)
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+        except OSError:
+            cpus = list(range(os.cpu_count() or 1))
+        await self._send({"type": "ready", "node": self.node, "cpus": cpus, "pid": os.getpid()})
+        receiver = loop.create_task(self._receive())
+        beater = loop.create_task(self._beat())
+        await self._done.wait()
+        receiver.cancel()
+        beater.cancel()
+        await self.spawner.shutdown(timeout=5.0)
+        self._flush()
+        await asyncio.sleep(0.05)
+        self.sock.close(linger=1000)
+        self.ctx.term()
+        return 0
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        await self.sock.send(protocol.encode(msg))
+
+    async def _receive(self) -> None:
+        while True:
+            frame = await self.sock.recv()
+            self._last_heard = time.monotonic()
+            try:
+                msg, _ = protocol.decode(frame)
+            except protocol.ProtocolError as exc:
+                print(f"agent {self.node}: dropped a malformed message: {exc}", file=sys.stderr)
+                continue
+            kind = msg.get("type")
+            if kind == "run":
+                self._run(msg)
+            elif kind == "cancel":
+                self.spawner.cancel(msg.get("task"), msg.get("reason") or "canceled")
+            elif kind == "exit":
+                assert self._done is not None
+                self._done.set()
+
+    def _run(self, msg: dict[str, Any]) -> None:
+        task = msg["task"]
+        env = dict(os.environ)
+        env.update(msg.get("env") or {})
+        spec = ProcessSpec(argv=list(msg["argv"]), env=env, cwd=msg["cwd"], stdin=msg.get("stdin"),
+                           stdout=msg.get("stdout"), stderr=msg.get("stderr"), cpus=msg.get("cpus"),
+                           walltime=msg.get("walltime"))
+        started = time.time()
+        pid = self.spawner.spawn(task, spec, self._exited)
+        if pid is not None:
+            self._queue(["started", task, pid, started])
+
+    def _exited(self, task: Any, ex: ProcessExit) -> None:
+        self._queue(["exited", task, ex.exit_code, ex.reason, ex.killed, ex.started_at, ex.finished_at])
+
+    def _queue(self, event: list[Any]) -> None:
+        self._events.append(event)
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._events:
+            events, self._events = self._events, []
+            self.sock.send(protocol.encode({"type": "events", "node": self.node, "events": events}))
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            await self._send({"type": "hb", "node": self.node, "running": self.spawner.running})
+            if time.monotonic() - self._last_heard > self.heartbeat * MISSED_HEARTBEATS:
+                print(f"agent {self.node}: partition silent for "
+                      f"{time.monotonic() - self._last_heard:.0f}s, stopping its tasks", file=sys.stderr)
+                assert self._done is not None
+                self._done.set()
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m qcg.pilotjob.agent", description=__doc__.split("\n")[0])
+    ap.add_argument("--address", required=True, help="partition endpoint, tcp://host:port")
+    ap.add_argument("--node", default=None, help="node name (default: $SLURMD_NODENAME or the host name)")
+    ap.add_argument("--keys", default=None, help="directory with agent.key(_secret) and partition.key")
+    ap.add_argument("--heartbeat", type=float, default=HEARTBEAT)
+    args = ap.parse_args(argv)
+    node = args.node or os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    try:
+        return asyncio.run(Agent(node, args.address, args.keys, args.heartbeat).run())
+    except (OSError, ValueError, zmq.ZMQError) as exc:
+        print(f"agent {node}: cannot run: {exc}", file=sys.stderr)
+        return 1

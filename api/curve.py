@@ -1,0 +1,73 @@
+"""CURVE key files: one z85 key per file, private files mode 0600 in a 0700 directory.
+
+Shared by every side that opens an authenticated socket: the service, its
+clients, partitions and node agents.
+"""
+
+from __future__ import annotations
+
+import os
+
+import zmq
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Create `path` readable by its owner only (never briefly world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def read_key(path: str) -> bytes:
+    with open(path, "rb") as f:
+        key = f.read().strip()
+    if len(key) != 40:
+        raise ValueError(f"key file '{path}' does not hold a z85 CURVE key (40 characters)")
+    return key
+
+
+def create_pair(directory: str, name: str) -> tuple[bytes, bytes]:
+    """A new key pair saved as `<name>.key` (public) and `<name>.key_secret` in `directory`."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    public, secret = zmq.curve_keypair()
+    write_private(os.path.join(directory, f"{name}.key"), public)
+    write_private(os.path.join(directory, f"{name}.key_secret"), secret)
+    return public, secret
+
+
+def load_pair(directory: str, name: str) -> tuple[bytes, bytes]:
+    return (read_key(os.path.join(directory, f"{name}.key")),
+            read_key(os.path.join(directory, f"{name}.key_secret")))
+
+
+def make_server(sock: zmq.Socket, secret: bytes) -> None:
+    sock.curve_server = True
+    sock.curve_secretkey = secret
+
+
+def make_client(sock: zmq.Socket, public: bytes, secret: bytes, server_public: bytes) -> None:
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+    sock.curve_serverkey = server_public
+
+
+class _Allowed:
+    def __init__(self, publics: set[bytes]) -> None:
+        self.publics = publics
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return zmq.utils.z85.encode(key) in self.publics if len(key) == 32 else key in self.publics
+
+
+def start_authenticator(context: "zmq.Context", allowed: set[bytes]) -> object:
+    """A ZAP handler on `context` (asyncio flavour: call inside a running loop) admitting only `allowed` keys."""
+    import zmq.auth.asyncio
+
+    auth = zmq.auth.asyncio.AsyncioAuthenticator(context)
+    auth.start()
+    auth.configure_curve_callback(domain="*", credentials_provider=_Allowed(allowed))
+    return auth

@@ -1,0 +1,304 @@
+"""Launching through node agents: one agent per node, started by srun or ssh, one connection each.
+
+The partition binds a CURVE ROUTER socket; each agent connects with the
+run's agent key and registers with its node name and its real CPU set.
+Starting an agent is retried with exponential backoff (tenacity). The run
+starts once `ready_threshold` of the agents are ready (or fails after
+`init_timeout`); nodes without an agent stay out of use and join when their
+agent registers late. A node whose agent process ends or falls silent is
+lost: it goes out of use and its running tasks end with reason "node lost"
+(the partition re-queues or fails them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+import tenacity
+import zmq
+import zmq.asyncio
+
+from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
+from qcg.pilotjob.api import curve, protocol
+from qcg.pilotjob.partition.launcher import ExitCallback, LaunchRequest, LaunchResult, StartedCallback
+
+log = structlog.get_logger("agents")
+
+HEARTBEAT = 1.0            # partition -> agent heartbeat period
+AGENT_HEARTBEAT = 2.0      # agent -> partition heartbeat period
+LOST_AFTER = 3             # agent heartbeats missed before the node is lost
+START_ATTEMPTS = 3
+
+
+class AgentStartError(Exception):
+    """Too few agents became ready; the message says how many and why."""
+
+
+@dataclass
+class _AgentState:
+    node: str
+    ready: bool = False
+    lost: bool = False
+    cpus: list[int] = field(default_factory=list)
+    last_seen: float = 0.0
+    attempts: int = 0
+    proc_key: str | None = None
+    tasks: set[str] = field(default_factory=set)
+    registered: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class AgentLauncher:
+    def __init__(self, loop: asyncio.AbstractEventLoop, nodes: list[str], on_started: StartedCallback,
+                 on_exit: ExitCallback, *, keys_dir: str, start_method: str = "slurm",
+                 init_timeout: float = 600.0, ready_threshold: float = 1.0,
+                 on_node_state: Callable[[str, bool], None] | None = None,
+                 ssh_command: list[str] | None = None, bind_host: str | None = None,
+                 agent_env: dict[str, str] | None = None) -> None:
+        self.loop = loop
+        self.nodes = list(nodes)
+        self._on_started = on_started
+        self._on_exit = on_exit
+        self.keys_dir = keys_dir
+        self.start_method = start_method
+        self.init_timeout = init_timeout
+        self.ready_threshold = ready_threshold
+        self._on_node_state = on_node_state or (lambda node, up: None)
+        self.ssh_command = ssh_command or ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+        self.bind_host = bind_host
+        self.agent_env = agent_env or {}
+        self.agents = {n: _AgentState(n) for n in self.nodes}
+        self._task_node: dict[str, str] = {}
+        self._procs = ProcessSpawner(loop, kill_grace=2.0)
+        self._closing = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.ready_at: float | None = None
+
+    # ------------------------------------------------------------------ start
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        self.ctx = zmq.asyncio.Context()
+        public, secret = curve.create_pair(self.keys_dir, "partition")
+        agent_public, _ = curve.create_pair(self.keys_dir, "agent")
+        self._auth = curve.start_authenticator(self.ctx, {agent_public})
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        curve.make_server(self.sock, secret)
+        # sends go through a plain (synchronous) view of the socket, so an unreachable agent
+        # raises here instead of in a future nobody awaits
+        self._out = zmq.Socket.shadow(self.sock.underlying)
+        host = self.bind_host or ("127.0.0.1" if self.start_method == "local" else "0.0.0.0")
+        port = self.sock.bind_to_random_port(f"tcp://{host}")
+        advertised = host if host not in ("0.0.0.0", "*") else _reachable_address()
+        self.address = f"tcp://{advertised}:{port}"
+        self._tasks.append(self.loop.create_task(self._receive()))
+        self._tasks.append(self.loop.create_task(self._heartbeats()))
+        for node in self.nodes:
+            self._on_node_state(node, False)
+            self._tasks.append(self.loop.create_task(self._start_agent(node)))
+        need = max(1, int(round(self.ready_threshold * len(self.nodes) + 1e-9))) if self.nodes else 0
+        deadline = t0 + self.init_timeout
+        while sum(a.ready for a in self.agents.values()) < need:
+            starting = [a for a in self.agents.values() if not a.ready and not a.lost]
+            if not starting or time.monotonic() > deadline:
+                ready = sum(a.ready for a in self.agents.values())
+                failed = [a.node for a in self.agents.values() if not a.ready]
+                raise AgentStartError(f"only {ready} of {len(self.nodes)} node agents became ready "
+                                      f"(threshold {self.ready_threshold:g} needs {need}); not ready: "
+                                      f"{', '.join(failed)}")
+            await asyncio.sleep(0.02)
+        self.ready_at = time.monotonic() - t0
+        log.info("node agents ready", ready=sum(a.ready for a in self.agents.values()), total=len(self.nodes),
+                 seconds=round(self.ready_at, 3))
+
+    def _agent_argv(self, node: str) -> list[str]:
+        agent = [sys.executable, "-m", "qcg.pilotjob.agent", "--address", self.address, "--node", node,
+                 "--keys", self.keys_dir, "--heartbeat", str(AGENT_HEARTBEAT)]
+        if self.start_method == "slurm":
+            return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
+                    "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *agent]
+        if self.start_method == "ssh":
+            # ssh hands the remote side one command line: quote every argument
+            return [*self.ssh_command, node, shlex.join(agent)]
+        return agent
+
+    async def _start_agent(self, node: str) -> None:
+        state = self.agents[node]
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                    stop=tenacity.stop_after_attempt(START_ATTEMPTS),
+                    wait=tenacity.wait_exponential(multiplier=0.5, max=8),
+                    retry=tenacity.retry_if_exception_type(OSError), reraise=True):
+                with attempt:
+                    if self._closing:
+                        return
+                    await self._run_agent_once(state)
+        except OSError as exc:
+            state.lost = True
+            log.error("node agent did not start", node=node, attempts=state.attempts, error=str(exc))
+
+    async def _run_agent_once(self, state: _AgentState) -> None:
+        state.attempts += 1
+        state.exited = asyncio.Event()
+        key = f"agent:{state.node}:{state.attempts}"
+        state.proc_key = key
+        env = dict(os.environ)
+        env.update(self.agent_env)
+        spec = ProcessSpec(argv=self._agent_argv(state.node), env=env, cwd=os.getcwd(),
+                           stderr=os.path.join(self.keys_dir, os.pardir, f"agent-{state.node}.err"))
+        pid = self._procs.spawn(key, spec, self._agent_process_ended)
+        if pid is None:
+            raise OSError(f"cannot start the agent of node {state.node}")
+        await state.exited.wait()
+        if not state.ready and not state.lost and not self._closing:
+            raise OSError(f"the agent of node {state.node} ended before registering")
+
+    def _agent_process_ended(self, key: Any, ex: ProcessExit) -> None:
+        node = str(key).split(":")[1]
+        state = self.agents[node]
+        if state.proc_key != key:
+            return
+        state.exited.set()
+        if state.ready and not self._closing:
+            self._lose(state, f"agent process ended (exit code {ex.exit_code})")
+
+    # --------------------------------------------------------------- messages
+    async def _receive(self) -> None:
+        while True:
+            ident, frame = await self.sock.recv_multipart()
+            try:
+                msg, _ = protocol.decode(frame)
+            except protocol.ProtocolError as exc:
+                log.warning("malformed agent message dropped", error=str(exc))
+                continue
+            node = ident.decode(errors="replace")
+            state = self.agents.get(node)
+            if state is None:
+                log.warning("message from unknown node dropped", node=node)
+                continue
+            state.last_seen = time.monotonic()
+            kind = msg.get("type")
+            if kind == "events":
+                self._events(state, msg.get("events") or [])
+            elif kind == "ready":
+                self._ready(state, msg)
+
+    def _ready(self, state: _AgentState, msg: dict[str, Any]) -> None:
+        state.cpus = list(msg.get("cpus") or [])
+        if state.lost:
+            log.warning("agent of a lost node registered again; node stays out", node=state.node)
+            return
+        if not state.ready:
+            state.ready = True
+            log.info("node agent ready", node=state.node, cpus=state.cpus, pid=msg.get("pid"))
+            self._on_node_state(state.node, True)
+
+    def _events(self, state: _AgentState, events: list[list[Any]]) -> None:
+        for ev in events:
+            if ev[0] == "started":
+                _, task, pid, started = ev
+                self._on_started(task, pid, started)
+            elif ev[0] == "exited":
+                _, task, code, reason, killed, started, finished = ev
+                self._task_node.pop(task, None)
+                state.tasks.discard(task)
+                self._on_exit(LaunchResult(task, code, reason, started, finished, None, killed))
+
+    async def _heartbeats(self) -> None:
+        hb = protocol.encode({"type": "hb"})
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            now = time.monotonic()
+            for state in self.agents.values():
+                if not state.ready or state.lost:
+                    continue
+                if now - state.last_seen > AGENT_HEARTBEAT * LOST_AFTER:
+                    self._lose(state, f"no heartbeat for {now - state.last_seen:.1f}s")
+                    continue
+                self._send(state.node, hb)
+
+    def _send(self, node: str, frame: bytes) -> bool:
+        try:
+            self._out.send_multipart([node.encode(), frame], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("cannot reach node agent", node=node, error=str(exc))
+            return False
+
+    def _lose(self, state: _AgentState, why: str) -> None:
+        if state.lost:
+            return
+        state.lost = True
+        state.ready = False
+        log.error("node lost", node=state.node, reason=why)
+        self._on_node_state(state.node, False)
+        now = time.time()
+        for task in list(state.tasks):
+            self._task_node.pop(task, None)
+            self._on_exit(LaunchResult(task, None, f"node lost: {state.node} ({why})", now, now, None,
+                                       "node lost"))
+        state.tasks.clear()
+        if state.proc_key is not None:
+            self._procs.cancel(state.proc_key, "node lost")
+
+    # --------------------------------------------------------------- Launcher
+    def launch(self, req: LaunchRequest) -> None:
+        state = self.agents.get(req.node)
+        if state is None or not state.ready:
+            now = time.time()
+            self.loop.call_soon(self._on_exit, LaunchResult(
+                req.task_id, None, f"node lost: no agent on node {req.node}", now, now, None, "node lost"))
+            return
+        msg = {"type": "run", "task": req.task_id, "argv": req.argv, "env": req.env, "cwd": req.cwd,
+               "stdin": req.stdin, "stdout": req.stdout, "stderr": req.stderr, "cpus": req.cpus,
+               "walltime": req.walltime}
+        self._task_node[req.task_id] = req.node
+        state.tasks.add(req.task_id)
+        if not self._send(req.node, protocol.encode(msg)):
+            self._lose(state, "send failed")
+
+    def cancel(self, task_id: str) -> None:
+        node = self._task_node.get(task_id)
+        if node is not None:
+            self._send(node, protocol.encode({"type": "cancel", "task": task_id}))
+
+    @property
+    def ready_nodes(self) -> list[str]:
+        return [a.node for a in self.agents.values() if a.ready]
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        self._closing = True
+        bye = protocol.encode({"type": "exit"})
+        for state in self.agents.values():
+            if state.ready:
+                self._send(state.node, bye)
+        deadline = time.monotonic() + timeout
+        while self._procs.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self._procs.shutdown(timeout=max(0.5, deadline - time.monotonic()))
+        for t in self._tasks:
+            t.cancel()
+        try:
+            self._auth.stop()  # type: ignore[attr-defined]
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def _reachable_address() -> str:
+    """An address of this host that other nodes can reach (the host name's address)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
