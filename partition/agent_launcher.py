@@ -113,6 +113,7 @@ class AgentLauncher:
             if not starting or time.monotonic() > deadline:
                 ready = sum(a.ready for a in self.agents.values())
                 failed = [a.node for a in self.agents.values() if not a.ready]
+                await self.shutdown()
                 raise AgentStartError(f"only {ready} of {len(self.nodes)} node agents became ready "
                                       f"(threshold {self.ready_threshold:g} needs {need}); not ready: "
                                       f"{', '.join(failed)}")

@@ -1,0 +1,147 @@
+"""Node agents as real processes on this machine (issue 5 "Agents"), without Slurm.
+
+The agents are started the way `--nl-start-method ssh` starts them, through a
+stand-in for ssh that runs the remote command line locally (and refuses one
+node, to play an agent that cannot start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import time
+
+import psutil
+import pytest
+
+from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.governor.governor import Governor
+from qcg.pilotjob.partition.agent_launcher import AgentLauncher, AgentStartError
+from qcg.pilotjob.partition.partition import Partition, PartitionConfig
+from qcg.pilotjob.partition.resources import local_resources
+
+FAKE_SSH = """#!/bin/bash
+# fake ssh: ssh [options] NODE COMMAND -> run COMMAND here; node 'bad' is unreachable
+while [[ "$1" == -* ]]; do shift 2; done
+node=$1; shift
+if [[ "$node" == bad* ]]; then echo "ssh: connect to host $node: refused" >&2; exit 255; fi
+exec bash -c "$1"
+"""
+
+
+def run(coro, timeout=60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@pytest.fixture
+def fake_ssh(tmp_path):
+    path = tmp_path / "fake-ssh"
+    path.write_text(FAKE_SSH)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+async def _setup(tmp_path, nodes_spec, fake_ssh, threshold=1.0, timeout=20.0):
+    loop = asyncio.get_running_loop()
+    res = local_resources(nodes_spec)
+    wd = tmp_path / "wd"
+    wd.mkdir(exist_ok=True)
+    part = Partition(loop, res, PartitionConfig(root_wd=str(wd), scratch_dir=str(tmp_path)), events=None)
+    gov = Governor(loop, part, [])
+    part.events = gov
+    names = [n.name for n in res.nodes]
+    launcher = AgentLauncher(loop, names, part._launched, part._exited, keys_dir=str(tmp_path / "keys"),
+                             start_method="ssh", ssh_command=[fake_ssh], bind_host="127.0.0.1",
+                             init_timeout=timeout, ready_threshold=threshold, on_node_state=part.node_state)
+    part.attach_launcher(launcher)
+    await launcher.start()
+    return gov, part, launcher, res
+
+
+async def _wait_final(gov, name, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not gov.registry.get(name).is_final:
+        assert time.monotonic() < deadline, f"job {name} not finished in {timeout}s"
+        await asyncio.sleep(0.02)
+    return gov.registry.get(name)
+
+
+def _agent_pids(node):
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "qcg.pilotjob.agent" in cmd and "--node" in cmd and cmd[cmd.index("--node") + 1] == node:
+            out.append(p.pid)
+    return out
+
+
+def test_tasks_run_through_agents(tmp_path, fake_ssh):
+    """Issue 5 Agents: one agent per node, one persistent connection each; tasks run on their nodes."""
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:2,b:2", fake_ssh)
+        try:
+            assert sorted(launcher.ready_nodes) == ["a", "b"]
+            gov.submit(parse_jobs([{"name": "it", "execution": {"script": "echo $QCG_PM_NODELIST > out.${it}"},
+                                    "iteration": {"stop": 40}}]))
+            job = await _wait_final(gov, "it")
+            assert job.state.value == "SUCCEED"
+            seen = {(tmp_path / "wd" / f"out.{i}").read_text().strip() for i in range(40)}
+            assert seen == {"a", "b"}
+        finally:
+            await part.shutdown()
+        assert _agent_pids("a") == [] and _agent_pids("b") == []
+    run(main())
+
+
+def test_threshold_lets_run_start_without_a_failed_agent(tmp_path, fake_ssh):
+    """Issue 5: threshold 0.75 with one agent that cannot start -> the run completes on the other nodes."""
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1,c:1,bad:1", fake_ssh, threshold=0.75)
+        try:
+            assert "bad" not in launcher.ready_nodes
+            gov.submit(parse_jobs([{"name": "it", "execution": {"exec": "/bin/true"}, "iteration": {"stop": 20}}]))
+            job = await _wait_final(gov, "it")
+            assert job.state.value == "SUCCEED"
+            assert all(not rec.allocation.startswith("bad") for rec in job.its.values())
+        finally:
+            await part.shutdown()
+    run(main())
+
+
+def test_threshold_not_met_fails_clearly(tmp_path, fake_ssh):
+    """Issue 5 / reference 15.1: too few agents -> a clear error, not a hang."""
+    async def main():
+        with pytest.raises(AgentStartError, match="only 1 of 2 node agents became ready"):
+            gov, part, launcher, res = await _setup(tmp_path, "a:1,bad:1", fake_ssh, threshold=1.0)
+    run(main())
+
+
+def test_killed_agent_marks_node_lost(tmp_path, fake_ssh):
+    """Issue 5: kill -9 of an agent -> its tasks end with reason "node lost" (re-queued once), no hang."""
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
+        gov.requeue_limit = 0
+        try:
+            gov.submit(parse_jobs([{"name": "s", "execution": {"exec": "/bin/sleep", "args": ["30"]},
+                                    "iteration": {"stop": 2}}]))
+            deadline = time.monotonic() + 20
+            while gov.registry.get("s").executing_count < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            for pid in _agent_pids("b"):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            job = gov.registry.get("s")
+            while job.finished_count < 1:
+                assert time.monotonic() < deadline, "lost node not detected"
+                await asyncio.sleep(0.02)
+            lost = [r for r in job.its.values() if r.state.value == "FAILED"]
+            assert len(lost) == 1 and "node lost" in lost[0].messages
+            assert res.is_down("b")
+            gov.cancel(["s"])
+            await _wait_final(gov, "s")
+        finally:
+            await part.shutdown()
+    run(main())
