@@ -126,3 +126,37 @@ def service(tmp_path: Path):
         return run_service(tmp_path, requests, *args, **kw)
 
     return _run
+
+
+# ------------------------------------------------------- real services (Slurm, sshd)
+# Session fixtures for the tests marked `slurm` / `ssh`: they use a running
+# test cluster / loopback sshd, or start it once per session through deploy/
+# (see tests/slurm_env.py), or skip with the reason. A test marked `slurm` or
+# `ssh` gets the fixture even when it does not ask for it.
+from tests import slurm_env as _slurm_env  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> "_slurm_env.SlurmCluster":
+    """The Slurm test cluster (at least 4 usable virtual nodes)."""
+    try:
+        return _slurm_env.ensure_slurm()
+    except _slurm_env.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def sshd() -> "_slurm_env.Sshd":
+    """The loopback sshd; `sshd.argv('cmd', ...)` is a login command line."""
+    try:
+        return _slurm_env.ensure_sshd()
+    except _slurm_env.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _services_for_markers(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("slurm") is not None:
+        request.getfixturevalue("slurm_cluster")
+    if request.node.get_closest_marker("ssh") is not None:
+        request.getfixturevalue("sshd")
