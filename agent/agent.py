@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat", type=float, default=HEARTBEAT)
     args = ap.parse_args(argv)
     node = args.node or os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    # an agent started by ssh has no Slurm step environment: tasks still learn their node
+    os.environ.setdefault("SLURMD_NODENAME", node)
     try:
         return asyncio.run(Agent(node, args.address, args.keys, args.heartbeat).run())
     except (OSError, ValueError, zmq.ZMQError) as exc:

@@ -7,6 +7,7 @@ yet are accepted by the parser and refused with one clear line.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -16,12 +17,7 @@ from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
 
 # options of later stages: (option name, what provides it)
 _NOT_YET = {
-    "net": "--net", "net_port": "--net-port", "net_pub_port": "--net-pub-port",
-    "net_port_min": "--net-port-min", "net_port_max": "--net-port-max",
     "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
-    "slurm_limit_nodes_range_begin": "--slurm-limit-nodes-range-begin",
-    "slurm_limit_nodes_range_end": "--slurm-limit-nodes-range-end",
-    "slurm_resources_file": "--slurm-resources-file",
 }
 
 
@@ -31,6 +27,11 @@ _NOT_YET = {
 @click.option("--net-pub-port", type=int, help="port publishing events (implies --net)")
 @click.option("--net-port-min", type=int, help="lowest port to try (implies --net)")
 @click.option("--net-port-max", type=int, help="highest port to try (implies --net)")
+@click.option("--net-interface", metavar="ADDR",
+              help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface; implies --net)")
+@click.option("--insecure-no-curve", is_flag=True,
+              help="DANGEROUS: serve the network interface without CURVE authentication and encryption "
+                   "(only for legacy clients that cannot do CURVE)")
 @click.option("--file", "file_flag", is_flag=True, help="enable the file interface")
 @click.option("--file-path", help="path of the request file (implies --file)")
 @click.option("--wd", default=".", show_default=True, help="working directory of the service")
@@ -75,8 +76,17 @@ def cli(**opts: object) -> None:
     if opts["file_flag"] and not opts["file_path"]:
         click.echo("Error: --file needs --file-path", err=True)
         sys.exit(EXIT_START_FAILED)
-    if not opts["file_path"] and not opts["resume"]:
-        click.echo("Error: no interface enabled: give --file-path (or --resume)", err=True)
+    net = bool(opts["net"]) or any(opts[k] is not None for k in (
+        "net_port", "net_pub_port", "net_port_min", "net_port_max", "net_interface"))
+    if not opts["file_path"] and not opts["resume"] and not net:
+        click.echo("Error: no interface enabled: give --net or --file-path (or --resume)", err=True)
+        sys.exit(EXIT_START_FAILED)
+    if opts["insecure_no_curve"] and not net:
+        click.echo("Error: --insecure-no-curve needs the network interface (--net)", err=True)
+        sys.exit(EXIT_START_FAILED)
+    low, high = opts["net_port_min"], opts["net_port_max"]
+    if low is not None and high is not None and low > high:  # type: ignore[operator]
+        click.echo(f"Error: --net-port-min {low} is greater than --net-port-max {high}", err=True)
         sys.exit(EXIT_START_FAILED)
     threshold = opts["nl_ready_threshold"]
     if not 0.0 <= threshold <= 1.0:  # type: ignore[operator]
@@ -89,12 +99,24 @@ def cli(**opts: object) -> None:
         report_file=str(opts["report_file"]), nodes=opts["nodes"], log_level=str(opts["log_level"]),  # type: ignore[arg-type]
         system_core=bool(opts["system_core"]), show_progress=bool(opts["show_progress"]),
         id=opts["instance_id"], tags=tags, resume=opts["resume"],  # type: ignore[arg-type]
+        net=net, net_port=opts["net_port"], net_pub_port=opts["net_pub_port"],  # type: ignore[arg-type]
+        net_port_min=opts["net_port_min"], net_port_max=opts["net_port_max"],  # type: ignore[arg-type]
+        net_interface=str(opts["net_interface"] or "127.0.0.1"), disable_pub=bool(opts["disable_pub"]),
+        insecure_no_curve=bool(opts["insecure_no_curve"]),
+        disable_nl=bool(opts["disable_nl"]), nl_init_timeout=float(opts["nl_init_timeout"]),  # type: ignore[arg-type]
+        nl_ready_threshold=float(threshold), nl_start_method=str(opts["nl_start_method"]),  # type: ignore[arg-type]
+        slurm_limit_nodes_range_begin=opts["slurm_limit_nodes_range_begin"],  # type: ignore[arg-type]
+        slurm_limit_nodes_range_end=opts["slurm_limit_nodes_range_end"],  # type: ignore[arg-type]
+        slurm_resources_file=opts["slurm_resources_file"],  # type: ignore[arg-type]
     )
     sys.exit(run(config))
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="qcg-gov", standalone_mode=True)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "qcg-gov"
+    if prog in ("__main__.py", "-c", "-m", ""):
+        prog = "python -m qcg.pilotjob.service"
+    cli.main(args=argv, prog_name=prog, standalone_mode=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from qcg.pilotjob.api import protocol
 from qcg.pilotjob.governor import journal as journal_mod
 from qcg.pilotjob.governor import logs
 from qcg.pilotjob.governor.file_interface import RequestFileError, load_requests
@@ -30,7 +31,10 @@ from qcg.pilotjob.governor.reports import JobReport
 from qcg.pilotjob.governor.requests import RequestHandler
 from qcg.pilotjob.governor.views import status_report
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
+from qcg.pilotjob.partition.agent_launcher import AgentLauncher, AgentStartError
+from qcg.pilotjob.partition.launcher import SrunLauncher
 from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.slurm_resources import in_slurm_allocation, slurm_resources
 
 log = structlog.get_logger("service")
 
@@ -58,6 +62,27 @@ class ServiceConfig:
     tags: list[str] = field(default_factory=list)
     resume: str | None = None
     final_status_file: str = "final_status.json"
+    # network interface (issue 4): --net, --net-port, --net-pub-port, --net-port-min/max, --net-interface
+    net: bool = False
+    net_port: int | None = None
+    net_pub_port: int | None = None
+    net_port_min: int | None = None
+    net_port_max: int | None = None
+    net_interface: str = "127.0.0.1"
+    disable_pub: bool = False
+    insecure_no_curve: bool = False
+    # Slurm allocations and node agents (issue 5)
+    disable_nl: bool = False
+    nl_init_timeout: float = 600.0
+    nl_ready_threshold: float = 1.0
+    nl_start_method: str = "slurm"
+    slurm_limit_nodes_range_begin: int | None = None
+    slurm_limit_nodes_range_end: int | None = None
+    slurm_resources_file: str | None = None
+
+
+INSECURE_WARNING = ("WARNING: --insecure-no-curve: the network interface accepts unauthenticated, unencrypted "
+                    "requests; anyone who can reach {address} can run commands as this user")
 
 
 class Service:
@@ -72,6 +97,11 @@ class Service:
         self._finish_requested = False
         self._signal: int | None = None
         self._closers: list[Any] = []
+        self.zmq_context: Any = None
+        self.zmq: Any = None              # ZmqInterface with --net
+        self.publisher: Any = None        # EventPublisher with --net and without --disable-pub
+        self._auth: Any = None
+        self.zmq_address: str | None = None
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
@@ -89,10 +119,19 @@ class Service:
             raise StartError(f"working directory '{self.wd}' cannot be created: {exc.strerror}") from None
         if not os.access(self.wd, os.W_OK | os.X_OK):
             raise StartError(f"working directory '{self.wd}' is not writable")
+        self.slurm_mode = not cfg.nodes and (
+            cfg.resources == "slurm" or cfg.slurm_resources_file is not None
+            or (cfg.resources == "auto" and in_slurm_allocation(os.environ)))
         try:
-            self.resources = local_resources(cfg.nodes, cfg.system_core)
+            if self.slurm_mode:
+                self.resources = slurm_resources(
+                    os.environ, limit_begin=cfg.slurm_limit_nodes_range_begin,
+                    limit_end=cfg.slurm_limit_nodes_range_end, resources_file=cfg.slurm_resources_file,
+                    system_core=cfg.system_core)
+            else:
+                self.resources = local_resources(cfg.nodes, cfg.system_core)
         except ValueError as exc:
-            raise StartError(f"--nodes: {exc}") from None
+            raise StartError(f"{'Slurm allocation' if self.slurm_mode else '--nodes'}: {exc}") from None
         if cfg.resume:
             try:
                 self.aux_dir = journal_mod.find_aux_dir(cfg.resume)
@@ -115,26 +154,56 @@ class Service:
         self._closers.append(logs.setup(os.path.join(self.aux_dir, "service.log"), cfg.log_level))
         log.info("service starting", id=self.instance_id, wd=self.wd, resources=self.resources.info(),
                  tags=cfg.tags, resume=cfg.resume)
+        if cfg.net:
+            try:
+                self._open_network()
+            except StartError as exc:
+                print(f"Error: {exc}", file=sys.stderr)
+                log.error("network interface not started", error=str(exc))
+                self._close_network()
+                for c in self._closers:
+                    c.close()
+                return EXIT_START_FAILED
         self.partition = Partition(loop, self.resources, PartitionConfig(
-            root_wd=self.wd, scratch_dir=os.path.join(self.aux_dir, "tmp"), local=True, envschema=cfg.envschema),
-            events=None)  # type: ignore[arg-type]
+            root_wd=self.wd, scratch_dir=os.path.join(self.aux_dir, "tmp"), local=not self.slurm_mode,
+            envschema=cfg.envschema,
+            zmq_address=self.zmq_address), events=None)  # type: ignore[arg-type]
         self.journal = Journal(self.aux_dir)
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format)
         listeners: list[Any] = [self.journal, self.report]
         self.progress = Progress(loop) if cfg.show_progress else None
         if self.progress:
             listeners.append(self.progress)
+        if self.publisher is not None:
+            listeners.append(self.publisher)
         self.governor = Governor(loop, self.partition, listeners)
+        if self.publisher is not None:
+            self.publisher.governor = self.governor
         self.partition.events = self.governor
         self.handler = RequestHandler(self.governor, self)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
         flusher = loop.create_task(self._flush_periodically())
+        start_failed = False
         try:
+            if self.slurm_mode:
+                try:
+                    await self._start_launcher()
+                except AgentStartError as exc:
+                    print(f"Error: {exc}", file=sys.stderr)
+                    log.error("node agents not started", error=str(exc))
+                    start_failed = True
+                    return EXIT_START_FAILED
             if cfg.resume:
                 self._replay()
             self._serve_file()
-            if not self._finish_requested:
+            if self.zmq is not None:
+                if not self._finish_requested:
+                    # the file (if any) is done; network clients are served until `finish`,
+                    # `control finishAfterAllTasksDone` or a signal
+                    self.zmq.start(loop, self.handler.handle)
+                    self._publish_address()
+            elif not self._finish_requested:
                 # with only the file interface, nothing more can arrive: finish when all is done
                 self._finish_after_all = True
             self._check_done()
@@ -142,9 +211,26 @@ class Service:
         finally:
             flusher.cancel()
             await self._shutdown()
+        if start_failed:
+            return EXIT_START_FAILED
         if self._signal is not None:
             return 128 + self._signal
         return EXIT_REFUSED if self.handler.refused else EXIT_OK
+
+    async def _start_launcher(self) -> None:
+        """Slurm allocation: node agents (srun or ssh), or one srun step per task with --disable-nl."""
+        cfg = self.config
+        part = self.partition
+        if cfg.disable_nl:
+            part.attach_launcher(SrunLauncher(self.loop, part._launched, part._exited))  # type: ignore[arg-type]
+            return
+        launcher = AgentLauncher(
+            self.loop, [n.name for n in self.resources.nodes], part._launched, part._exited,  # type: ignore[arg-type]
+            keys_dir=os.path.join(self.aux_dir, "agent-keys"), start_method=cfg.nl_start_method,
+            init_timeout=cfg.nl_init_timeout, ready_threshold=cfg.nl_ready_threshold,
+            on_node_state=part.node_state)
+        part.attach_launcher(launcher)
+        await launcher.start()
 
     def _replay(self) -> None:
         replay = journal_mod.load(self.aux_dir)
@@ -179,6 +265,9 @@ class Service:
 
     def finish_now(self) -> str | None:
         self._finish_requested = True
+        if self.zmq is not None:
+            # the reply to this `finish` still goes out (it is sent right after this returns)
+            self.zmq.stop_accepting()
         self.governor.cancel_everything()
         assert self._stop is not None
         self._stop.set()
@@ -189,7 +278,83 @@ class Service:
 
     def status_data(self) -> dict[str, Any]:
         return status_report(list(self.governor.registry), self.partition.info(), instance_id=self.instance_id,
-                             started=self.started, zmq_address=None, interfaces=["FILE"], publisher=None)
+                             started=self.started, zmq_address=self.zmq_address, interfaces=self._interfaces(),
+                             publisher=self.publisher.address if self.publisher is not None else None)
+
+    def _interfaces(self) -> list[str]:
+        ifaces = []
+        if self.config.file_path is not None or self.zmq is None:
+            ifaces.append("FILE")
+        if self.zmq is not None:
+            ifaces.append("ZMQ")
+        return ifaces
+
+    # --------------------------------------------------------------- network
+    def _open_network(self) -> None:
+        """Keys, ZAP handler, request and event sockets (issue 4); nothing served before `start`."""
+        import zmq
+
+        from qcg.pilotjob.governor.keys import Authenticator, KeysError, create_keys
+        from qcg.pilotjob.governor.publisher import EventPublisher
+        from qcg.pilotjob.governor.zmq_interface import BindError, ZmqInterface
+
+        cfg = self.config
+        # a resumed run must not leave the previous run's address (or keys) for clients to find
+        for name in (ADDRESS_FILE, PUB_ADDRESS_FILE):
+            _remove(os.path.join(self.aux_dir, name))
+        self.zmq_context = zmq.Context()
+        keys = None
+        if not cfg.insecure_no_curve:
+            try:
+                keys = create_keys(self.aux_dir)
+            except KeysError as exc:
+                raise StartError(str(exc)) from None
+            # the ZAP handler runs before any socket binds: no peer is ever admitted unchecked
+            self._auth = Authenticator(self.zmq_context, keys)
+            self._auth.start()
+            # tasks inherit the service's environment (LocalLauncher copies it when created)
+            os.environ[protocol.KEYS_ENV] = keys.directory
+        else:
+            for name in (protocol.SERVER_PUBLIC, protocol.SERVER_SECRET, protocol.CLIENT_PUBLIC,
+                         protocol.CLIENT_SECRET):
+                _remove(os.path.join(self.aux_dir, protocol.KEYS_DIR, name))
+        host = cfg.net_interface or "127.0.0.1"
+        try:
+            self.zmq = ZmqInterface(self.zmq_context, keys, host=host, port=cfg.net_port,
+                                    port_min=cfg.net_port_min, port_max=cfg.net_port_max)
+            self.zmq_address = self.zmq.bind()
+            if not cfg.disable_pub:
+                self.publisher = EventPublisher(self.zmq_context, keys, self.instance_id, host=host,
+                                                port=cfg.net_pub_port, port_min=cfg.net_port_min,
+                                                port_max=cfg.net_port_max)
+                self.publisher.bind()
+        except BindError as exc:
+            raise StartError(str(exc)) from None
+        log.info("network interface listening", address=self.zmq_address,
+                 publisher=self.publisher.address if self.publisher else None,
+                 curve=keys is not None, keys=keys.directory if keys else None)
+        if cfg.insecure_no_curve:
+            text = INSECURE_WARNING.format(address=self.zmq_address)
+            print(text, file=sys.stderr, flush=True)
+            log.warning(text)
+
+    def _publish_address(self) -> None:
+        """`<aux>/address` (and `pub_address`): written last, atomically -- present means ready."""
+        if self.publisher is not None and self.publisher.address:
+            _write_atomic(os.path.join(self.aux_dir, PUB_ADDRESS_FILE), self.publisher.address)
+        _write_atomic(os.path.join(self.aux_dir, ADDRESS_FILE), self.zmq_address or "")
+
+    def _close_network(self) -> None:
+        if self.zmq is not None:
+            self.zmq.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self._auth is not None:
+            self._auth.stop()
+        if self.zmq_context is not None:
+            # waits at most the sockets' linger for replies still queued (the answer to `finish`)
+            self.zmq_context.term()
+            self.zmq_context = None
 
     # --------------------------------------------------------------- running
     def _check_done(self) -> None:
@@ -214,21 +379,40 @@ class Service:
 
     async def _shutdown(self) -> None:
         if not self.governor.all_finished:
+            self.journal.interrupting()
             self.governor.cancel_everything()
         await self.partition.shutdown(timeout=10.0)
         # tasks killed at shutdown report their ends through the loop; let them land
         await asyncio.sleep(0)
+        # the publisher is stopped before the final status is written (StatusPublisher null in it)
+        self._close_network()
         if self.progress:
             self.progress.close()
         self.report.close()
         self.journal.close()
         status = self.status_data()
-        status["System"]["Ifaces"] = ["FILE"]
         with open(os.path.join(self.aux_dir, self.config.final_status_file), "w") as f:
             json.dump(status, f, indent=2)
         log.info("service finished", uptime=status["System"]["Uptime"], refused=self.handler.refused)
         for c in self._closers:
             c.close()
+
+
+ADDRESS_FILE, PUB_ADDRESS_FILE = "address", "pub_address"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def run(config: ServiceConfig) -> int:

@@ -1,0 +1,182 @@
+"""The service inside a real Slurm allocation of virtual nodes (issue 5), through the file interface.
+
+Reference sections: 4.1 "Scheduling systems", 8 "Execution environments",
+9 "Execution models", 15.1 "Node launcher agents".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.slurm_env import SlurmCluster, clean_env
+
+pytestmark = pytest.mark.slurm
+
+TIMEOUT = 180
+
+
+def _reqs(jobs: list[dict]) -> list[dict]:
+    return [{"request": "submit", "jobs": jobs}, {"request": "control", "command": "finishAfterAllTasksDone"}]
+
+
+def run_in_allocation(tmp_path: Path, jobs: list[dict], *args: str, nodes: int = 4, salloc: tuple = (),
+                      before: str = "", env: dict | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps(_reqs(jobs)))
+    wd = tmp_path / "wd"
+    service = [sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs), "--wd", str(wd),
+               "--log", "debug", *args]
+    cmd = ["salloc", f"-N{nodes}", f"-n{2 * nodes}", "-t", "10", *salloc]
+    if before:
+        cmd += ["bash", "-c", before + "; exec \"$@\"", "qcg-test", *service]
+    else:
+        cmd += service
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=clean_env(**(env or {})))
+    return proc, wd
+
+
+def report(wd: Path) -> dict[str, dict]:
+    aux = next(wd.glob(".qcgpjm-service-*"))
+    return {r["name"]: r for r in map(json.loads, (aux / "jobs.report").read_text().splitlines())}
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["slurm", "ssh"])
+def test_file_run_on_four_nodes_with_binding(tmp_path: Path, method: str, request) -> None:
+    """Issue 5: agents started by srun or ssh; single-core tasks spread over the nodes, each bound
+    to its core (Cpus_allowed_list seen from inside the task) with QCG_PM_CPU_SET exported."""
+    if method == "ssh":
+        request.getfixturevalue("sshd")
+    jobs = [{"name": "b", "iteration": {"stop": 16},
+             "execution": {"script": "echo $SLURMD_NODENAME $QCG_PM_CPU_SET "
+                                     "$(grep Cpus_allowed_list /proc/self/status | cut -f2)",
+                           "stdout": "b.${it}"}}]
+    proc, wd = run_in_allocation(tmp_path, jobs, "--nl-start-method", method)
+    _ok(proc)
+    lines = [(wd / f"b.{i}").read_text().split() for i in range(16)]
+    assert len({node for node, _, _ in lines}) >= 2, lines
+    for node, cpu_set, allowed in lines:
+        assert cpu_set == allowed, lines       # bound exactly to the allocated core
+    assert all(r["state"] == "SUCCEED" for r in report(wd).values())
+    assert not list(wd.glob(".*hostfile")) and not list(wd.glob("*.rankfile"))   # no stray files
+
+
+def test_srunmpi_two_nodes(tmp_path: Path) -> None:
+    """Reference 9 `srunmpi`: srun over the task's 2 nodes; every rank reports SLURM_PROCID and its node."""
+    jobs = [{"name": "mpi", "execution": {"script": "echo $SLURM_PROCID $SLURMD_NODENAME", "model": "srunmpi",
+                                          "stdout": "mpi.out"},
+             "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 2}}}]
+    proc, wd = run_in_allocation(tmp_path, jobs)
+    _ok(proc)
+    ranks = dict(line.split() for line in (wd / "mpi.out").read_text().splitlines())
+    assert sorted(ranks) == ["0", "1", "2", "3"]
+    assert len(set(ranks.values())) == 2
+
+
+@pytest.mark.mpi
+def test_openmpi_two_nodes(tmp_path: Path) -> None:
+    """Reference 9 `openmpi`: a real MPI program over 2 nodes placed by a rankfile."""
+    if not shutil.which("mpicc") or not shutil.which("mpirun"):
+        pytest.skip("OpenMPI (mpicc, mpirun) is not installed")
+    src = tmp_path / "hello.c"
+    src.write_text('#include <mpi.h>\n#include <stdio.h>\n#include <stdlib.h>\nint main(int c,char**v){int r,n;'
+                   'MPI_Init(&c,&v);MPI_Comm_rank(MPI_COMM_WORLD,&r);MPI_Comm_size(MPI_COMM_WORLD,&n);'
+                   'const char*s=getenv("SLURMD_NODENAME");printf("%d %d %s\\n",r,n,s?s:"?");'
+                   'MPI_Finalize();return 0;}\n')
+    subprocess.run(["mpicc", "-o", str(tmp_path / "hello"), str(src)], check=True, timeout=120)
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl": "self,tcp"}
+    jobs = [{"name": "mpi", "execution": {"exec": str(tmp_path / "hello"), "model": "openmpi",
+                                          "stdout": "mpi.out", "stderr": "mpi.err", "env": env},
+             "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 2}}}]
+    proc, wd = run_in_allocation(tmp_path, jobs)
+    _ok(proc)
+    out = (wd / "mpi.out").read_text().split("\n")
+    rows = [line.split() for line in out if line.strip()]
+    assert sorted(int(r[0]) for r in rows) == [0, 1, 2, 3], (wd / "mpi.err").read_text()
+    assert {r[1] for r in rows} == {"4"}
+    assert len({r[2] for r in rows}) == 2
+
+
+def test_threshold_with_a_node_that_cannot_start_an_agent(tmp_path: Path) -> None:
+    """Issue 5 / reference 15.1: --nl-ready-threshold 0.75 with one node down in Slurm (its agent cannot
+    start): the run completes on the other three nodes."""
+    jobs = [{"name": "it", "iteration": {"stop": 12},
+             "execution": {"script": "echo $SLURMD_NODENAME", "stdout": "it.${it}"}}]
+    down = "n=$(scontrol show hostnames $SLURM_JOB_NODELIST | tail -1); " \
+           "scontrol update nodename=$n state=down reason=qcg-test; echo $n > down-node"
+    try:
+        proc, wd = run_in_allocation(tmp_path, jobs, "--nl-ready-threshold", "0.75", "--nl-init-timeout", "60",
+                                     salloc=("--no-kill",), before=f"cd {tmp_path}; {down}")
+        _ok(proc)
+    finally:
+        node = (tmp_path / "down-node").read_text().strip() if (tmp_path / "down-node").exists() else None
+        if node:
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], timeout=30)
+    nodes = {(wd / f"it.{i}").read_text().strip() for i in range(12)}
+    assert node not in nodes and len(nodes) == 3
+
+
+def test_kill_agent_mid_run(tmp_path: Path) -> None:
+    """Issue 5: kill -9 of an agent mid-run -> its tasks end re-queued or FAILED with "node lost";
+    the run finishes (no hang)."""
+    jobs = [{"name": "s", "iteration": {"stop": 8}, "execution": {"exec": "/bin/sleep", "args": ["3"]}}]
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = p.info["cmdline"] or []
+                if "qcg.pilotjob.agent" in cmd and str(tmp_path) in " ".join(cmd) and "--node" in cmd:
+                    if any(c.name() == "sleep" for c in p.children()):
+                        os.kill(p.pid, signal.SIGKILL)
+                        killed.append(p.pid)
+                        return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    proc, wd = run_in_allocation(tmp_path, jobs)
+    t.join(5)
+    assert killed, "no agent was found to kill"
+    _ok(proc)
+    rep = report(wd)
+    states = [rep[f"s:{i}"]["state"] for i in range(8)]
+    assert all(s in ("SUCCEED", "FAILED") for s in states)
+    log = next(wd.glob(".qcgpjm-service-*")).joinpath("service.log").read_text()
+    assert "node lost" in log
+
+
+def test_cancel_two_node_task_leaves_nothing(tmp_path: Path) -> None:
+    """Issue 5: cancel of a 2-node task (srunmpi) kills its processes on every node."""
+    marker = f"qcg-cancel-{os.getpid()}-{tmp_path.name}"
+    jobs = [{"name": "long", "execution": {"exec": "/bin/bash", "args": ["-c", f"exec -a {marker} sleep 60"],
+                                           "model": "srunmpi"},
+             "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 1}}, "resources_wt": None}]
+    jobs[0].pop("resources_wt")
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([{"request": "submit", "jobs": jobs}]))
+    # the job is canceled by walltime: the same kill path as cancelJob (TERM to the group, then KILL)
+    jobs[0]["resources"]["wt"] = "3s"
+    proc, wd = run_in_allocation(tmp_path, jobs)
+    _ok(proc)
+    assert report(wd)["long"]["state"] == "FAILED"
+    time.sleep(1.0)
+    left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert left == []
