@@ -65,6 +65,8 @@ _NOT_YET = {
 @click.option("--nl-ready-threshold", "--nl-ready-treshold", "nl_ready_threshold", type=float, default=1.0,
               show_default=True, help="fraction (0.0-1.0) of node agents that must be ready")
 @click.option("--disable-pub", is_flag=True, help="disable the event publisher")
+@click.option("--nl-task-retries", type=click.IntRange(0, 100), default=1, show_default=True,
+              help="how often a task lost with its node runs again elsewhere before it FAILS")
 @click.option("--nl-start-method", type=click.Choice(["slurm", "ssh", "local"]), default="slurm",
               show_default=True, help="how node agents are started")
 def cli(**opts: object) -> None:
@@ -105,6 +107,7 @@ def cli(**opts: object) -> None:
         insecure_no_curve=bool(opts["insecure_no_curve"]),
         disable_nl=bool(opts["disable_nl"]), nl_init_timeout=float(opts["nl_init_timeout"]),  # type: ignore[arg-type]
         nl_ready_threshold=float(threshold), nl_start_method=str(opts["nl_start_method"]),  # type: ignore[arg-type]
+        nl_task_retries=int(opts["nl_task_retries"]),  # type: ignore[arg-type]
         slurm_limit_nodes_range_begin=opts["slurm_limit_nodes_range_begin"],  # type: ignore[arg-type]
         slurm_limit_nodes_range_end=opts["slurm_limit_nodes_range_end"],  # type: ignore[arg-type]
         slurm_resources_file=opts["slurm_resources_file"],  # type: ignore[arg-type]

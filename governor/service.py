@@ -76,6 +76,7 @@ class ServiceConfig:
     nl_init_timeout: float = 600.0
     nl_ready_threshold: float = 1.0
     nl_start_method: str = "slurm"
+    nl_task_retries: int = 1
     slurm_limit_nodes_range_begin: int | None = None
     slurm_limit_nodes_range_end: int | None = None
     slurm_resources_file: str | None = None
@@ -180,6 +181,7 @@ class Service:
         if self.publisher is not None:
             self.publisher.governor = self.governor
         self.partition.events = self.governor
+        self.governor.requeue_limit = cfg.nl_task_retries
         self.handler = RequestHandler(self.governor, self)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)

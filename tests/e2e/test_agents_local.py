@@ -145,3 +145,30 @@ def test_killed_agent_marks_node_lost(tmp_path, fake_ssh):
         finally:
             await part.shutdown()
     run(main())
+
+
+def test_silent_agent_is_lost_by_heartbeat(tmp_path, fake_ssh):
+    """Issue 5 heartbeats: an agent that stops answering (SIGSTOP, its process still there) is declared
+    lost after the heartbeat timeout; its task is re-queued to the other node and the job completes."""
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
+        try:
+            gov.submit(parse_jobs([{"name": "s", "execution": {"exec": "/bin/sleep", "args": ["1"]},
+                                    "iteration": {"stop": 2}}]))
+            deadline = time.monotonic() + 20
+            while gov.registry.get("s").executing_count < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            pids = _agent_pids("b")
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                job = await _wait_final(gov, "s", timeout=40)
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+            assert job.state.value == "SUCCEED"
+            assert res.is_down("b")
+        finally:
+            await part.shutdown()
+    run(main(), timeout=90)

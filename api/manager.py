@@ -1,0 +1,749 @@
+"""`Manager` and `LocalManager`: the client API of a running service (reference 22.1.4, 3.1).
+
+`Manager(address, cfg)` talks to a service started with `--net`;
+`LocalManager(server_args, cfg)` starts one as a subprocess
+(`python -m qcg.pilotjob.service --net ...`) and talks to it. Every method of
+the reference is here, with the reference's return values (the `data`
+element of the responses of reference 10.3) and errors:
+
+* a request the service refuses (`code` != 0) raises `ConnectionError`
+  ("Request failed - <message>"), as in the reference; the class raised is
+  `transport.RequestFailed`, a subclass, carrying the whole response;
+* a service that does not answer within the request timeout (dead,
+  unreachable, or missing/wrong CURVE keys) raises `ConnectionError`
+  (`transport.ServiceUnreachable`), never hangs;
+* a wait that runs past its timeout raises `TimeoutElapsed`;
+* an answer without the expected fields raises `InternalError`.
+
+`wait4`, `wait4all` and `wait4_any_job_finish` are driven by the service's
+events (DESIGN.md principle 1): the event subscription is made when the
+Manager connects, so it is active long before any wait; each wait first
+takes the current state with one request, then reacts to events, and
+re-checks with a request after a `nojobs` event and at growing intervals
+(50 ms doubling up to `poll_delay`) in case an event was dropped. Without
+a publisher (`--disable-pub`) the waits fall back to those re-checks only.
+
+Configuration (`cfg`):
+
+* `init_timeout` (LocalManager; default 300 s): how long to wait for the
+  service to start;
+* `poll_delay` (default 5 s): the longest interval between safety re-checks
+  in the waits;
+* `request_timeout` (default 60 s): how long one request may wait for an answer;
+* `log_file` (default `<wdir>/.qcgpjm-client/api.log`, `None` for no file),
+  `log_level` (`info` by default, or `debug`), `wdir` (default `.`);
+* `keys`: directory with the CURVE client keys (see `transport`), or
+  pass `keys=` to `Manager`; `aux_dir`: the service's aux dir, from which
+  both the address and the keys are read.
+
+Where the address comes from when `address` is None: the environment
+variable `QCG_PM_ZMQ_ADDRESS`, then `cfg["aux_dir"]`, then the newest aux dir
+(`.qcgpjm-service-*` with an `address` file) in the current directory, then
+`tcp://127.0.0.1:5555` (reference 22.1.4). `address` may also name an aux dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+from qcg.pilotjob.api import errors, protocol, transport
+from qcg.pilotjob.api.job import Jobs
+from qcg.pilotjob.api.jobinfo import JobInfo
+
+__all__ = ["Manager", "LocalManager", "TimeStamp"]
+
+_logger = logging.getLogger("qcg.pilotjob.api")
+
+FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
+
+# shared log file handlers: several managers of one process logging to the same file write each line once
+_handlers: dict[str, list] = {}
+_handlers_lock = threading.Lock()
+
+
+def _acquire_handler(path: str, level: int) -> logging.Handler:
+    path = os.path.abspath(path)
+    with _handlers_lock:
+        entry = _handlers.get(path)
+        if entry is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            handler = logging.FileHandler(path, mode="a", delay=True)
+            handler.setFormatter(logging.Formatter("%(asctime)-15s: %(message)s"))
+            _logger.addHandler(handler)
+            entry = _handlers[path] = [handler, 0]
+        entry[1] += 1
+        if _logger.level == logging.NOTSET or level < _logger.level:
+            _logger.setLevel(level)
+        return entry[0]
+
+
+def _release_handler(handler: logging.Handler) -> None:
+    with _handlers_lock:
+        for path, entry in list(_handlers.items()):
+            if entry[0] is handler:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    _logger.removeHandler(handler)
+                    handler.close()
+                    del _handlers[path]
+                return
+
+
+def _as_names(names: Any) -> list[str]:
+    if isinstance(names, str):
+        return [names]
+    if isinstance(names, Jobs):
+        return names.ordered_job_names()
+    try:
+        return list(names)
+    except TypeError:
+        raise errors.WrongArgumentsError(f"job names must be a string or a list of strings, "
+                                         f"got {type(names).__name__}") from None
+
+
+def _event_name(data: dict[str, Any]) -> str | None:
+    job = data.get("job")
+    if job is None:
+        return None
+    it = data.get("it")
+    return f"{job}:{it}" if it is not None else str(job)
+
+
+class TimeStamp:
+    """Tracks the timeout of one wait (reference 22.1.4 `TimeStamp`)."""
+
+    def __init__(self, manager: "Manager", timeout_secs: float | None = None) -> None:
+        self.started = datetime.now()
+        self._start = time.monotonic()
+        self.manager = manager
+        self.timeout_secs = timeout_secs
+
+    @property
+    def secs_from_start(self) -> float:
+        return time.monotonic() - self._start
+
+    def remaining(self) -> float | None:
+        if self.timeout_secs is None:
+            return None
+        return self.timeout_secs - self.secs_from_start
+
+    def check_timeout(self) -> bool:
+        """Raise TimeoutElapsed once the timeout has passed; False otherwise."""
+        rest = self.remaining()
+        if rest is not None and rest <= 0:
+            raise errors.TimeoutElapsed(f"timeout of {self.timeout_secs} s elapsed")
+        return False
+
+    def get_poll_time(self) -> float:
+        """The poll delay, cut to what is left of the timeout (TimeoutElapsed if nothing is)."""
+        self.check_timeout()
+        rest = self.remaining()
+        return self.manager.default_poll_delay if rest is None else min(self.manager.default_poll_delay, rest)
+
+    def get_events_timeout(self) -> float:
+        """The event wait timeout, cut to what is left of the timeout (TimeoutElapsed if nothing is)."""
+        self.check_timeout()
+        rest = self.remaining()
+        return self.manager.default_pub_timeout if rest is None else min(self.manager.default_pub_timeout, rest)
+
+
+class Manager:
+    """Client of one running service (reference 22.1.4 `Manager`); see the module documentation."""
+
+    DEFAULT_ADDRESS_ENV = protocol.ADDRESS_ENV
+    DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+    DEFAULT_PROTO = "tcp"
+    DEFAULT_PORT = "5555"
+    DEFAULT_POLL_DELAY = 5
+    DEFAULT_PUB_TIMEOUT = 5 * 60
+    DEFAULT_REQUEST_TIMEOUT = transport.DEFAULT_REQUEST_TIMEOUT
+
+    #: first interval of the safety re-checks in the waits (doubles up to poll_delay)
+    FIRST_RECHECK = 0.05
+    #: finish events kept for wait4_any_job_finish
+    MAX_PENDING_FINISHED = 100_000
+
+    def __init__(self, address: str | None = None, cfg: dict | None = None, *, keys: str | None = None) -> None:
+        client_cfg = dict(cfg or {})
+        self._cfg = client_cfg
+        self._conn: transport.ServiceConnection | None = None
+        self._req_lock = threading.RLock()
+        self._event_lock = threading.RLock()
+        self._finished_events: deque[tuple[str, str]] = deque(maxlen=self.MAX_PENDING_FINISHED)
+        self._publisher_address: str | None = None
+        self.default_poll_delay = float(client_cfg.get("poll_delay", self.DEFAULT_POLL_DELAY))
+        self.default_pub_timeout = float(client_cfg.get("pub_timeout", self.DEFAULT_PUB_TIMEOUT))
+        self.request_timeout = float(client_cfg.get("request_timeout", self.DEFAULT_REQUEST_TIMEOUT))
+        if getattr(self, "log_handler", None) is None:
+            self.log_handler = None
+        self._setup_logging(client_cfg)
+
+        aux_dir = client_cfg.get("aux_dir")
+        if address is not None and os.path.isdir(str(address)):
+            aux_dir, address = str(address), None
+        if address is None:
+            address = os.environ.get(self.DEFAULT_ADDRESS_ENV)
+        if address is None and aux_dir:
+            address = transport.read_aux_address(aux_dir)
+            if address is None:
+                raise errors.ConnectionError(f"no service address in {aux_dir}/{transport.ADDRESS_FILE}")
+        if address is None:
+            found = transport.find_aux_dir(".")
+            if found is not None:
+                aux_dir = found
+                address = transport.read_aux_address(found)
+        if address is None:
+            address = self.DEFAULT_ADDRESS
+        self._address = self._parse_address(address)
+        if aux_dir is None and not keys and not client_cfg.get("keys") and not os.environ.get(protocol.KEYS_ENV):
+            aux_dir = self._aux_dir_serving(self._address)
+        self._aux_dir = aux_dir
+        self._keys = transport.find_keys(keys or client_cfg.get("keys"), aux_dir)
+        self._connect()
+
+    # ------------------------------------------------------------ connection
+
+    @staticmethod
+    def _parse_address(address: str) -> str:
+        """`[proto://]host[:port]` with `tcp` and `5555` as defaults (reference 22.1.4)."""
+        address = str(address).strip()
+        if not re.match(r"\w*://", address):
+            address = f"{Manager.DEFAULT_PROTO}://{address}"
+        if address.startswith("tcp://") and not re.match(r".*:\d+$", address):
+            address = f"{address}:{Manager.DEFAULT_PORT}"
+        return address
+
+    @staticmethod
+    def _aux_dir_serving(address: str) -> str | None:
+        """An aux dir in the current directory whose `address` file names `address` (to find its keys)."""
+        import glob
+        for cand in glob.glob(transport.AUX_DIR_PREFIX + "*"):
+            if transport.read_aux_address(cand) == address:
+                return cand
+        return None
+
+    def _alive(self) -> bool:
+        return True
+
+    def _connect(self) -> None:
+        self._disconnect()
+        _logger.info("connecting to the service at %s (CURVE keys: %s)", self._address,
+                     self._keys.source if self._keys else "none")
+        try:
+            self._conn = transport.ServiceConnection(
+                self._address, self._keys, timeout=self.request_timeout,
+                alive=None if type(self)._alive is Manager._alive else self._alive)
+        except Exception as exc:
+            raise errors.ConnectionError(f"Failed to connect to {self._address} - {exc}") from exc
+        system = self.system_status().get("System", {})
+        _logger.info("connected to the instance %s @ %s", system.get("InstanceId"), system.get("Host"))
+        pub = system.get("StatusPublisher")
+        if not pub and self._aux_dir:
+            pub = transport.read_aux_address(self._aux_dir, transport.PUB_ADDRESS_FILE)
+        if pub:
+            pub = self._external_address(pub)
+            self._conn.subscribe(pub)
+            self._publisher_address = pub
+            # one more round trip: by its answer the service has taken in the subscription as well
+            self._request({"request": "resourcesInfo"})
+            _logger.info("subscribed to job events at %s", pub)
+
+    def _external_address(self, pub: str) -> str:
+        """Replace a wildcard host of the publisher address with the host of the request address."""
+        match = re.match(r"^(\w+)://(\*|0\.0\.0\.0)(:\d+)$", pub)
+        if match:
+            host = re.match(r"^\w+://([^:]+)", self._address)
+            return f"{match.group(1)}://{host.group(1) if host else '127.0.0.1'}{match.group(3)}"
+        return pub
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _assure_connected(self) -> transport.ServiceConnection:
+        if self._conn is None or self._conn.closed:
+            raise errors.ConnectionError("Not connected")
+        return self._conn
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    # -------------------------------------------------------------- requests
+
+    @staticmethod
+    def _validate_response(response: Any) -> Any:
+        if not isinstance(response, dict) or "code" not in response:
+            raise errors.InternalError("Invalid reply from the service")
+        if response["code"] != 0:
+            if response.get("message"):
+                raise transport.RequestFailed(f"Request failed - {response['message']}", response)
+            raise transport.RequestFailed("Request failed", response)
+        if "data" not in response:
+            raise errors.InternalError("Invalid reply from the service")
+        return response["data"]
+
+    @staticmethod
+    def _validate_response_wo_data(response: Any) -> dict:
+        if not isinstance(response, dict) or "code" not in response:
+            raise errors.InternalError("Invalid reply from the service")
+        if response["code"] != 0:
+            if response.get("message"):
+                raise transport.RequestFailed(f"Request failed - {response['message']}", response)
+            raise transport.RequestFailed("Request failed", response)
+        return response
+
+    def _request(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        with self._req_lock:
+            conn = self._assure_connected()
+            if _logger.isEnabledFor(logging.DEBUG):
+                _logger.debug("sending request %s", str(request)[:2000])
+            response = conn.request(request, timeout)
+        response.pop("v", None)
+        response.pop("id", None)
+        return response
+
+    def _send_and_validate_result(self, data: dict[str, Any], valid_method: Any = None,
+                                  timeout: float | None = None) -> Any:
+        return (valid_method or Manager._validate_response)(self._request(data, timeout))
+
+    def send_request(self, request: dict[str, Any]) -> dict:
+        """Send any request; return the whole validated response (reference 22.1.4 `send_request`)."""
+        return self._send_and_validate_result(request, valid_method=Manager._validate_response_wo_data)
+
+    def resources(self) -> dict:
+        """`resourcesInfo`: `{"total_nodes", "total_cores", "used_cores", "free_cores"}`."""
+        return self._send_and_validate_result({"request": "resourcesInfo"})
+
+    def submit(self, jobs: Jobs | list) -> list[str]:
+        """Submit the jobs of `jobs` (a `Jobs`, or a list of standard descriptions); return their names."""
+        descriptions = jobs.ordered_jobs() if isinstance(jobs, Jobs) else list(jobs)
+        data = self._send_and_validate_result({"request": "submit", "jobs": descriptions})
+        if not isinstance(data, dict) or "submitted" not in data or "jobs" not in data:
+            raise errors.InternalError("Missing response data")
+        return data["jobs"]
+
+    def list(self) -> dict:
+        """`listJobs`: job name -> `{"status", "messages"?, "inQueue"?}`."""
+        data = self._send_and_validate_result({"request": "listJobs"})
+        if not isinstance(data, dict) or "jobs" not in data:
+            raise errors.InternalError("Request failed - missing jobs data")
+        return data["jobs"]
+
+    def status(self, names: Any) -> dict:
+        """`jobStatus`: `{"jobs": {name: {"status": 0, "data": {"jobName", "status"}}}}`."""
+        return self._send_and_validate_result({"request": "jobStatus", "jobNames": _as_names(names)})
+
+    def info(self, names: Any, **kwargs: Any) -> dict:
+        """`jobInfo`: `{"jobs": {name: {"status": 0, "data": {...}}}}`; `withChilds=True` adds iterations."""
+        request: dict[str, Any] = {"request": "jobInfo", "jobNames": _as_names(names)}
+        if kwargs:
+            request["params"] = kwargs
+        return self._send_and_validate_result(request)
+
+    def info_parsed(self, names: Any, **kwargs: Any) -> dict[str, JobInfo]:
+        """Like `info`, parsed into `JobInfo` objects (reference 22.1.3)."""
+        return {name: JobInfo.from_job(entry.get("data", {}))
+                for name, entry in self.info(names, **kwargs).get("jobs", {}).items()}
+
+    def remove(self, names: Any) -> None:
+        """`removeJob`: forget finished jobs (their names may then be used again)."""
+        self._send_and_validate_result({"request": "removeJob", "jobNames": _as_names(names)})
+
+    def cancel(self, names: Any) -> dict:
+        """`cancelJob`: cancel queued or running jobs (or iterations `job:N`); returns the response data.
+
+        Unlike the original (where it was a no-op), cancelling works: running
+        processes get SIGTERM and end CANCELED.
+        """
+        return self._send_and_validate_result({"request": "cancelJob", "jobNames": _as_names(names)})
+
+    def system_status(self) -> dict:
+        """`status`: `{"System", "Resources", "JobStats", "IterationStats"}` (reference 10.3.x)."""
+        return self._send_and_validate_result({"request": "status"})
+
+    def _send_finish(self) -> None:
+        self._send_and_validate_result({"request": "finish"}, valid_method=Manager._validate_response_wo_data)
+        self._disconnect()
+
+    def finish(self) -> None:
+        """Ask the service to finish, close the connection, clean up."""
+        self._send_finish()
+        self.cleanup()
+
+    def close(self) -> None:
+        """Close the connection without finishing the service."""
+        self._disconnect()
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove this client's log handler (reference 22.1.4 `cleanup`)."""
+        handler, self.log_handler = getattr(self, "log_handler", None), None
+        if handler is not None:
+            _release_handler(handler)
+
+    def __enter__(self) -> "Manager":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- events
+
+    def _pump_events(self, timeout: float | None, limit: int = 10_000) -> list[tuple[bytes, dict]]:
+        """Events received within `timeout` (the first one waited for, the rest already queued)."""
+        conn = self._assure_connected()
+        out: list[tuple[bytes, dict]] = []
+        with self._event_lock:
+            event = conn.next_event(timeout)
+            while event is not None:
+                out.append(event)
+                topic, data = event
+                if topic in (protocol.TOPIC_JOB, protocol.TOPIC_TASK) and data.get("state") in FINAL_STATES:
+                    name = _event_name(data)
+                    if name is not None:
+                        self._finished_events.append((name, data["state"]))
+                if len(out) >= limit:
+                    break
+                event = conn.next_event(0)
+        return out
+
+    def _drain_events(self) -> None:
+        """Take in every event already delivered (they are older than what follows)."""
+        if self._conn is not None and self._conn.has_events:
+            while self._pump_events(0):
+                pass
+
+    def _recheck_schedule(self) -> "_Recheck":
+        return _Recheck(self.FIRST_RECHECK, max(self.FIRST_RECHECK, self.default_poll_delay))
+
+    # ------------------------------------------------------------------ waits
+
+    def wait4(self, names: Any, timeout: float | None = None) -> dict[str, str]:
+        """Wait until every job in `names` is finished; return name -> final state.
+
+        Raises TimeoutElapsed after `timeout` seconds, JobNotDefinedError for
+        a name the service does not know, ConnectionError when the service is
+        gone or refuses the request.
+        """
+        job_names = _as_names(names)
+        stamp = TimeStamp(self, timeout)
+        result: dict[str, str] = {}
+        self._drain_events()
+        not_finished = set(job_names)
+        self._update_from_status(not_finished, result)
+        by_event: set[str] = set()
+        recheck = self._recheck_schedule()
+        while not_finished or by_event:
+            if not not_finished:
+                # confirm what the events said with one request (a stale event must not end the wait)
+                confirm, by_event = by_event, set()
+                for name in confirm:
+                    result.pop(name, None)
+                self._update_from_status(confirm, result)
+                not_finished |= confirm
+                continue
+            stamp.check_timeout()
+            wait = recheck.until_next()
+            rest = stamp.remaining()
+            if rest is not None:
+                wait = min(wait, max(rest, 0.0))
+            for topic, data in self._pump_events(wait):
+                if topic is protocol.TOPIC_NO_JOBS or topic == protocol.TOPIC_NO_JOBS:
+                    recheck.now()
+                    continue
+                name = _event_name(data)
+                if name in not_finished and data.get("state") in FINAL_STATES:
+                    not_finished.discard(name)
+                    result[name] = data["state"]
+                    by_event.add(name)
+            if recheck.due():
+                self._update_from_status(not_finished, result)
+                recheck.done()
+        _logger.info("all %d awaited jobs finished", len(job_names))
+        return {name: result[name] for name in job_names if name in result}
+
+    def _update_from_status(self, not_finished: set[str], result: dict[str, str]) -> None:
+        if not not_finished:
+            return
+        data = self.status(sorted(not_finished))
+        jobs = data.get("jobs") if isinstance(data, dict) else None
+        if not isinstance(jobs, dict):
+            raise errors.InternalError("Invalid reply from the service: missing jobs")
+        for name, entry in jobs.items():
+            if not isinstance(entry, dict):
+                raise errors.InternalError(f"Missing job's {name} data")
+            if entry.get("status") != 0:
+                raise errors.JobNotDefinedError(entry.get("message") or f"job '{name}' does not exist")
+            if not isinstance(entry.get("data"), dict):
+                raise errors.InternalError(f"Missing job's {name} data")
+            state = entry["data"].get("status")
+            if state in FINAL_STATES and name in not_finished:
+                not_finished.discard(name)
+                result[name] = state
+
+    def _all_finished(self) -> bool:
+        data = self._send_and_validate_result({"request": "status", "options": {"allJobsFinished": True}})
+        return bool(isinstance(data, dict) and data.get("AllJobsFinished", False))
+
+    def wait4all(self, timeout_secs: float | None = None) -> None:
+        """Wait until every job of the service is finished; TimeoutElapsed after `timeout_secs`."""
+        stamp = TimeStamp(self, timeout_secs)
+        self._drain_events()
+        if self._all_finished():
+            return
+        recheck = self._recheck_schedule()
+        while True:
+            stamp.check_timeout()
+            wait = recheck.until_next()
+            rest = stamp.remaining()
+            if rest is not None:
+                wait = min(wait, max(rest, 0.0))
+            for topic, _ in self._pump_events(wait):
+                if topic == protocol.TOPIC_NO_JOBS:
+                    recheck.now()
+            if recheck.due():
+                if self._all_finished():
+                    _logger.info("all jobs finished in the service")
+                    return
+                recheck.done()
+
+    def wait4_any_job_finish(self, timeout_secs: float | None = None) -> tuple[str, str]:
+        """Return `(name, state)` of the next job or iteration (`job:N`) that finished.
+
+        Each finish the Manager has seen since it connected is returned once,
+        in order. Raises TimeoutElapsed after `timeout_secs` seconds and
+        ServiceError when the service publishes no events (`--disable-pub`).
+        """
+        if self._conn is None or not self._conn.has_events:
+            raise errors.ServiceError("Service not support publishing status events")
+        stamp = TimeStamp(self, timeout_secs)
+        while True:
+            with self._event_lock:
+                if self._finished_events:
+                    return self._finished_events.popleft()
+            stamp.check_timeout()
+            rest = stamp.remaining()
+            self._pump_events(self.default_pub_timeout if rest is None else max(rest, 0.0))
+
+    @staticmethod
+    def is_status_finished(status: str) -> bool:
+        """True for the final states SUCCEED, FAILED, CANCELED, OMITTED."""
+        return status in FINAL_STATES
+
+    # ---------------------------------------------------------------- logging
+
+    def _setup_logging(self, cfg: dict) -> None:
+        if getattr(self, "log_handler", None) is not None:
+            return
+        if "log_file" in cfg and not cfg["log_file"]:
+            return  # log_file=None: no client log file
+        log_file = cfg.get("log_file") or os.path.join(cfg.get("wdir", "."), ".qcgpjm-client", "api.log")
+        level = logging.DEBUG if str(cfg.get("log_level", "info")).lower() == "debug" else logging.INFO
+        try:
+            self.log_handler = _acquire_handler(str(log_file), level)
+        except OSError as exc:
+            raise errors.FileError(f"cannot open the client log file {log_file}: {exc}") from exc
+
+
+class _Recheck:
+    """Safety re-check schedule of a wait: `first` seconds, doubling up to `longest`."""
+
+    def __init__(self, first: float, longest: float) -> None:
+        self.interval = first
+        self.longest = longest
+        self.next = time.monotonic() + first
+
+    def until_next(self) -> float:
+        return max(0.0, self.next - time.monotonic())
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next
+
+    def now(self) -> None:
+        self.next = time.monotonic()
+
+    def done(self) -> None:
+        self.interval = min(self.interval * 2, self.longest)
+        self.next = time.monotonic() + self.interval
+
+
+# --------------------------------------------------------------------------- local
+
+
+def _reap(process: subprocess.Popen) -> None:
+    """Finalizer: never leave a service process behind."""
+    if process.poll() is None:
+        try:
+            process.kill()
+            process.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def _option_value(args: list[str], option: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(option + "="):
+            return arg[len(option) + 1:]
+    return None
+
+
+class LocalManager(Manager):
+    """Start a service as a subprocess and talk to it (reference 22.1.4 `LocalManager`, 3.1).
+
+    The service runs `python -m qcg.pilotjob.service --net --wd <wd> --id <id>
+    <server_args>` (`--wd` and `--id` only when not in `server_args`); its aux
+    dir is `<wd>/.qcgpjm-service-<id>`, from which the address and the CURVE
+    keys are read. `finish()` asks it to finish and waits for the process
+    (killed after 10 s); leaving a `with` block does the same.
+    """
+
+    FINISH_WAIT = 10.0
+
+    def __init__(self, server_args: list | None = None, cfg: dict | None = None) -> None:
+        client_cfg = dict(cfg or {})
+        self.log_handler = None
+        self._setup_logging(client_cfg)
+        args = [str(arg) for arg in (server_args or [])]
+        wd = _option_value(args, "--wd")
+        if wd is None:
+            wd = "."
+            args = ["--wd", wd, *args]
+        instance_id = _option_value(args, "--id")
+        if instance_id is None:
+            instance_id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+            args = ["--id", instance_id, *args]
+        if not any(a == "--net" or a.startswith("--net-port") for a in args):
+            args = ["--net", *args]
+        self.wd = os.path.abspath(wd)
+        self.instance_id = instance_id
+        self.aux_dir = os.path.join(self.wd, transport.AUX_DIR_PREFIX + instance_id)
+        self._finished = False
+
+        init_timeout = float(client_cfg.get("init_timeout", 300))
+        self._stderr = tempfile.TemporaryFile(prefix="qcgpj-service-stderr-")
+        cmd = [sys.executable, "-m", "qcg.pilotjob.service", *args]
+        _logger.info("starting the service: %s", " ".join(cmd))
+        started = time.monotonic()
+        try:
+            self.qcgpm_process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=self._stderr)
+        except OSError as exc:
+            self._stderr.close()
+            raise errors.ServiceError(f"Service not started: {exc}") from exc
+        self._finalizer = weakref.finalize(self, _reap, self.qcgpm_process)
+        try:
+            address, keys_dir = self._wait_for_service(init_timeout)
+            client_cfg.setdefault("aux_dir", self.aux_dir)
+            super().__init__(address, client_cfg, keys=keys_dir)
+        except BaseException:
+            self.kill_manager_process()
+            self._wait_process(2.0)
+            self.cleanup()
+            raise
+        _logger.info("service %s started in %.3f s at %s", instance_id, time.monotonic() - started, address)
+
+    def _alive(self) -> bool:
+        return self.qcgpm_process.poll() is None
+
+    def _stderr_tail(self, limit: int = 4000) -> str:
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - limit))
+            return self._stderr.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _wait_for_service(self, init_timeout: float) -> tuple[str, str | None]:
+        """Wait for `<aux dir>/address` (and the keys) or the end of the process; ServiceError otherwise."""
+        deadline = time.monotonic() + init_timeout
+        pause = 0.002
+        while True:
+            code = self.qcgpm_process.poll()
+            if code is not None:
+                tail = self._stderr_tail()
+                raise errors.ServiceError(f"Service process ended with exit code {code} before it was ready"
+                                          + (f": {tail}" if tail else ""))
+            # the service writes its keys first and the address file last (atomically): once the
+            # address is there, keys present means CURVE, keys absent means the plain-text opt-out
+            address = transport.read_aux_address(self.aux_dir)
+            if address is not None:
+                keys = transport.load_keys(self.aux_dir)
+                return address, (keys.source if keys is not None else None)
+            if time.monotonic() >= deadline:
+                raise errors.ServiceError(f"Service not started in {init_timeout:g} s"
+                                          f" (no address in {self.aux_dir})")
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.05)
+
+    def _wait_process(self, timeout: float) -> bool:
+        try:
+            self.qcgpm_process.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def finish(self) -> None:
+        """Ask the service to finish, wait for its process (killed after 10 s), clean up."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            try:
+                self._send_finish()
+            except errors.ConnectionError:
+                if self._alive():
+                    raise
+                # the service is already gone: nothing to finish
+        finally:
+            self._disconnect()
+            if not self._wait_process(self.FINISH_WAIT):
+                _logger.warning("the service did not end within %g s after finish; killing it", self.FINISH_WAIT)
+                self.qcgpm_process.kill()
+                self._wait_process(5.0)
+            self._stderr.close()
+            self.cleanup()
+
+    def kill_manager_process(self) -> None:
+        """Send SIGTERM to the service process (normally `finish` is used instead)."""
+        if self.qcgpm_process.poll() is None:
+            try:
+                self.qcgpm_process.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.finish()
+        except errors.QCGPJMAError:
+            if exc[0] is None:
+                raise
+            _logger.exception("finishing the service after an error failed")
+
+    @staticmethod
+    def is_notebook() -> bool:
+        """True when running inside a Jupyter kernel."""
+        try:
+            shell = get_ipython().__class__.__name__  # type: ignore[name-defined]  # noqa: F821
+        except NameError:
+            return False
+        return shell == "ZMQInteractiveShell"

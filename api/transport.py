@@ -1,0 +1,383 @@
+"""Client end of the service's network interface: one DEALER socket for requests, one SUB socket for events.
+
+Used by `Manager` (reference 22.1.4) and the Executor API. The wire format
+is `qcg.pilotjob.api.protocol`: every request is a msgpack map with `"v"`,
+the reference's request fields and an `"id"` that the service echoes, so a
+late answer to a request that timed out is recognised and dropped — the
+socket stays usable (a REQ socket would be stuck).
+
+Security (DESIGN.md principle 5): the service listens with CURVE. The client
+needs the service's public key and a client key pair; `find_keys` looks for
+them, in this order, in
+
+1. an explicit directory (the `keys` argument of `Manager`, or `cfg["keys"]`),
+2. the directory named by the environment variable `QCG_PM_KEYS` (a keys
+   directory, or an aux dir `.qcgpjm-service-*` holding `keys/`),
+3. `keys/` of the service's aux dir (`cfg["aux_dir"]`, or the aux dir the
+   address was read from).
+
+Each key file holds one z85-encoded key (40 characters), or a ZeroMQ
+certificate file (`public-key = "..."`). Without keys the client connects in
+plain text (only a service started with the legacy opt-out answers).
+
+Every call has a timeout: a service that is dead or unreachable raises
+`ConnectionError` (of `qcg.pilotjob.api.errors`) once the timeout has passed.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.utils.monitor
+
+from qcg.pilotjob.api import errors, protocol
+
+__all__ = [
+    "CurveKeys", "find_keys", "load_keys", "find_aux_dir", "read_aux_address", "ServiceConnection",
+    "RequestFailed", "ServiceUnreachable", "DEFAULT_REQUEST_TIMEOUT",
+]
+
+DEFAULT_REQUEST_TIMEOUT = 60.0
+AUX_DIR_PREFIX = ".qcgpjm-service-"
+ADDRESS_FILE = "address"
+PUB_ADDRESS_FILE = "pub_address"
+
+_Z85_KEY = re.compile(r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+
+
+class ServiceUnreachable(errors.ConnectionError):
+    """The service did not answer within the timeout, or its process is gone."""
+
+
+class RequestFailed(errors.ConnectionError):
+    """The service answered with an error (code != 0); the reference raises ConnectionError for it."""
+
+    def __init__(self, message: str, response: dict | None = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+    source: str = ""
+
+
+# ------------------------------------------------------------------ keys and addresses
+
+
+def _read_key(path: str) -> bytes:
+    with open(path, encoding="ascii") as handle:
+        text = handle.read().strip()
+    if _Z85_KEY.match(text):
+        return text.encode("ascii")
+    # a ZeroMQ certificate file (zmq.auth format)
+    field = "secret-key" if os.path.basename(path).endswith("_secret") else "public-key"
+    match = re.search(field + r'\s*=\s*"([^"]{40})"', text)
+    if match:
+        return match.group(1).encode("ascii")
+    raise errors.ConnectionError(f"key file {path} does not hold a z85 key")
+
+
+def load_keys(directory: str) -> CurveKeys | None:
+    """Keys from `directory` (a keys dir, or an aux dir with `keys/`); None if the files are not there."""
+    directory = os.path.abspath(os.path.expanduser(directory))
+    candidates = [directory, os.path.join(directory, protocol.KEYS_DIR)]
+    for cand in candidates:
+        paths = [os.path.join(cand, name) for name in
+                 (protocol.SERVER_PUBLIC, protocol.CLIENT_PUBLIC, protocol.CLIENT_SECRET)]
+        if all(os.path.isfile(p) for p in paths):
+            server_public, client_public, client_secret = (_read_key(p) for p in paths)
+            return CurveKeys(server_public, client_public, client_secret, cand)
+    return None
+
+
+def find_keys(explicit: str | None = None, aux_dir: str | None = None) -> CurveKeys | None:
+    """Look for client keys as described in the module documentation; None when there are none."""
+    if explicit:
+        keys = load_keys(explicit)
+        if keys is None:
+            raise errors.ConnectionError(
+                f"no CURVE keys in {explicit} (expected {protocol.SERVER_PUBLIC}, {protocol.CLIENT_PUBLIC}, "
+                f"{protocol.CLIENT_SECRET} there or in its {protocol.KEYS_DIR}/)")
+        return keys
+    env = os.environ.get(protocol.KEYS_ENV)
+    if env:
+        keys = load_keys(env)
+        if keys is not None:
+            return keys
+    if aux_dir:
+        return load_keys(aux_dir)
+    return None
+
+
+def find_aux_dir(directory: str = ".") -> str | None:
+    """The newest `.qcgpjm-service-*` dir in `directory` that holds an `address` file."""
+    cands = [d for d in glob.glob(os.path.join(glob.escape(directory), AUX_DIR_PREFIX + "*"))
+             if os.path.isfile(os.path.join(d, ADDRESS_FILE))]
+    if not cands:
+        return None
+    return max(cands, key=lambda d: os.stat(d).st_mtime)
+
+
+def read_aux_address(aux_dir: str, name: str = ADDRESS_FILE) -> str | None:
+    """The address written by the service into its aux dir, or None if not (fully) written yet."""
+    try:
+        with open(os.path.join(aux_dir, name), encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except OSError:
+        return None
+    return text if "://" in text else None
+
+
+# ------------------------------------------------------------------ connection
+
+
+_ids = itertools.count(1)
+
+
+class ServiceConnection:
+    """Request/response and event channel to one service (not thread-safe: one per thread or lock it).
+
+    `alive` is an optional callable checked while waiting for an answer
+    (e.g. "is the service process still running?"), so a local service that
+    died is reported at once instead of after the whole timeout.
+    """
+
+    #: how often (seconds) `alive` is consulted while waiting for an answer
+    ALIVE_CHECK = 0.25
+
+    def __init__(self, address: str, keys: CurveKeys | None, *, timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 alive: Callable[[], bool] | None = None, context: zmq.Context | None = None) -> None:
+        self.address = address
+        self.keys = keys
+        self.timeout = float(timeout)
+        self._alive = alive
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._sock = self._socket(zmq.DEALER)
+        self._sock.connect(address)
+        self._sub: zmq.Socket | None = None
+        self.pub_address: str | None = None
+        self._closed = False
+        self._lock = threading.RLock()
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.DEALER:
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing on a connection that is not complete
+        if self.keys is not None:
+            sock.curve_secretkey = self.keys.client_secret
+            sock.curve_publickey = self.keys.client_public
+            sock.curve_serverkey = self.keys.server_public
+        return sock
+
+    # ---------------------------------------------------------------- requests
+
+    def request(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Send one request and return the decoded response map (any `code`).
+
+        Raises ServiceUnreachable (a ConnectionError) when no answer came in
+        `timeout` seconds (default: the connection's timeout) or `alive()`
+        says the service is gone.
+        """
+        with self._lock:
+            if self._closed:
+                raise errors.ConnectionError("Not connected")
+            req_id = next(_ids)
+            message = dict(request)
+            message["v"] = protocol.PROTOCOL_VERSION
+            message["id"] = req_id
+            frame = msgpack.packb(message, use_bin_type=True)
+            limit = self.timeout if timeout is None else float(timeout)
+            deadline = time.monotonic() + limit
+            sock = self._sock
+            try:
+                # the empty delimiter makes the envelope the same as a REQ socket's
+                if not self._send(sock, frame, deadline):
+                    raise self._unreachable(limit, "could not send the request")
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise self._unreachable(limit)
+                    wait = remaining if self._alive is None else min(remaining, self.ALIVE_CHECK)
+                    if not sock.poll(wait * 1000.0, zmq.POLLIN):
+                        if self._alive is not None and not self._alive():
+                            raise ServiceUnreachable(f"the service at {self.address} is not running any more")
+                        continue
+                    frames = sock.recv_multipart(copy=True)
+                    response = self._decode(frames)
+                    if response is None:
+                        continue
+                    rid = response.get("id")
+                    if rid is not None and rid != req_id:
+                        continue  # a late answer to an earlier request that timed out
+                    return response
+            except zmq.ZMQError as exc:
+                raise errors.ConnectionError(f"communication with {self.address} failed: {exc}") from exc
+
+    def _send(self, sock: zmq.Socket, frame: bytes, deadline: float) -> bool:
+        while True:
+            try:
+                sock.send_multipart([b"", frame], flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                # with IMMEDIATE the send blocks until the connection (and CURVE handshake) is up
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if self._alive is not None and not self._alive():
+                    raise ServiceUnreachable(f"the service at {self.address} is not running any more")
+                sock.poll(min(remaining, self.ALIVE_CHECK) * 1000.0, zmq.POLLOUT)
+
+    def _unreachable(self, limit: float, what: str = "no answer") -> ServiceUnreachable:
+        hint = "" if self.keys is not None else \
+            " (no CURVE keys found: set QCG_PM_KEYS or pass the aux dir; see qcg.pilotjob.api.transport)"
+        return ServiceUnreachable(f"{what} from the service at {self.address} within {limit:g} s{hint}")
+
+    @staticmethod
+    def _decode(frames: list[bytes]) -> dict[str, Any] | None:
+        payload = [f for f in frames if f]
+        if not payload:
+            return None
+        frame = payload[-1]
+        if frame[:1] == b"{":
+            try:  # a JSON answer (a service that took our request for the original's JSON envelope)
+                message = json.loads(frame.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise errors.InternalError(f"Invalid reply from the service: {exc}") from None
+        else:
+            try:
+                message = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+            except Exception as exc:  # msgpack raises several unrelated types for garbage
+                raise errors.InternalError(f"Invalid reply from the service: {type(exc).__name__}") from None
+            if isinstance(message, dict) and message.get("v") != protocol.PROTOCOL_VERSION:
+                raise errors.InternalError(f"Invalid reply from the service: protocol version "
+                                           f"{message.get('v')!r}, this client speaks {protocol.PROTOCOL_VERSION}")
+        if not isinstance(message, dict):
+            raise errors.InternalError("Invalid reply from the service: not a map")
+        return message
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, pub_address: str, topics: tuple[bytes, ...] = (protocol.TOPIC_JOB, protocol.TOPIC_TASK,
+                                                                       protocol.TOPIC_NO_JOBS)) -> None:
+        """Connect the SUB socket to the publisher (done once, early: a subscription takes a moment to work)."""
+        with self._lock:
+            if self._sub is not None:
+                return
+            sub = self._socket(zmq.SUB)
+            sub.setsockopt(zmq.RCVHWM, 0)  # never drop an event on our side
+            for topic in topics:
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
+            monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            try:
+                sub.connect(pub_address)
+                self._sub = sub
+                self.pub_address = pub_address
+                # A subscription works only once the connection is up: wait for the handshake, so that
+                # events of jobs submitted right after connecting are not lost (the "slow joiner").
+                deadline = time.monotonic() + min(self.timeout, 10.0)
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not monitor.poll(remaining * 1000.0, zmq.POLLIN):
+                        break  # not fatal: the waits re-check the state with requests
+                    event = zmq.utils.monitor.recv_monitor_message(monitor)
+                    if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        break
+                    if event["event"] & (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                        break
+            finally:
+                sub.disable_monitor()
+                monitor.close(linger=0)
+
+    @property
+    def has_events(self) -> bool:
+        return self._sub is not None
+
+    @property
+    def context(self) -> zmq.Context:
+        return self._ctx
+
+    def next_event(self, timeout: float | None, wake: zmq.Socket | None = None) -> tuple[bytes, dict[str, Any]] | None:
+        """One event `(topic, map)`, waiting up to `timeout` seconds (0: no wait); None if none came.
+
+        With `wake` (a socket of this connection's context), the wait also
+        ends, returning None, as soon as `wake` is readable (the caller reads it).
+        """
+        sub = self._sub
+        ms = None if timeout is None else timeout * 1000.0
+        if sub is None:
+            if wake is not None:
+                wake.poll(ms, zmq.POLLIN)
+            elif timeout:
+                time.sleep(timeout)
+            return None
+        try:
+            if timeout != 0:
+                if wake is None:
+                    if not sub.poll(ms, zmq.POLLIN):
+                        return None
+                else:
+                    poller = zmq.Poller()
+                    poller.register(sub, zmq.POLLIN)
+                    poller.register(wake, zmq.POLLIN)
+                    ready = dict(poller.poll(ms))
+                    if sub not in ready:
+                        return None
+            try:
+                frames = sub.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+        except zmq.ZMQError as exc:
+            raise errors.ConnectionError(f"event channel of {self.address} failed: {exc}") from exc
+        if len(frames) < 2:
+            return frames[0] if frames else b"", {}
+        try:
+            data = msgpack.unpackb(frames[-1], raw=False, strict_map_key=False)
+        except Exception:  # a malformed event is dropped, never fatal
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        return frames[0], data
+
+    # ------------------------------------------------------------------- close
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for sock in (self._sock, self._sub):
+                if sock is not None:
+                    try:
+                        sock.close(linger=0)
+                    except zmq.ZMQError:
+                        pass
+            self._sub = None
+            if self._own_context:
+                try:
+                    self._ctx.term()
+                except zmq.ZMQError:
+                    pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,411 @@
+"""Client API end to end against a real service (reference 3.1, 11.2, 22.1.4, 23.2).
+
+Every test starts the service as a subprocess through `LocalManager` (or
+`QCGPJExecutor`), talks to it over ZMQ with CURVE and checks what a user of
+the reference API sees. Every wait has a timeout; nothing asserts on
+durations.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from qcg.pilotjob.api import errors
+from qcg.pilotjob.api.job import Jobs
+from qcg.pilotjob.api.jobinfo import JobInfo
+from qcg.pilotjob.api.manager import LocalManager, Manager
+from qcg.pilotjob.executor_api.qcgpj_executor import QCGPJExecutor
+from qcg.pilotjob.executor_api.qcgpj_future import QCGPJFuture
+from qcg.pilotjob.executor_api.templates.basic_template import BasicTemplate
+
+WAIT = 60          # seconds any single wait may take before the test fails
+INIT = 60          # service start timeout
+
+
+def client_cfg(tmp_path: Path, **extra) -> dict:
+    cfg = {"log_file": str(tmp_path / "api.log"), "init_timeout": INIT, "request_timeout": 30}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture
+def lm(tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    manager = LocalManager(["--nodes", "4", "--wd", str(wd)], client_cfg(tmp_path))
+    try:
+        yield manager
+    finally:
+        try:
+            manager.finish()
+        except errors.QCGPJMAError:
+            manager.kill_manager_process()
+
+
+def run_script(tmp_path: Path, text: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    script = tmp_path / "example.py"
+    script.write_text(textwrap.dedent(text))
+    return subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def test_resources_and_system_status(lm):
+    res = lm.resources()
+    assert res == {"total_nodes": 1, "total_cores": 4, "used_cores": 0, "free_cores": 4}
+    status = lm.system_status()
+    assert set(status) >= {"System", "Resources", "JobStats", "IterationStats"}
+    assert status["System"]["InstanceId"] == lm.instance_id
+    assert "ZMQ" in status["System"]["Ifaces"]
+    assert status["Resources"]["TotalCores"] == 4
+
+
+def test_submit_status_wait4_info(lm):
+    jobs = Jobs().add(name="a", exec="/bin/sleep", args=["0.3"]) \
+        .add(name="it", exec="/bin/sh", args=["-c", "exit ${it}"], iteration=2) \
+        .add(name="dep", exec="/bin/true", after="a")
+    names = lm.submit(jobs)
+    assert names == ["a", "it", "dep"]
+
+    status = lm.status(names)
+    assert set(status["jobs"]) == set(names)
+    for name in names:
+        entry = status["jobs"][name]
+        assert entry["status"] == 0 and entry["data"]["jobName"] == name
+        assert entry["data"]["status"] in {"QUEUED", "SCHEDULED", "EXECUTING", "SUCCEED", "FAILED"}
+
+    result = lm.wait4(names, timeout=WAIT)
+    assert result == {"a": "SUCCEED", "it": "FAILED", "dep": "SUCCEED"}
+    assert lm.wait4("it:0", timeout=WAIT) == {"it:0": "SUCCEED"}
+    assert lm.wait4(["it:1"], timeout=WAIT) == {"it:1": "FAILED"}
+
+    info = lm.info(names)["jobs"]
+    assert info["a"]["data"]["status"] == "SUCCEED"
+    assert info["a"]["data"]["runtime"]["exit_code"] == "0"
+    assert info["it"]["data"]["iterations"] == {"start": 0, "stop": 2, "total": 2, "finished": 2, "failed": 1}
+    with_childs = lm.info("it", withChilds=True)["jobs"]["it"]["data"]
+    assert [c["iteration"] for c in with_childs["childs"]] == [0, 1]
+
+    parsed = lm.info_parsed(["a", "it"], withChilds=True)
+    a, it = parsed["a"], parsed["it"]
+    assert isinstance(a, JobInfo) and a.status == "SUCCEED" and a.total_cores == 1
+    assert sum(len(cores) for cores in a.nodes.values()) == 1
+    assert a.time is not None and a.wdir and a.history and a.history[-1].endswith("SUCCEED")
+    assert [c.name for c in it.childs] == ["it:0", "it:1"]
+    assert [c.status for c in it.childs] == ["SUCCEED", "FAILED"]
+
+
+def test_list_remove_and_resubmit(lm):
+    lm.submit(Jobs().add(name="x", exec="/bin/true"))
+    lm.wait4("x", timeout=WAIT)
+    listed = lm.list()
+    assert listed["x"]["status"] == "SUCCEED"
+    lm.remove("x")
+    assert "x" not in lm.list()
+    assert lm.status("x")["jobs"]["x"]["status"] != 0  # "0 - job found, other value - job not found"
+    with pytest.raises(errors.JobNotDefinedError, match="x"):
+        lm.wait4("x", timeout=WAIT)
+    # the name can be used again, and wait4 must wait for the new job, not the old one's events
+    lm.submit(Jobs().add(name="x", exec="/bin/sleep", args=["0.3"]))
+    assert lm.wait4("x", timeout=WAIT) == {"x": "SUCCEED"}
+
+
+def test_cancel_running_job(lm):
+    lm.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]).add(name="q", exec="/bin/true",
+                                                                          after="long"))
+    lm.cancel("long")
+    assert lm.wait4(["long", "q"], timeout=WAIT) == {"long": "CANCELED", "q": "OMITTED"}
+
+
+def test_wait4_timeout_raises_timeout_elapsed(lm):
+    lm.submit(Jobs().add(name="slow", exec="/bin/sleep", args=["60"]))
+    with pytest.raises(errors.TimeoutElapsed):
+        lm.wait4("slow", timeout=0.5)
+    with pytest.raises(errors.TimeoutElapsed):
+        lm.wait4all(timeout_secs=0.3)
+    lm.cancel(["slow"])
+    assert lm.wait4("slow", timeout=WAIT) == {"slow": "CANCELED"}
+
+
+def test_wait4all_and_wait4_any(lm):
+    lm.submit(Jobs().add(name="w1", exec="/bin/true").add(name="w2", exec="/bin/false")
+              .add(name="w3", exec="/bin/sleep", args=["0.2"]))
+    lm.wait4all(timeout_secs=WAIT)
+    assert {n: e["status"] for n, e in lm.list().items()} == {"w1": "SUCCEED", "w2": "FAILED", "w3": "SUCCEED"}
+    seen = {}
+    for _ in range(3):
+        name, state = lm.wait4_any_job_finish(timeout_secs=WAIT)
+        seen[name] = state
+    assert seen == {"w1": "SUCCEED", "w2": "FAILED", "w3": "SUCCEED"}
+    with pytest.raises(errors.TimeoutElapsed):
+        lm.wait4_any_job_finish(timeout_secs=0.2)
+    assert Manager.is_status_finished("SUCCEED") and Manager.is_status_finished("OMITTED")
+    assert not Manager.is_status_finished("EXECUTING") and not lm.is_status_finished("QUEUED")
+
+
+def test_send_request_and_request_errors(lm):
+    response = lm.send_request({"request": "resourcesInfo"})
+    assert response["code"] == 0 and response["data"]["total_cores"] == 4
+    with pytest.raises(errors.ConnectionError, match="Request failed"):
+        lm.send_request({"request": "bogus"})
+    assert lm.status(["nosuch"])["jobs"]["nosuch"]["status"] != 0
+    with pytest.raises(errors.InvalidJobDescriptionError):
+        Jobs().add(name="bad", exec="/bin/true", numCores="two")
+    # the service refuses a description the client did not check
+    with pytest.raises(errors.ConnectionError, match="Request failed"):
+        lm.submit([{"name": "bad", "execution": {}}])
+    # the connection still works afterwards
+    assert lm.resources()["total_cores"] == 4
+
+
+def test_second_client_by_aux_dir_and_env(lm, tmp_path, monkeypatch):
+    with Manager(lm.aux_dir, client_cfg(tmp_path)) as other:
+        other.submit(Jobs().add(name="from_other", exec="/bin/true"))
+        assert other.wait4("from_other", timeout=WAIT) == {"from_other": "SUCCEED"}
+    monkeypatch.setenv("QCG_PM_ZMQ_ADDRESS", lm.address)
+    monkeypatch.setenv("QCG_PM_KEYS", lm.aux_dir)
+    with Manager(cfg=client_cfg(tmp_path)) as by_env:
+        assert "from_other" in by_env.list()
+
+
+def test_client_inside_a_task_uses_task_environment(lm, tmp_path):
+    """A task can talk to the service that runs it (QCG_PM_ZMQ_ADDRESS and QCG_PM_KEYS are exported)."""
+    out = tmp_path / "inner.out"
+    code = ("from qcg.pilotjob.api.manager import Manager; "
+            f"m = Manager(cfg={{'log_file': None, 'request_timeout': 20}}); "
+            f"open({str(out)!r}, 'w').write(str(m.resources()['total_cores'])); m.close()")
+    lm.submit(Jobs().add(name="inner", exec=sys.executable, args=["-c", code]))
+    assert lm.wait4("inner", timeout=WAIT) == {"inner": "SUCCEED"}
+    assert out.read_text() == "4"
+
+
+def test_client_without_keys_is_refused(lm, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("QCG_PM_KEYS", raising=False)
+    with pytest.raises(errors.ConnectionError):
+        Manager(lm.address, {"log_file": None, "request_timeout": 1})
+
+
+def test_finish_ends_the_process_and_cleanup(tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    with LocalManager(["--nodes", "2", "--wd", str(wd)], client_cfg(tmp_path)) as manager:
+        manager.submit(Jobs().add(name="a", exec="/bin/true"))
+        manager.wait4all(timeout_secs=WAIT)
+        process = manager.qcgpm_process
+    assert process.poll() is not None
+    manager.finish()  # a second finish does nothing
+    assert (Path(manager.aux_dir) / "jobs.report").exists()
+
+
+def test_local_manager_reports_start_failure(tmp_path):
+    with pytest.raises(errors.ServiceError, match="cores"):
+        LocalManager(["--nodes", "0", "--wd", str(tmp_path)], client_cfg(tmp_path))
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_dead_local_service_raises_connection_error(tmp_path):
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path, request_timeout=5))
+    manager.qcgpm_process.kill()
+    manager.qcgpm_process.wait(WAIT)
+    with pytest.raises(errors.ConnectionError):
+        manager.resources()
+    with pytest.raises(errors.ConnectionError):
+        manager.wait4all(timeout_secs=WAIT)
+    manager.finish()  # nothing left to finish: no error
+
+
+def test_dead_remote_service_raises_connection_error(tmp_path):
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path))
+    try:
+        remote = Manager(manager.aux_dir, client_cfg(tmp_path, request_timeout=1, poll_delay=0.5))
+        os.kill(manager.qcgpm_process.pid, signal.SIGKILL)
+        manager.qcgpm_process.wait(WAIT)
+        with pytest.raises(errors.ConnectionError):
+            remote.resources()
+        with pytest.raises(errors.ConnectionError):
+            remote.wait4all(timeout_secs=WAIT)
+        remote.close()
+    finally:
+        manager.finish()
+
+
+def test_unreachable_address_raises_connection_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(errors.ConnectionError):
+        Manager("tcp://127.0.0.1:9", {"log_file": None, "request_timeout": 0.5})
+
+
+# --------------------------------------------------------------------------- load
+
+
+@pytest.mark.slow
+def test_ten_concurrent_clients_thousand_jobs_each(tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    clients, per_client, batch = 10, 1000, 100
+    with LocalManager(["--nodes", "4", "--wd", str(wd), "--report-format", "none"],
+                      client_cfg(tmp_path)) as manager:
+        results: dict[int, dict] = {}
+        failures: list[BaseException] = []
+
+        def client(idx: int) -> None:
+            try:
+                with Manager(manager.aux_dir, client_cfg(tmp_path, request_timeout=60)) as m:
+                    names = []
+                    for start in range(0, per_client, batch):
+                        jobs = Jobs()
+                        for j in range(start, start + batch):
+                            jobs.add(name=f"c{idx}_{j}", exec="/bin/true")
+                        names += m.submit(jobs)
+                    results[idx] = m.wait4(names, timeout=300)
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=400)
+        assert not failures, failures
+        assert all(not t.is_alive() for t in threads)
+        assert sorted(results) == list(range(clients))
+        for idx, states in results.items():
+            assert len(states) == per_client
+            assert set(states.values()) == {"SUCCEED"}
+        stats = manager.system_status()["JobStats"]
+        assert stats["TotalJobs"] == clients * per_client
+        assert stats["FinishedJobs"] == clients * per_client
+        listed = manager.list()
+        assert len(listed) == clients * per_client
+        assert {e["status"] for e in listed.values()} == {"SUCCEED"}
+
+
+# --------------------------------------------------------------------------- reference examples
+
+
+def test_reference_api_example_runs_as_written(tmp_path):
+    """Reference 3.1 "Example API application", statements as printed there."""
+    proc = run_script(tmp_path, """
+        from qcg.pilotjob.api.manager import LocalManager
+
+        manager = LocalManager()
+        print('available resources: ', manager.resources())
+
+        from qcg.pilotjob.api.job import Jobs
+        jobs = Jobs().add(script='echo "job ${it} executed at `date` @ `hostname`"', stdout='job.out.${it}', iteration=4)
+        job_ids = manager.submit(jobs)
+        print('submitted jobs: ', str(job_ids))
+
+        job_status = manager.status(job_ids)
+        print('job status: ', job_status)
+
+        manager.wait4(job_ids)
+        manager.wait4all()
+
+        job_info = manager.info(job_ids)
+        print('job detailed information: ', job_info)
+
+        manager.finish()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "available resources:  {'total_nodes': 1" in proc.stdout
+    assert "'status': 'SUCCEED'" in proc.stdout
+    for it in range(4):
+        assert (tmp_path / f"job.out.{it}").read_text().startswith(f"job {it} executed at ")
+    assert list(tmp_path.glob(".qcgpjm-service-*/service.log"))
+
+
+def test_reference_executor_example_runs_as_written(tmp_path):
+    """Reference 11.2 minimal Executor API example."""
+    proc = run_script(tmp_path, """
+        from qcg.pilotjob.executor_api.qcgpj_executor import QCGPJExecutor
+        from qcg.pilotjob.executor_api.templates.basic_template import BasicTemplate
+
+        with QCGPJExecutor() as e:
+            f = e.submit(BasicTemplate.template, name='tj', exec='date')
+            print(f.result())
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "{'tj': 'SUCCEED'}" in proc.stdout
+    assert (tmp_path / "stdout").read_text().strip()
+
+
+# --------------------------------------------------------------------------- Executor API
+
+
+@pytest.fixture
+def executor(tmp_path):
+    e = QCGPJExecutor(wd=str(tmp_path), resources="2")
+    try:
+        yield e
+    finally:
+        e.shutdown(wait=False, cancel_futures=True)
+
+
+def test_executor_future_like_concurrent_futures(executor, tmp_path):
+    assert executor.qcgpj_manager.resources()["total_cores"] == 2
+    f = executor.submit(BasicTemplate.template, name="tj", exec="date")
+    assert isinstance(f, QCGPJFuture) and isinstance(f, concurrent.futures.Future)
+    assert f.result(timeout=WAIT) == {"tj": "SUCCEED"}
+    assert f.done() and not f.running() and not f.cancelled() and f.exception(timeout=0) is None
+    assert (tmp_path / "stdout").read_text().strip()
+
+    futures = [executor.submit(BasicTemplate.template, {"name": f"m{i}"}, exec="sleep", args=["0.1"])
+               for i in range(4)]
+    finished = list(concurrent.futures.as_completed(futures, timeout=WAIT))
+    assert sorted(f.result()[next(iter(f.result()))] for f in finished) == ["SUCCEED"] * 4
+    callbacks = []
+    called = threading.Event()
+    g = executor.submit(BasicTemplate.template, name="cb", exec="/bin/false")
+    g.add_done_callback(lambda fut: (callbacks.append(fut.result()), called.set()))
+    done, _ = concurrent.futures.wait([g], timeout=WAIT)
+    assert g in done and g.result() == {"cb": "FAILED"}
+    assert called.wait(WAIT) and callbacks == [{"cb": "FAILED"}]
+
+
+def test_executor_cancel_and_errors(executor):
+    f = executor.submit(BasicTemplate.template, name="long", exec="sleep", args=["60"])
+    assert f.running() and not f.done()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        f.result(timeout=0.2)
+    assert f.cancel()
+    assert f.cancelled() and f.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        f.result(timeout=WAIT)
+    assert executor.qcgpj_manager.wait4("long", timeout=WAIT) == {"long": "CANCELED"}
+    g = executor.submit(BasicTemplate.template, name="quick", exec="true")
+    assert g.result(timeout=WAIT) == {"quick": "SUCCEED"}
+    assert not g.cancel()
+    with pytest.raises(KeyError, match="exec"):
+        executor.submit(BasicTemplate.template, name="tj")
+    with pytest.raises(errors.InvalidJobDescriptionError):
+        executor.submit(BasicTemplate.template, name="bad:name", exec="date")
+
+
+def test_executor_task_environment_and_shutdown(tmp_path):
+    e = QCGPJExecutor(str(tmp_path), "1")
+    f = e.submit(lambda: ("{'name': '${name}', 'execution': {'exec': '/bin/sh', "
+                          "'args': ['-c', 'echo $$QCG_PM_EXEC_API_JOB_ID'], 'stdout': 'env.out'}}", {}),
+                 name="envjob")
+    e.shutdown()  # waits for the pending future
+    assert f.done() and f.result() == {"envjob": "SUCCEED"}
+    assert (tmp_path / "env.out").read_text().strip() == "envjob"
+    e.shutdown()  # a second shutdown does nothing (reference 23.2.1)
+    with pytest.raises(RuntimeError):
+        e.submit(BasicTemplate.template, name="late", exec="date")
