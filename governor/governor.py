@@ -48,7 +48,8 @@ class PartitionPort(Protocol):
 class GovernorListener:
     """Hooks for reports, journal, progress and event publishing; all optional."""
 
-    def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"]) -> None: ...
+    def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"],
+                  raw: list[dict] | None = None) -> None: ...
     def state_changed(self, job: JobRecord, iteration: int | None, state: JobState) -> None: ...
     def task_final(self, job: JobRecord, iteration: int | None, record: IterationRecord) -> None: ...
     def job_final(self, job: JobRecord) -> None: ...
@@ -74,15 +75,18 @@ class Governor:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._alloc_text: dict[Allocation, str] = {}
         self._requeues: dict[str, int] = {}
+        self._size_cache: dict[tuple, tuple[ResourceRequest, str | None]] = {}
         self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
 
     # ------------------------------------------------------------------ submit
     def submit(self, descs: list["JobDescription"], *, rcnt: int | None = None, when: datetime | None = None,
-               done: dict[str, dict[int | None, JobState]] | None = None) -> list[str]:
+               done: dict[str, dict[int | None, JobState]] | None = None,
+               raw: list[dict] | None = None) -> list[str]:
         """Register a batch atomically; raise InvalidJobDescriptionError naming every problem.
 
         `done` (from --resume) gives the final states already reached, per
-        job and iteration (None for a plain job).
+        job and iteration (None for a plain job). `raw` are the job dicts as
+        received (the journal stores them instead of re-serialising).
         """
         problems = [f"job '{d.name}': field 'name': a job with this name already exists"
                     for d in descs if d.name in self.registry]
@@ -91,14 +95,13 @@ class Governor:
         requests: dict[str, ResourceRequest] = {}
         for desc in descs:
             try:
-                req = self.request_of(desc, 0)
-                reason = self.partition.never_fits(req)
+                req, reason = self._sized(desc)
             except ValueError as exc:
-                reason = str(exc)
+                req, reason = None, str(exc)
             if reason:
                 problems.append(f"job '{desc.name}': field 'resources': {reason}")
             else:
-                requests[desc.name] = req
+                requests[desc.name] = req  # type: ignore[assignment]
         if problems:
             raise InvalidJobDescriptionError(problems)
         if rcnt is None:
@@ -108,7 +111,7 @@ class Governor:
             self.rcnt = max(self.rcnt, rcnt)
         when = when or datetime.now()
         for lst in self.listeners:
-            lst.submitted(rcnt, when, descs)
+            lst.submitted(rcnt, when, descs, raw)
         base = request_variables(rcnt, when)
         jobs = [self._create(desc, rcnt, when, base, requests[desc.name], (done or {}).get(desc.name))
                 for desc in descs]
@@ -117,6 +120,19 @@ class Governor:
         self._propagate()
         self._request_dispatch()
         return [j.name for j in jobs]
+
+    def _sized(self, desc: "JobDescription") -> tuple[ResourceRequest, str | None]:
+        """(request of the first task, reason it can never fit); plain sizes are computed once per shape."""
+        res = desc.resources
+        if any(size is not None and size.scheduler is not None for size in (res.num_cores, res.num_nodes)):
+            req = self.request_of(desc, 0)
+            return req, self.partition.never_fits(req)
+        key = (res.num_cores, res.num_nodes)
+        hit = self._size_cache.get(key)
+        if hit is None:
+            req = self.request_of(desc, 0)
+            hit = self._size_cache[key] = (req, self.partition.never_fits(req))
+        return hit
 
     def request_of(self, desc: "JobDescription", position: int) -> ResourceRequest:
         """Resources of one task; iteration schedulers give each iteration its own size."""
@@ -132,10 +148,13 @@ class Governor:
                         record=IterationRecord(JobState.QUEUED, ts))
         if desc.iteration is not None:
             job.indices = desc.iteration.indices()
-        deps = split_dependencies(desc)
-        job.per_iteration_deps = deps.templated
+        if desc.after:
+            deps = split_dependencies(desc)
+            job.per_iteration_deps = deps.templated
+            job.static_deps = deps.static
         job.exec_templated = execution_fields_with_placeholders(desc.execution)
-        job.base_vars = dict(base, jname=desc.name)
+        if job.exec_templated:
+            job.base_vars = dict(base, jname=desc.name)
         self.registry.add(job)
         self.unfinished += 1
         job.request = request
@@ -165,7 +184,7 @@ class Governor:
     def _register_dependencies(self, job: JobRecord) -> None:
         if job.is_final:
             return
-        for name, it in split_dependencies(job.desc).static:
+        for name, it in job.static_deps:
             state = self._target_state(name, it)
             if state is JobState.SUCCEED:
                 continue

@@ -55,8 +55,10 @@ class Journal(GovernorListener):
         self._interrupting = True
 
     # -- GovernorListener
-    def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"]) -> None:
-        rec = {"rcnt": rcnt, "time": when.isoformat(), "jobs": [d.to_dict() for d in descs]}
+    def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"],
+                  raw: list[dict] | None = None) -> None:
+        jobs = raw if raw is not None else [d.to_dict() for d in descs]
+        rec = {"rcnt": rcnt, "time": when.isoformat(), "jobs": jobs}
         self._write_now(rec)
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:

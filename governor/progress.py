@@ -25,7 +25,7 @@ class Progress(GovernorListener):
         self._bar: Any = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def submitted(self, rcnt: int, when: Any, descs: list["JobDescription"]) -> None:
+    def submitted(self, rcnt: int, when: Any, descs: list["JobDescription"], raw: Any = None) -> None:
         self._total += sum(len(d.iteration) if d.iteration else 1 for d in descs)
         if self._bar is None:
             self._bar = click.progressbar(length=self._total, label="tasks", file=sys.stderr,

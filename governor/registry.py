@@ -98,6 +98,7 @@ class JobRecord:
     # -- dependencies
     waiting_for: int = 0                 # unmet job-level dependencies
     per_iteration_deps: tuple[str, ...] = ()
+    static_deps: tuple = ()              # (name, iteration or None) targets common to all iterations
     sized_per_iteration: bool = False    # an iteration scheduler sizes each iteration
     exec_templated: bool = False         # execution holds request-time placeholders
     base_vars: dict[str, Any] = field(default_factory=dict)
@@ -208,8 +209,15 @@ def split_task_name(name: str) -> tuple[str, int | None]:
 
 
 def execution_fields_with_placeholders(execution: "Execution") -> bool:
-    from qcg.pilotjob.api.placeholders import tree_has_placeholders
+    """Whether any string of the execution holds `${...}` (a cheap substring test first)."""
+    from qcg.pilotjob.api.placeholders import has_placeholders, tree_has_placeholders
 
-    return tree_has_placeholders([execution.exec, list(execution.args), execution.script, execution.env,
-                                  execution.stdin, execution.stdout, execution.stderr, execution.wd,
-                                  list(execution.modules), execution.venv, execution.model_opts])
+    e = execution
+    for text in (e.exec, e.script, e.stdin, e.stdout, e.stderr, e.wd, e.venv):
+        if text is not None and "${" in text and has_placeholders(text):
+            return True
+    for seq in (e.args, e.modules):
+        for text in seq:
+            if "${" in text and has_placeholders(text):
+                return True
+    return bool(e.env or e.model_opts) and tree_has_placeholders([e.env, e.model_opts])

@@ -127,7 +127,7 @@ class RequestHandler:
         if not isinstance(jobs, list) or not jobs:
             raise RequestError("submit request: 'jobs' must be a non-empty list of job descriptions")
         descs = parse_jobs(jobs)
-        names = self.governor.submit(descs)
+        names = self.governor.submit(descs, raw=jobs)
         return ok({"submitted": len(names), "jobs": names}, f"{len(names)} jobs submitted")
 
     def _list_jobs(self, request: dict[str, Any]) -> dict[str, Any]:
