@@ -180,3 +180,36 @@ def test_cancel_two_node_task_leaves_nothing(tmp_path: Path) -> None:
     time.sleep(1.0)
     left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert left == []
+
+
+API_SCRIPT = r'''
+import sys
+from qcg.pilotjob.api.manager import LocalManager
+from qcg.pilotjob.api.job import Jobs
+
+m = LocalManager(["--wd", sys.argv[1]], {"init_timeout": 120})
+try:
+    res = m.resources()
+    jobs = Jobs().add(name="api", script="echo $SLURMD_NODENAME", stdout="api.${it}", iteration=8)
+    m.submit(jobs)
+    m.wait4("api", timeout=120)
+    print("RESOURCES", res["total_nodes"], res["total_cores"])
+    print("STATE", m.status("api")["jobs"]["api"]["data"]["status"])
+finally:
+    m.finish()
+'''
+
+
+def test_api_under_salloc(tmp_path: Path) -> None:
+    """Issue 5: the Python API (LocalManager) inside an allocation uses the allocation's nodes and agents."""
+    script = tmp_path / "app.py"
+    script.write_text(API_SCRIPT)
+    wd = tmp_path / "wd"
+    proc = subprocess.run(["salloc", "-N4", "-n8", "-t", "10", sys.executable, str(script), str(wd)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=clean_env())
+    _ok(proc)
+    assert "RESOURCES 4 8" in proc.stdout, proc.stdout
+    assert "STATE SUCCEED" in proc.stdout, proc.stdout
+    nodes = {(wd / f"api.{i}").read_text().strip() for i in range(8)}
+    assert len(nodes) >= 2

@@ -1,0 +1,101 @@
+"""The event publisher: task and job state changes on a PUB socket (issue 4, "Service side").
+
+A `GovernorListener`: every state change the governor announces (EXECUTING
+and the final states) leaves at once as two frames, topic and msgpack map
+(`api/protocol.py`):
+
+* `TOPIC_JOB`  `{"v", "manager", "job", "state"}` -- a job (or an iterative job's parent);
+* `TOPIC_TASK` `{"v", "manager", "job", "it", "state"}` -- one iteration of an iterative job;
+* `TOPIC_NO_JOBS` `{"v", "manager"}` -- right after the event that left no job unfinished.
+
+Clients wait on these instead of polling (DESIGN.md principle 1); the
+reference's publisher (facts section 17) is the model, `--disable-pub`
+turns it off. The socket is a CURVE server like the request socket; sends
+never block (a subscriber beyond its high-water mark loses events, counted).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import structlog
+import zmq
+
+from qcg.pilotjob.api import protocol
+from qcg.pilotjob.governor.governor import GovernorListener
+from qcg.pilotjob.governor.states import FINAL_STATES, JobState
+from qcg.pilotjob.governor.zmq_interface import bind_tcp
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.governor.keys import RunKeys
+    from qcg.pilotjob.governor.registry import JobRecord
+
+log = structlog.get_logger("publisher")
+
+PUB_HWM = 1_000_000          # events queued per subscriber before they are dropped
+PUB_LINGER_MS = 300          # the last events (e.g. of jobs canceled by `finish`) may still leave at close
+
+
+class EventPublisher(GovernorListener):
+    def __init__(self, context: zmq.Context, keys: "RunKeys | None", manager_id: str, *,
+                 host: str = "127.0.0.1", port: int | None = None, port_min: int | None = None,
+                 port_max: int | None = None) -> None:
+        self.manager_id = manager_id
+        self.keys = keys
+        self.host = host
+        self._want = (port, port_min, port_max)
+        self.sock: zmq.Socket = zmq.Context.shadow(context.underlying).socket(zmq.PUB)
+        self.address: str | None = None
+        self.governor: Any = None            # set by the service; needed for TOPIC_NO_JOBS
+        self.published = 0
+        self.dropped = 0
+        self._closed = False
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._v = protocol.PROTOCOL_VERSION
+
+    def bind(self) -> str:
+        sock = self.sock
+        sock.setsockopt(zmq.SNDHWM, PUB_HWM)
+        sock.setsockopt(zmq.LINGER, PUB_LINGER_MS)
+        if self.keys is not None:
+            from qcg.pilotjob.governor.keys import make_server
+            make_server(sock, self.keys)
+        port, port_min, port_max = self._want
+        try:
+            self.address = bind_tcp(sock, self.host, port, port_min, port_max, "--net-pub-port")
+        except Exception:
+            sock.close(linger=0)
+            self._closed = True
+            raise
+        return self.address
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.sock.close(linger=PUB_LINGER_MS)
+        log.info("publisher closed", address=self.address, published=self.published, dropped=self.dropped)
+        self.address = None
+
+    # ------------------------------------------------------------ listener
+    def state_changed(self, job: "JobRecord", iteration: int | None, state: JobState) -> None:
+        if self._closed:
+            return
+        if iteration is None:
+            self._send(protocol.TOPIC_JOB, {"v": self._v, "manager": self.manager_id, "job": job.name,
+                                            "state": state.value})
+            if state in FINAL_STATES and self.governor is not None and self.governor.unfinished == 0:
+                self._send(protocol.TOPIC_NO_JOBS, {"v": self._v, "manager": self.manager_id})
+        else:
+            self._send(protocol.TOPIC_TASK, {"v": self._v, "manager": self.manager_id, "job": job.name,
+                                             "it": iteration, "state": state.value})
+
+    def _send(self, topic: bytes, body: dict[str, Any]) -> None:
+        try:
+            self.sock.send_multipart((topic, self._pack(body)), zmq.NOBLOCK)
+            self.published += 1
+        except zmq.ZMQError as exc:
+            self.dropped += 1
+            if self.dropped <= 20 or self.dropped % 1000 == 0:
+                log.warning("event dropped", error=str(exc), dropped=self.dropped)
