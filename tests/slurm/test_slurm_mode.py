@@ -213,3 +213,56 @@ def test_api_under_salloc(tmp_path: Path) -> None:
     assert "STATE SUCCEED" in proc.stdout, proc.stdout
     nodes = {(wd / f"api.{i}").read_text().strip() for i in range(8)}
     assert len(nodes) >= 2
+
+
+def test_disable_nl_runs_each_task_as_srun_step(tmp_path: Path) -> None:
+    """Reference 6 `--disable-nl`: no agents; every task is its own srun step on its node, bound to its core."""
+    jobs = [{"name": "d", "iteration": {"stop": 6},
+             "execution": {"script": "echo $SLURMD_NODENAME $SLURM_STEP_ID", "stdout": "d.${it}"}}]
+    proc, wd = run_in_allocation(tmp_path, jobs, "--disable-nl")
+    _ok(proc)
+    rows = [(wd / f"d.{i}").read_text().split() for i in range(6)]
+    assert all(len(r) == 2 for r in rows), rows
+    assert len({step for _, step in rows}) == 6          # one step per task
+    log = next(wd.glob(".qcgpjm-service-*")).joinpath("service.log").read_text()
+    assert "node agents ready" not in log
+
+
+CANCEL_SCRIPT = r'''
+import sys, time
+from qcg.pilotjob.api.manager import LocalManager
+from qcg.pilotjob.api.job import Jobs
+
+marker = sys.argv[2]
+m = LocalManager(["--wd", sys.argv[1]], {"init_timeout": 120})
+try:
+    m.submit(Jobs().add_std({"name": "long", "execution": {"exec": "/bin/bash",
+                             "args": ["-c", f"exec -a {marker} sleep 120"], "model": "srunmpi"},
+                             "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 1}}}))
+    deadline = time.monotonic() + 60
+    while m.status("long")["jobs"]["long"]["data"]["status"] != "EXECUTING":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)                       # let srun start the ranks on both nodes
+    print("RUNNING")
+    sys.stdout.flush()
+    m.cancel("long")
+    print("FINAL", m.wait4("long", timeout=60))
+finally:
+    m.finish()
+'''
+
+
+def test_cancel_of_two_node_task_through_api(tmp_path: Path) -> None:
+    """Issue 5: cancelJob of a running 2-node task kills its processes on both nodes; none is left."""
+    marker = f"qcg-cancel-api-{os.getpid()}-{tmp_path.name}"
+    script = tmp_path / "app.py"
+    script.write_text(CANCEL_SCRIPT)
+    proc = subprocess.run(["salloc", "-N2", "-n4", "-t", "10", sys.executable, str(script), str(tmp_path / "wd"),
+                           marker], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=clean_env())
+    _ok(proc)
+    assert "RUNNING" in proc.stdout and "CANCELED" in proc.stdout, proc.stdout
+    time.sleep(1.0)
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert left == []
