@@ -172,3 +172,48 @@ def test_silent_agent_is_lost_by_heartbeat(tmp_path, fake_ssh):
         finally:
             await part.shutdown()
     run(main(), timeout=90)
+
+
+def test_peer_without_agent_key_cannot_pose_as_agent(tmp_path, fake_ssh):
+    """Issue 5 / DESIGN principle 5: only holders of the run's agent key may speak as a node agent:
+    a forged "task exited" for a running task (with a wrong key, or with no CURVE at all) changes nothing."""
+    import zmq
+    import zmq.asyncio
+
+    from qcg.pilotjob.api import curve, protocol
+
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
+        ctx = zmq.asyncio.Context()
+        try:
+            gov.submit(parse_jobs([{"name": "long", "execution": {"exec": "/bin/sleep", "args": ["30"]}}]))
+            deadline = time.monotonic() + 20
+            while gov.registry.get("long").state.value != "EXECUTING":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            node = gov.registry.get("long").record.allocation.split("[")[0]
+            server_pub = curve.read_key(str(tmp_path / "keys" / "partition.key"))
+            pub, sec = zmq.curve_keypair()
+            for keys in ((pub, sec), None):
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.IDENTITY, node.encode())
+                sock.setsockopt(zmq.LINGER, 0)
+                if keys:
+                    curve.make_client(sock, keys[0], keys[1], server_pub)
+                sock.connect(launcher.address)
+                forged = protocol.encode({"type": "events", "node": node,
+                                          "events": [["exited", "long", 0, None, None, time.time(), time.time()]]})
+                for _ in range(5):
+                    try:   # without a completed handshake there is no peer: the send must not wait
+                        await sock.send(forged, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    await asyncio.sleep(0.2)
+                sock.close()
+            assert gov.registry.get("long").state.value == "EXECUTING"
+            gov.cancel(["long"])
+            assert (await _wait_final(gov, "long")).state.value == "CANCELED"
+        finally:
+            ctx.term()
+            await part.shutdown()
+    run(main())
