@@ -12,13 +12,15 @@ import zmq
 
 
 def write_private(path: str, data: bytes) -> None:
-    """Create `path` readable by its owner only (never briefly world-readable)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write `data` to `path` with mode 0600 from the first byte on (atomic replace)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
+        os.fchmod(fd, 0o600)      # the umask may have removed bits; never widened
     finally:
         os.close(fd)
-    os.chmod(path, 0o600)
+    os.replace(tmp, path)
 
 
 def read_key(path: str) -> bytes:

@@ -288,14 +288,9 @@ class Manager:
 
     # -------------------------------------------------------------- requests
 
-    @staticmethod
-    def _validate_response(response: Any) -> Any:
-        if not isinstance(response, dict) or "code" not in response:
-            raise errors.InternalError("Invalid reply from the service")
-        if response["code"] != 0:
-            if response.get("message"):
-                raise transport.RequestFailed(f"Request failed - {response['message']}", response)
-            raise transport.RequestFailed("Request failed", response)
+    @classmethod
+    def _validate_response(cls, response: Any) -> Any:
+        cls._validate_response_wo_data(response)
         if "data" not in response:
             raise errors.InternalError("Invalid reply from the service")
         return response["data"]

@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from qcg.pilotjob.api import protocol
+from qcg.pilotjob.api import curve, protocol
 
 log = structlog.get_logger("keys")
 
@@ -40,18 +40,6 @@ class RunKeys:
     client_secret: bytes
 
 
-def _write_private(path: str, data: bytes) -> None:
-    """Write `data` to `path` with mode 0600 from the first byte on (atomic replace)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o600)      # the umask may have removed bits; never widened
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def create_keys(aux_dir: str) -> RunKeys:
     """New server and client key pairs for this run in `<aux_dir>/keys/` (replacing older ones)."""
     directory = os.path.join(aux_dir, protocol.KEYS_DIR)
@@ -62,7 +50,7 @@ def create_keys(aux_dir: str) -> RunKeys:
         client_public, client_secret = zmq.curve_keypair()
         for name, data in ((protocol.SERVER_PUBLIC, server_public), (protocol.SERVER_SECRET, server_secret),
                            (protocol.CLIENT_PUBLIC, client_public), (protocol.CLIENT_SECRET, client_secret)):
-            _write_private(os.path.join(directory, name), data)
+            curve.write_private(os.path.join(directory, name), data)
     except OSError as exc:
         raise KeysError(f"key directory '{directory}': {exc.strerror or exc}") from None
     return RunKeys(directory, server_public, server_secret, client_public, client_secret)
@@ -78,13 +66,11 @@ def load_keys(path: str) -> RunKeys:
     for name in (protocol.SERVER_PUBLIC, protocol.SERVER_SECRET, protocol.CLIENT_PUBLIC, protocol.CLIENT_SECRET):
         file = os.path.join(directory, name)
         try:
-            with open(file, "rb") as f:
-                value = f.read().strip()
+            values.append(curve.read_key(file))
         except OSError as exc:
             raise KeysError(f"key file '{file}': {exc.strerror or exc}") from None
-        if len(value) != 40:
-            raise KeysError(f"key file '{file}': not a z85 CURVE key (40 characters)")
-        values.append(value)
+        except ValueError as exc:
+            raise KeysError(str(exc)) from None
     return RunKeys(directory, *values)
 
 

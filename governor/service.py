@@ -2,7 +2,8 @@
 
 `run(config)` is the whole life of one `qcg-gov` / `qcg-pm-service` run and
 returns its exit code: 0 when every request was served, 2 when some request of
-the request file was refused (bad input; network clients get errors in replies), 1 when the service could not start, 128+N on signal N.
+the request file was refused (bad input; network clients get their errors in
+the replies), 1 when the service could not start, 128+N on signal N.
 """
 
 from __future__ import annotations
