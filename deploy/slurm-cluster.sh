@@ -36,36 +36,8 @@ NODE_PORT_BASE=17000
 IDLE_TIMEOUT="${QCG_TEST_SLURM_TIMEOUT:-60}"
 STOP_TIMEOUT=10
 
-log() { echo "$PROG: $*"; }
-warn() { echo "$PROG: WARNING: $*" >&2; }
-die() { echo "$PROG: ERROR: $*" >&2; exit 1; }
-
-# ------------------------------------------------------------ process helpers
-# starttime (field 22 of /proc/PID/stat) identifies a process across PID reuse.
-proc_starttime() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }                    # drop "pid (comm) "
-    # shellcheck disable=SC2086
-    set -- $stat                         # $1 = state (field 3)
-    echo "${20}"                         # field 22
-}
-
-proc_ppid() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    # shellcheck disable=SC2086
-    set -- $stat
-    echo "$2"
-}
-
-proc_state() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    echo "${stat%% *}"
-}
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # alive PID STARTTIME: the same process still runs (zombies count as dead).
 alive() {

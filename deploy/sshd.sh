@@ -33,17 +33,8 @@ PIDFILE="$STATE_DIR/sshd.pid"
 INCLUDE_BEGIN="# >>> qcg-test-sshd (deploy/sshd.sh) >>>"
 INCLUDE_END="# <<< qcg-test-sshd <<<"
 
-log() { echo "$PROG: $*"; }
-die() { echo "$PROG: ERROR: $*" >&2; exit 1; }
-
-proc_starttime() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    # shellcheck disable=SC2086
-    set -- $stat
-    echo "${20}"
-}
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # running: prints the PID of the sshd this script started, if it still runs.
 running() {

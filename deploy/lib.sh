@@ -1,0 +1,21 @@
+# Helpers shared by the deploy/ scripts (sourced; the script sets PROG first).
+
+log() { echo "$PROG: $*"; }
+warn() { echo "$PROG: WARNING: $*" >&2; }
+die() { echo "$PROG: ERROR: $*" >&2; exit 1; }
+
+# proc_field PID N: field N (3 = state, 4 = ppid, 22 = starttime) of /proc/PID/stat.
+# The command name (field 2) may hold spaces, so fields are counted after its ")".
+proc_field() {
+    local stat fields
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }                    # drop "pid (comm) "
+    read -r -a fields <<< "$stat"        # fields[0] = field 3
+    [ "$2" -ge 3 ] && [ $(( $2 - 3 )) -lt ${#fields[@]} ] || return 1
+    echo "${fields[$(( $2 - 3 ))]}"
+}
+
+# starttime (field 22) identifies a process across PID reuse.
+proc_starttime() { proc_field "$1" 22; }
+proc_ppid() { proc_field "$1" 4; }
+proc_state() { proc_field "$1" 3; }
