@@ -1,6 +1,6 @@
 """Spawn-rate benchmark (not collected by pytest: the name does not match test_*.py).
 
-    python tests/bench_spawner.py [N] [CONCURRENCY]
+    python bench/spawner_bench.py [N] [CONCURRENCY]
 
 Spawns N `/bin/true` through ProcessSpawner with at most CONCURRENCY running
 at once and prints spawns/s next to `seq N | xargs -PCONCURRENCY -I{} /bin/true`.
