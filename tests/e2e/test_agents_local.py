@@ -217,3 +217,35 @@ def test_peer_without_agent_key_cannot_pose_as_agent(tmp_path, fake_ssh):
             ctx.term()
             await part.shutdown()
     run(main())
+
+
+SLOW_SSH = """#!/bin/bash
+# fake ssh whose node 'late' takes 2 s to reach
+while [[ "$1" == -* ]]; do shift 2; done
+node=$1; shift
+if [[ "$node" == late ]]; then sleep 2; fi
+exec bash -c "$1"
+"""
+
+
+def test_late_agent_joins_the_run(tmp_path):
+    """Issue 5 / reference 15.1: the run starts at the threshold; a node whose agent registers later is
+    used from then on (and not before)."""
+    slow = tmp_path / "slow-ssh"
+    slow.write_text(SLOW_SSH)
+    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,late:1", str(slow), threshold=0.5)
+        try:
+            assert launcher.ready_nodes == ["a"] and res.is_down("late")
+            gov.submit(parse_jobs([{"name": "s", "execution": {"exec": "/bin/sleep", "args": ["0.4"]},
+                                    "iteration": {"stop": 12}}]))
+            job = await _wait_final(gov, "s", timeout=40)
+            assert job.state.value == "SUCCEED"
+            nodes = [rec.allocation.split("[")[0] for rec in job.its.values()]
+            assert nodes[0] == "a" and "late" in nodes
+            assert not res.is_down("late")
+        finally:
+            await part.shutdown()
+    run(main())
