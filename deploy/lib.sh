@@ -19,3 +19,21 @@ proc_field() {
 proc_starttime() { proc_field "$1" 22; }
 proc_ppid() { proc_field "$1" 4; }
 proc_state() { proc_field "$1" 3; }
+
+# apt_install PKG...: install with the current package lists, refreshing them once if that fails;
+# on failure print the tail of apt's output and die naming the packages.
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "$* not installed and there is no apt-get"
+    log "installing $* (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    local out
+    out=$(mktemp)
+    if ! apt-get install -y -q --no-install-recommends "$@" >"$out" 2>&1; then
+        if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "$@"; } >"$out" 2>&1; then
+            tail -n 15 "$out" >&2
+            rm -f "$out"
+            die "apt-get could not install $* (see the lines above)"
+        fi
+    fi
+    rm -f "$out"
+}

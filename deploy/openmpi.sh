@@ -8,16 +8,13 @@
 #   OMPI_MCA_btl=self,tcp  (all virtual nodes share one /dev/shm)
 set -euo pipefail
 
+PROG="openmpi.sh"
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 if command -v mpirun >/dev/null 2>&1 && command -v mpicc >/dev/null 2>&1; then
     exit 0
 fi
-command -v apt-get >/dev/null 2>&1 || { echo "openmpi.sh: ERROR: no apt-get to install OpenMPI" >&2; exit 1; }
-echo "openmpi.sh: installing OpenMPI (openmpi-bin, libopenmpi-dev)"
-export DEBIAN_FRONTEND=noninteractive
-pkgs=(openmpi-bin libopenmpi-dev)
-if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}"; then
-    apt-get update -q && apt-get install -y -q --no-install-recommends "${pkgs[@]}" \
-        || { echo "openmpi.sh: ERROR: apt-get could not install ${pkgs[*]}" >&2; exit 1; }
-fi
+apt_install openmpi-bin libopenmpi-dev
 command -v mpirun >/dev/null 2>&1 && command -v mpicc >/dev/null 2>&1 \
-    || { echo "openmpi.sh: ERROR: OpenMPI installed but mpirun/mpicc are missing" >&2; exit 1; }
+    || die "OpenMPI installed but mpirun/mpicc are missing"

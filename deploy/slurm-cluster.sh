@@ -119,21 +119,8 @@ install_packages() {
     have_all && return 0
     [ "${QCG_TEST_SLURM_NO_INSTALL:-0}" = 1 ] && die "Slurm/munge are not installed and QCG_TEST_SLURM_NO_INSTALL=1"
     [ "$(id -u)" = 0 ] || die "Slurm/munge are not installed and installing needs root"
-    command -v apt-get >/dev/null 2>&1 || die "Slurm/munge are not installed and there is no apt-get"
     local pkgs=(slurmctld slurmd slurm-client munge)
-    log "installing ${pkgs[*]} (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    local out
-    out=$(mktemp)
-    # Try with the current package lists first; refresh them if that fails.
-    if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >"$out" 2>&1; then
-        if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } >"$out" 2>&1; then
-            tail -n 15 "$out" >&2
-            rm -f "$out"
-            die "apt-get could not install ${pkgs[*]} (see the lines above)"
-        fi
-    fi
-    rm -f "$out"
+    apt_install "${pkgs[@]}"
     have_all || die "apt-get installed ${pkgs[*]} but some commands are still missing"
 }
 

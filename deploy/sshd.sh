@@ -63,19 +63,7 @@ install_packages() {
     fi
     [ "${QCG_TEST_SSH_NO_INSTALL:-0}" = 1 ] && die "openssh-server is not installed and QCG_TEST_SSH_NO_INSTALL=1"
     [ "$(id -u)" = 0 ] || die "openssh-server is not installed and installing needs root"
-    command -v apt-get >/dev/null 2>&1 || die "openssh-server is not installed and there is no apt-get"
-    local pkgs=(openssh-server openssh-client) out
-    log "installing ${pkgs[*]} (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    out=$(mktemp)
-    if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >"$out" 2>&1; then
-        if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } >"$out" 2>&1; then
-            tail -n 15 "$out" >&2
-            rm -f "$out"
-            die "apt-get could not install ${pkgs[*]} (see the lines above)"
-        fi
-    fi
-    rm -f "$out"
+    apt_install openssh-server openssh-client
     [ -x /usr/sbin/sshd ] || die "apt-get installed openssh-server but /usr/sbin/sshd is missing"
 }
 
