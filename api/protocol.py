@@ -32,6 +32,8 @@ SERVER_PUBLIC = "server.key"
 SERVER_SECRET = "server.key_secret"
 CLIENT_PUBLIC = "client.key"
 CLIENT_SECRET = "client.key_secret"
+ADDRESS_FILE = "address"              # in the aux dir: the request endpoint, written when ready
+PUB_ADDRESS_FILE = "pub_address"      # in the aux dir: the event publisher endpoint
 KEYS_ENV = "QCG_PM_KEYS"              # directory with the key files (or an aux dir holding `keys/`)
 ADDRESS_ENV = "QCG_PM_ZMQ_ADDRESS"
 

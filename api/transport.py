@@ -50,8 +50,8 @@ __all__ = [
 
 DEFAULT_REQUEST_TIMEOUT = 60.0
 AUX_DIR_PREFIX = ".qcgpjm-service-"
-ADDRESS_FILE = "address"
-PUB_ADDRESS_FILE = "pub_address"
+ADDRESS_FILE = protocol.ADDRESS_FILE
+PUB_ADDRESS_FILE = protocol.PUB_ADDRESS_FILE
 
 _Z85_KEY = re.compile(r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 

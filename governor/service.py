@@ -413,7 +413,7 @@ class Service:
             c.close()
 
 
-ADDRESS_FILE, PUB_ADDRESS_FILE = "address", "pub_address"
+ADDRESS_FILE, PUB_ADDRESS_FILE = protocol.ADDRESS_FILE, protocol.PUB_ADDRESS_FILE
 
 
 def _write_atomic(path: str, text: str) -> None:
