@@ -96,11 +96,15 @@ def test_cancel_running_kills_whole_process_group(tmp_path):
         shell, child = map(int, pidfile.read_text().split())
         pgid = os.getpgid(shell)
         assert os.getpgid(child) == pgid
+        started_before = time.time()
         canceled, errors = gov.cancel(["c"])
         assert canceled == 1 and not errors
         await asyncio.wait_for(gov.wait_all_finished(), 20)
-        members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid
-                   and p.status() != psutil.STATUS_ZOMBIE]
+        # processes of the group that existed at cancel time; a process created later may reuse the
+        # group's number once the leader is gone (pid reuse while parallel tests spawn thousands)
+        members = [p for p in psutil.process_iter(["pid", "create_time", "status"])
+                   if _pgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE
+                   and (p.info["create_time"] or 0) < started_before]
         assert members == [], f"processes of the canceled group remain: {members}"
         assert gov.registry.get("c").state is JobState.CANCELED
         await part.shutdown(5)
