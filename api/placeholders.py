@@ -31,10 +31,6 @@ def substitute(text: str, values: Mapping[str, Any]) -> str:
     return PLACEHOLDER.sub(repl, text)
 
 
-def names_in(text: str) -> set[str]:
-    return set(PLACEHOLDER.findall(text))
-
-
 def substitute_tree(obj: Any, values: Mapping[str, Any]) -> Any:
     """Apply `substitute` to every string inside nested dicts, lists and tuples.
 

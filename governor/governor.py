@@ -68,7 +68,7 @@ class Governor:
         self._runnable: list[tuple[int, int, JobRecord]] = []
         self._in_heap: set[JobRecord] = set()   # by identity: a removed name may be reused
         self._dispatch_pending = False
-        self._finals: deque[tuple[str, int | None, JobState, str]] = deque()
+        self._finals: deque[tuple[str, int | None, JobState]] = deque()   # ended targets to propagate
         self._propagating = False
         self.unfinished = 0                 # jobs not yet in a final state
         self.rcnt = 0
@@ -351,7 +351,7 @@ class Governor:
         for lst in self.listeners:
             lst.task_final(job, it, rec)
         self._notify_state(job, it, state)
-        self._finals.append((job.name, it, state, ""))
+        self._finals.append((job.name, it, state))
         self._maybe_complete(job)
 
     def _maybe_complete(self, job: JobRecord) -> None:
@@ -370,7 +370,7 @@ class Governor:
                     lst.task_final(job, None, job.record)
                 lst.job_final(job)
             self._notify_state(job, None, state)
-        self._finals.append((job.name, None, state, ""))
+        self._finals.append((job.name, None, state))
         if self.unfinished == 0:
             self._wake_idle()
 
@@ -395,7 +395,7 @@ class Governor:
         self._propagating = True
         try:
             while self._finals:
-                name, it, state, _ = self._finals.popleft()
+                name, it, state = self._finals.popleft()
                 for wjob, wit in self.waiters.pop((name, it)):
                     if self.registry.get(wjob.name) is not wjob or wjob.is_final:
                         continue

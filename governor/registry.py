@@ -123,13 +123,6 @@ class JobRecord:
     def is_final(self) -> bool:
         return self.record.state in FINAL_STATES
 
-    @property
-    def all_handed_out(self) -> bool:
-        """No iteration is left to dispatch now (parked ones may come back)."""
-        if self.indices is None:
-            return True
-        return self.cursor >= len(self.indices) and not self.released
-
     def task_id(self, iteration: int | None) -> str:
         return self.desc.name if iteration is None else f"{self.desc.name}:{iteration}"
 

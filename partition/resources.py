@@ -351,10 +351,6 @@ class Resources:
     def is_down(self, name: str) -> bool:
         return name in self._down
 
-    @property
-    def nodes_up(self) -> int:
-        return self.total_nodes - len(self._down)
-
     # -- system core ------------------------------------------------------------
     def reserve_system_core(self) -> tuple[str, int] | None:
         """Reserve one core for the manager itself (``--system-core``).

@@ -30,10 +30,6 @@ class ResourceRequest:
     nodes_min: int | None = None
     nodes_max: int | None = None
 
-    @property
-    def exact_single(self) -> bool:
-        return self.cores_min == 1 and self.cores_max == 1 and self.nodes_min is None
-
     @classmethod
     def from_sizes(cls, cores: "ResourceSize | None", nodes: "ResourceSize | None") -> "ResourceRequest":
         def bounds(size: "ResourceSize | None") -> tuple[int | None, int | None]:
