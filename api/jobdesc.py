@@ -307,6 +307,15 @@ _new_resources = _fast_constructor(Resources)
 _new_size = _fast_constructor(ResourceSize)
 _new_iteration = _fast_constructor(Iteration)
 
+EXECUTION_FIELDS = tuple(f.name for f in fields(Execution))
+
+
+def execution_from_values(values: list | tuple) -> Execution:
+    """An `Execution` from its field values in `EXECUTION_FIELDS` order (wire form, already validated)."""
+    (exec_, args, script, env, stdin, stdout, stderr, wd, modules, venv, model, model_opts) = values
+    return _new_execution(exec_, tuple(args), script, env, stdin, stdout, stderr, wd, tuple(modules), venv,
+                          model, model_opts)
+
 
 # --------------------------------------------------------------------------- wall time
 

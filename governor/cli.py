@@ -15,11 +15,6 @@ import click
 from qcg.pilotjob.governor.logs import LEVELS
 from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
 
-# options of later stages: (option name, what provides it)
-_NOT_YET = {
-    "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
-}
-
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--net", is_flag=True, help="enable the network (ZMQ) interface")
@@ -52,7 +47,15 @@ _NOT_YET = {
 @click.option("--parent", help="address of the governor this manager attaches to")
 @click.option("--id", "instance_id", help="identifier of this manager (default: host.random)")
 @click.option("--tags", help="comma separated tags of this manager")
-@click.option("--slurm-partition-nodes", type=int, help="split the allocation into partitions of N nodes")
+@click.option("--slurm-partition-nodes", type=click.IntRange(1), metavar="N",
+              help="split the nodes into partitions of N nodes, each run by its own manager (implies --governor)")
+@click.option("--partition-ready-threshold", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+              help="fraction of partition managers that must register before work starts")
+@click.option("--partition-init-timeout", type=float, default=600, show_default=True,
+              help="seconds to wait for partition managers to register")
+@click.option("--keys", "keys_path", metavar="DIR",
+              help="with --parent: the parent run's aux dir or keys directory (default $QCG_PM_KEYS)")
+@click.option("--aux-dir", metavar="DIR", help="directory for this run's own files (default WD/.qcgpjm-service-ID)")
 @click.option("--slurm-limit-nodes-range-begin", type=int, help="first node of the allocation to use")
 @click.option("--slurm-limit-nodes-range-end", type=int, help="node after the last one to use")
 @click.option("--slurm-resources-file", help="file describing the Slurm resources")
@@ -71,19 +74,23 @@ _NOT_YET = {
               show_default=True, help="how node agents are started")
 def cli(**opts: object) -> None:
     """Pilot-job manager: runs many tasks inside one allocation (QCG-PilotJob compatible)."""
-    for key, flag in _NOT_YET.items():
-        if opts.get(key):
-            click.echo(f"Error: {flag} is not available in this build yet (flat local mode only)", err=True)
-            sys.exit(EXIT_START_FAILED)
     if opts["file_flag"] and not opts["file_path"]:
         click.echo("Error: --file needs --file-path", err=True)
         sys.exit(EXIT_START_FAILED)
     net = bool(opts["net"]) or any(opts[k] is not None for k in (
         "net_port", "net_pub_port", "net_port_min", "net_port_max", "net_interface"))
-    if not opts["file_path"] and not opts["resume"] and not net:
+    if opts["parent"]:
+        for key, flag in (("file_path", "--file-path"), ("resume", "--resume"), ("net", "--net")):
+            if opts[key]:
+                click.echo(f"Error: a manager with --parent takes its work from the parent; {flag} cannot be "
+                           f"used with it", err=True)
+                sys.exit(EXIT_START_FAILED)
+    elif opts["governor"] and not opts["slurm_partition_nodes"]:
+        net = True          # partition managers attach through the network interface
+    if not opts["file_path"] and not opts["resume"] and not net and not opts["parent"]:
         click.echo("Error: no interface enabled: give --net or --file-path (or --resume)", err=True)
         sys.exit(EXIT_START_FAILED)
-    if opts["insecure_no_curve"] and not net:
+    if opts["insecure_no_curve"] and not net and not opts["parent"] and not opts["slurm_partition_nodes"]:
         click.echo("Error: --insecure-no-curve needs the network interface (--net)", err=True)
         sys.exit(EXIT_START_FAILED)
     low, high = opts["net_port_min"], opts["net_port_max"]
@@ -103,7 +110,7 @@ def cli(**opts: object) -> None:
         id=opts["instance_id"], tags=tags, resume=opts["resume"],  # type: ignore[arg-type]
         net=net, net_port=opts["net_port"], net_pub_port=opts["net_pub_port"],  # type: ignore[arg-type]
         net_port_min=opts["net_port_min"], net_port_max=opts["net_port_max"],  # type: ignore[arg-type]
-        net_interface=str(opts["net_interface"] or "127.0.0.1"), disable_pub=bool(opts["disable_pub"]),
+        net_interface=opts["net_interface"], disable_pub=bool(opts["disable_pub"]),  # type: ignore[arg-type]
         insecure_no_curve=bool(opts["insecure_no_curve"]),
         disable_nl=bool(opts["disable_nl"]), nl_init_timeout=float(opts["nl_init_timeout"]),  # type: ignore[arg-type]
         nl_ready_threshold=float(threshold), nl_start_method=str(opts["nl_start_method"]),  # type: ignore[arg-type]
@@ -111,6 +118,11 @@ def cli(**opts: object) -> None:
         slurm_limit_nodes_range_begin=opts["slurm_limit_nodes_range_begin"],  # type: ignore[arg-type]
         slurm_limit_nodes_range_end=opts["slurm_limit_nodes_range_end"],  # type: ignore[arg-type]
         slurm_resources_file=opts["slurm_resources_file"],  # type: ignore[arg-type]
+        governor=bool(opts["governor"]), parent=opts["parent"],  # type: ignore[arg-type]
+        slurm_partition_nodes=opts["slurm_partition_nodes"],  # type: ignore[arg-type]
+        partition_ready_threshold=float(opts["partition_ready_threshold"]),  # type: ignore[arg-type]
+        partition_init_timeout=float(opts["partition_init_timeout"]),  # type: ignore[arg-type]
+        keys=opts["keys_path"], aux_dir=opts["aux_dir"],  # type: ignore[arg-type]
     )
     sys.exit(run(config))
 

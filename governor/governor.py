@@ -288,6 +288,7 @@ class Governor:
         rec.allocation = self._describe(ev.allocation)
         rec.wd = ev.wd
         rec.pid = ev.pid
+        rec.partition = ev.partition
         rec.set_state(JobState.SCHEDULED, ev.scheduled_at)
         rec.set_state(JobState.EXECUTING, ev.started_at)
         if it is not None:
@@ -344,6 +345,24 @@ class Governor:
         self._propagate()
         if self._runnable:
             self._dispatch()
+
+    def task_redispatched(self, task_id: str, reason: str) -> None:
+        """Its partition was lost; the task waits to run again elsewhere (at-least-once)."""
+        entry = self.inflight.get(task_id)
+        if entry is None:
+            return
+        job, it = entry
+        rec = job.record if it is None else job.its[it]
+        if it is not None and rec.state is JobState.EXECUTING:
+            job.executing_count -= 1
+        rec.add_message(reason)
+        if rec.state is not JobState.QUEUED:
+            rec.set_state(JobState.QUEUED)
+            self._notify_state(job, it, JobState.QUEUED)
+
+    def capacity_changed(self) -> None:
+        """A partition joined, left or changed its credit: more (or fewer) tasks may be handed out."""
+        self._request_dispatch()
 
     # ----------------------------------------------------------- final states
     def _finish_iteration(self, job: JobRecord, it: int, rec: IterationRecord, state: JobState) -> None:

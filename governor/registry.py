@@ -30,7 +30,7 @@ class IterationRecord:
     only when someone asks for them.
     """
 
-    __slots__ = ("state", "_hist", "allocation", "wd", "pid", "exit_code", "rtime", "messages")
+    __slots__ = ("state", "_hist", "allocation", "wd", "pid", "exit_code", "rtime", "messages", "partition")
 
     def __init__(self, state: JobState = JobState.QUEUED, when: float | None = None,
                  record: bool = True) -> None:
@@ -43,6 +43,7 @@ class IterationRecord:
         self.exit_code: int | None = None
         self.rtime: float | None = None
         self.messages: str | None = None
+        self.partition: str | None = None
 
     def set_state(self, state: JobState, when: float | None = None) -> None:
         self.state = state
@@ -67,6 +68,8 @@ class IterationRecord:
             rt["exit_code"] = str(self.exit_code)
         if self.pid is not None:
             rt["pid"] = str(self.pid)
+        if self.partition is not None:
+            rt["partition"] = self.partition
         return rt
 
     def add_message(self, message: str | None) -> None:

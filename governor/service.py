@@ -70,7 +70,7 @@ class ServiceConfig:
     net_pub_port: int | None = None
     net_port_min: int | None = None
     net_port_max: int | None = None
-    net_interface: str = "127.0.0.1"
+    net_interface: str | None = None  # None: loopback, or every interface when partitions run on other nodes
     disable_pub: bool = False
     insecure_no_curve: bool = False
     # Slurm allocations and node agents (issue 5)
@@ -82,6 +82,18 @@ class ServiceConfig:
     slurm_limit_nodes_range_begin: int | None = None
     slurm_limit_nodes_range_end: int | None = None
     slurm_resources_file: str | None = None
+    # governor and partition managers (issue 6)
+    governor: bool = False
+    parent: str | None = None
+    slurm_partition_nodes: int | None = None
+    partition_ready_threshold: float = 1.0
+    partition_init_timeout: float = 600.0
+    keys: str | None = None           # the parent run's keys (a manager with --parent); default $QCG_PM_KEYS
+    aux_dir: str | None = None        # where this run keeps its files (partition managers: inside the governor's)
+
+    @property
+    def governor_mode(self) -> bool:
+        return self.governor or self.slurm_partition_nodes is not None
 
 
 INSECURE_WARNING = ("WARNING: --insecure-no-curve: the network interface accepts unauthenticated, unencrypted "
@@ -106,6 +118,9 @@ class Service:
         self.publisher: Any = None        # EventPublisher with --net and without --disable-pub
         self._auth: Any = None
         self.zmq_address: str | None = None
+        self.keys: Any = None
+        self.partitions: Any = None       # PartitionServer in governor mode
+        self.starter: Any = None          # PartitionStarter with --slurm-partition-nodes
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
@@ -145,6 +160,8 @@ class Service:
             except FileNotFoundError as exc:
                 raise StartError(str(exc)) from None
             self.instance_id = os.path.basename(self.aux_dir)[len(".qcgpjm-service-"):]
+        elif cfg.aux_dir:
+            self.aux_dir = os.path.abspath(cfg.aux_dir)
         else:
             self.aux_dir = os.path.join(self.wd, f".qcgpjm-service-{self.instance_id}")
         try:
@@ -161,7 +178,7 @@ class Service:
         self._closers.append(logs.setup(os.path.join(self.aux_dir, "service.log"), cfg.log_level))
         log.info("service starting", id=self.instance_id, wd=self.wd, resources=self.resources.info(),
                  tags=cfg.tags, resume=cfg.resume)
-        if cfg.net:
+        if cfg.net or cfg.governor_mode:
             try:
                 self._open_network()
             except StartError as exc:
@@ -171,10 +188,7 @@ class Service:
                 for c in self._closers:
                     c.close()
                 return EXIT_START_FAILED
-        self.partition = Partition(loop, self.resources, PartitionConfig(
-            root_wd=self.wd, scratch_dir=os.path.join(self.aux_dir, "tmp"), local=not self.slurm_mode,
-            envschema=cfg.envschema,
-            zmq_address=self.zmq_address), events=None)  # type: ignore[arg-type]
+        self.partition = self._make_partition()
         self.journal = Journal(self.aux_dir)
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format)
         listeners: list[Any] = [self.journal, self.report]
@@ -194,28 +208,20 @@ class Service:
         flusher = loop.create_task(self._flush_periodically())
         start_failed = False
         try:
-            if self.slurm_mode:
-                from qcg.pilotjob.partition.agent_launcher import AgentStartError
-
-                try:
-                    await self._start_launcher()
-                except AgentStartError as exc:
-                    print(f"Error: {exc}", file=sys.stderr)
-                    log.error("node agents not started", error=str(exc))
-                    start_failed = True
-                    return EXIT_START_FAILED
+            if not await self._start_workers():
+                start_failed = True
+                return EXIT_START_FAILED
             if cfg.resume:
                 self._replay()
             self._serve_file()
             # only the request file decides exit code 2; network clients get their errors in the replies
             self._file_refused = self.handler.refused
-            if self.zmq is not None:
-                if not self._finish_requested:
-                    # the file (if any) is done; network clients are served until `finish`,
-                    # `control finishAfterAllTasksDone` or a signal
-                    self.zmq.start(loop, self.handler.handle)
-                    self._publish_address()
-            elif not self._finish_requested:
+            if self.zmq is not None and not self._finish_requested:
+                # the file (if any) is done; network clients are served until `finish`,
+                # `control finishAfterAllTasksDone` or a signal
+                self.zmq.start(loop, self.handler.handle)
+                self._publish_address()
+            if not cfg.net and not self._finish_requested:
                 # with only the file interface, nothing more can arrive: finish when all is done
                 self._finish_after_all = True
             self._check_done()
@@ -228,6 +234,72 @@ class Service:
         if self._signal is not None:
             return 128 + self._signal
         return EXIT_REFUSED if self._file_refused else EXIT_OK
+
+    def _make_partition(self) -> Any:
+        """The governor's partition: one in-process partition, or the set of partition managers."""
+        cfg = self.config
+        if not cfg.governor_mode:
+            return Partition(self.loop, self.resources, PartitionConfig(  # type: ignore[arg-type]
+                root_wd=self.wd, scratch_dir=os.path.join(self.aux_dir, "tmp"), local=not self.slurm_mode,
+                envschema=cfg.envschema, zmq_address=self.zmq_address), events=None)  # type: ignore[arg-type]
+        from qcg.pilotjob.governor.partition_server import PartitionServer
+        from qcg.pilotjob.governor.partition_set import PartitionSet
+
+        pset = PartitionSet(self.loop, wait_for_members=cfg.slurm_partition_nodes is None)  # type: ignore[arg-type]
+        self.partitions = PartitionServer(self.loop, pset, self.zmq.send_peer)  # type: ignore[arg-type]
+        self.zmq.serve_peers(self.loop, self.partitions.handle)
+        self.partitions.start()
+        return pset
+
+    async def _start_workers(self) -> bool:
+        """Node agents (Slurm) or partition managers (governor mode); False when too few came up."""
+        from qcg.pilotjob.governor.partition_starter import PartitionStartError
+        if self.config.governor_mode:
+            try:
+                if self.config.slurm_partition_nodes is not None:
+                    await self._start_partitions()
+            except (PartitionStartError, ValueError) as exc:
+                print(f"Error: {exc}", file=sys.stderr)
+                log.error("partition managers not started", error=str(exc))
+                return False
+            # attaching managers (--parent) find the governor here
+            self._publish_address()
+            return True
+        if not self.slurm_mode:
+            return True
+        from qcg.pilotjob.partition.agent_launcher import AgentStartError
+
+        try:
+            await self._start_launcher()
+        except AgentStartError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            log.error("node agents not started", error=str(exc))
+            return False
+        return True
+
+    async def _start_partitions(self) -> None:
+        from qcg.pilotjob.governor.partition_starter import PartitionStarter, split_nodes
+
+        cfg = self.config
+        groups = split_nodes(self.resources, cfg.slurm_partition_nodes)  # type: ignore[arg-type]
+        method = cfg.nl_start_method if self.slurm_mode else "local"
+        self.starter = PartitionStarter(self.loop, self.partitions, start_method=method,  # type: ignore[arg-type]
+                                        ready_threshold=cfg.partition_ready_threshold,
+                                        init_timeout=cfg.partition_init_timeout)
+        base = ["--parent", self.zmq_address or "", "--wd", self.wd, "--log", cfg.log_level,
+                "--envschema", cfg.envschema, "--nl-start-method", cfg.nl_start_method,
+                "--nl-init-timeout", str(cfg.nl_init_timeout), "--nl-ready-threshold", str(cfg.nl_ready_threshold),
+                "--nl-task-retries", str(cfg.nl_task_retries)]
+        base += ["--keys", self.keys.directory] if self.keys is not None else ["--insecure-no-curve"]
+        if cfg.disable_nl:
+            base.append("--disable-nl")
+        if cfg.system_core:
+            base.append("--system-core")
+        self.starter.plan(groups, base_args=base, work_dir=os.path.join(self.aux_dir, "partitions"),
+                          slurm=self.slurm_mode)
+        log.info("starting partition managers", partitions=len(groups), nodes_per_partition=cfg.slurm_partition_nodes,
+                 method=method)
+        await self.starter.start()
 
     async def _start_launcher(self) -> None:
         """Slurm allocation: node agents (srun or ssh), or one srun step per task with --disable-nl."""
@@ -292,9 +364,13 @@ class Service:
         return self.partition.info()
 
     def status_data(self) -> dict[str, Any]:
-        return status_report(list(self.governor.registry), self.partition.info(), instance_id=self.instance_id,
+        data = status_report(list(self.governor.registry), self.partition.info(), instance_id=self.instance_id,
                              started=self.started, zmq_address=self.zmq_address, interfaces=self._interfaces(),
                              publisher=self.publisher.address if self.publisher is not None else None)
+        if self.partitions is not None:
+            data["Partitions"] = self.partition.status()
+            data["LostPartitions"] = list(self.partition.lost)
+        return data
 
     def _interfaces(self) -> list[str]:
         ifaces = []
@@ -321,7 +397,7 @@ class Service:
         keys = None
         if not cfg.insecure_no_curve:
             try:
-                keys = create_keys(self.aux_dir)
+                self.keys = keys = create_keys(self.aux_dir)
             except KeysError as exc:
                 raise StartError(str(exc)) from None
             # the ZAP handler runs before any socket binds: no peer is ever admitted unchecked
@@ -333,7 +409,7 @@ class Service:
             for name in (protocol.SERVER_PUBLIC, protocol.SERVER_SECRET, protocol.CLIENT_PUBLIC,
                          protocol.CLIENT_SECRET):
                 _remove(os.path.join(self.aux_dir, protocol.KEYS_DIR, name))
-        host = cfg.net_interface or "127.0.0.1"
+        host = cfg.net_interface or self._default_host()
         try:
             self.zmq = ZmqInterface(self.zmq_context, keys, host=host, port=cfg.net_port,
                                     port_min=cfg.net_port_min, port_max=cfg.net_port_max)
@@ -352,6 +428,12 @@ class Service:
             text = INSECURE_WARNING.format(address=self.zmq_address)
             print(text, file=sys.stderr, flush=True)
             log.warning(text)
+
+    def _default_host(self) -> str:
+        """Loopback, unless partition managers started here run on other nodes (srun, ssh)."""
+        cfg = self.config
+        remote = cfg.slurm_partition_nodes is not None and self.slurm_mode and cfg.nl_start_method != "local"
+        return "0.0.0.0" if remote else "127.0.0.1"
 
     def _publish_address(self) -> None:
         """`<aux>/address` (and `pub_address`): written last, atomically -- present means ready."""
@@ -376,6 +458,17 @@ class Service:
         if self._finish_after_all:
             self.loop.create_task(self._wait_all_then_stop())  # type: ignore[union-attr]
 
+    async def _stop_partitions(self) -> None:
+        """Let canceled tasks report their ends (bounded), then tell the managers to exit and wait for them."""
+        if not self.governor.all_finished and self.partition.members:
+            try:
+                await asyncio.wait_for(self.governor.wait_all_finished(), 5.0)
+            except asyncio.TimeoutError:
+                log.warning("partitions did not confirm every cancel in time", unfinished=self.governor.unfinished)
+        await self.partitions.shutdown()
+        if self.starter is not None:
+            await self.starter.shutdown(timeout=10.0)
+
     async def _wait_all_then_stop(self) -> None:
         await self.governor.wait_all_finished()
         assert self._stop is not None
@@ -396,7 +489,10 @@ class Service:
         if not self.governor.all_finished:
             self.journal.interrupting()
             self.governor.cancel_everything()
-        await self.partition.shutdown(timeout=10.0)
+        if self.partitions is not None:
+            await self._stop_partitions()
+        else:
+            await self.partition.shutdown(timeout=10.0)
         # tasks killed at shutdown report their ends through the loop; let them land
         await asyncio.sleep(0)
         # the publisher is stopped before the final status is written (StatusPublisher null in it)
@@ -446,7 +542,11 @@ def tune_gc() -> None:
 
 def run(config: ServiceConfig) -> int:
     tune_gc()
-    service = Service(config)
+    if config.parent:
+        from qcg.pilotjob.governor.manager_service import ManagerService
+        service: Service = ManagerService(config)
+    else:
+        service = Service(config)
     try:
         service.prepare()
     except StartError as exc:

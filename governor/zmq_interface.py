@@ -110,6 +110,8 @@ class ZmqInterface:
         self.bad_frames = 0
         self.dropped_replies = 0
         self._handle: Callable[[Any], dict[str, Any]] | None = None
+        self._peer_handler: Callable[[bytes, dict[str, Any]], None] | None = None
+        self._held: list[list[bytes]] = []      # client requests that came before `start`
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
         self._accepting = True
@@ -136,11 +138,38 @@ class ZmqInterface:
         return self.address
 
     def start(self, loop: asyncio.AbstractEventLoop, handle: Callable[[Any], dict[str, Any]]) -> None:
-        """Serve from now on; requests that arrived since `bind` are served at once."""
-        self._loop = loop
+        """Serve requests from now on; requests that arrived since `bind` are served at once."""
         self._handle = handle
-        self._fd = self.sock.getsockopt(zmq.FD)
-        loop.add_reader(self._fd, self._drain)
+        self._watch(loop)
+        held, self._held = self._held, []
+        for frames in held:
+            self._serve(frames)
+
+    def serve_peers(self, loop: asyncio.AbstractEventLoop, handler: Callable[[bytes, dict[str, Any]], None]) -> None:
+        """Pass partition-protocol messages (msgpack maps with a `type`) to `handler(routing id, message)`.
+
+        May come before `start`: partition managers register while client
+        requests are still held back.
+        """
+        self._peer_handler = handler
+        self._watch(loop)
+
+    def send_peer(self, ident: bytes, frame: bytes) -> bool:
+        """Send one frame to a partition manager; never blocks (a full or gone peer drops it)."""
+        if self._closed:
+            return False
+        try:
+            self.sock.send_multipart([ident, frame], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("partition message dropped", error=str(exc))
+            return False
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._fd is None:
+            self._loop = loop
+            self._fd = self.sock.getsockopt(zmq.FD)
+            loop.add_reader(self._fd, self._drain)
         # the FD is edge-triggered: anything already queued would never wake us
         self._schedule_drain()
 
@@ -201,19 +230,25 @@ class ZmqInterface:
         request_id = None
         if len(body) != 1:
             response = self._bad(f"a request is one frame, got {len(body)}", len(payload))
-        elif not self._accepting:
-            response = {"code": 1, "message": "processing stopped: the service is finishing"}
         else:
             try:
                 message, as_json = protocol.decode(payload)
             except protocol.ProtocolError as exc:
                 response = self._bad(str(exc), len(payload))
             else:
+                if self._peer_handler is not None and "type" in message and not as_json and len(envelope) == 1:
+                    self._peer_handler(envelope[0], message)
+                    return
                 if not as_json:
                     request_id = message.get("id")
-                self.requests += 1
-                assert self._handle is not None
-                response = self._handle(message)
+                if not self._accepting:
+                    response = {"code": 1, "message": "processing stopped: the service is finishing"}
+                elif self._handle is None:
+                    self._held.append(frames)
+                    return
+                else:
+                    self.requests += 1
+                    response = self._handle(message)
         try:
             out = protocol.encode_response(response, as_json, request_id)
         except Exception as exc:  # e.g. an unencodable id echoed back

@@ -92,6 +92,7 @@ class TaskStarted:
     scheduled_at: float              # time.time() when resources were assigned
     started_at: float                # time.time() when the process was spawned
     pid: int | None = None
+    partition: str | None = None     # which partition ran it (set by the governor's partition set)
 
 
 @dataclass(slots=True)

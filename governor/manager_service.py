@@ -1,0 +1,122 @@
+"""A run with `--parent`: a partition manager (or a nested governor) working for a parent governor.
+
+The parent keeps the registry, the dependencies, the journal and the
+reports; this process owns a node group (a `Partition` with its own
+scheduler and node agents) -- or, as a nested governor, partition managers
+of its own (a `PartitionSet`) -- and serves it to the parent through one
+`ParentLink`. It ends when the parent says `exit`, when the parent falls
+silent (its tasks are then re-dispatched by the parent or by a resumed run),
+or on a signal: the first SIGINT/SIGTERM leaves gracefully (no new tasks,
+running ones finish), a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import structlog
+
+from qcg.pilotjob.api import protocol
+from qcg.pilotjob.governor import logs
+from qcg.pilotjob.governor.keys import KeysError, load_keys
+from qcg.pilotjob.governor.parent_link import ParentError, ParentLink
+from qcg.pilotjob.governor.service import EXIT_OK, EXIT_START_FAILED, Service, StartError
+
+log = structlog.get_logger("manager")
+
+EXIT_PARENT_LOST = 3
+
+
+class ManagerService(Service):
+    async def run(self) -> int:
+        cfg = self.config
+        self.loop = loop = asyncio.get_running_loop()
+        os.chdir(self.wd)
+        self._closers.append(logs.setup(os.path.join(self.aux_dir, "service.log"), cfg.log_level))
+        log.info("partition manager starting", id=self.instance_id, parent=cfg.parent, wd=self.wd,
+                 resources=self.resources.info(), tags=cfg.tags, nested=cfg.governor_mode)
+        try:
+            parent_keys = self._parent_keys()
+            if cfg.governor_mode:
+                self._open_network()
+        except (StartError, KeysError) as exc:
+            return self._fail(str(exc))
+        if parent_keys is not None:
+            # tasks talk to the front door with its keys, not to this manager
+            os.environ[protocol.KEYS_ENV] = parent_keys.directory
+        if not cfg.governor_mode:
+            self.zmq_address = cfg.parent
+        self.partition = self._make_partition()
+        if cfg.governor_mode:
+            self.partition.events = None       # the link below
+            self.zmq.start(loop, _no_requests)
+        started = await self._start_workers()
+        if not started:
+            await self._stop_everything()
+            return EXIT_START_FAILED
+        if cfg.governor_mode and not self.partition.members:
+            await self._stop_everything()
+            return self._fail("a nested governor needs partitions of its own before it can join its parent "
+                              "(give --slurm-partition-nodes)")
+        link = ParentLink(loop, self.partition, address=cfg.parent or "", member_id=self.instance_id,
+                          keys=parent_keys, tags=cfg.tags)
+        self.partition.events = link
+        try:
+            await link.connect()
+        except ParentError as exc:
+            await self._stop_everything()
+            return self._fail(str(exc))
+        signals = 0
+
+        def on_signal(sig: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.warning("signal received: leaving the parent once our tasks end", signal=sig)
+                link.leave()
+            else:
+                link._end(f"signal {sig}")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        why = await link.wait()
+        log.info("partition manager finishing", reason=why, tasks_received=link.received)
+        await self._stop_everything()
+        await link.close()
+        for c in self._closers:
+            c.close()
+        return EXIT_PARENT_LOST if why.startswith("parent lost") else EXIT_OK
+
+    def _parent_keys(self) -> Any:
+        cfg = self.config
+        if cfg.insecure_no_curve:
+            return None
+        path = cfg.keys or os.environ.get(protocol.KEYS_ENV)
+        if not path:
+            raise StartError(f"--parent needs the keys of the parent's run: give --keys DIR (the parent's "
+                             f"aux dir or its keys/ directory) or set {protocol.KEYS_ENV}")
+        return load_keys(path)
+
+    async def _stop_everything(self) -> None:
+        if self.partitions is not None:
+            await self.partitions.shutdown()
+            if self.starter is not None:
+                await self.starter.shutdown(timeout=10.0)
+        else:
+            await self.partition.shutdown(timeout=10.0)
+        self._close_network()
+
+    def _fail(self, message: str) -> int:
+        print(f"Error: {message}", file=sys.stderr)
+        log.error("partition manager not started", error=message)
+        for c in self._closers:
+            c.close()
+        return EXIT_START_FAILED
+
+
+def _no_requests(_request: Any) -> dict[str, Any]:
+    return {"code": 1, "message": "a nested governor takes work from its parent only; send requests there"}

@@ -1,0 +1,219 @@
+"""A partition manager's (or nested governor's) connection to its parent governor.
+
+One DEALER socket, CURVE with the run's client key, kept for the whole run.
+The link registers the wrapped port (a `Partition`, or a `PartitionSet` for a
+nested governor), turns `dispatch`/`cancel` from the parent into calls on it,
+and sends its task events back batched: everything that happened in one loop
+turn goes out as one `events` message. Registration is retried with backoff
+(tenacity); a parent silent for `lost_after` seconds is gone, and the
+manager stops (its tasks are re-dispatched by the parent, or by a resumed
+run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import Any, Protocol
+
+import structlog
+import tenacity
+import zmq
+import zmq.asyncio
+
+from qcg.pilotjob.api import curve, protocol
+from qcg.pilotjob.governor.keys import RunKeys
+from qcg.pilotjob.governor.partition_server import HEARTBEAT, LOST_AFTER
+from qcg.pilotjob.partition import wire
+from qcg.pilotjob.partition.resources import Resources
+from qcg.pilotjob.partition.slurm_resources import resources_to_dict
+from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec, TaskStarted
+
+log = structlog.get_logger("parent")
+
+REGISTER_ATTEMPTS = 5
+REGISTER_TIMEOUT = 5.0        # seconds to wait for `registered` per attempt
+
+
+class ParentError(Exception):
+    """The parent refused us or could not be reached; the message says why."""
+
+
+class LinkedPort(Protocol):
+    queue_limit: int
+    resources: Resources
+
+    def submit(self, tasks: list[TaskSpec]) -> None: ...
+    def cancel(self, task_ids: list[str]) -> None: ...
+    def never_fits(self, request: ResourceRequest) -> str | None: ...
+    def totals(self) -> tuple[int, int, int]: ...
+    def info(self) -> dict: ...
+
+
+class ParentLink:
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: LinkedPort, *, address: str, member_id: str,
+                 keys: RunKeys | None, tags: list[str] | None = None, lost_after: float = LOST_AFTER) -> None:
+        self.loop = loop
+        self.port = port
+        self.address = address
+        self.member_id = member_id
+        self.keys = keys
+        self.tags = list(tags or [])
+        self.lost_after = lost_after
+        self._started: list[list[Any]] = []
+        self._finished: list[list[Any]] = []
+        self._flush_pending = False
+        self._last_seen = time.monotonic()
+        self._done: asyncio.Future[str] | None = None
+        self._registered: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.received = 0
+
+    # ------------------------------------------------------------ lifecycle
+    async def connect(self) -> None:
+        """Open the socket and register; raises ParentError when refused or after every retry failed."""
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        if self.keys is not None:
+            curve.make_client(self.sock, self.keys.client_public, self.keys.client_secret, self.keys.server_public)
+        self.sock.connect(self.address)
+        self._done = self.loop.create_future()
+        self._tasks.append(self.loop.create_task(self._receive()))
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                    stop=tenacity.stop_after_attempt(REGISTER_ATTEMPTS),
+                    wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+                    retry=tenacity.retry_if_exception_type(asyncio.TimeoutError), reraise=True):
+                with attempt:
+                    self._registered = self.loop.create_future()
+                    await self._send(self._register_message())
+                    await asyncio.wait_for(asyncio.shield(self._registered), REGISTER_TIMEOUT)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise ParentError(f"no answer from the parent at {self.address} after {REGISTER_ATTEMPTS} "
+                              f"attempts (wrong address, or keys that do not match the parent's run?)") from None
+        except ParentError:
+            await self.close()
+            raise
+        self._last_seen = time.monotonic()
+        self._tasks.append(self.loop.create_task(self._heartbeats()))
+        log.info("registered with the parent", address=self.address, id=self.member_id)
+
+    def _register_message(self) -> dict[str, Any]:
+        port = self.port
+        return {"type": "register", "v": protocol.PROTOCOL_VERSION, "id": self.member_id, "tags": self.tags,
+                "resources": resources_to_dict(port.resources, rtype="LOCAL"), "totals": list(port.totals()),
+                "credit": port.queue_limit, "info": port.info(), "host": socket.gethostname(), "pid": os.getpid()}
+
+    async def wait(self) -> str:
+        """Until the parent says `exit` or is lost; returns why."""
+        assert self._done is not None
+        return await self._done
+
+    def leave(self) -> None:
+        """Ask to leave gracefully: no new tasks; the parent says `exit` when ours have ended."""
+        self._send_now({"type": "leave"})
+
+    def resources_changed(self) -> None:
+        """Credit or resources changed (a nested governor gained or lost partitions)."""
+        port = self.port
+        self._send_now({"type": "update", "credit": port.queue_limit, "totals": list(port.totals()),
+                        "resources": resources_to_dict(port.resources, rtype="LOCAL")})
+
+    async def close(self) -> None:
+        self._flush()
+        for t in self._tasks:
+            t.cancel()
+        self.sock.close(linger=1000)
+        self.ctx.term()
+
+    # ------------------------------------------------------- port events
+    def task_started(self, ev: TaskStarted) -> None:
+        self._started.append(wire.encode_started(ev))
+        self._request_flush()
+
+    def task_finished(self, ev: TaskFinished) -> None:
+        self._finished.append(wire.encode_finished(ev))
+        self._request_flush()
+
+    def task_redispatched(self, task_id: str, reason: str) -> None:
+        log.warning("task moved between our partitions", task=task_id, reason=reason)
+
+    def capacity_changed(self) -> None:
+        if self._registered is not None and self._registered.done():
+            self.resources_changed()
+
+    def _request_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if not self._started and not self._finished:
+            return
+        msg = {"type": "events", "started": self._started, "finished": self._finished}
+        self._started, self._finished = [], []
+        self._send_now(msg)
+
+    # ----------------------------------------------------------- transport
+    async def _send(self, msg: dict[str, Any]) -> None:
+        await self.sock.send(protocol.encode(msg))
+
+    def _send_now(self, msg: dict[str, Any]) -> None:
+        try:
+            self.sock.send(protocol.encode(msg), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.error("message to the parent dropped", type=msg.get("type"), error=str(exc))
+
+    async def _receive(self) -> None:
+        while True:
+            frame = await self.sock.recv()
+            self._last_seen = time.monotonic()
+            try:
+                msg, _ = protocol.decode(frame)
+                self._handle(msg)
+            except (protocol.ProtocolError, wire.WireError, KeyError, TypeError, ValueError) as exc:
+                log.warning("malformed message from the parent dropped", error=str(exc))
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "dispatch":
+            tasks = wire.decode_tasks(msg)
+            self.received += len(tasks)
+            self.port.submit(tasks)
+        elif kind == "cancel":
+            self.port.cancel([str(t) for t in msg["tasks"]])
+        elif kind == "hb":
+            pass
+        elif kind == "registered":
+            if self._registered is not None and not self._registered.done():
+                self._registered.set_result(None)
+        elif kind == "refused":
+            reason = str(msg.get("reason"))
+            if self._registered is not None and not self._registered.done():
+                self._registered.set_exception(ParentError(f"the parent refused this manager: {reason}"))
+            self._end(f"refused: {reason}")
+        elif kind == "exit":
+            self._end("the parent asked to exit")
+        else:
+            log.warning("unknown message from the parent dropped", type=kind)
+
+    def _end(self, why: str) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(why)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            silent = time.monotonic() - self._last_seen
+            if silent > self.lost_after:
+                log.error("parent lost", address=self.address, silent=round(silent, 1))
+                self._end(f"parent lost (no heartbeat for {silent:.1f}s)")
+                return
+            self._send_now({"type": "hb", "info": self.port.info()})

@@ -1,0 +1,174 @@
+"""Starting the partition managers of `--slurm-partition-nodes N`.
+
+The governor's nodes are split into groups of N (the last may be smaller);
+each group gets one manager process, started with `srun` on the group's
+first node (or `ssh`, or as a local process for `--nodes` runs), handed its
+node group and the governor's address. A start is retried with exponential
+backoff (tenacity) when the process ends before registering. The run starts
+once `ready_threshold` of the managers registered; a manager that never
+comes up is reported and its nodes stay out of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import tenacity
+
+from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
+from qcg.pilotjob.governor.partition_server import PartitionServer
+from qcg.pilotjob.partition.resources import Node, Resources
+from qcg.pilotjob.partition.slurm_resources import write_resources_file
+
+log = structlog.get_logger("partitions")
+
+START_ATTEMPTS = 3
+
+
+class PartitionStartError(Exception):
+    """Too few partition managers registered; the message says which and why."""
+
+
+@dataclass
+class ManagerPlan:
+    id: str
+    nodes: list[Node]
+    argv: list[str]
+    attempts: int = 0
+    registered: bool = False
+    failed: str | None = None
+    proc_key: str | None = None
+    exited: asyncio.Event | None = None
+
+
+def split_nodes(resources: Resources, per_partition: int) -> list[list[Node]]:
+    if per_partition < 1:
+        raise ValueError(f"--slurm-partition-nodes must be at least 1, got {per_partition}")
+    nodes = resources.nodes
+    return [nodes[i:i + per_partition] for i in range(0, len(nodes), per_partition)]
+
+
+class PartitionStarter:
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: PartitionServer, *, start_method: str,
+                 ready_threshold: float = 1.0, init_timeout: float = 600.0,
+                 ssh_command: list[str] | None = None) -> None:
+        self.loop = loop
+        self.server = server
+        self.start_method = start_method
+        self.ready_threshold = ready_threshold
+        self.init_timeout = init_timeout
+        self.ssh_command = ssh_command or ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+        self.plans: dict[str, ManagerPlan] = {}
+        self._procs = ProcessSpawner(loop, kill_grace=5.0)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
+
+    def plan(self, groups: list[list[Node]], *, base_args: list[str], work_dir: str, slurm: bool) -> None:
+        """One manager per node group; its resources go to a file (Slurm) or `--nodes` (local)."""
+        os.makedirs(work_dir, exist_ok=True)
+        for k, group in enumerate(groups):
+            pid = f"part-{k}"
+            args = [sys.executable, "-m", "qcg.pilotjob.service", *base_args, "--id", pid,
+                    "--aux-dir", os.path.join(work_dir, pid)]
+            if slurm:
+                file = os.path.join(work_dir, f"{pid}.resources.json")
+                write_resources_file(file, Resources(Node(n.name, n.core_ids) for n in group))
+                args += ["--resources", "slurm", "--slurm-resources-file", file]
+            else:
+                args += ["--nodes", ",".join(f"{n.name}:{n.total}" for n in group)]
+            self.plans[pid] = ManagerPlan(pid, group, args)
+
+    def _command(self, plan: ManagerPlan) -> list[str]:
+        first = plan.nodes[0].name
+        if self.start_method == "slurm":
+            return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={first}", "--cpu-bind=none",
+                    "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *plan.argv]
+        if self.start_method == "ssh":
+            return [*self.ssh_command, first, f"cd {shlex.quote(os.getcwd())} && {shlex.join(plan.argv)}"]
+        return plan.argv
+
+    async def start(self) -> list[str]:
+        """Start every planned manager; returns the ids that registered. Raises PartitionStartError."""
+        t0 = time.monotonic()
+        for plan in self.plans.values():
+            self.server.expect(plan.id)
+            self._tasks.append(self.loop.create_task(self._start_one(plan)))
+        total = len(self.plans)
+        need = max(1, int(round(self.ready_threshold * total + 1e-9))) if total else 0
+        deadline = t0 + self.init_timeout
+        while True:
+            for plan in self.plans.values():
+                plan.registered = self.server.joined[plan.id].is_set() and plan.failed is None
+            ready = [p.id for p in self.plans.values() if p.registered]
+            pending = [p for p in self.plans.values() if not p.registered and p.failed is None]
+            if len(ready) >= need:
+                break
+            if not pending or time.monotonic() > deadline:
+                not_ready = [f"{p.id} ({p.failed or 'not registered in time'})"
+                             for p in self.plans.values() if not p.registered]
+                raise PartitionStartError(
+                    f"only {len(ready)} of {total} partition managers registered (threshold "
+                    f"{self.ready_threshold:g} needs {need}); not ready: {', '.join(not_ready)}")
+            await asyncio.sleep(0.02)
+        for plan in self.plans.values():
+            if not plan.registered:
+                log.warning("partition manager not ready yet; its nodes join if it registers later",
+                            partition=plan.id, nodes=[n.name for n in plan.nodes], error=plan.failed)
+        log.info("partition managers ready", ready=len(ready), total=total,
+                 seconds=round(time.monotonic() - t0, 3))
+        return ready
+
+    async def _start_one(self, plan: ManagerPlan) -> None:
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                    stop=tenacity.stop_after_attempt(START_ATTEMPTS),
+                    wait=tenacity.wait_exponential(multiplier=0.5, max=8),
+                    retry=tenacity.retry_if_exception_type(OSError), reraise=True):
+                with attempt:
+                    if self._closing:
+                        return
+                    await self._run_once(plan)
+        except OSError as exc:
+            plan.failed = str(exc)
+            log.error("partition manager did not start", partition=plan.id, attempts=plan.attempts,
+                      error=str(exc))
+
+    async def _run_once(self, plan: ManagerPlan) -> None:
+        plan.attempts += 1
+        plan.exited = asyncio.Event()
+        key = f"{plan.id}#{plan.attempts}"
+        plan.proc_key = key
+        err = os.path.join(os.path.dirname(plan.argv[plan.argv.index("--aux-dir") + 1]), f"{plan.id}.err")
+        spec = ProcessSpec(argv=self._command(plan), env=dict(os.environ), cwd=os.getcwd(), stderr=err)
+        if self._procs.spawn(key, spec, self._ended) is None:
+            raise OSError(f"cannot start the manager of partition {plan.id}")
+        await plan.exited.wait()
+        joined = self.server.joined[plan.id].is_set()
+        if not joined and not self._closing:
+            raise OSError(f"the manager of partition {plan.id} ended before registering (see {err})")
+
+    def _ended(self, key: Any, ex: ProcessExit) -> None:
+        pid = str(key).split("#")[0]
+        plan = self.plans[pid]
+        if plan.proc_key != key or plan.exited is None:
+            return
+        plan.exited.set()
+        if self.server.joined[pid].is_set() and not self._closing:
+            self.server.lose(pid, f"manager process ended (exit code {ex.exit_code})")
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """After the server said `exit`: wait for the managers to end, then kill what is left."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        while self._procs.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self._procs.shutdown(timeout=max(0.5, deadline - time.monotonic()))
+        for t in self._tasks:
+            t.cancel()

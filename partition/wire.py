@@ -1,0 +1,92 @@
+"""Tasks and task events in wire form, for the governor <-> partition manager connection.
+
+Plain lists (msgpack-friendly, positional, no key names repeated per task).
+A dispatch batch sends each distinct `Execution` once: the iterations of a
+sweep without placeholders share one object, so 1 000 of them cost one
+execution plus 1 000 short task rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qcg.pilotjob.api.jobdesc import EXECUTION_FIELDS, Execution, execution_from_values
+from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
+
+
+class WireError(ValueError):
+    """A message field has the wrong shape; the message names it."""
+
+
+def encode_tasks(tasks: list[TaskSpec]) -> dict[str, Any]:
+    """`{"execs": [...], "tasks": [...]}` with every distinct execution once."""
+    index: dict[int, int] = {}
+    execs: list[list[Any]] = []
+    rows: list[list[Any]] = []
+    for t in tasks:
+        ex = t.execution
+        pos = index.get(id(ex))
+        if pos is None:
+            pos = index[id(ex)] = len(execs)
+            execs.append(_execution_values(ex))
+        r = t.resources
+        rows.append([t.task_id, t.job_name, t.iteration, pos, [r.cores_min, r.cores_max, r.nodes_min, r.nodes_max],
+                     t.walltime, t.seq, t.templated, t.attributes or None])
+    return {"execs": execs, "tasks": rows}
+
+
+def decode_tasks(msg: dict[str, Any]) -> list[TaskSpec]:
+    try:
+        execs = [execution_from_values(v) for v in msg["execs"]]
+        requests: dict[tuple, ResourceRequest] = {}
+        tasks = []
+        for tid, job, it, pos, res, wt, seq, templated, attrs in msg["tasks"]:
+            key = tuple(res)
+            req = requests.get(key)
+            if req is None:
+                req = requests[key] = ResourceRequest(*key)
+            tasks.append(TaskSpec(tid, job, it, execs[pos], req, wt, seq, templated, attrs or {}))
+        return tasks
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise WireError(f"malformed dispatch: {exc!r}") from None
+
+
+def _execution_values(ex: Execution) -> list[Any]:
+    values = [getattr(ex, name) for name in EXECUTION_FIELDS]
+    return [list(v) if isinstance(v, tuple) else v for v in values]
+
+
+def encode_allocation(a: Allocation | None) -> list | None:
+    return None if a is None else [[n, list(c)] for n, c in a.nodes]
+
+
+def decode_allocation(v: list | None) -> Allocation | None:
+    return None if v is None else Allocation(tuple((n, tuple(c)) for n, c in v))
+
+
+def encode_started(ev: TaskStarted) -> list[Any]:
+    return [ev.task_id, encode_allocation(ev.allocation), ev.wd, ev.scheduled_at, ev.started_at, ev.pid]
+
+
+def decode_started(v: list[Any]) -> TaskStarted:
+    try:
+        tid, alloc, wd, scheduled, started, pid = v
+        return TaskStarted(tid, decode_allocation(alloc), wd, scheduled, started, pid)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"malformed 'started' event: {exc!r}") from None
+
+
+def encode_finished(ev: TaskFinished) -> list[Any]:
+    return [ev.task_id, ev.state, ev.exit_code, ev.message, encode_allocation(ev.allocation), ev.wd,
+            ev.started_at, ev.finished_at, ev.requeue]
+
+
+def decode_finished(v: list[Any]) -> TaskFinished:
+    try:
+        tid, state, code, message, alloc, wd, started, finished, requeue = v
+        if state not in ("SUCCEED", "FAILED", "CANCELED"):
+            raise ValueError(f"state {state!r}")
+        return TaskFinished(tid, state, code, message, decode_allocation(alloc), wd, started, finished,
+                            bool(requeue))
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"malformed 'finished' event: {exc!r}") from None
