@@ -27,6 +27,7 @@ from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.governor.keys import RunKeys
 from qcg.pilotjob.governor.partition_server import HEARTBEAT, LOST_AFTER
 from qcg.pilotjob.partition import wire
+from qcg.pilotjob.partition.agent_launcher import sent_now
 from qcg.pilotjob.partition.resources import Resources
 from qcg.pilotjob.partition.slurm_resources import resources_to_dict
 from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec, TaskStarted
@@ -166,9 +167,8 @@ class ParentLink:
         await self.sock.send(protocol.encode(msg))
 
     def _send_now(self, msg: dict[str, Any]) -> None:
-        try:
-            self.sock.send(protocol.encode(msg), zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
+        exc = sent_now(self.sock.send(protocol.encode(msg), zmq.NOBLOCK))
+        if exc is not None:
             log.error("message to the parent dropped", type=msg.get("type"), error=str(exc))
 
     async def _receive(self) -> None:

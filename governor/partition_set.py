@@ -151,6 +151,9 @@ class PartitionSet:
     # -------------------------------------------------------- PartitionPort
     @property
     def queue_limit(self) -> int:
+        if not self.members and not self.wait_for_members:
+            # every partition is gone for good: take all tasks, so that they fail here instead of waiting
+            return 1 << 30
         return sum(m.credit for m in self.members.values() if not m.draining)
 
     def totals(self) -> tuple[int, int, int]:

@@ -164,6 +164,10 @@ class ZmqInterface:
         except zmq.ZMQError as exc:
             log.warning("partition message dropped", error=str(exc))
             return False
+        finally:
+            # any operation on a ZMQ socket may consume the FD's edge: look for input on the next turn,
+            # or messages that arrived meanwhile would wait for the next edge (which may never come)
+            self._schedule_drain()
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._fd is None:

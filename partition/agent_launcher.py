@@ -94,9 +94,6 @@ class AgentLauncher:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         curve.make_server(self.sock, secret)
-        # sends go through a plain (synchronous) view of the socket, so an unreachable agent
-        # raises here instead of in a future nobody awaits
-        self._out = zmq.Socket.shadow(self.sock.underlying)
         host = self.bind_host or ("127.0.0.1" if self.start_method == "local" else "0.0.0.0")
         port = self.sock.bind_to_random_port(f"tcp://{host}")
         advertised = host if host not in ("0.0.0.0", "*") else _reachable_address()
@@ -229,12 +226,13 @@ class AgentLauncher:
                 self._send(state.node, hb)
 
     def _send(self, node: str, frame: bytes) -> bool:
-        try:
-            self._out.send_multipart([node.encode(), frame], flags=zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError as exc:
+        # through the asyncio socket (a non-blocking send completes at once): a send on a second,
+        # plain view of the socket could consume the FD edge the pending receive waits for
+        exc = sent_now(self.sock.send_multipart([node.encode(), frame], flags=zmq.NOBLOCK))
+        if exc is not None:
             log.warning("cannot reach node agent", node=node, error=str(exc))
             return False
+        return True
 
     def _lose(self, state: _AgentState, why: str) -> None:
         if state.lost:
@@ -295,6 +293,13 @@ class AgentLauncher:
             pass
         self.sock.close(linger=0)
         self.ctx.term()
+
+
+def sent_now(fut: "asyncio.Future[Any]") -> BaseException | None:
+    """The error of a non-blocking send on a zmq.asyncio socket (its future is already done), or None."""
+    if not fut.done():
+        return None
+    return fut.exception()
 
 
 def _reachable_address() -> str:
