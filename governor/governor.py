@@ -77,6 +77,9 @@ class Governor:
         self._requeues: dict[str, int] = {}
         self._size_cache: dict[tuple, tuple[ResourceRequest, str | None]] = {}
         self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
+        # refill the partition inside each exit (flat: the partition's next pass sees the task at once);
+        # with remote partitions, one dispatch per loop turn batches the refills of many exits
+        self.eager_dispatch = True
 
     # ------------------------------------------------------------------ submit
     def submit(self, descs: list["JobDescription"], *, rcnt: int | None = None, when: datetime | None = None,
@@ -344,7 +347,10 @@ class Governor:
             self._finish_iteration(job, it, rec, state)
         self._propagate()
         if self._runnable:
-            self._dispatch()
+            if self.eager_dispatch:
+                self._dispatch()
+            else:
+                self._request_dispatch()
 
     def task_redispatched(self, task_id: str, reason: str) -> None:
         """Its partition was lost; the task waits to run again elsewhere (at-least-once)."""

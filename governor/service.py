@@ -202,6 +202,7 @@ class Service:
             self.publisher.governor = self.governor
         self.partition.events = self.governor
         self.governor.requeue_limit = cfg.nl_task_retries
+        self.governor.eager_dispatch = not cfg.governor_mode
         self.handler = RequestHandler(self.governor, self)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -414,7 +415,7 @@ class Service:
             self.zmq = ZmqInterface(self.zmq_context, keys, host=host, port=cfg.net_port,
                                     port_min=cfg.net_port_min, port_max=cfg.net_port_max)
             self.zmq_address = self.zmq.bind()
-            if not cfg.disable_pub:
+            if cfg.net and not cfg.disable_pub:
                 self.publisher = EventPublisher(self.zmq_context, keys, self.instance_id, host=host,
                                                 port=cfg.net_pub_port, port_min=cfg.net_port_min,
                                                 port_max=cfg.net_port_max)
