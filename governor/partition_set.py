@@ -91,6 +91,7 @@ class PartitionSet:
         self._specs: dict[str, TaskSpec] = {}
         self._backlog: deque[TaskSpec] = deque()
         self._moves: dict[str, int] = {}
+        self._canceling: set[str] = set()     # dispatched tasks asked to stop: never dispatched again
         self._drain_pending = False
         self._rr = 0
         self._fits: dict[tuple[str, ResourceRequest], bool] = {}
@@ -135,6 +136,11 @@ class PartitionSet:
         for tid in sorted(member.inflight, key=lambda t: self._specs[t].seq):
             spec = self._specs.pop(tid)
             self._where.pop(tid, None)
+            if tid in self._canceling:
+                self._canceling.discard(tid)
+                self._report_later(TaskFinished(tid, "CANCELED", message=f"canceled by user; partition "
+                                                                         f"'{member_id}' lost ({reason})"))
+                continue
             n = self._moves.get(tid, 0) + 1
             self._moves[tid] = n
             why = f"partition '{member_id}' lost ({reason})"
@@ -200,6 +206,7 @@ class PartitionSet:
         for tid in task_ids:
             member = self._where.get(tid)
             if member is not None:
+                self._canceling.add(tid)
                 per_member.setdefault(member.id, []).append(tid)
                 continue
             for spec in self._backlog:
@@ -289,6 +296,7 @@ class PartitionSet:
         self._where.pop(tid, None)
         self._specs.pop(tid, None)
         self._moves.pop(tid, None)
+        self._canceling.discard(tid)
         self.events.task_finished(ev)
         if member.draining:
             self._maybe_drained(member)
