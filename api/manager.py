@@ -305,12 +305,13 @@ class Manager:
             raise transport.RequestFailed("Request failed", response)
         return response
 
-    def _request(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def _request(self, request: dict[str, Any], timeout: float | None = None, *,
+                 ends_service: bool = False) -> dict[str, Any]:
         with self._req_lock:
             conn = self._assure_connected()
             if _logger.isEnabledFor(logging.DEBUG):
                 _logger.debug("sending request %s", str(request)[:2000])
-            response = conn.request(request, timeout)
+            response = conn.request(request, timeout, ends_service=ends_service)
         response.pop("v", None)
         response.pop("id", None)
         return response
@@ -375,7 +376,7 @@ class Manager:
         return self._send_and_validate_result({"request": "status"})
 
     def _send_finish(self) -> None:
-        self._send_and_validate_result({"request": "finish"}, valid_method=Manager._validate_response_wo_data)
+        Manager._validate_response_wo_data(self._request({"request": "finish"}, ends_service=True))
         self._disconnect()
 
     def finish(self) -> None:

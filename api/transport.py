@@ -188,13 +188,18 @@ class ServiceConnection:
 
     # ---------------------------------------------------------------- requests
 
-    def request(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def request(self, request: dict[str, Any], timeout: float | None = None, *,
+                ends_service: bool = False) -> dict[str, Any]:
         """Send one request and return the decoded response map (any `code`).
 
         Raises ServiceUnreachable (a ConnectionError) when no answer came in
         `timeout` seconds (default: the connection's timeout) or `alive()`
-        says the service is gone.
+        says the service is gone. With `ends_service` (`finish`), the service
+        closing the connection after the request counts as its answer: the
+        reply of a service that exits right away may not make it out.
         """
+        if ends_service:
+            return self._request_ending(request, timeout)
         with self._lock:
             if self._closed:
                 raise errors.ConnectionError("Not connected")
@@ -229,6 +234,42 @@ class ServiceConnection:
                     return response
             except zmq.ZMQError as exc:
                 raise errors.ConnectionError(f"communication with {self.address} failed: {exc}") from exc
+
+    def _request_ending(self, request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        with self._lock:
+            if self._closed:
+                raise errors.ConnectionError("Not connected")
+            monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            try:
+                ended = threading.Event()
+                stop = threading.Event()
+
+                def watch() -> None:
+                    while not stop.is_set():
+                        if monitor.poll(50, zmq.POLLIN):
+                            monitor.recv_multipart()
+                            ended.set()
+                            return
+
+                watcher = threading.Thread(target=watch, daemon=True)
+                watcher.start()
+                saved, self._alive = self._alive, (lambda: not ended.is_set() and (saved is None or saved()))
+                try:
+                    return self.request(request, timeout)
+                except ServiceUnreachable:
+                    if ended.is_set():
+                        return {"code": 0, "message": "the service closed the connection after the request"}
+                    raise
+                finally:
+                    self._alive = saved
+                    stop.set()
+                    watcher.join(1.0)
+            finally:
+                try:
+                    self._sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+                monitor.close(linger=0)
 
     def _send(self, sock: zmq.Socket, frame: bytes, deadline: float) -> bool:
         while True:

@@ -338,6 +338,8 @@ class Governor:
             rec.exit_code = ev.exit_code
         if ev.allocation is not None and rec.allocation is None:
             rec.allocation = self._describe(ev.allocation)
+        if ev.partition is not None and rec.partition is None:
+            rec.partition = ev.partition
         rec.add_message(ev.message)
         state = JobState(ev.state)
         if it is None:

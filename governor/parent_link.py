@@ -158,7 +158,8 @@ class ParentLink:
         self._flush_pending = False
         if not self._started and not self._finished:
             return
-        msg = {"type": "events", "started": self._started, "finished": self._finished}
+        # the partition's resource numbers travel with its events, so the governor's are never stale
+        msg = {"type": "events", "started": self._started, "finished": self._finished, "info": self.port.info()}
         self._started, self._finished = [], []
         self._send_now(msg)
 

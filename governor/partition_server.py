@@ -180,6 +180,8 @@ class PartitionServer:
         self._send(ident, protocol.encode({"type": "refused", "reason": reason}))
 
     def _events(self, peer: _Peer, msg: dict[str, Any]) -> None:
+        if isinstance(msg.get("info"), dict):
+            peer.port.last_info = msg["info"]
         sink = peer.events
         for raw in msg.get("started") or ():
             sink.task_started(wire.decode_started(raw))

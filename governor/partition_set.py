@@ -297,6 +297,7 @@ class PartitionSet:
         self._specs.pop(tid, None)
         self._moves.pop(tid, None)
         self._canceling.discard(tid)
+        ev.partition = member.id
         self.events.task_finished(ev)
         if member.draining:
             self._maybe_drained(member)

@@ -113,3 +113,4 @@ class TaskFinished:
     started_at: float | None = None
     finished_at: float | None = None
     requeue: bool = False
+    partition: str | None = None     # which partition had it (set by the governor's partition set)
