@@ -15,7 +15,9 @@ through its `MemberEvents` sink, and on the next loop turn reports
 `TaskFinished(SUCCEED)` for all of them -- a zero-length run -- then starts
 the next queued tasks, exactly where the real partition does. Its credit is
 the real partition's `queue_limit`: cores * (1 + 2). The loop is asyncio's,
-and GC is tuned as `qcg.pilotjob.governor.service.tune_gc` does.
+GC is tuned as `qcg.pilotjob.governor.service.tune_gc` does, and the
+governor refills the set once per loop turn (`eager_dispatch` off), as the
+service sets it up in governor mode (`--eager` for the flat-mode setting).
 
 Workloads (`--tasks` N, default 100 000 tasks each):
 
@@ -325,6 +327,9 @@ def run_one(p: dict) -> dict:
             listeners = [journal, report]
         gov = Governor(loop, pset, listeners)
         pset.events = gov
+        if hasattr(gov, "eager_dispatch"):
+            # as Service.run: a partition set (governor mode) refills once per loop turn, not per exit
+            gov.eager_dispatch = p.get("eager", False)
         if variant == "wire":
             from qcg.pilotjob.governor.partition_server import PartitionServer
             from qcg.pilotjob.partition.slurm_resources import resources_to_dict
@@ -480,6 +485,9 @@ def main() -> int:
                     help="30 000 tasks, 1 run per configuration (still past the sets' credit window of "
                          "12 288 tasks, so the steady state -- one dispatch per finished task -- is measured)")
     ap.add_argument("--profile", action="store_true", help="cProfile each run, print the top functions to stderr")
+    ap.add_argument("--eager", action="store_true",
+                    help="dispatch inside every task end (Governor.eager_dispatch, the flat-mode setting) "
+                         "instead of once per loop turn as governor mode does")
     ap.add_argument("--tracemalloc", action="store_true",
                     help="also trace Python allocations: peak, and what the governor retains after the run "
                          "(slows the run several times: CPU columns are then not comparable)")
@@ -517,7 +525,7 @@ def main() -> int:
                 p = {"workload": w, "variant": v, "tasks": args.tasks, "partitions": args.partitions,
                      "nodes_per_partition": args.nodes_per_partition, "cores": args.cores, "chains": args.chains,
                      "width": args.width, "submit_size": args.submit_size, "timeout": args.timeout,
-                     "profile": args.profile, "tracemalloc": args.tracemalloc}
+                     "profile": args.profile, "tracemalloc": args.tracemalloc, "eager": args.eager}
                 r = run_child(p)
                 runs.append(r)
                 print(f"  {w}/{v}: run {r['run_cpu']:.2f} s CPU (fakes {r['fake_cpu']:.2f}), "
