@@ -1,5 +1,8 @@
 """Bad input end to end (issue 3 "Bad input": each a clear message and a non-zero exit, other tasks
-unaffected, never a traceback; DESIGN principle 6). Reference 10.2 (requests file), 6 (options)."""
+unaffected, never a traceback; DESIGN principle 6). Reference 10.2 (requests file), 6 (options).
+
+Bad requests and bad tasks are judged by the governor in both modes: those tests are marked `both_modes`
+(tests/conftest.py). Bad options, files and directories stop the run before any partition starts."""
 
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ def test_no_interface(service):
     one_error_line(r)
 
 
+@pytest.mark.both_modes
 def test_unknown_request_other_requests_served(service):
     """Issue 3 "unknown request": error line naming it, non-zero exit, the other requests still served."""
     r = service([{"request": "bogus"}, submit(job("a", "/bin/echo", ["x"], stdout="o"))])
@@ -66,6 +70,7 @@ def test_unknown_request_other_requests_served(service):
     ({"name": "w7", "execution": "ls"}, "execution"),
     ({"name": "w8", "execution": {"exec": "/bin/true"}, "resources": {"wt": "abc"}}, "wt"),
 ])
+@pytest.mark.both_modes
 def test_wrong_field_types(service, bad, field):
     """Issue 3 "wrong field types": one clear line naming job and field; submit refused; others run."""
     r = service([submit(bad), submit(job("good"))])
@@ -76,6 +81,7 @@ def test_wrong_field_types(service, bad, field):
     assert rep["good"]["state"] == "SUCCEED" and bad["name"] not in rep
 
 
+@pytest.mark.both_modes
 def test_duplicate_names(service):
     """Issue 3 "duplicate names": in one request and across requests."""
     r = service([submit(job("d"), job("d")), submit(job("e")), submit(job("e"))])
@@ -89,6 +95,7 @@ def test_duplicate_names(service):
     assert "d" not in rep and rep["e"]["state"] == "SUCCEED"
 
 
+@pytest.mark.both_modes
 def test_unknown_dependency(service):
     """Issue 3 "unknown dependency" rejected at submit (the original only OMITTED it later)."""
     r = service([submit(job("x", dependencies={"after": ["ghost"]})), submit(job("ok"))])
@@ -98,6 +105,7 @@ def test_unknown_dependency(service):
     assert "x" not in r.report()
 
 
+@pytest.mark.both_modes
 def test_cycle(service):
     """Issue 3 "cycle" rejected at submit with a clear error."""
     r = service([submit(job("p", dependencies={"after": ["q"]}), job("q", dependencies={"after": ["p"]}))])
@@ -106,6 +114,7 @@ def test_cycle(service):
     assert "cycle" in line and "p" in line and "q" in line
 
 
+@pytest.mark.both_modes
 def test_more_cores_than_exist(service):
     """Issue 3 "more cores than exist" / reference 7.2: refused naming job and field."""
     r = service([submit(job("toobig", resources={"numCores": {"exact": 5}}))], nodes="2,2")
@@ -145,6 +154,7 @@ def test_wd_is_a_file(service, tmp_path):
     assert "afile" in one_error_line(r)
 
 
+@pytest.mark.both_modes
 def test_missing_executable_fails_task_only(service):
     """Issue 3 "missing executable (task FAILED with the OS error in jobs.report)", other tasks unaffected;
     reference 10.3.3 FAILED "a job could not be started (for example there is no executable)"."""
@@ -169,6 +179,7 @@ def test_bad_resume_path(service, tmp_path):
     assert "empty" in one_error_line(r)
 
 
+@pytest.mark.both_modes
 def test_request_not_an_object(service):
     """Issue 3 bad input: a request that is not a JSON object is refused; the rest served."""
     r = service([42, submit(job("a"))])

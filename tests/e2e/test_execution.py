@@ -1,5 +1,8 @@
 """Launching real processes (issue 3 "Launching"): walltime, cancel of the whole process group,
-modules/venv wrapper, scripts. Reference 10.3.1 (execution, wt), 10.3.6 cancelJob, 8.2."""
+modules/venv wrapper, scripts. Reference 10.3.1 (execution, wt), 10.3.6 cancelJob, 8.2.
+
+Tests marked `both_modes` run flat and partitioned (tests/conftest.py); the in-process cancel test
+drives a Partition directly and stays flat."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from qcg.pilotjob.partition.resources import local_resources
 from tests.conftest import job, script_job, submit
 
 
+@pytest.mark.both_modes
 def test_walltime_kills(service):
     """Issue 3 "`wt` enforced": a task running past its walltime is killed, FAILED, message about walltime;
     a task within its walltime succeeds."""
@@ -35,6 +39,7 @@ def test_walltime_kills(service):
     assert rep["quick"]["state"] == "SUCCEED"
 
 
+@pytest.mark.both_modes
 def test_walltime_kills_process_group(service, tmp_path):
     """Issue 3 "cancel and walltime kill the whole process group": a background child dies too."""
     pidfile = tmp_path / "child.pid"
@@ -121,6 +126,7 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+@pytest.mark.both_modes
 def test_cancel_in_file(service):
     """Reference 10.3.6 cancelJob from the request file (issue 3 requests): the job ends CANCELED, the
     service exits normally."""
@@ -130,6 +136,7 @@ def test_cancel_in_file(service):
     assert r.report()["s"]["state"] == "CANCELED"
 
 
+@pytest.mark.both_modes
 def test_script_runs_in_bash(service):
     """Reference 10.3.1 `script`: commands for bash (argv never joined: quotes reach bash intact)."""
     sc = 'x="a  b"; echo "[$x]" > s.out; echo \'single "dq"\' >> s.out'
@@ -138,6 +145,7 @@ def test_script_runs_in_bash(service):
     assert (r.wd / "s.out").read_text() == '[a  b]\nsingle "dq"\n'
 
 
+@pytest.mark.both_modes
 def test_args_not_joined(service):
     """Issue 3 "argv lists, never joined shell strings": an argument with spaces and shell characters stays
     one argument."""
@@ -147,6 +155,7 @@ def test_args_not_joined(service):
     assert (r.wd / "o").read_text() == "['x y', '$(id)', ';|&']\n"
 
 
+@pytest.mark.both_modes
 def test_venv_activated(service, tmp_path):
     """Reference 10.3.1 `venv`: the task runs inside the virtual environment (login-shell wrapper)."""
     venv = tmp_path / "my venv"
@@ -162,6 +171,7 @@ def test_venv_activated(service, tmp_path):
     assert (r.wd / "vs.out").read_text().strip() == str(venv)
 
 
+@pytest.mark.both_modes
 def test_modules_loaded(service, tmp_path):
     """Reference 10.3.1 `modules`: `module load` runs in the task's login shell before the program; module
     names with spaces are passed intact (issue 3 "with correct quoting")."""
@@ -179,6 +189,7 @@ def test_modules_loaded(service, tmp_path):
     assert (r.wd / "m.out").read_text() == "loaded=yes\n"
 
 
+@pytest.mark.both_modes
 def test_exit_code_nonzero(service):
     """Reference 10.3.3 FAILED: non-zero exit code; runtime exit_code as a string."""
     r = service([submit(job("e", "bash", ["-c", "exit 7"]))])
@@ -187,9 +198,10 @@ def test_exit_code_nonzero(service):
     assert e["state"] == "FAILED" and e["runtime"]["exit_code"] == "7"
 
 
+@pytest.mark.both_modes
 def test_many_short_tasks(service):
     """Issue 3 "run thousands of tasks on one machine": 2000 iterations of /bin/true all SUCCEED."""
-    r = service([submit(job("many", "/bin/true", iteration={"stop": 2000}))], nodes="4", timeout=120)
+    r = service([submit(job("many", "/bin/true", iteration={"stop": 2000}))], timeout=120)
     assert r.rc == 0, r.stderr
     fs = r.final_status()
     assert fs["IterationStats"]["FinishedIterations"] == 2000

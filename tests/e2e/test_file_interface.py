@@ -1,5 +1,10 @@
 """The request file interface end to end: `python -m qcg.pilotjob.service --file-path ...` in a subprocess
-(reference 10 "File based interface", 6 "QCG-PilotJob Manager options", 7.2, 8.2)."""
+(reference 10 "File based interface", 6 "QCG-PilotJob Manager options", 7.2, 8.2).
+
+Tests marked `both_modes` run flat and partitioned (tests/conftest.py), on two nodes by default. Flat only:
+cases that depend on one partition's node layout -- FIFO/backfill on one 4-core node, `--system-core`
+(one core of one node), iteration schedulers (sized against the largest partition in partitioned mode,
+against everything in flat mode) -- and the console-script check (no run)."""
 
 from __future__ import annotations
 
@@ -8,10 +13,13 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import job, script_job, submit
 
 
-def test_full_run_report_status_and_journal(service, tmp_path):
+@pytest.mark.both_modes
+def test_full_run_report_status_and_journal(service, tmp_path, mode):
     """Reference 10.1/10.2: requests read in order, service exits 0 after all jobs end; aux dir has
     jobs.report (json), final_status.json with the original's keys, track.* journal, service.log."""
     reqs = [
@@ -37,12 +45,13 @@ def test_full_run_report_status_and_journal(service, tmp_path):
     assert rep["a"]["execution"]["exec"] == "/bin/echo"
     assert [h["state"] for h in rep["a"]["history"]][-1] == "SUCCEED"
     fs = r.final_status()
-    assert set(fs) == {"System", "Resources", "JobStats", "IterationStats"}
+    partition_keys = {"Partitions", "LostPartitions"} if mode == "partitioned" else set()
+    assert set(fs) == {"System", "Resources", "JobStats", "IterationStats"} | partition_keys
     assert set(fs["System"]) >= {"InstanceId", "Started", "Generated", "Uptime", "Zmqaddress", "Ifaces",
                                  "StatusPublisher", "Host", "Account", "Wd", "PythonVersion", "Python",
                                  "Platform"}
     assert fs["System"]["InstanceId"] == "full"
-    assert fs["Resources"] == {"TotalNodes": 1, "TotalCores": 4, "UsedCores": 0, "FreeCores": 4}
+    assert fs["Resources"] == {"TotalNodes": 2, "TotalCores": 4, "UsedCores": 0, "FreeCores": 4}
     assert fs["JobStats"] == {"TotalJobs": 3, "InScheduleJobs": 0, "FailedJobs": 1, "FinishedJobs": 2,
                               "ExecutingJobs": 0}
     assert fs["IterationStats"]["TotalIterations"] == 5
@@ -55,6 +64,7 @@ def test_full_run_report_status_and_journal(service, tmp_path):
     assert r.aux_file("service.log").stat().st_size > 0
 
 
+@pytest.mark.both_modes
 def test_all_requests_in_a_file(service):
     """Reference 10.3.1-10.3.9: every request kind is served from a file without refusal (exit 0)."""
     reqs = [
@@ -77,6 +87,7 @@ def test_all_requests_in_a_file(service):
     assert rep["c"]["state"] == "CANCELED"
 
 
+@pytest.mark.both_modes
 def test_remove_then_resubmit_same_name(service):
     """Reference 10.3.7: after removeJob the name can be submitted again."""
     reqs = [submit(job("a")), {"request": "cancelJob", "jobNames": ["a"]},
@@ -86,6 +97,7 @@ def test_remove_then_resubmit_same_name(service):
     assert (r.wd / "o").read_text() == "2nd\n"
 
 
+@pytest.mark.both_modes
 def test_finish_request_kills_running(service):
     """Reference 10.3.9 finish: the service ends at once, running jobs are killed; exit 0."""
     reqs = [submit(job("long", "/bin/sleep", ["60"])), {"request": "finish"}]
@@ -95,6 +107,7 @@ def test_finish_request_kills_running(service):
     assert r.report()["long"]["state"] == "CANCELED"
 
 
+@pytest.mark.both_modes
 def test_report_format_text(service):
     """Reference 6 `--report-format text`: one block per finished entity: `name (STATE) msg`, history, runtime."""
     r = service([submit(job("t", "/bin/false", iteration={"stop": 1}))], "--report-format", "text")
@@ -107,6 +120,7 @@ def test_report_format_text(service):
     assert not text.lstrip().startswith("{")
 
 
+@pytest.mark.both_modes
 def test_report_file_name(service):
     """Reference 6 `--report-file`: the report is written under the given name in the aux dir."""
     r = service([submit(job("a"))], "--report-file", "my.report")
@@ -114,6 +128,7 @@ def test_report_file_name(service):
     assert r.report("my.report")["a"]["state"] == "SUCCEED"
 
 
+@pytest.mark.both_modes
 def test_id_names_aux_dir(service):
     """Reference 6 `--id`: aux dir `.qcgpjm-service-<id>` in the working dir; InstanceId = id."""
     r = service([submit(job("a"))], "--id", "myid")
@@ -122,6 +137,7 @@ def test_id_names_aux_dir(service):
     assert r.final_status()["System"]["InstanceId"] == "myid"
 
 
+@pytest.mark.both_modes
 def test_default_id_is_host_dot_number(service):
     """Facts 14: default id `<hostname>.<number>`."""
     r = service([submit(job("a"))])
@@ -129,12 +145,14 @@ def test_default_id_is_host_dot_number(service):
     assert re.fullmatch(r"\.qcgpjm-service-.+\.\d+", r.aux.name)
 
 
+@pytest.mark.both_modes
 def test_tags_accepted(service):
     """Reference 6 `--tags`: accepted (logged), the run is unaffected."""
     r = service([submit(job("a"))], "--tags", "t1,t2")
     assert r.rc == 0, r.stderr
 
 
+@pytest.mark.both_modes
 def test_log_level(service):
     """Reference 6 `--log`: debug is accepted and writes service.log."""
     r = service([submit(job("a"))], "--log", "debug")
@@ -164,7 +182,8 @@ def test_system_core_reduces_free_cores(service):
     assert "four" in r2.stderr
 
 
-def test_show_progress_prints_bar_to_stderr(tmp_path):
+@pytest.mark.both_modes
+def test_show_progress_prints_bar_to_stderr(tmp_path, service_args):
     """Reference 6 `--show-progress` (issue 3 "with a progress bar"): a progress bar on stderr (a terminal)."""
     import pty
     import subprocess
@@ -174,7 +193,8 @@ def test_show_progress_prints_bar_to_stderr(tmp_path):
     reqs.write_text(json.dumps([submit(job("it", "/bin/true", iteration={"stop": 20}))]))
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs),
-                             "--wd", str(tmp_path / "wd"), "--nodes", "2", "--show-progress"],
+                             "--wd", str(tmp_path / "wd"), "--nodes", "a:1,b:1", "--show-progress",
+                             *service_args("a:1,b:1")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     chunks = []
@@ -199,6 +219,7 @@ def test_show_progress_prints_bar_to_stderr(tmp_path):
     assert "20/20" in err or "100%" in err, err
 
 
+@pytest.mark.both_modes
 def test_placeholders(service, tmp_path):
     """Reference 10.3.1 variables `${it}`, `${jname}`, `${rcnt}`, `${root_wd}`, `${ncores}`, `${nnodes}`,
     `${nlist}` substituted per string field; `$$` and quotes survive (issue 3 "never on serialised JSON")."""
@@ -212,7 +233,8 @@ def test_placeholders(service, tmp_path):
             job("v", "/bin/echo", ["${itval}"], stdout="v.${it}.out", iteration={"values": ["x y", "z"]}),
         ),
     ]
-    r = service(reqs, nodes="2,2")
+    # two nodes per partition in partitioned mode: the 3-core task spans the nodes of one partition
+    r = service(reqs, nodes="2,2,2,2", partition_nodes=2)
     assert r.rc == 0, r.stderr
     out = (r.wd / "p.3.out").read_text().rstrip("\n")
     fields, rest = out.split(" ", 1)
@@ -220,7 +242,7 @@ def test_placeholders(service, tmp_path):
     assert jname == "p"
     assert rcnt == "2"
     assert root_wd == str(r.wd)
-    assert ncores == "3" and nnodes == "2" and nlist == "n0,n1"
+    assert ncores == "3" and nnodes == "2" and nlist in ("n0,n1", "n2,n3")
     assert rest == "$$HOME q\"uote's back\\slash"
     assert (r.wd / "i.2.out").read_text() == "it=2\n"
     assert (r.wd / "i.3.out").read_text() == "it=3\n"
@@ -230,26 +252,30 @@ def test_placeholders(service, tmp_path):
     assert r.report()["i"]["execution"]["stdout"] == "i.${it}.out"
 
 
-def test_env_vars_inside_task(service):
+@pytest.mark.both_modes
+def test_env_vars_inside_task(service, mode):
     """Reference 8.2 QCG execution environment: QCG_PM_NNODES, _NODELIST, _NPROCS, _NTASKS, _STEP_ID,
     _TASKS_PER_NODE (+ issue 3 QCG_PM_CPU_SET) seen from inside a task; job `env` added."""
     sc = ('for v in QCG_PM_NNODES QCG_PM_NODELIST QCG_PM_NPROCS QCG_PM_NTASKS QCG_PM_TASKS_PER_NODE '
           'QCG_PM_STEP_ID QCG_PM_CPU_SET MYVAR; do echo "$v=${!v}"; done > env.${it}.txt')
     reqs = [submit({"name": "e", "execution": {"script": sc, "env": {"MYVAR": "my value"}},
                     "resources": {"numCores": {"exact": 3}}, "iteration": {"stop": 2}})]
-    r = service(reqs, nodes="2,2")
+    r = service(reqs, nodes="2,2,2,2", partition_nodes=2)
     r.assert_no_traceback()
     if r.rc != 0:
         # env together with script may be refused (reference: script is exclusive with exec/args/env)
         reqs[0]["jobs"][0]["execution"] = {"exec": "bash", "args": ["-c", sc.replace("${it}", "${it}")],
                                            "env": {"MYVAR": "my value"}}
-        r = service(reqs, nodes="2,2", wd=r.wd.parent / "wd2")
+        r = service(reqs, nodes="2,2,2,2", partition_nodes=2, wd=r.wd.parent / "wd2")
     assert r.rc == 0, r.stderr
     step_ids = set()
     for i in range(2):
         env = dict(line.split("=", 1) for line in (r.wd / f"env.{i}.txt").read_text().splitlines())
         assert env["QCG_PM_NNODES"] == "2"
-        assert env["QCG_PM_NODELIST"] == "n0,n1"
+        nodelist = env["QCG_PM_NODELIST"].split(",")
+        assert len(set(nodelist)) == 2 and set(nodelist) <= {"n0", "n1", "n2", "n3"}, nodelist
+        if mode == "partitioned":          # inside one partition
+            assert env["QCG_PM_NODELIST"] in ("n0,n1", "n2,n3")
         assert env["QCG_PM_NPROCS"] == "3" and env["QCG_PM_NTASKS"] == "3"
         assert env["QCG_PM_TASKS_PER_NODE"] in ("2,1", "1,2")
         assert re.fullmatch(r"[0-9a-f]{32}", env["QCG_PM_STEP_ID"])
@@ -259,6 +285,7 @@ def test_env_vars_inside_task(service):
     assert len(step_ids) == 2
 
 
+@pytest.mark.both_modes
 def test_wd_created_and_relative_streams(service, tmp_path):
     """Reference 10.3.1 `wd` (relative to the manager's wd, created if missing) and stdin/stdout/stderr
     relative to the job's wd."""
@@ -283,6 +310,7 @@ def test_wd_created_and_relative_streams(service, tmp_path):
     assert r.report()["rel"]["runtime"]["wd"] == str(r.wd / "sub" / "deeper")
 
 
+@pytest.mark.both_modes
 def test_dependencies_and_omitted_in_report(service):
     """Reference 7.2 + 10.3.1 dependencies: dependants of a failed job are OMITTED, others run; `a:${it}`."""
     reqs = [submit(
@@ -307,6 +335,7 @@ def test_dependencies_and_omitted_in_report(service):
     assert rep["dep"]["dependencies"] == {"after": ["bad"]}
 
 
+@pytest.mark.both_modes
 def test_omitted_chain_3000(service):
     """Issue 3 "dependants of a FAILED ... job become OMITTED" through a 3000-job chain, end to end."""
     n = 3000
@@ -347,6 +376,7 @@ def test_scheduling_fifo_backfill_minmax(service):
     assert rep["node"]["runtime"]["allocation"] == "n0[0:1:2:3]"
 
 
+@pytest.mark.both_modes
 def test_never_fit_refused_with_clear_message(service):
     """Reference 7.2 "minimal resource requirements greater than total available resources": refused with
     one clear line naming the job and the field; non-zero exit; other requests still served."""
@@ -374,6 +404,7 @@ def test_iteration_schedulers(service):
         assert len(alloc.split("[")[1].rstrip("]").split(":")) == 2
 
 
+@pytest.mark.both_modes
 def test_empty_request_list(service):
     """Facts 15: an empty list of requests is a normal run (exit 0)."""
     r = service([])

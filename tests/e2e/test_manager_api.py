@@ -4,6 +4,11 @@ Every test starts the service as a subprocess through `LocalManager` (or
 `QCGPJExecutor`), talks to it over ZMQ with CURVE and checks what a user of
 the reference API sees. Every wait has a timeout; nothing asserts on
 durations.
+
+Tests marked `both_modes` run against a flat service and against a governor
+with one partition manager per node (tests/conftest.py); the reference
+examples (run as printed, without options), start failures and killed
+services stay flat.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from qcg.pilotjob.api import errors
@@ -29,6 +35,7 @@ from qcg.pilotjob.executor_api.templates.basic_template import BasicTemplate
 
 WAIT = 60          # seconds any single wait may take before the test fails
 INIT = 60          # service start timeout
+NODES = "a:2,b:2"  # two nodes, so that partitioned mode has two partitions
 
 
 def client_cfg(tmp_path: Path, **extra) -> dict:
@@ -38,10 +45,11 @@ def client_cfg(tmp_path: Path, **extra) -> dict:
 
 
 @pytest.fixture
-def lm(tmp_path):
+def lm(tmp_path, service_args):
+    """A LocalManager on two nodes (4 cores), in this test's mode (flat, or one partition per node)."""
     wd = tmp_path / "wd"
     wd.mkdir()
-    manager = LocalManager(["--nodes", "4", "--wd", str(wd)], client_cfg(tmp_path))
+    manager = LocalManager(["--nodes", NODES, "--wd", str(wd), *service_args(NODES)], client_cfg(tmp_path))
     try:
         yield manager
     finally:
@@ -61,9 +69,10 @@ def run_script(tmp_path: Path, text: str, timeout: float = 180) -> subprocess.Co
 # --------------------------------------------------------------------------- methods
 
 
+@pytest.mark.both_modes
 def test_resources_and_system_status(lm):
     res = lm.resources()
-    assert res == {"total_nodes": 1, "total_cores": 4, "used_cores": 0, "free_cores": 4}
+    assert res == {"total_nodes": 2, "total_cores": 4, "used_cores": 0, "free_cores": 4}
     status = lm.system_status()
     assert set(status) >= {"System", "Resources", "JobStats", "IterationStats"}
     assert status["System"]["InstanceId"] == lm.instance_id
@@ -71,7 +80,8 @@ def test_resources_and_system_status(lm):
     assert status["Resources"]["TotalCores"] == 4
 
 
-def test_submit_status_wait4_info(lm):
+@pytest.mark.both_modes
+def test_submit_status_wait4_info(lm, mode):
     jobs = Jobs().add(name="a", exec="/bin/sleep", args=["0.3"]) \
         .add(name="it", exec="/bin/sh", args=["-c", "exit ${it}"], iteration=2) \
         .add(name="dep", exec="/bin/true", after="a")
@@ -93,6 +103,9 @@ def test_submit_status_wait4_info(lm):
     info = lm.info(names)["jobs"]
     assert info["a"]["data"]["status"] == "SUCCEED"
     assert info["a"]["data"]["runtime"]["exit_code"] == "0"
+    # the one difference between the modes: which partition ran it (issue 6)
+    assert info["a"]["data"]["runtime"].get("partition") == (
+        None if mode == "flat" else {"a": "part-0", "b": "part-1"}[info["a"]["data"]["runtime"]["allocation"][0]])
     assert info["it"]["data"]["iterations"] == {"start": 0, "stop": 2, "total": 2, "finished": 2, "failed": 1}
     with_childs = lm.info("it", withChilds=True)["jobs"]["it"]["data"]
     assert [c["iteration"] for c in with_childs["childs"]] == [0, 1]
@@ -106,6 +119,7 @@ def test_submit_status_wait4_info(lm):
     assert [c.status for c in it.childs] == ["SUCCEED", "FAILED"]
 
 
+@pytest.mark.both_modes
 def test_list_remove_and_resubmit(lm):
     lm.submit(Jobs().add(name="x", exec="/bin/true"))
     lm.wait4("x", timeout=WAIT)
@@ -121,6 +135,7 @@ def test_list_remove_and_resubmit(lm):
     assert lm.wait4("x", timeout=WAIT) == {"x": "SUCCEED"}
 
 
+@pytest.mark.both_modes
 def test_cancel_running_job(lm):
     lm.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]).add(name="q", exec="/bin/true",
                                                                           after="long"))
@@ -128,6 +143,7 @@ def test_cancel_running_job(lm):
     assert lm.wait4(["long", "q"], timeout=WAIT) == {"long": "CANCELED", "q": "OMITTED"}
 
 
+@pytest.mark.both_modes
 def test_wait4_timeout_raises_timeout_elapsed(lm):
     lm.submit(Jobs().add(name="slow", exec="/bin/sleep", args=["60"]))
     with pytest.raises(errors.TimeoutElapsed):
@@ -138,6 +154,7 @@ def test_wait4_timeout_raises_timeout_elapsed(lm):
     assert lm.wait4("slow", timeout=WAIT) == {"slow": "CANCELED"}
 
 
+@pytest.mark.both_modes
 def test_wait4all_and_wait4_any(lm):
     lm.submit(Jobs().add(name="w1", exec="/bin/true").add(name="w2", exec="/bin/false")
               .add(name="w3", exec="/bin/sleep", args=["0.2"]))
@@ -154,6 +171,7 @@ def test_wait4all_and_wait4_any(lm):
     assert not Manager.is_status_finished("EXECUTING") and not lm.is_status_finished("QUEUED")
 
 
+@pytest.mark.both_modes
 def test_send_request_and_request_errors(lm):
     response = lm.send_request({"request": "resourcesInfo"})
     assert response["code"] == 0 and response["data"]["total_cores"] == 4
@@ -169,6 +187,7 @@ def test_send_request_and_request_errors(lm):
     assert lm.resources()["total_cores"] == 4
 
 
+@pytest.mark.both_modes
 def test_second_client_by_aux_dir_and_env(lm, tmp_path, monkeypatch):
     with Manager(lm.aux_dir, client_cfg(tmp_path)) as other:
         other.submit(Jobs().add(name="from_other", exec="/bin/true"))
@@ -179,6 +198,7 @@ def test_second_client_by_aux_dir_and_env(lm, tmp_path, monkeypatch):
         assert "from_other" in by_env.list()
 
 
+@pytest.mark.both_modes
 def test_client_inside_a_task_uses_task_environment(lm, tmp_path):
     """A task can talk to the service that runs it (QCG_PM_ZMQ_ADDRESS and QCG_PM_KEYS are exported)."""
     out = tmp_path / "inner.out"
@@ -190,6 +210,7 @@ def test_client_inside_a_task_uses_task_environment(lm, tmp_path):
     assert out.read_text() == "4"
 
 
+@pytest.mark.both_modes
 def test_client_without_keys_is_refused(lm, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -199,14 +220,19 @@ def test_client_without_keys_is_refused(lm, tmp_path, monkeypatch):
         Manager(lm.address, {"log_file": None, "request_timeout": 1})
 
 
-def test_finish_ends_the_process_and_cleanup(tmp_path):
+@pytest.mark.both_modes
+def test_finish_ends_the_process_and_cleanup(tmp_path, service_args):
     wd = tmp_path / "wd"
     wd.mkdir()
-    with LocalManager(["--nodes", "2", "--wd", str(wd)], client_cfg(tmp_path)) as manager:
+    with LocalManager(["--nodes", "a:1,b:1", "--wd", str(wd), *service_args("a:1,b:1")],
+                      client_cfg(tmp_path)) as manager:
         manager.submit(Jobs().add(name="a", exec="/bin/true"))
         manager.wait4all(timeout_secs=WAIT)
         process = manager.qcgpm_process
     assert process.poll() is not None
+    # no partition manager outlives the governor
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "--parent" in (p.info["cmdline"] or []) and str(wd) in (p.info["cmdline"] or [])]
     manager.finish()  # a second finish does nothing
     assert (Path(manager.aux_dir) / "jobs.report").exists()
 
@@ -255,11 +281,12 @@ def test_unreachable_address_raises_connection_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ten_concurrent_clients_thousand_jobs_each(tmp_path):
+@pytest.mark.both_modes
+def test_ten_concurrent_clients_thousand_jobs_each(tmp_path, service_args):
     wd = tmp_path / "wd"
     wd.mkdir()
     clients, per_client, batch = 10, 1000, 100
-    with LocalManager(["--nodes", "4", "--wd", str(wd), "--report-format", "none"],
+    with LocalManager(["--nodes", NODES, "--wd", str(wd), "--report-format", "none", *service_args(NODES)],
                       client_cfg(tmp_path)) as manager:
         results: dict[int, dict] = {}
         failures: list[BaseException] = []
@@ -350,14 +377,15 @@ def test_reference_executor_example_runs_as_written(tmp_path):
 
 
 @pytest.fixture
-def executor(tmp_path):
-    e = QCGPJExecutor(wd=str(tmp_path), resources="2")
+def executor(tmp_path, service_args):
+    e = QCGPJExecutor(str(tmp_path), "a:1,b:1", False, False, None, "info", service_args("a:1,b:1"))
     try:
         yield e
     finally:
         e.shutdown(wait=False, cancel_futures=True)
 
 
+@pytest.mark.both_modes
 def test_executor_future_like_concurrent_futures(executor, tmp_path):
     assert executor.qcgpj_manager.resources()["total_cores"] == 2
     f = executor.submit(BasicTemplate.template, name="tj", exec="date")
@@ -379,6 +407,7 @@ def test_executor_future_like_concurrent_futures(executor, tmp_path):
     assert called.wait(WAIT) and callbacks == [{"cb": "FAILED"}]
 
 
+@pytest.mark.both_modes
 def test_executor_cancel_and_errors(executor):
     f = executor.submit(BasicTemplate.template, name="long", exec="sleep", args=["60"])
     assert f.running() and not f.done()
@@ -398,8 +427,9 @@ def test_executor_cancel_and_errors(executor):
         executor.submit(BasicTemplate.template, name="bad:name", exec="date")
 
 
-def test_executor_task_environment_and_shutdown(tmp_path):
-    e = QCGPJExecutor(str(tmp_path), "1")
+@pytest.mark.both_modes
+def test_executor_task_environment_and_shutdown(tmp_path, service_args):
+    e = QCGPJExecutor(str(tmp_path), "a:1,b:1", False, False, None, "info", service_args("a:1,b:1"))
     f = e.submit(lambda: ("{'name': '${name}', 'execution': {'exec': '/bin/sh', "
                           "'args': ['-c', 'echo $$QCG_PM_EXEC_API_JOB_ID'], 'stdout': 'env.out'}}", {}),
                  name="envjob")

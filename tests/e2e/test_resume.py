@@ -1,5 +1,9 @@
 """`--resume` after the service was killed (reference 13 "Resuming"; issue 3 "`--resume <wd or aux dir>`
-finishes exactly the unfinished tasks — including iterations that finished out of order")."""
+finishes exactly the unfinished tasks — including iterations that finished out of order").
+
+DESIGN principle 4: "`--resume` replays exactly the unfinished set ..., in flat and partitioned mode
+alike": the tests run in both modes (`both_modes`, tests/conftest.py); in partitioned mode the kill takes
+the governor, its partition managers and their tasks."""
 
 from __future__ import annotations
 
@@ -13,9 +17,12 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import SERVICE, find_aux, run_service, script_job, submit
+import pytest
+
+from tests.conftest import SERVICE, find_aux, mode_args, run_service, script_job, submit
 
 N = 40
+NODES = "a:2,b:2"
 
 
 def _states(aux: Path) -> list[dict]:
@@ -64,13 +71,14 @@ def _sweep(cnt: Path) -> dict:
                   script_job("after", f"echo after >> {cnt}/after", dependencies={"after": ["sweep"]}))
 
 
-def _start_and_kill(tmp_path: Path) -> tuple[Path, Path, Path]:
+def _start_and_kill(tmp_path: Path, mode: str) -> tuple[Path, Path, Path]:
     cnt = tmp_path / "cnt"
     cnt.mkdir()
     wd = tmp_path / "wd"
     reqs = tmp_path / "reqs.json"
     reqs.write_text(json.dumps([_sweep(cnt)]))
-    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "4", "--id", "r"],
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", NODES, "--id", "r",
+                             *mode_args(mode, NODES)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path))
     aux = wd / ".qcgpjm-service-r"
     try:
@@ -89,14 +97,14 @@ def _start_and_kill(tmp_path: Path) -> tuple[Path, Path, Path]:
     return cnt, wd, aux
 
 
-def _check_resumed(tmp_path: Path, cnt: Path, wd: Path, aux: Path, resume_arg: str) -> None:
+def _check_resumed(tmp_path: Path, cnt: Path, wd: Path, aux: Path, resume_arg: str, mode: str) -> None:
     journalled = {s["it"] for s in _states(aux) if s.get("it") is not None and s.get("state") == "SUCCEED"
                   and str(s.get("task", "")).startswith("sweep:")}
     before = _counts(cnt)
     assert 0 < len(journalled) < N, "the kill must come mid-run"
     assert all(before[i] == 1 for i in journalled)
-    r = run_service(tmp_path, None, "--resume", resume_arg, wd=wd, nodes="4", timeout=60)
-    r.assert_no_traceback()
+    r = run_service(tmp_path, None, "--resume", resume_arg, wd=wd, nodes=NODES, timeout=60, mode=mode)
+    r.check_mode()
     assert r.rc == 0, r.stderr
     after = _counts(cnt)
     # finished ones did not run again; every other one ran exactly once more
@@ -114,30 +122,35 @@ def _check_resumed(tmp_path: Path, cnt: Path, wd: Path, aux: Path, resume_arg: s
     assert fs["IterationStats"]["FinishedIterations"] == N + 1
 
 
-def test_resume_after_sigkill_out_of_order(tmp_path):
+@pytest.mark.both_modes
+def test_resume_after_sigkill_out_of_order(tmp_path, mode):
     """Reference 13.1-13.3 + issue 3: SIGKILL mid-run (iterations finishing out of order), then
     `--resume <aux dir>` runs exactly the unfinished iterations once, and the dependent job afterwards."""
-    cnt, wd, aux = _start_and_kill(tmp_path)
+    cnt, wd, aux = _start_and_kill(tmp_path, mode)
     journalled = sorted(s["it"] for s in _states(aux) if s.get("it") is not None and s.get("state") == "SUCCEED")
     # the case the original gets wrong: finished iterations are not a prefix
     assert journalled != list(range(len(journalled))), journalled
-    _check_resumed(tmp_path, cnt, wd, aux, str(aux))
+    _check_resumed(tmp_path, cnt, wd, aux, str(aux), mode)
 
 
-def test_resume_by_working_dir(tmp_path):
+@pytest.mark.both_modes
+def test_resume_by_working_dir(tmp_path, mode):
     """Reference 13.2: --resume may name the working directory holding the aux dir."""
-    cnt, wd, aux = _start_and_kill(tmp_path)
-    _check_resumed(tmp_path, cnt, wd, aux, str(wd))
+    cnt, wd, aux = _start_and_kill(tmp_path, mode)
+    _check_resumed(tmp_path, cnt, wd, aux, str(wd), mode)
 
 
-def test_resume_of_finished_run_runs_nothing(tmp_path):
+@pytest.mark.both_modes
+def test_resume_of_finished_run_runs_nothing(tmp_path, mode):
     """Reference 13.3 "no problem to resume already resumed computations": a finished run resumed again
     runs nothing and exits 0."""
     cnt = tmp_path / "cnt"
     cnt.mkdir()
-    r = run_service(tmp_path, [submit(script_job("x", f"echo x >> {cnt}/x", iteration={"stop": 3}))])
+    r = run_service(tmp_path, [submit(script_job("x", f"echo x >> {cnt}/x", iteration={"stop": 3}))],
+                    nodes=NODES, mode=mode)
+    r.check_mode()
     assert r.rc == 0, r.stderr
-    r2 = run_service(tmp_path, None, "--resume", str(r.aux), wd=r.wd, timeout=30)
-    r2.assert_no_traceback()
+    r2 = run_service(tmp_path, None, "--resume", str(r.aux), wd=r.wd, timeout=30, nodes=NODES, mode=mode)
+    r2.check_mode()
     assert r2.rc == 0, r2.stderr
     assert (cnt / "x").read_text() == "x\nx\nx\n"

@@ -1,0 +1,329 @@
+"""The governor with partition managers, end to end on this machine (issue 6; no Slurm).
+
+`--nodes ... --slurm-partition-nodes N` makes the governor start one local
+partition manager process per group of N nodes; the managers register over
+the governor's CURVE ROUTER (DEALER, the run's client keys) and run the
+tasks the governor dispatches to them. The cases every mode shares run in
+both modes through the `both_modes` marker (tests/conftest.py); this file
+holds what only partitioned mode has: the partition protocol's security,
+tasks that fit no single partition, the Manager API's view of the
+partitions, a lost partition's tasks, load, and regression tests of
+bugs found while writing these tests.
+
+Every wait has a timeout; nothing asserts on durations.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+from qcg.pilotjob.api import errors, protocol
+from qcg.pilotjob.api.job import Jobs
+from qcg.pilotjob.api.manager import LocalManager
+from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.slurm_resources import resources_to_dict
+from tests.conftest import SERVICE, job, submit
+
+WAIT = 60            # seconds any single wait may take before the test fails
+SILENCE = 2.0        # how long a refused peer is listened to (it must get nothing at all)
+
+
+def client_cfg(tmp_path: Path, **extra: Any) -> dict:
+    cfg = {"log_file": str(tmp_path / "api.log"), "init_timeout": WAIT, "request_timeout": 30}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture
+def gov(tmp_path):
+    """A governor with two partition managers (one node of 2 cores each), through the Manager API."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    manager = LocalManager(["--nodes", "a:2,b:2", "--slurm-partition-nodes", "1", "--wd", str(wd)],
+                           client_cfg(tmp_path))
+    try:
+        yield manager
+    finally:
+        try:
+            manager.finish()
+        except errors.QCGPJMAError:
+            manager.kill_manager_process()
+
+
+def manager_processes(service_pid: int) -> dict[str, psutil.Process]:
+    """The partition manager processes of a governor: `--id` -> process."""
+    found = {}
+    for child in psutil.Process(service_pid).children(recursive=True):
+        try:
+            argv = child.cmdline()
+        except psutil.Error:
+            continue
+        if "--parent" in argv and "--id" in argv:
+            found[argv[argv.index("--id") + 1]] = child
+    return found
+
+
+def register_message(member_id: str) -> dict[str, Any]:
+    """A well-formed `register` of a partition manager owning one 2-core node (governor/partition_server.py)."""
+    res = local_resources(f"{member_id}-node:2")
+    return {"type": "register", "id": member_id, "tags": [], "resources": resources_to_dict(res, rtype="LOCAL"),
+            "totals": [2, 1, 2], "credit": 4, "info": res.info(), "host": "intruder", "pid": 1}
+
+
+def dealer(ctx: zmq.Context, address: str, aux: Path, curve: str | None) -> zmq.Socket:
+    """A DEALER to the governor: curve "run" = the run's client keys, "wrong" = a foreign key pair, None = plain."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.sndtimeo = 500
+    keys = aux / protocol.KEYS_DIR
+    if curve is not None:
+        sock.curve_serverkey = (keys / protocol.SERVER_PUBLIC).read_bytes()
+        if curve == "run":
+            sock.curve_publickey = (keys / protocol.CLIENT_PUBLIC).read_bytes()
+            sock.curve_secretkey = (keys / protocol.CLIENT_SECRET).read_bytes()
+        else:
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.connect(address)
+    return sock
+
+
+def send(sock: zmq.Socket, message: dict[str, Any]) -> None:
+    try:
+        sock.send(protocol.encode(message))
+    except zmq.Again:         # a refused peer never completes its handshake: nowhere to queue the message
+        pass
+
+
+def receive(sock: zmq.Socket, timeout: float) -> dict[str, Any] | None:
+    if not sock.poll(int(timeout * 1000)):
+        return None
+    message, _ = protocol.decode(sock.recv())
+    return message
+
+
+# --------------------------------------------------------------------------- security
+@pytest.mark.parametrize("curve", [None, "wrong"])
+def test_register_without_run_keys_is_ignored(gov, tmp_path, curve):
+    """DESIGN principle 5 ("Every ZMQ channel uses CURVE ...; a client without the key is refused") for the
+    partition protocol: a DEALER without the run's keys (plain, or a foreign key pair) that sends a
+    well-formed `register` to the governor's address gets nothing back and does not become a partition;
+    the tasks keep running on the real partitions. Control: the same message with the run's keys is
+    accepted, so the refusal is the keys'."""
+    aux = Path(gov.aux_dir)
+    ctx = zmq.Context()
+    try:
+        intruder = dealer(ctx, gov.address, aux, curve)
+        send(intruder, register_message("intruder"))
+        assert receive(intruder, SILENCE) is None
+        send(intruder, {"type": "hb", "info": {}})
+        assert receive(intruder, SILENCE) is None
+
+        names = [f"t{i}" for i in range(4)]
+        jobs = Jobs()
+        for name in names:
+            jobs.add(name=name, exec="/bin/true")
+        gov.submit(jobs)
+        assert gov.wait4(names, timeout=WAIT) == dict.fromkeys(names, "SUCCEED")
+        info = gov.info(names)["jobs"]
+        assert {info[n]["data"]["runtime"]["partition"] for n in names} == {"part-0", "part-1"}
+        status = gov.system_status()
+        assert sorted(p["id"] for p in status["Partitions"]) == ["part-0", "part-1"]
+        assert gov.resources()["total_nodes"] == 2
+        log = (aux / "service.log").read_text()
+        assert "intruder" not in log
+        assert log.count("event='partition joined'") == 2
+
+        # control: with the run's keys the same message registers (then the member leaves again)
+        member = dealer(ctx, gov.address, aux, "run")
+        send(member, register_message("control"))
+        reply = receive(member, WAIT)
+        assert reply is not None and reply["type"] == "registered" and reply["id"] == "control", reply
+        send(member, {"type": "leave"})
+        deadline = time.monotonic() + WAIT
+        while (reply := receive(member, 1.0)) is None or reply["type"] != "exit":
+            assert time.monotonic() < deadline, "no `exit` after `leave`"
+    finally:
+        ctx.destroy(linger=0)          # closes every socket: an assertion above never leaves term() waiting
+
+
+# ------------------------------------------------------------- fits no partition
+def test_task_fitting_no_partition_refused_at_submit(service):
+    """Reference 7.2 ("minimal resource requirements greater than total available resources" are refused)
+    applied per partition: a task runs inside one partition, so numNodes exact 2 with partitions of one node
+    each is refused at submit with one line naming the job and the field; the rest runs. (Flat mode on the
+    same nodes runs it: test_same_job_runs_flat.)"""
+    reqs = [submit(job("wide2", resources={"numNodes": {"exact": 2}})), submit(job("fine"))]
+    r = service(reqs, nodes="a:1,b:1", mode="partitioned")
+    r.assert_no_traceback()
+    assert r.rc == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "wide2" in lines[0] and "resources" in lines[0] and "partition" in lines[0], lines[0]
+    rep = r.report()
+    assert "wide2" not in rep
+    assert rep["fine"]["state"] == "SUCCEED" and rep["fine"]["runtime"]["partition"] in ("part-0", "part-1")
+
+
+def test_same_job_runs_flat(service):
+    """The counterpart of the previous test: flat mode on the same nodes runs the 2-node task."""
+    r = service([submit(job("wide2", resources={"numNodes": {"exact": 2}}))], nodes="a:1,b:1")
+    assert r.rc == 0, r.stderr
+    assert r.report()["wide2"]["runtime"]["allocation"] == "a[0],b[0]"
+
+
+def test_task_fitting_no_partition_refused_through_api(gov):
+    """The same refusal through the Manager API (reference 22.1.4 `submit` raises on a refused request):
+    the error names the job; the connection keeps working."""
+    with pytest.raises(errors.ConnectionError, match="toowide"):
+        gov.submit(Jobs().add(name="toowide", exec="/bin/true", numCores={"exact": 3}))
+    assert "toowide" not in gov.list()
+    gov.submit(Jobs().add(name="ok", exec="/bin/true", numCores={"exact": 2}))
+    assert gov.wait4("ok", timeout=WAIT) == {"ok": "SUCCEED"}
+
+
+# ------------------------------------------------------------ Manager API view
+def test_manager_api_through_governor(gov):
+    """Reference 10.3 requests through the governor via the Manager API: resourcesInfo (10.3.8) is the sum
+    of the partitions; jobInfo (10.3.5) runtime names the partition; removeJob (10.3.7) and listJobs
+    (10.3.2) see the governor's registry; status shows the partitions."""
+    assert gov.resources() == {"total_nodes": 2, "total_cores": 4, "used_cores": 0, "free_cores": 4}
+    status = gov.system_status()
+    parts = {p["id"]: p for p in status["Partitions"]}
+    assert sorted(parts) == ["part-0", "part-1"]
+    assert all(p["total_cores"] == 2 and p["total_nodes"] == 1 for p in parts.values())
+    assert status["LostPartitions"] == []
+    assert status["Resources"]["TotalCores"] == 4 and status["Resources"]["TotalNodes"] == 2
+
+    names = gov.submit(Jobs().add(name="j1", exec="/bin/true").add(name="j2", exec="/bin/true")
+                       .add(name="j3", exec="/bin/false").add(name="it", exec="/bin/true", iteration=4))
+    assert gov.wait4(names, timeout=WAIT) == {"j1": "SUCCEED", "j2": "SUCCEED", "j3": "FAILED", "it": "SUCCEED"}
+    info = gov.info(names, withChilds=True)["jobs"]
+    used = set()
+    for name in ("j1", "j2", "j3"):
+        runtime = info[name]["data"]["runtime"]
+        assert runtime["partition"] in parts, runtime
+        node = runtime["allocation"].split("[")[0]
+        assert node == {"part-0": "a", "part-1": "b"}[runtime["partition"]], runtime
+        used.add(runtime["partition"])
+    for child in info["it"]["data"]["childs"]:
+        assert child["runtime"]["partition"] in parts, child
+        used.add(child["runtime"]["partition"])
+    assert used == set(parts)                 # round-robin: both partitions got work
+
+    listed = gov.list()
+    assert {n: e["status"] for n, e in listed.items()} == {"j1": "SUCCEED", "j2": "SUCCEED", "j3": "FAILED",
+                                                           "it": "SUCCEED"}
+    gov.remove(["j1", "j3"])
+    assert sorted(gov.list()) == ["it", "j2"]
+    assert gov.status("j1")["jobs"]["j1"]["status"] != 0
+    # the same name again: the new job runs (and is reported), not the removed one
+    gov.submit(Jobs().add(name="j1", exec="/bin/false"))
+    assert gov.wait4("j1", timeout=WAIT) == {"j1": "FAILED"}
+    assert gov.resources() == {"total_nodes": 2, "total_cores": 4, "used_cores": 0, "free_cores": 4}
+
+
+def test_cancel_reaches_the_partition(gov, tmp_path):
+    """Reference 10.3.6 cancelJob of a task running in a partition manager: the process ends, the job is
+    CANCELED, its dependant OMITTED; a queued iteration is canceled too."""
+    pidfile = tmp_path / "pid"
+    gov.submit(Jobs().add(name="long", exec="/bin/sh", args=["-c", f"echo $$ > {pidfile}; exec sleep 60"])
+               .add(name="after", exec="/bin/true", after="long"))
+    deadline = time.monotonic() + WAIT
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.05)
+    task = psutil.Process(int(pidfile.read_text()))
+    gov.cancel("long")
+    assert gov.wait4(["long", "after"], timeout=WAIT) == {"long": "CANCELED", "after": "OMITTED"}
+    gone, alive = psutil.wait_procs([task], timeout=WAIT)
+    assert alive == [], "the canceled task's process is still running"
+
+
+# ------------------------------------------------------------------- lost partition
+def test_killed_partition_manager_tasks_run_elsewhere(gov, tmp_path):
+    """DESIGN principle 4 ("Lost ... partitions are detected ... and their tasks re-run or failed with a clear
+    reason -- never a hang"): `kill -9` of one partition manager while its task runs; the task is dispatched
+    again to the other partition and succeeds there; the lost partition is reported."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = f"echo $QCG_PM_NODELIST >> {marks}/${{it}}; sleep 2"
+    gov.submit(Jobs().add(name="s", exec="/bin/bash", args=["-c", script], iteration=2))
+    deadline = time.monotonic() + WAIT
+    while len(list(marks.iterdir())) < 2:
+        assert time.monotonic() < deadline, "the iterations did not start"
+        time.sleep(0.05)
+    victims = manager_processes(gov.qcgpm_process.pid)
+    assert sorted(victims) == ["part-0", "part-1"]
+    victims["part-0"].send_signal(signal.SIGKILL)
+    assert gov.wait4("s", timeout=WAIT) == {"s": "SUCCEED"}
+    runs = {i: (marks / str(i)).read_text().split() for i in range(2)}
+    # the iteration that ran on node a (part-0) ran again on b; the other ran once on b
+    assert sorted(runs.values()) == [["a", "b"], ["b"]], runs
+    status = gov.system_status()
+    assert status["LostPartitions"] == ["part-0"]
+    assert [p["id"] for p in status["Partitions"]] == ["part-1"]
+    assert gov.resources()["total_nodes"] == 1
+    info = gov.info("s", withChilds=True)["jobs"]["s"]["data"]
+    moved = [c for c in info["childs"] if sorted(runs[c["iteration"]]) == ["a", "b"]]
+    assert len(moved) == 1 and moved[0]["runtime"]["partition"] == "part-1"
+
+
+# ------------------------------------------------------------------------ regressions
+def test_spawn_failure_names_its_partition(service):
+    """Issue 6 "jobs.report runtime has a new 'partition' key": also for a task that failed to start in a
+    partition (its allocation is reported, so is where it was). Regression (fixed in 82a38b9): only
+    Governor.task_started recorded the partition, and a spawn failure sends only TaskFinished."""
+    r = service([submit(job("nx", "/no/such/program"))], nodes="a:1,b:1", mode="partitioned")
+    assert r.rc == 0, r.stderr
+    runtime = r.report()["nx"]["runtime"]
+    assert r.report()["nx"]["state"] == "FAILED"
+    assert runtime["allocation"] in ("a[0]", "b[0]")
+    assert runtime.get("partition") == {"a[0]": "part-0", "b[0]": "part-1"}[runtime["allocation"]], runtime
+
+
+def test_many_short_tasks_partitions_stay_registered(tmp_path):
+    """Issue 3 "run thousands of tasks" in partitioned mode: 1000 iterations of /bin/true all SUCCEED and no
+    partition manager is lost. Fails fast: the test stops as soon as the governor logs a lost manager.
+
+    Regression (fixed in a0f4124): ZmqInterface.send_peer() sent on the ROUTER whose FD the loop watches
+    edge-triggered without looking for input afterwards; under steady dispatch the governor stopped reading
+    its managers, lost them all after LOST_AFTER and the run hung."""
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(job("many", "/bin/true", iteration={"stop": 1000}))]))
+    wd = tmp_path / "wd"
+    log = wd / ".qcgpjm-service-stall" / "service.log"
+    err_path = tmp_path / "service.stderr"
+    with open(err_path, "wb") as err_file:
+        proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--id", "stall",
+                                 "--nodes", "a:2,b:2", "--slurm-partition-nodes", "1"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file,
+                                cwd=str(tmp_path))
+    try:
+        deadline = time.monotonic() + WAIT
+        while proc.poll() is None:
+            assert not (log.exists() and "partition manager lost" in log.read_text()), \
+                "a partition manager was lost under load"
+            assert time.monotonic() < deadline, "the run did not end in time"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    err = err_path.read_text(errors="replace")
+    assert proc.returncode == 0, err
+    fs = json.loads((log.parent / "final_status.json").read_text())
+    assert fs["IterationStats"]["FinishedIterations"] == 1000, fs
+    assert fs["LostPartitions"] == []
