@@ -218,12 +218,27 @@ class ProcessSpawner:
 
         eff = sorted(cpus) if cpus is not None else None
         self.last_effective_cpus = eff
+        proc = self._watch(key, pid, on_exit, started, eff)
+        if spec.walltime is not None and spec.walltime > 0:
+            proc.wt_handle = self._loop.call_later(spec.walltime, self._walltime, proc, spec.walltime)
+        return pid
+
+    def adopt(self, key: Hashable, pid: int, on_exit: Callable[[Hashable, ProcessExit], None],
+              started: float) -> int:
+        """Watch a child this process spawned by other means (its own process group), as if spawned here."""
+        if key in self._procs:
+            raise ValueError(f"process key {key!r} is already running")
+        self._watch(key, pid, on_exit, started, None)
+        return pid
+
+    def _watch(self, key: Hashable, pid: int, on_exit: Callable[[Hashable, ProcessExit], None], started: float,
+               cpus: list[int] | None) -> "_Proc":
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:  # pragma: no cover - kernel without pidfd
             _log.error("pidfd_open(%d) failed: %s", pid, exc)
             raise
-        proc = _Proc(key, pid, pidfd, on_exit, started, eff)
+        proc = _Proc(key, pid, pidfd, on_exit, started, cpus)
         self._procs[key] = proc
         self._by_fd[pidfd] = proc
         ep = self._epoll
@@ -231,9 +246,7 @@ class ProcessSpawner:
             ep = self._epoll = select.epoll()
             self._loop.add_reader(ep.fileno(), self._on_exits)
         ep.register(pidfd, select.EPOLLIN)
-        if spec.walltime is not None and spec.walltime > 0:
-            proc.wt_handle = self._loop.call_later(spec.walltime, self._walltime, proc, spec.walltime)
-        return pid
+        return proc
 
     def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
         """SIGTERM the process group of `key`, SIGKILL after the grace time."""

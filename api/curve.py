@@ -65,6 +65,11 @@ class _Allowed:
         return zmq.utils.z85.encode(key) in self.publics if len(key) == 32 else key in self.publics
 
 
+def allowed_keys(publics: set[bytes]) -> _Allowed:
+    """A ZAP credentials provider admitting exactly `publics` (z85 public keys)."""
+    return _Allowed(publics)
+
+
 def start_authenticator(context: "zmq.Context", allowed: set[bytes]) -> object:
     """A ZAP handler on `context` (asyncio flavour: call inside a running loop) admitting only `allowed` keys."""
     import zmq.auth.asyncio

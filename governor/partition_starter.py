@@ -75,7 +75,7 @@ class PartitionStarter:
         os.makedirs(work_dir, exist_ok=True)
         for k, group in enumerate(groups):
             pid = f"part-{k}"
-            args = [sys.executable, "-m", "qcg.pilotjob.service", *base_args, "--id", pid,
+            args = [sys.executable, "-m", "qcg.pilotjob.governor.manager_boot", *base_args, "--id", pid,
                     "--aux-dir", os.path.join(work_dir, pid)]
             if slurm:
                 file = os.path.join(work_dir, f"{pid}.resources.json")

@@ -318,7 +318,10 @@ class Service:
             init_timeout=cfg.nl_init_timeout, ready_threshold=cfg.nl_ready_threshold,
             on_node_state=part.node_state)
         part.attach_launcher(launcher)
-        await launcher.start()
+        from qcg.pilotjob.partition import early_agents
+
+        early = early_agents.take()
+        await launcher.start(early if early is not None and early.start_method == cfg.nl_start_method else None)
 
     def _replay(self) -> None:
         replay = journal_mod.load(self.aux_dir)

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
-import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,12 +25,13 @@ import zmq.asyncio
 
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
+from qcg.pilotjob.partition.agent_command import AGENT_HEARTBEAT, DEFAULT_SSH, agent_command
+from qcg.pilotjob.partition.early_agents import EarlyAgents, reachable_address
 from qcg.pilotjob.partition.launcher import ExitCallback, LaunchRequest, LaunchResult, StartedCallback
 
 log = structlog.get_logger("agents")
 
 HEARTBEAT = 1.0            # partition -> agent heartbeat period
-AGENT_HEARTBEAT = 2.0      # agent -> partition heartbeat period
 LOST_AFTER = 3             # agent heartbeats missed before the node is lost
 START_ATTEMPTS = 3
 
@@ -72,7 +70,7 @@ class AgentLauncher:
         self.init_timeout = init_timeout
         self.ready_threshold = ready_threshold
         self._on_node_state = on_node_state or (lambda node, up: None)
-        self.ssh_command = ssh_command or ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+        self.ssh_command = ssh_command or DEFAULT_SSH
         self.bind_host = bind_host
         self.agent_env = agent_env or {}
         self.agents = {n: _AgentState(n) for n in self.nodes}
@@ -81,23 +79,28 @@ class AgentLauncher:
         self._closing = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.ready_at: float | None = None
+        self._early: dict[str, tuple[int, float]] = {}
 
     # ------------------------------------------------------------------ start
-    async def start(self) -> None:
+    async def start(self, early: EarlyAgents | None = None) -> None:
+        """Start the agents (or adopt those `early` started) and wait for the ready threshold."""
         t0 = time.monotonic()
-        self.ctx = zmq.asyncio.Context()
-        public, secret = curve.create_pair(self.keys_dir, "partition")
-        agent_public, _ = curve.create_pair(self.keys_dir, "agent")
-        self._auth = curve.start_authenticator(self.ctx, {agent_public})
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        curve.make_server(self.sock, secret)
-        host = self.bind_host or ("127.0.0.1" if self.start_method == "local" else "0.0.0.0")
-        port = self.sock.bind_to_random_port(f"tcp://{host}")
-        advertised = host if host not in ("0.0.0.0", "*") else _reachable_address()
-        self.address = f"tcp://{advertised}:{port}"
+        if early is not None:
+            self._adopt_socket(early)
+        else:
+            self.ctx = zmq.asyncio.Context()
+            public, secret = curve.create_pair(self.keys_dir, "partition")
+            agent_public, _ = curve.create_pair(self.keys_dir, "agent")
+            self._auth = curve.start_authenticator(self.ctx, {agent_public})
+            self.sock = self.ctx.socket(zmq.ROUTER)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+            curve.make_server(self.sock, secret)
+            host = self.bind_host or ("127.0.0.1" if self.start_method == "local" else "0.0.0.0")
+            port = self.sock.bind_to_random_port(f"tcp://{host}")
+            advertised = host if host not in ("0.0.0.0", "*") else reachable_address()
+            self.address = f"tcp://{advertised}:{port}"
         self._tasks.append(self.loop.create_task(self._receive()))
         self._tasks.append(self.loop.create_task(self._heartbeats()))
         for node in self.nodes:
@@ -119,16 +122,19 @@ class AgentLauncher:
         log.info("node agents ready", ready=sum(a.ready for a in self.agents.values()), total=len(self.nodes),
                  seconds=round(self.ready_at, 3))
 
+    def _adopt_socket(self, early: EarlyAgents) -> None:
+        self.ctx = zmq.asyncio.Context.shadow(early.context.underlying)
+        self._early_ctx = early.context          # keeps the underlying context alive until shutdown
+        self.sock = zmq.asyncio.Socket.from_socket(early.sock)
+        self._auth = early.auth
+        self.address = early.address
+        self.keys_dir = early.keys_dir
+        self._early = dict(early.processes)
+        for node, why in early.errors.items():
+            log.warning("early start of a node agent failed; starting it again", node=node, error=why)
+
     def _agent_argv(self, node: str) -> list[str]:
-        agent = [sys.executable, "-m", "qcg.pilotjob.agent", "--address", self.address, "--node", node,
-                 "--keys", self.keys_dir, "--heartbeat", str(AGENT_HEARTBEAT)]
-        if self.start_method == "slurm":
-            return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
-                    "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *agent]
-        if self.start_method == "ssh":
-            # ssh hands the remote side one command line: quote every argument
-            return [*self.ssh_command, node, shlex.join(agent)]
-        return agent
+        return agent_command(self.start_method, node, self.address, self.keys_dir, self.ssh_command)
 
     async def _start_agent(self, node: str) -> None:
         state = self.agents[node]
@@ -154,7 +160,11 @@ class AgentLauncher:
         env.update(self.agent_env)
         spec = ProcessSpec(argv=self._agent_argv(state.node), env=env, cwd=os.getcwd(),
                            stderr=os.path.join(self.keys_dir, os.pardir, f"agent-{state.node}.err"))
-        pid = self._procs.spawn(key, spec, self._agent_process_ended)
+        started = self._early.pop(state.node, None)
+        if started is not None:
+            pid = self._procs.adopt(key, started[0], self._agent_process_ended, started[1])
+        else:
+            pid = self._procs.spawn(key, spec, self._agent_process_ended)
         if pid is None:
             raise OSError(f"cannot start the agent of node {state.node}")
         await state.exited.wait()
@@ -292,7 +302,8 @@ class AgentLauncher:
         except Exception:  # pragma: no cover - best effort at exit
             pass
         self.sock.close(linger=0)
-        self.ctx.term()
+        # an adopted socket's context is terminated through its owner, not the asyncio shadow
+        (getattr(self, "_early_ctx", None) or self.ctx).term()
 
 
 def sent_now(fut: "asyncio.Future[Any]") -> BaseException | None:
@@ -300,11 +311,3 @@ def sent_now(fut: "asyncio.Future[Any]") -> BaseException | None:
     if not fut.done():
         return None
     return fut.exception()
-
-
-def _reachable_address() -> str:
-    """An address of this host that other nodes can reach (the host name's address)."""
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"

@@ -419,7 +419,7 @@ def test_kill_partition_manager_mid_run(tmp_path: Path, allocs) -> None:
             joined = " ".join(cmd)
             if part_dir not in joined or name == "srun":
                 continue
-            if "qcg.pilotjob.service" in joined and "--id" in cmd and cmd[cmd.index("--id") + 1] == "part-1":
+            if "--parent" in cmd and "--id" in cmd and cmd[cmd.index("--id") + 1] == "part-1":
                 manager = p
             elif "qcg.pilotjob.agent" in joined:
                 agents.append(p)

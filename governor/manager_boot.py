@@ -1,0 +1,50 @@
+"""Entry point of a partition manager started by a governor (`--slurm-partition-nodes`).
+
+Runs `partition.early_agents.start_early` before anything heavy is imported,
+so the node agents come up while the manager loads; then it is the normal
+command line (`governor/cli.py`) with the same arguments. Falls back to the
+normal start of the agents when the early start is not possible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _value(argv: list[str], option: str) -> str | None:
+    for i, arg in enumerate(argv[:-1]):
+        if arg == option:
+            return argv[i + 1]
+    return None
+
+
+def _start_agents_early(argv: list[str]) -> None:
+    method = _value(argv, "--nl-start-method") or "slurm"
+    resources_file = _value(argv, "--slurm-resources-file")
+    aux_dir = _value(argv, "--aux-dir")
+    if "--disable-nl" in argv or method not in ("slurm", "ssh") or not resources_file or not aux_dir:
+        return
+    try:
+        with open(resources_file, encoding="utf-8") as fh:
+            nodes = [n["name"] for n in json.load(fh)["nodes"]]
+        os.makedirs(aux_dir, exist_ok=True)
+        from qcg.pilotjob.partition.early_agents import start_early
+
+        start_early(nodes, start_method=method, keys_dir=os.path.join(aux_dir, "agent-keys"), err_dir=aux_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # the manager starts its agents the usual way (and reports what is wrong with its input)
+        print(f"early agent start skipped: {exc}", file=sys.stderr)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    _start_agents_early(argv)
+    from qcg.pilotjob.governor.cli import main as cli_main
+
+    cli_main(argv)
+
+
+if __name__ == "__main__":
+    main()

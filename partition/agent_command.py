@@ -1,0 +1,26 @@
+"""The command line that starts one node agent (srun, ssh or a local process).
+
+Kept apart from the launcher (and light to import) so that a partition
+manager can start its agents first thing, before it loads everything else.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+AGENT_HEARTBEAT = 2.0      # agent -> partition heartbeat period
+DEFAULT_SSH = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+
+
+def agent_command(start_method: str, node: str, address: str, keys_dir: str,
+                  ssh_command: list[str] | None = None) -> list[str]:
+    agent = [sys.executable, "-m", "qcg.pilotjob.agent", "--address", address, "--node", node,
+             "--keys", keys_dir, "--heartbeat", str(AGENT_HEARTBEAT)]
+    if start_method == "slurm":
+        return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
+                "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *agent]
+    if start_method == "ssh":
+        # ssh hands the remote side one command line: quote every argument
+        return [*(ssh_command or DEFAULT_SSH), node, shlex.join(agent)]
+    return agent
