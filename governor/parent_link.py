@@ -65,6 +65,7 @@ class ParentLink:
         self.lost_after = lost_after
         self._started: list[list[Any]] = []
         self._finished: list[list[Any]] = []
+        self._announced: set[str] = set()      # started tasks whose end is not reported yet
         self._flush_pending = False
         self._last_seen = time.monotonic()
         self._done: asyncio.Future[str] | None = None
@@ -136,9 +137,15 @@ class ParentLink:
     # ------------------------------------------------------- port events
     def task_started(self, ev: TaskStarted) -> None:
         self._started.append(wire.encode_started(ev))
+        self._announced.add(ev.task_id)
         self._request_flush()
 
     def task_finished(self, ev: TaskFinished) -> None:
+        # the parent has the allocation from the start event already; only a task that never
+        # started (could not be spawned) carries it here
+        if ev.task_id in self._announced:
+            self._announced.discard(ev.task_id)
+            ev.allocation = None
         self._finished.append(wire.encode_finished(ev))
         self._request_flush()
 

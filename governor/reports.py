@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from qcg.pilotjob.governor.governor import GovernorListener
-from qcg.pilotjob.governor.views import fmt_time, history_list
+from qcg.pilotjob.governor.views import fmt_time
 
 if TYPE_CHECKING:
     from qcg.pilotjob.governor.registry import IterationRecord, JobRecord
@@ -24,6 +24,7 @@ class JobReport(GovernorListener):
         self._file = open(path, "a", encoding="utf-8") if fmt != "none" else None
         self._buffer: list[str] = []
         self._batch = batch
+        self._texts: dict[int, tuple[Any, str]] = {}
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
         if iteration is not None:
@@ -35,32 +36,41 @@ class JobReport(GovernorListener):
     def _add(self, name: str, rec: "IterationRecord", job: "JobRecord | None") -> None:
         if self._file is None:
             return
-        if self._fmt == "json" and job is None:
-            # the hot path (one line per iteration), formatted directly: same text as json.dumps below
+        if self._fmt == "json":
+            # formatted directly (one line per iteration or job): the same text as json.dumps of
+            # {"name", "state", "history", "runtime", ["execution", "resources", "dependencies"], ["messages"]}
             h = rec._hist
             hist = ",".join(f'{{"state": "{h[i + 1].value}","date": "{datetime.fromtimestamp(h[i]).isoformat()}"}}'
                             for i in range(0, len(h), 2))
             line = (f'{{"name": {_dumps(name)},"state": "{rec.state.value}","history": [{hist}],'
                     f'"runtime": {_dumps(rec.runtime)}')
-            self._buffer.append(line + (f',"messages": {_dumps(rec.messages)}}}' if rec.messages else "}"))
-        elif self._fmt == "json":
-            data: dict[str, Any] = {"name": name, "state": rec.state.value, "history": history_list(rec.history),
-                                    "runtime": rec.runtime}
             if job is not None:
-                desc = job.desc.to_dict()
-                data["execution"] = desc["execution"]
-                data["resources"] = desc.get("resources", {"numCores": {"exact": 1}})
-                if "dependencies" in desc:
-                    data["dependencies"] = desc["dependencies"]
-            if rec.messages:
-                data["messages"] = rec.messages
-            self._buffer.append(json.dumps(data, separators=(",", ": ")))
+                line += self._job_part(job)
+            self._buffer.append(line + (f',"messages": {_dumps(rec.messages)}}}' if rec.messages else "}"))
         else:
             hist = "\n\t".join(f"{fmt_time(ts)}: {st.value}" for ts, st in rec.history)
             runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime.items())
             self._buffer.append(f"{name} ({rec.state.value}) {rec.messages or ''}\n\t{hist}\n\t{runtime}")
         if len(self._buffer) >= self._batch:
             self.flush()
+
+    def _job_part(self, job: "JobRecord") -> str:
+        desc = job.desc
+        part = f',"execution": {self._text(desc.execution)},"resources": {self._text(desc.resources)}'
+        if desc.after:
+            part += f',"dependencies": {_dumps({"after": list(desc.after)})}'
+        return part
+
+    def _text(self, obj: Any) -> str:
+        """JSON of a description part; shared parts (a sweep's execution, common sizes) are encoded once."""
+        hit = self._texts.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        text = _dumps(obj.to_dict())
+        if len(self._texts) >= 4096:
+            self._texts.clear()
+        self._texts[id(obj)] = (obj, text)    # the object is kept, so its id is not reused meanwhile
+        return text
 
     def flush(self) -> None:
         if self._file is None:
