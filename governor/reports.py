@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import json.encoder
+import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("json", "text", "none")
 _dumps = json.JSONEncoder(separators=(",", ": ")).encode
+_str = json.encoder.encode_basestring_ascii      # a JSON string literal, as json.dumps writes it
 
 
 class JobReport(GovernorListener):
@@ -25,6 +28,8 @@ class JobReport(GovernorListener):
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
+        self._iso_sec: int | None = None
+        self._iso_prefix = ""
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
         if iteration is not None:
@@ -40,19 +45,33 @@ class JobReport(GovernorListener):
             # formatted directly (one line per iteration or job): the same text as json.dumps of
             # {"name", "state", "history", "runtime", ["execution", "resources", "dependencies"], ["messages"]}
             h = rec._hist
-            hist = ",".join(f'{{"state": "{h[i + 1].value}","date": "{datetime.fromtimestamp(h[i]).isoformat()}"}}'
-                            for i in range(0, len(h), 2))
-            line = (f'{{"name": {_dumps(name)},"state": "{rec.state.value}","history": [{hist}],'
-                    f'"runtime": {_dumps(rec.runtime)}')
+            iso = self._iso
+            hist = ",".join(f'{{"state": "{h[i + 1].value}","date": "{iso(h[i])}"}}' for i in range(0, len(h), 2))
+            runtime = ",".join(f'"{k}": {_str(v)}' for k, v in rec.runtime.items())
+            line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'
+                    f'"runtime": {{{runtime}}}')
             if job is not None:
                 line += self._job_part(job)
-            self._buffer.append(line + (f',"messages": {_dumps(rec.messages)}}}' if rec.messages else "}"))
+            self._buffer.append(line + (f',"messages": {_str(rec.messages)}}}' if rec.messages else "}"))
         else:
             hist = "\n\t".join(f"{fmt_time(ts)}: {st.value}" for ts, st in rec.history)
             runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime.items())
             self._buffer.append(f"{name} ({rec.state.value}) {rec.messages or ''}\n\t{hist}\n\t{runtime}")
         if len(self._buffer) >= self._batch:
             self.flush()
+
+    def _iso(self, ts: float) -> str:
+        """`datetime.fromtimestamp(ts).isoformat()`, with the part up to the second computed once per second."""
+        frac, whole = math.modf(ts)
+        us = round(frac * 1e6)          # as datetime.fromtimestamp rounds (half even)
+        if us >= 1_000_000:
+            whole += 1
+            us -= 1_000_000
+        sec = int(whole)
+        if sec != self._iso_sec:
+            self._iso_sec = sec
+            self._iso_prefix = datetime.fromtimestamp(sec).isoformat()
+        return self._iso_prefix if us == 0 else f"{self._iso_prefix}.{us:06d}"
 
     def _job_part(self, job: "JobRecord") -> str:
         desc = job.desc
