@@ -29,7 +29,8 @@ from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
                    "(only for legacy clients that cannot do CURVE)")
 @click.option("--file", "file_flag", is_flag=True, help="enable the file interface")
 @click.option("--file-path", help="path of the request file (implies --file)")
-@click.option("--wd", default=".", show_default=True, help="working directory of the service")
+@click.option("--wd", help="working directory of the service (default: the current one; with --resume, the "
+                            "interrupted run's)")
 @click.option("--envschema", type=click.Choice(["auto", "slurm"]), default="auto", show_default=True,
               help="job environment schema")
 @click.option("--resources", type=click.Choice(["auto", "slurm", "local"]), default="auto", show_default=True,
@@ -103,7 +104,7 @@ def cli(**opts: object) -> None:
         sys.exit(EXIT_START_FAILED)
     tags = [t.strip() for t in str(opts["tags"] or "").split(",") if t.strip()]
     config = ServiceConfig(
-        wd=str(opts["wd"]), file_path=opts["file_path"], envschema=str(opts["envschema"]),  # type: ignore[arg-type]
+        wd=opts["wd"], file_path=opts["file_path"], envschema=str(opts["envschema"]),  # type: ignore[arg-type]
         resources=str(opts["resources"]), report_format=str(opts["report_format"]),
         report_file=str(opts["report_file"]), nodes=opts["nodes"], log_level=str(opts["log_level"]),  # type: ignore[arg-type]
         system_core=bool(opts["system_core"]), show_progress=bool(opts["show_progress"]),

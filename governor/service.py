@@ -50,7 +50,7 @@ class StartError(Exception):
 
 @dataclass
 class ServiceConfig:
-    wd: str = "."
+    wd: str | None = None             # None: the current directory (with --resume: the interrupted run's)
     file_path: str | None = None
     envschema: str = "auto"
     resources: str = "auto"
@@ -131,7 +131,14 @@ class Service:
                 self.requests = load_requests(cfg.file_path)
             except RequestFileError as exc:
                 raise StartError(str(exc)) from None
-        self.wd = os.path.abspath(cfg.wd or ".")
+        wd = cfg.wd
+        if cfg.resume and not wd:
+            # a resumed run works where the interrupted one did
+            try:
+                wd = os.path.dirname(journal_mod.find_aux_dir(cfg.resume))
+            except FileNotFoundError as exc:
+                raise StartError(str(exc)) from None
+        self.wd = os.path.abspath(wd or ".")
         try:
             os.makedirs(self.wd, exist_ok=True)
         except OSError as exc:

@@ -154,3 +154,19 @@ def test_resume_of_finished_run_runs_nothing(tmp_path, mode):
     r2.check_mode()
     assert r2.rc == 0, r2.stderr
     assert (cnt / "x").read_text() == "x\nx\nx\n"
+
+
+def test_resume_without_wd_works_in_the_interrupted_runs_directory(tmp_path):
+    """Reference 13.2 needs `--wd` repeated on resume; here `--resume` alone runs the unfinished tasks in
+    the interrupted run's working directory, wherever the command is started."""
+    cnt, wd, aux = _start_and_kill(tmp_path, "flat")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([*SERVICE, "--resume", str(aux), "--nodes", NODES], capture_output=True, text=True,
+                          timeout=60, cwd=str(elsewhere))
+    assert proc.returncode == 0, proc.stderr
+    rep = [json.loads(x) for x in (aux / "jobs.report").read_text().splitlines() if x]
+    ran = [e for e in rep if (e.get("runtime") or {}).get("wd")]
+    assert ran and all(e["runtime"]["wd"] == str(wd) for e in ran), {e["name"]: e["runtime"]["wd"] for e in ran}
+    assert list(elsewhere.iterdir()) == []
+    assert (cnt / "after").read_text() == "after\n"
