@@ -333,7 +333,7 @@ def parse_walltime(value: object) -> float:
     of digits alone is refused because its unit would be a guess.
     """
     if isinstance(value, bool):
-        raise ValueError(f"must be a duration such as '30m' or '1h30m', got bool")
+        raise ValueError("must be a duration such as '30m' or '1h30m', got bool")
     if isinstance(value, (int, float)):
         seconds = float(value)
         if not math.isfinite(seconds) or seconds <= 0:

@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-import tenacity
 
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.governor.partition_server import PartitionServer
 from qcg.pilotjob.partition.resources import Node, Resources
+from qcg.pilotjob.partition.retries import start_with_retries
 from qcg.pilotjob.partition.slurm_resources import write_resources_file
 
 log = structlog.get_logger("partitions")
-
-START_ATTEMPTS = 3
 
 
 class PartitionStartError(Exception):
@@ -126,19 +124,10 @@ class PartitionStarter:
         return ready
 
     async def _start_one(self, plan: ManagerPlan) -> None:
-        try:
-            async for attempt in tenacity.AsyncRetrying(
-                    stop=tenacity.stop_after_attempt(START_ATTEMPTS),
-                    wait=tenacity.wait_exponential(multiplier=0.5, max=8),
-                    retry=tenacity.retry_if_exception_type(OSError), reraise=True):
-                with attempt:
-                    if self._closing:
-                        return
-                    await self._run_once(plan)
-        except OSError as exc:
-            plan.failed = str(exc)
-            log.error("partition manager did not start", partition=plan.id, attempts=plan.attempts,
-                      error=str(exc))
+        error = await start_with_retries(lambda: self._run_once(plan), lambda: self._closing)
+        if error is not None:
+            plan.failed = error
+            log.error("partition manager did not start", partition=plan.id, attempts=plan.attempts, error=error)
 
     async def _run_once(self, plan: ManagerPlan) -> None:
         plan.attempts += 1

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import structlog
-import tenacity
 import zmq
 import zmq.asyncio
 
@@ -27,13 +26,13 @@ from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.partition.agent_command import AGENT_HEARTBEAT, DEFAULT_SSH, agent_command
 from qcg.pilotjob.partition.early_agents import EarlyAgents, reachable_address
+from qcg.pilotjob.partition.retries import start_with_retries
 from qcg.pilotjob.partition.launcher import ExitCallback, LaunchRequest, LaunchResult, StartedCallback
 
 log = structlog.get_logger("agents")
 
 HEARTBEAT = 1.0            # partition -> agent heartbeat period
 LOST_AFTER = 3             # agent heartbeats missed before the node is lost
-START_ATTEMPTS = 3
 
 
 class AgentStartError(Exception):
@@ -138,18 +137,10 @@ class AgentLauncher:
 
     async def _start_agent(self, node: str) -> None:
         state = self.agents[node]
-        try:
-            async for attempt in tenacity.AsyncRetrying(
-                    stop=tenacity.stop_after_attempt(START_ATTEMPTS),
-                    wait=tenacity.wait_exponential(multiplier=0.5, max=8),
-                    retry=tenacity.retry_if_exception_type(OSError), reraise=True):
-                with attempt:
-                    if self._closing:
-                        return
-                    await self._run_agent_once(state)
-        except OSError as exc:
+        error = await start_with_retries(lambda: self._run_agent_once(state), lambda: self._closing)
+        if error is not None:
             state.lost = True
-            log.error("node agent did not start", node=node, attempts=state.attempts, error=str(exc))
+            log.error("node agent did not start", node=node, attempts=state.attempts, error=error)
 
     async def _run_agent_once(self, state: _AgentState) -> None:
         state.attempts += 1
