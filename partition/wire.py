@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from qcg.pilotjob.api.jobdesc import EXECUTION_FIELDS, Execution, execution_from_values
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
 
@@ -21,14 +23,21 @@ class WireError(ValueError):
 def encode_tasks(tasks: list[TaskSpec]) -> dict[str, Any]:
     """`{"execs": [...], "tasks": [...]}` with every distinct execution once."""
     index: dict[int, int] = {}
+    by_value: dict[bytes, int] = {}
     execs: list[list[Any]] = []
     rows: list[list[Any]] = []
     for t in tasks:
         ex = t.execution
         pos = index.get(id(ex))
         if pos is None:
-            pos = index[id(ex)] = len(execs)
-            execs.append(_execution_values(ex))
+            # separate jobs with the same execution (a hand-written sweep) still send it once
+            values = _execution_values(ex)
+            key = _value_key(values)
+            pos = by_value.get(key)
+            if pos is None:
+                pos = by_value[key] = len(execs)
+                execs.append(values)
+            index[id(ex)] = pos
         r = t.resources
         rows.append([t.task_id, t.job_name, t.iteration, pos, [r.cores_min, r.cores_max, r.nodes_min, r.nodes_max],
                      t.walltime, t.seq, t.templated, t.attributes or None])
@@ -54,6 +63,10 @@ def decode_tasks(msg: dict[str, Any]) -> list[TaskSpec]:
 def _execution_values(ex: Execution) -> list[Any]:
     values = [getattr(ex, name) for name in EXECUTION_FIELDS]
     return [list(v) if isinstance(v, tuple) else v for v in values]
+
+
+def _value_key(values: list[Any]) -> bytes:
+    return msgpack.packb(values, use_bin_type=True)
 
 
 def encode_allocation(a: Allocation | None) -> list | None:
