@@ -15,6 +15,7 @@ whatever order iterations finished in.
 from __future__ import annotations
 
 import json
+import json.encoder
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,8 @@ log = structlog.get_logger("journal")
 
 REQS_FILE = "track.reqs"
 STATES_FILE = "track.states"
+
+_str = json.encoder.encode_basestring_ascii      # a JSON string literal, as json.dumps writes it
 
 
 class Journal(GovernorListener):
@@ -65,7 +68,7 @@ class Journal(GovernorListener):
         if self._interrupting and record.state is JobState.CANCELED:
             return
         it = "null" if iteration is None else iteration
-        self._buffer.append(f'{{"task": {json.dumps(job.task_id(iteration))}, "it": {it}, '
+        self._buffer.append(f'{{"task": {_str(job.task_id(iteration))}, "it": {it}, '
                             f'"state": "{record.state.value}", "rcnt": {job.rcnt}}}')
         if len(self._buffer) >= self._batch:
             self.flush()
