@@ -36,6 +36,7 @@ log = structlog.get_logger("parent")
 
 REGISTER_ATTEMPTS = 5
 REGISTER_TIMEOUT = 5.0        # seconds to wait for `registered` per attempt
+EVENT_BATCH_DELAY = 0.002     # seconds events wait to travel with others
 
 
 class ParentError(Exception):
@@ -159,7 +160,8 @@ class ParentLink:
     def _request_flush(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
-            self.loop.call_soon(self._flush)
+            # a short wait gathers the exits of many tasks into one message (agents report one by one)
+            self.loop.call_later(EVENT_BATCH_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False

@@ -34,6 +34,7 @@ from qcg.pilotjob.partition.task import ResourceRequest, TaskSpec
 log = structlog.get_logger("partitions")
 
 HEARTBEAT = 1.0          # both directions
+DISPATCH_BATCH_DELAY = 0.002     # seconds dispatched tasks wait to travel with others
 LOST_AFTER = 6.0         # seconds of silence before a manager (or the governor, seen from a manager) is lost
 
 Send = Callable[[bytes, bytes], bool]
@@ -54,7 +55,8 @@ class RemotePartition:
 
     def submit(self, tasks: list[TaskSpec]) -> None:
         if not self._pending:
-            self.loop.call_soon(self._flush)
+            # a short wait gathers the refills of many task ends into one dispatch message
+            self.loop.call_later(DISPATCH_BATCH_DELAY, self._flush)
         self._pending.extend(tasks)
 
     def _flush(self) -> None:

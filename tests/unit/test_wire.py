@@ -14,6 +14,7 @@ import pytest
 
 from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.jobdesc import Execution
+from qcg.pilotjob.governor import partition_server
 from qcg.pilotjob.governor.partition_server import PartitionServer
 from qcg.pilotjob.governor.partition_set import PartitionSet
 from qcg.pilotjob.partition import wire
@@ -183,8 +184,8 @@ def test_partition_server_register_events_and_bad_messages():
         assert replies(b"id0")[-1]["type"] == "registered" and list(pset.members) == ["p0"]
 
         pset.submit([TaskSpec("t1", "t1", None, SHARED, ResourceRequest(1, 1))])
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        # dispatches of one short moment travel together (partition_server.DISPATCH_BATCH_DELAY)
+        await asyncio.sleep(partition_server.DISPATCH_BATCH_DELAY * 5)
         dispatch = [m for m in replies(b"id0") if m["type"] == "dispatch"]
         assert len(dispatch) == 1 and [t.task_id for t in wire.decode_tasks(dispatch[0])] == ["t1"]
 
