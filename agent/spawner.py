@@ -259,6 +259,13 @@ class ProcessSpawner:
         self._terminate(proc)
         return True
 
+    async def wait_then_shutdown(self, timeout: float) -> None:
+        """Give the processes `timeout` seconds to end by themselves (told to exit), then `shutdown` the rest."""
+        deadline = time.monotonic() + timeout
+        while self._procs and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.shutdown(timeout=max(0.5, deadline - time.monotonic()))
+
     async def shutdown(self, timeout: float = 5.0) -> None:
         """TERM then KILL everything still running; wait (bounded) for the exits.
 

@@ -155,9 +155,6 @@ class PartitionStarter:
     async def shutdown(self, timeout: float = 10.0) -> None:
         """After the server said `exit`: wait for the managers to end, then kill what is left."""
         self._closing = True
-        deadline = time.monotonic() + timeout
-        while self._procs.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await self._procs.shutdown(timeout=max(0.5, deadline - time.monotonic()))
+        await self._procs.wait_then_shutdown(timeout)
         for t in self._tasks:
             t.cancel()

@@ -282,10 +282,7 @@ class AgentLauncher:
         for state in self.agents.values():
             if state.ready:
                 self._send(state.node, bye)
-        deadline = time.monotonic() + timeout
-        while self._procs.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await self._procs.shutdown(timeout=max(0.5, deadline - time.monotonic()))
+        await self._procs.wait_then_shutdown(timeout)
         for t in self._tasks:
             t.cancel()
         try:
