@@ -102,12 +102,7 @@ class ManagerService(Service):
         return load_keys(path)
 
     async def _stop_everything(self) -> None:
-        if self.partitions is not None:
-            await self.partitions.shutdown()
-            if self.starter is not None:
-                await self.starter.shutdown(timeout=10.0)
-        else:
-            await self.partition.shutdown(timeout=10.0)
+        await self._stop_workers()
         self._close_network()
 
     def _fail(self, message: str) -> int:

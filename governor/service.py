@@ -131,14 +131,15 @@ class Service:
                 self.requests = load_requests(cfg.file_path)
             except RequestFileError as exc:
                 raise StartError(str(exc)) from None
-        wd = cfg.wd
-        if cfg.resume and not wd:
-            # a resumed run works where the interrupted one did
+        resume_aux = None
+        if cfg.resume:
             try:
-                wd = os.path.dirname(journal_mod.find_aux_dir(cfg.resume))
+                resume_aux = journal_mod.find_aux_dir(cfg.resume)
             except FileNotFoundError as exc:
                 raise StartError(str(exc)) from None
-        self.wd = os.path.abspath(wd or ".")
+        # a resumed run works where the interrupted one did, unless told otherwise
+        wd = cfg.wd or (os.path.dirname(resume_aux) if resume_aux else ".")
+        self.wd = os.path.abspath(wd)
         try:
             os.makedirs(self.wd, exist_ok=True)
         except OSError as exc:
@@ -161,11 +162,8 @@ class Service:
                 self.resources = local_resources(cfg.nodes, cfg.system_core)
         except ValueError as exc:
             raise StartError(f"{'Slurm allocation' if self.slurm_mode else '--nodes'}: {exc}") from None
-        if cfg.resume:
-            try:
-                self.aux_dir = journal_mod.find_aux_dir(cfg.resume)
-            except FileNotFoundError as exc:
-                raise StartError(str(exc)) from None
+        if resume_aux:
+            self.aux_dir = resume_aux
             self.instance_id = os.path.basename(self.aux_dir)[len(".qcgpjm-service-"):]
         elif cfg.aux_dir:
             self.aux_dir = os.path.abspath(cfg.aux_dir)
@@ -261,8 +259,9 @@ class Service:
 
     async def _start_workers(self) -> bool:
         """Node agents (Slurm) or partition managers (governor mode); False when too few came up."""
-        from qcg.pilotjob.governor.partition_starter import PartitionStartError
         if self.config.governor_mode:
+            from qcg.pilotjob.governor.partition_starter import PartitionStartError
+
             try:
                 if self.config.slurm_partition_nodes is not None:
                     await self._start_partitions()
@@ -469,16 +468,14 @@ class Service:
         if self._finish_after_all:
             self.loop.create_task(self._wait_all_then_stop())  # type: ignore[union-attr]
 
-    async def _stop_partitions(self) -> None:
-        """Let canceled tasks report their ends (bounded), then tell the managers to exit and wait for them."""
-        if not self.governor.all_finished and self.partition.members:
-            try:
-                await asyncio.wait_for(self.governor.wait_all_finished(), 5.0)
-            except asyncio.TimeoutError:
-                log.warning("partitions did not confirm every cancel in time", unfinished=self.governor.unfinished)
-        await self.partitions.shutdown()
-        if self.starter is not None:
-            await self.starter.shutdown(timeout=10.0)
+    async def _stop_workers(self) -> None:
+        """Tell the partition managers to exit and wait for those we started; or stop our own partition."""
+        if self.partitions is not None:
+            await self.partitions.shutdown()
+            if self.starter is not None:
+                await self.starter.shutdown(timeout=10.0)
+        else:
+            await self.partition.shutdown(timeout=10.0)
 
     async def _wait_all_then_stop(self) -> None:
         await self.governor.wait_all_finished()
@@ -500,10 +497,13 @@ class Service:
         if not self.governor.all_finished:
             self.journal.interrupting()
             self.governor.cancel_everything()
-        if self.partitions is not None:
-            await self._stop_partitions()
-        else:
-            await self.partition.shutdown(timeout=10.0)
+        if self.partitions is not None and not self.governor.all_finished and self.partition.members:
+            # let canceled tasks report their ends from the partitions (bounded)
+            try:
+                await asyncio.wait_for(self.governor.wait_all_finished(), 5.0)
+            except asyncio.TimeoutError:
+                log.warning("partitions did not confirm every cancel in time", unfinished=self.governor.unfinished)
+        await self._stop_workers()
         # tasks killed at shutdown report their ends through the loop; let them land
         await asyncio.sleep(0)
         # the publisher is stopped before the final status is written (StatusPublisher null in it)
