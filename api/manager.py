@@ -457,12 +457,9 @@ class Manager:
                 not_finished |= confirm
                 continue
             stamp.check_timeout()
-            wait = recheck.until_next()
-            rest = stamp.remaining()
-            if rest is not None:
-                wait = min(wait, max(rest, 0.0))
+            wait = recheck.until_next(stamp)
             for topic, data in self._pump_events(wait):
-                if topic is protocol.TOPIC_NO_JOBS or topic == protocol.TOPIC_NO_JOBS:
+                if topic == protocol.TOPIC_NO_JOBS:
                     recheck.now()
                     continue
                 name = _event_name(data)
@@ -508,10 +505,7 @@ class Manager:
         recheck = self._recheck_schedule()
         while True:
             stamp.check_timeout()
-            wait = recheck.until_next()
-            rest = stamp.remaining()
-            if rest is not None:
-                wait = min(wait, max(rest, 0.0))
+            wait = recheck.until_next(stamp)
             for topic, _ in self._pump_events(wait):
                 if topic == protocol.TOPIC_NO_JOBS:
                     recheck.now()
@@ -567,8 +561,11 @@ class _Recheck:
         self.longest = longest
         self.next = time.monotonic() + first
 
-    def until_next(self) -> float:
-        return max(0.0, self.next - time.monotonic())
+    def until_next(self, stamp: TimeStamp) -> float:
+        """Seconds to wait for events before the next re-check, never past the wait's timeout."""
+        wait = max(0.0, self.next - time.monotonic())
+        rest = stamp.remaining()
+        return wait if rest is None else min(wait, max(rest, 0.0))
 
     def due(self) -> bool:
         return time.monotonic() >= self.next
