@@ -24,7 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -281,3 +281,28 @@ def _services_for_markers(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("slurm_cluster")
     if request.node.get_closest_marker("ssh") is not None:
         request.getfixturevalue("sshd")
+
+
+# -- the Python API against a local service ------------------------------------------------------
+
+def client_cfg(tmp_path: Path, **extra: Any) -> dict:
+    """Client configuration for LocalManager/Manager: log into the test's dir, bounded waits."""
+    cfg = {"log_file": str(tmp_path / "api.log"), "init_timeout": 60, "request_timeout": 30}
+    cfg.update(extra)
+    return cfg
+
+
+def local_manager(args: list[str], cfg: dict) -> Iterator[Any]:
+    """Body of a fixture yielding `LocalManager(args, cfg)`; finished afterwards (killed if it will not finish)."""
+    from qcg.pilotjob.api import errors
+    from qcg.pilotjob.api.manager import LocalManager
+
+    manager = LocalManager(args, cfg)
+    try:
+        yield manager
+    finally:
+        try:
+            manager.finish()
+        except errors.QCGPJMAError:
+            manager.kill_manager_process()
+

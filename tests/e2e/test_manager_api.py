@@ -32,16 +32,10 @@ from qcg.pilotjob.api.manager import LocalManager, Manager
 from qcg.pilotjob.executor_api.qcgpj_executor import QCGPJExecutor
 from qcg.pilotjob.executor_api.qcgpj_future import QCGPJFuture
 from qcg.pilotjob.executor_api.templates.basic_template import BasicTemplate
+from tests.conftest import client_cfg, local_manager
 
 WAIT = 60          # seconds any single wait may take before the test fails
-INIT = 60          # service start timeout
 NODES = "a:2,b:2"  # two nodes, so that partitioned mode has two partitions
-
-
-def client_cfg(tmp_path: Path, **extra) -> dict:
-    cfg = {"log_file": str(tmp_path / "api.log"), "init_timeout": INIT, "request_timeout": 30}
-    cfg.update(extra)
-    return cfg
 
 
 @pytest.fixture
@@ -49,14 +43,7 @@ def lm(tmp_path, service_args):
     """A LocalManager on two nodes (4 cores), in this test's mode (flat, or one partition per node)."""
     wd = tmp_path / "wd"
     wd.mkdir()
-    manager = LocalManager(["--nodes", NODES, "--wd", str(wd), *service_args(NODES)], client_cfg(tmp_path))
-    try:
-        yield manager
-    finally:
-        try:
-            manager.finish()
-        except errors.QCGPJMAError:
-            manager.kill_manager_process()
+    yield from local_manager(["--nodes", NODES, "--wd", str(wd), *service_args(NODES)], client_cfg(tmp_path))
 
 
 def run_script(tmp_path: Path, text: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -28,19 +28,12 @@ import zmq
 
 from qcg.pilotjob.api import errors, protocol
 from qcg.pilotjob.api.job import Jobs
-from qcg.pilotjob.api.manager import LocalManager
 from qcg.pilotjob.partition.resources import local_resources
 from qcg.pilotjob.partition.slurm_resources import resources_to_dict
-from tests.conftest import SERVICE, job, submit
+from tests.conftest import SERVICE, client_cfg, job, local_manager, submit
 
 WAIT = 60            # seconds any single wait may take before the test fails
 SILENCE = 2.0        # how long a refused peer is listened to (it must get nothing at all)
-
-
-def client_cfg(tmp_path: Path, **extra: Any) -> dict:
-    cfg = {"log_file": str(tmp_path / "api.log"), "init_timeout": WAIT, "request_timeout": 30}
-    cfg.update(extra)
-    return cfg
 
 
 @pytest.fixture
@@ -48,15 +41,8 @@ def gov(tmp_path):
     """A governor with two partition managers (one node of 2 cores each), through the Manager API."""
     wd = tmp_path / "wd"
     wd.mkdir()
-    manager = LocalManager(["--nodes", "a:2,b:2", "--slurm-partition-nodes", "1", "--wd", str(wd)],
-                           client_cfg(tmp_path))
-    try:
-        yield manager
-    finally:
-        try:
-            manager.finish()
-        except errors.QCGPJMAError:
-            manager.kill_manager_process()
+    yield from local_manager(["--nodes", "a:2,b:2", "--slurm-partition-nodes", "1", "--wd", str(wd)],
+                             client_cfg(tmp_path))
 
 
 def manager_processes(service_pid: int) -> dict[str, psutil.Process]:

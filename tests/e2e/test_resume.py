@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import psutil
 
 import pytest
 
-from tests.conftest import SERVICE, find_aux, mode_args, run_service, script_job, submit
+from tests.conftest import SERVICE, mode_args, run_service, script_job, submit
 
 N = 40
 NODES = "a:2,b:2"
