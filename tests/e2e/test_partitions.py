@@ -16,6 +16,7 @@ Every wait has a timeout; nothing asserts on durations.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -313,3 +314,26 @@ def test_many_short_tasks_partitions_stay_registered(tmp_path):
     fs = json.loads((log.parent / "final_status.json").read_text())
     assert fs["IterationStats"]["FinishedIterations"] == 1000, fs
     assert fs["LostPartitions"] == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--file-path", "reqs.json"], "--file-path cannot be used with it"),
+    (["--net"], "--net cannot be used with it"),
+])
+def test_parent_refuses_a_front_door_of_its_own(tmp_path, extra, message):
+    """A manager with --parent takes its work from the parent only: one clear line, exit code 1."""
+    proc = subprocess.run([*SERVICE, "--parent", "tcp://127.0.0.1:1", "--nodes", "1", *extra], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=WAIT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"Error: a manager with --parent takes its work from the parent; "
+                                                f"{message}"]
+
+
+def test_parent_without_keys_is_refused_clearly(tmp_path):
+    """Without --keys or QCG_PM_KEYS a manager cannot authenticate: it says how to give them, exit code 1."""
+    env = {k: v for k, v in os.environ.items() if k != "QCG_PM_KEYS"}
+    proc = subprocess.run([*SERVICE, "--parent", "tcp://127.0.0.1:1", "--nodes", "1", "--wd", str(tmp_path / "wd")],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=WAIT, env=env)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "Error: --parent needs the keys of the parent's run: give --keys DIR" in proc.stderr

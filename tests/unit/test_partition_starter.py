@@ -1,0 +1,111 @@
+"""`--slurm-partition-nodes`: starting partition managers, retries, and the readiness threshold (issue 6,
+"Starting partitions"; reference: option list, `--slurm-partition-nodes`). Real processes, no Slurm: managers are
+started as local processes whose command line the test replaces."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from qcg.pilotjob.governor.partition_starter import PartitionStarter, PartitionStartError, split_nodes
+from qcg.pilotjob.partition import retries
+from qcg.pilotjob.partition.resources import local_resources
+
+
+class FakeServer:
+    """The part of PartitionServer the starter uses: registration events and losses."""
+
+    def __init__(self) -> None:
+        self.joined: dict[str, asyncio.Event] = {}
+        self.lost: list[tuple[str, str]] = []
+
+    def expect(self, member_id: str) -> asyncio.Event:
+        return self.joined.setdefault(member_id, asyncio.Event())
+
+    def lose(self, member_id: str, reason: str) -> None:
+        self.lost.append((member_id, reason))
+
+
+def _starter(loop: asyncio.AbstractEventLoop, tmp_path: Path, nodes: str, threshold: float,
+             commands: dict[str, list[str]]) -> tuple[PartitionStarter, FakeServer]:
+    server = FakeServer()
+    starter = PartitionStarter(loop, server, start_method="local", ready_threshold=threshold,  # type: ignore[arg-type]
+                               init_timeout=30)
+    starter.plan(split_nodes(local_resources(nodes), 1), base_args=[], work_dir=str(tmp_path / "partitions"),
+                 slurm=False)
+    for pid, argv in commands.items():
+        plan = starter.plans[pid]
+        aux = plan.argv[plan.argv.index("--aux-dir") + 1]
+        plan.argv = [*argv, "--aux-dir", aux]
+    return starter, server
+
+
+FAIL = [sys.executable, "-c", "import sys; sys.exit(3)"]
+SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
+
+
+def test_split_nodes_last_group_may_be_smaller():
+    groups = split_nodes(local_resources("a:1,b:1,c:1,d:1,e:1"), 2)
+    assert [[n.name for n in g] for g in groups] == [["a", "b"], ["c", "d"], ["e"]]
+    with pytest.raises(ValueError, match="at least 1"):
+        split_nodes(local_resources("a:1"), 0)
+
+
+def test_managers_that_never_register_are_retried_then_the_start_fails_clearly(tmp_path):
+    async def main() -> None:
+        starter, _ = _starter(asyncio.get_running_loop(), tmp_path, "a:1,b:1", 1.0,
+                              {"part-0": FAIL, "part-1": FAIL})
+        try:
+            with pytest.raises(PartitionStartError) as err:
+                await starter.start()
+        finally:
+            await starter.shutdown(timeout=5)
+        text = str(err.value)
+        assert "only 0 of 2 partition managers registered" in text
+        assert "part-0 (the manager of partition part-0 ended before registering" in text
+        assert "part-1 (the manager of partition part-1 ended before registering" in text
+        assert all(p.attempts == retries.START_ATTEMPTS for p in starter.plans.values())
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_threshold_met_without_the_manager_that_failed(tmp_path):
+    async def main() -> None:
+        starter, server = _starter(asyncio.get_running_loop(), tmp_path, "a:1,b:1", 0.5,
+                                   {"part-0": FAIL, "part-1": SLEEP})
+        task = asyncio.ensure_future(starter.start())
+        await asyncio.sleep(0.3)
+        server.joined["part-1"].set()          # part-1 registers (its process keeps running)
+        try:
+            ready = await asyncio.wait_for(task, 30)
+        finally:
+            await starter.shutdown(timeout=5)
+        assert ready == ["part-1"]
+        # the ended process of the registered manager (killed at shutdown) is not a loss once closing
+        assert server.lost == []
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_registered_manager_whose_process_ends_is_lost(tmp_path):
+    async def main() -> None:
+        starter, server = _starter(asyncio.get_running_loop(), tmp_path, "a:1", 1.0,
+                                   {"part-0": [sys.executable, "-c", "import time; time.sleep(1)"]})
+        task = asyncio.ensure_future(starter.start())
+        await asyncio.sleep(0.1)
+        server.joined["part-0"].set()
+        try:
+            assert await asyncio.wait_for(task, 30) == ["part-0"]
+            for _ in range(300):
+                if server.lost:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await starter.shutdown(timeout=5)
+        assert server.lost and server.lost[0][0] == "part-0"
+        assert "manager process ended (exit code 0)" in server.lost[0][1]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
