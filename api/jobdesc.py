@@ -39,7 +39,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
+
+import msgpack
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 
@@ -803,7 +805,45 @@ def _parse_after(data: object, p: _Problems) -> tuple[str, ...] | None:
     return after
 
 
-def _parse(data: object, position: int, problems: list[str]) -> JobDescription | None:
+class _SharedParts:
+    """Equal `execution` / `resources` maps of one request parse to one (frozen) object.
+
+    A sweep submitted as thousands of separate jobs usually repeats the same
+    execution and resources: sharing them saves the parsing, the memory of a
+    copy per job, and lets the report and the partition wire encode each once.
+    The key is the map's msgpack encoding (equal maps in the same key order);
+    only maps that parsed without a problem are kept.
+    """
+
+    LIMIT = 4096
+
+    __slots__ = ("_seen", "_pack")
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, Any] = {}
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+
+    def get(self, data: object, parse: Callable[[object, "_Problems"], Any], p: "_Problems") -> Any:
+        if data.__class__ is not dict:
+            return parse(data, p)
+        try:
+            key = self._pack(data) + (b"e" if parse is _parse_execution else b"r")
+        except Exception:  # not msgpack-encodable: parsing reports what is wrong with it
+            return parse(data, p)
+        hit = self._seen.get(key)
+        if hit is not None:
+            return hit
+        start = len(p.items)
+        value = parse(data, p)
+        if value is not None and len(p.items) == start:
+            if len(self._seen) >= self.LIMIT:
+                self._seen.clear()
+            self._seen[key] = value
+        return value
+
+
+def _parse(data: object, position: int, problems: list[str],
+           shared: _SharedParts | None = None) -> JobDescription | None:
     """Parse one job; append its problems to `problems`; return None if there were any."""
     if not isinstance(data, dict):
         problems.append(f"job #{position}: must be a dict (JSON object), got {_type_name(data)}")
@@ -816,8 +856,12 @@ def _parse(data: object, position: int, problems: list[str]) -> JobDescription |
     if not _TOP_KEYS.issuperset(data):
         p.unknown_keys(data, _TOP_KEYS, "")
 
-    execution = _parse_execution(data.get("execution"), p)
-    resources = _parse_resources(data.get("resources"), p)
+    if shared is None:
+        execution = _parse_execution(data.get("execution"), p)
+        resources = _parse_resources(data.get("resources"), p)
+    else:
+        execution = shared.get(data.get("execution"), _parse_execution, p)
+        resources = shared.get(data.get("resources"), _parse_resources, p)
     raw = data.get("iteration")
     iteration = None if raw is None else _parse_iteration(raw, p)
     raw = data.get("dependencies")
@@ -862,8 +906,9 @@ def parse_jobs(data: object) -> list[JobDescription]:
     problems: list[str] = []
     jobs: list[JobDescription] = []
     first_position: dict[str, int] = {}
+    shared = _SharedParts() if len(data) > 1 else None
     for position, item in enumerate(data, 1):
-        job = _parse(item, position, problems)
+        job = _parse(item, position, problems, shared)
         if job is not None:
             name = job.name
         elif isinstance(item, dict) and isinstance(item.get("name"), str) \

@@ -448,6 +448,8 @@ def child_main(spec: str) -> int:
         st = pstats.Stats(prof, stream=sys.stderr)
         st.sort_stats("tottime").print_stats(p.get("profile_top", 30))
         st.sort_stats("cumulative").print_stats(p.get("profile_top", 30))
+        if os.environ.get("SCALE_PROFILE_DUMP"):
+            prof.dump_stats(os.environ["SCALE_PROFILE_DUMP"])
     else:
         res = run_one(p)
     print("RESULT " + json.dumps(res), flush=True)

@@ -29,7 +29,7 @@ from qcg.pilotjob.partition.iter_schedulers import iteration_request
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
 
 if TYPE_CHECKING:
-    from qcg.pilotjob.api.jobdesc import JobDescription
+    from qcg.pilotjob.api.jobdesc import Execution, JobDescription
 
 log = structlog.get_logger("governor")
 
@@ -76,6 +76,7 @@ class Governor:
         self._alloc_text: dict[Allocation, str] = {}
         self._requeues: dict[str, int] = {}
         self._size_cache: dict[tuple, tuple[ResourceRequest, str | None]] = {}
+        self._templated_seen: dict[int, tuple["Execution", bool]] = {}
         self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
         # refill the partition inside each exit (flat: the partition's next pass sees the task at once);
         # with remote partitions, one dispatch per loop turn batches the refills of many exits
@@ -155,7 +156,7 @@ class Governor:
             deps = split_dependencies(desc)
             job.per_iteration_deps = deps.templated
             job.static_deps = deps.static
-        job.exec_templated = execution_fields_with_placeholders(desc.execution)
+        job.exec_templated = self._templated(desc.execution)
         if job.exec_templated:
             job.base_vars = dict(base, jname=desc.name)
         self.registry.add(job)
@@ -167,6 +168,17 @@ class Governor:
         if done:
             self._restore(job, done)
         return job
+
+    def _templated(self, execution: "Execution") -> bool:
+        """`execution_fields_with_placeholders`, once per execution object (jobs of a request share equal ones)."""
+        hit = self._templated_seen.get(id(execution))
+        if hit is not None and hit[0] is execution:
+            return hit[1]
+        value = execution_fields_with_placeholders(execution)
+        if len(self._templated_seen) >= 4096:
+            self._templated_seen.clear()
+        self._templated_seen[id(execution)] = (execution, value)   # kept, so the id is not reused meanwhile
+        return value
 
     def _restore(self, job: JobRecord, done: dict[int | None, JobState]) -> None:
         if not job.iterative:

@@ -105,10 +105,10 @@ class JobRecord:
     sized_per_iteration: bool = False    # an iteration scheduler sizes each iteration
     exec_templated: bool = False         # execution holds request-time placeholders
     base_vars: dict[str, Any] = field(default_factory=dict)
+    name: str = field(init=False)        # the description's name, read on every event
 
-    @property
-    def name(self) -> str:
-        return self.desc.name
+    def __post_init__(self) -> None:
+        self.name = self.desc.name
 
     @property
     def iterative(self) -> bool:

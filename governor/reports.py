@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from qcg.pilotjob.governor.governor import GovernorListener
+from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.governor.views import fmt_time
 
 if TYPE_CHECKING:
@@ -17,6 +18,27 @@ if TYPE_CHECKING:
 FORMATS = ("json", "text", "none")
 _dumps = json.JSONEncoder(separators=(",", ": ")).encode
 _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as json.dumps writes it
+
+
+_HIST_ENTRY = {state: f'{{"state": "{state.value}","date": "' for state in JobState}
+
+
+def _runtime_json(rec: "IterationRecord") -> str:
+    """The members of `rec.runtime` as JSON (its keys and order), without building the dict."""
+    out = []
+    if rec.allocation is not None:
+        out.append('"allocation": ' + _str(rec.allocation))
+    if rec.wd is not None:
+        out.append('"wd": ' + _str(rec.wd))
+    if rec.rtime is not None:
+        out.append(f'"rtime": "{timedelta(seconds=rec.rtime)}"')
+    if rec.exit_code is not None:
+        out.append(f'"exit_code": "{rec.exit_code}"')
+    if rec.pid is not None:
+        out.append(f'"pid": "{rec.pid}"')
+    if rec.partition is not None:
+        out.append('"partition": ' + _str(rec.partition))
+    return ",".join(out)
 
 
 class JobReport(GovernorListener):
@@ -28,8 +50,8 @@ class JobReport(GovernorListener):
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
-        self._iso_sec: int | None = None
-        self._iso_prefix = ""
+        self._iso_prefixes: dict[int, str] = {}
+        self._iso_memo: dict[float, str] = {}
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
         if iteration is not None:
@@ -46,10 +68,9 @@ class JobReport(GovernorListener):
             # {"name", "state", "history", "runtime", ["execution", "resources", "dependencies"], ["messages"]}
             h = rec._hist
             iso = self._iso
-            hist = ",".join(f'{{"state": "{h[i + 1].value}","date": "{iso(h[i])}"}}' for i in range(0, len(h), 2))
-            runtime = ",".join(f'"{k}": {_str(v)}' for k, v in rec.runtime.items())
+            hist = ",".join([_HIST_ENTRY[h[i + 1]] + iso(h[i]) + '"}' for i in range(0, len(h), 2)])
             line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'
-                    f'"runtime": {{{runtime}}}')
+                    f'"runtime": {{{_runtime_json(rec)}}}')
             if job is not None:
                 line += self._job_part(job)
             self._buffer.append(line + (f',"messages": {_str(rec.messages)}}}' if rec.messages else "}"))
@@ -61,23 +82,35 @@ class JobReport(GovernorListener):
             self.flush()
 
     def _iso(self, ts: float) -> str:
-        """`datetime.fromtimestamp(ts).isoformat()`, with the part up to the second computed once per second."""
+        """`datetime.fromtimestamp(ts).isoformat()`, the part up to the second computed once per second.
+
+        A task's history spans several seconds (queued long before it ran):
+        the prefixes of recent seconds are kept, not only the last one.
+        """
+        text = self._iso_memo.get(ts)
+        if text is not None:
+            return text         # the same moment again (a batch of tasks dispatched or submitted together)
+        if len(self._iso_memo) >= 4096:
+            self._iso_memo.clear()
         frac, whole = math.modf(ts)
         us = round(frac * 1e6)          # as datetime.fromtimestamp rounds (half even)
         if us >= 1_000_000:
             whole += 1
             us -= 1_000_000
         sec = int(whole)
-        if sec != self._iso_sec:
-            self._iso_sec = sec
-            self._iso_prefix = datetime.fromtimestamp(sec).isoformat()
-        return self._iso_prefix if us == 0 else f"{self._iso_prefix}.{us:06d}"
+        prefix = self._iso_prefixes.get(sec)
+        if prefix is None:
+            if len(self._iso_prefixes) >= 4096:
+                self._iso_prefixes.clear()
+            prefix = self._iso_prefixes[sec] = datetime.fromtimestamp(sec).isoformat()
+        text = self._iso_memo[ts] = prefix if us == 0 else f"{prefix}.{us:06d}"
+        return text
 
     def _job_part(self, job: "JobRecord") -> str:
         desc = job.desc
         part = f',"execution": {self._text(desc.execution)},"resources": {self._text(desc.resources)}'
         if desc.after:
-            part += f',"dependencies": {_dumps({"after": list(desc.after)})}'
+            part += ',"dependencies": {"after": [' + ",".join(map(_str, desc.after)) + "]}"
         return part
 
     def _text(self, obj: Any) -> str:

@@ -489,3 +489,24 @@ def test_random_mutations_never_escape_as_other_errors():
                 func(value)
             except InvalidJobDescriptionError:
                 pass
+
+
+def test_equal_parts_of_one_request_are_shared():
+    """Equal `execution` / `resources` maps of one submit parse to one object; others stay apart."""
+    same = {"execution": {"exec": "/bin/true", "args": ["a"]}, "resources": {"numCores": {"exact": 2}}}
+    jobs = parse_jobs([dict(same, name="a"), dict(same, name="b"),
+                       {"name": "c", "execution": {"exec": "/bin/true", "args": ["b"]},
+                        "resources": {"numCores": {"exact": 2}}}])
+    assert jobs[0].execution is jobs[1].execution
+    assert jobs[0].resources is jobs[1].resources is jobs[2].resources
+    assert jobs[2].execution is not jobs[0].execution
+    assert jobs[2].execution.args == ("b",)
+
+
+def test_an_invalid_part_repeated_is_reported_for_every_job():
+    bad = {"exec": "/bin/true", "args": "not-a-list"}
+    with pytest.raises(InvalidJobDescriptionError) as err:
+        parse_jobs([{"name": "a", "execution": bad}, {"name": "b", "execution": dict(bad)}])
+    problems = err.value.problems
+    assert any("job 'a'" in p and "execution.args" in p for p in problems)
+    assert any("job 'b'" in p and "execution.args" in p for p in problems)

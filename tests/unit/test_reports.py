@@ -1,0 +1,67 @@
+"""Unit tests of `jobs.report` lines (qcg.pilotjob.governor.reports).
+
+The report is the reference's `--report-format json` file (section 12.4): one
+JSON object per line with name, state, history, runtime and, for whole jobs,
+the description's execution, resources and dependencies. Lines are formatted
+directly; these tests check them against `json.dumps` of the same dict.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.governor.registry import IterationRecord, JobRecord
+from qcg.pilotjob.governor.reports import JobReport
+from qcg.pilotjob.governor.states import JobState
+
+
+def _record(times: list[float], states: list[JobState]) -> IterationRecord:
+    rec = IterationRecord(states[0], times[0])
+    for when, state in zip(times[1:], states[1:]):
+        rec.set_state(state, when)
+    return rec
+
+
+def _expected(name: str, rec: IterationRecord, job: JobRecord | None = None) -> dict:
+    out = {"name": name, "state": rec.state.value,
+           "history": [{"state": st.value, "date": datetime.fromtimestamp(ts).isoformat()}
+                       for ts, st in rec.history],
+           "runtime": rec.runtime}
+    if job is not None:
+        out["execution"] = job.desc.execution.to_dict()
+        out["resources"] = job.desc.resources.to_dict()
+        if job.desc.after:
+            out["dependencies"] = {"after": list(job.desc.after)}
+    if rec.messages:
+        out["messages"] = rec.messages
+    return out
+
+
+def test_lines_equal_json_of_the_reference_dict(tmp_path):
+    descs = parse_jobs([
+        {"name": "first", "execution": {"exec": "/bin/echo", "args": ["é", "a\"b"]}},
+        {"name": "second", "execution": {"exec": "/bin/echo", "args": ["é", "a\"b"]},
+         "dependencies": {"after": ["first", "x:1"]}},
+    ])
+    path = tmp_path / "jobs.report"
+    report = JobReport(str(path))
+    base = 1_800_000_000.0
+    lines = []
+    # histories that go back and forth between seconds, moments repeated, whole seconds
+    for i, desc in enumerate(descs):
+        job = JobRecord(desc=desc, seq=i + 1, rcnt=1, submitted_at=datetime.now())
+        times = [base + 0.25, base + 2.000001 + i, base + 2.0 + i, base + 5.0]
+        job.record = _record(times, [JobState.QUEUED, JobState.SCHEDULED, JobState.EXECUTING, JobState.FAILED])
+        job.record.allocation, job.record.wd, job.record.pid = "n1[0:1]", "/tmp/w\"d", 4242
+        job.record.exit_code, job.record.rtime = 3, 3.5
+        job.record.add_message("exit code 3")
+        report.job_final(job)
+        lines.append(_expected(job.name, job.record, job))
+        it_rec = _record([base + 1.5, base + 0.999999], [JobState.SCHEDULED, JobState.SUCCEED])
+        report.task_final(job, 7, it_rec)
+        lines.append(_expected(f"{job.name}:7", it_rec))
+    report.close()
+    text = path.read_text().splitlines()
+    assert text == [json.dumps(d, separators=(",", ": ")) for d in lines]
