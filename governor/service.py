@@ -42,6 +42,7 @@ log = structlog.get_logger("service")
 
 EXIT_OK, EXIT_START_FAILED, EXIT_REFUSED = 0, 1, 2
 FLUSH_INTERVAL = 1.0
+REPLY_HEADSTART = 0.001       # seconds a request-triggered launch waits for the replies to leave
 
 
 class StartError(Exception):
@@ -225,7 +226,7 @@ class Service:
             if self.zmq is not None and not self._finish_requested:
                 # the file (if any) is done; network clients are served until `finish`,
                 # `control finishAfterAllTasksDone` or a signal
-                self.zmq.start(loop, self.handler.handle)
+                self.zmq.start(loop, self.handler.handle, self._replied)
                 self._publish_address()
             if not cfg.net and not self._finish_requested:
                 # with only the file interface, nothing more can arrive: finish when all is done
@@ -438,6 +439,11 @@ class Service:
             text = INSECURE_WARNING.format(address=self.zmq_address)
             print(text, file=sys.stderr, flush=True)
             log.warning(text)
+
+    def _replied(self) -> None:
+        # flat mode launches in this process: give the replies a head start (Partition.hold_launches)
+        if isinstance(self.partition, Partition):
+            self.partition.hold_launches(REPLY_HEADSTART)
 
     def _default_host(self) -> str:
         """Loopback, unless partition managers started here run on other nodes (srun, ssh)."""

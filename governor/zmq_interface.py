@@ -110,6 +110,8 @@ class ZmqInterface:
         self.bad_frames = 0
         self.dropped_replies = 0
         self._handle: Callable[[Any], dict[str, Any]] | None = None
+        self._replied: Callable[[], None] | None = None
+        self._answered = 0                      # client requests answered in the current drain
         self._peer_handler: Callable[[bytes, dict[str, Any]], None] | None = None
         self._held: list[list[bytes]] = []      # client requests that came before `start`
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -137,9 +139,15 @@ class ZmqInterface:
             raise
         return self.address
 
-    def start(self, loop: asyncio.AbstractEventLoop, handle: Callable[[Any], dict[str, Any]]) -> None:
-        """Serve requests from now on; requests that arrived since `bind` are served at once."""
+    def start(self, loop: asyncio.AbstractEventLoop, handle: Callable[[Any], dict[str, Any]],
+              replied: Callable[[], None] | None = None) -> None:
+        """Serve requests from now on; requests that arrived since `bind` are served at once.
+
+        `replied` is called after each batch of client requests was answered
+        (the replies are with ZeroMQ, on their way out).
+        """
         self._handle = handle
+        self._replied = replied
         self._watch(loop)
         held, self._held = self._held, []
         for frames in held:
@@ -207,6 +215,7 @@ class ZmqInterface:
             return
         sock = self.sock
         served = 0
+        self._answered = 0
         try:
             while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 try:
@@ -218,10 +227,12 @@ class ZmqInterface:
                 if served >= BATCH:
                     # let the loop launch tasks and deliver events; continue on the next turn
                     self._schedule_drain()
-                    return
+                    break
         except zmq.ZMQError as exc:
             if not self._closed:
                 log.error("network interface receive failed", error=str(exc))
+        if self._answered and self._replied is not None:
+            self._replied()
 
     def _serve(self, frames: list[bytes]) -> None:
         # envelope: REQ peers put an empty delimiter after the routing id, DEALER peers do not
@@ -260,6 +271,7 @@ class ZmqInterface:
                                            as_json)
         try:
             self.sock.send_multipart(envelope + [out], zmq.NOBLOCK)
+            self._answered += 1
         except zmq.ZMQError as exc:  # peer gone or over its HWM: the reply is dropped, never waited for
             self.dropped_replies += 1
             log.warning("reply dropped", error=str(exc), dropped=self.dropped_replies)

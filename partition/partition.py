@@ -63,6 +63,7 @@ class Partition:
         self.launcher: Launcher = launcher or LocalLauncher(loop, self._launched, self._exited)
         self._pass_pending = False
         self._deferring = False          # inside an exit callback: run the pass at its end
+        self._hold_until = 0.0           # loop time before which a requested pass does not launch
         self._env_cache: dict[tuple, dict[str, str]] = {}
         cores = resources.total_cores
         self.queue_limit = max(cores * (1 + config.queue_factor), 64)
@@ -114,12 +115,25 @@ class Partition:
     def _report_later(self, ev: TaskFinished) -> None:
         self.loop.call_soon(self.events.task_finished, ev)
 
+    def hold_launches(self, seconds: float) -> None:
+        """Let replies just handed to the network leave before tasks are launched.
+
+        Launching (vfork, exec of the child) takes the CPU the reply needs on
+        its way out: on a small machine the answer to a `submit` took twice as
+        long when its task was launched at once. Passes that an ending task
+        triggers are not held (its core would idle).
+        """
+        self._hold_until = max(self._hold_until, self.loop.time() + seconds)
+
     def _request_pass(self) -> None:
         if self._deferring:
             return
         if not self._pass_pending and len(self.scheduler):
             self._pass_pending = True
-            self.loop.call_soon(self._pass)
+            if self._hold_until > self.loop.time():
+                self.loop.call_at(self._hold_until, self._pass)
+            else:
+                self.loop.call_soon(self._pass)
 
     def _pass(self) -> None:
         self._pass_pending = False

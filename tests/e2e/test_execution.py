@@ -118,6 +118,31 @@ def test_cancel_running_kills_whole_process_group(tmp_path):
     assert _gone(child, 5) and _gone(shell, 5)
 
 
+def test_held_launches_wait_for_the_hold(tmp_path):
+    """Issue 4 "submit round trip": a launch a request triggered waits until `hold_launches` has passed
+    (the reply leaves first); the task then runs normally."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        part = Partition(loop, local_resources("2"),
+                         PartitionConfig(root_wd=str(tmp_path), scratch_dir=str(tmp_path / "s")), events=None)
+        ev = _Events()
+        gov = Governor(loop, part, [ev])
+        part.events = gov
+        t0 = time.time()
+        part.hold_launches(1.5)
+        gov.submit(parse_jobs([{"name": "h", "execution": {"exec": "/bin/true"}}]))
+        await asyncio.sleep(0.3)
+        assert ("h", None, JobState.EXECUTING) not in ev.changes
+        await asyncio.wait_for(gov.wait_all_finished(), 20)
+        rec = gov.registry.get("h").record
+        started = next(ts for ts, st in rec.history if st is JobState.EXECUTING)
+        assert started - t0 >= 1.5 - 0.01
+        assert rec.state is JobState.SUCCEED
+        await part.shutdown(5)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
