@@ -433,19 +433,19 @@ class Governor:
             return
         self._propagating = True
         try:
+            jobs = self.registry.jobs
             while self._finals:
                 name, it, state = self._finals.popleft()
                 for wjob, wit in self.waiters.pop((name, it)):
-                    if self.registry.get(wjob.name) is not wjob or wjob.is_final:
+                    if jobs.get(wjob.name) is not wjob or wjob.record.state in FINAL_STATES:
                         continue
-                    target = name if it is None else f"{name}:{it}"
                     if wit is None:
                         if state is JobState.SUCCEED:
                             wjob.waiting_for -= 1
                             if wjob.waiting_for == 0:
                                 self._make_runnable(wjob)
                         else:
-                            self._omit(wjob, None, f"dependency '{target}' ended {state.value}")
+                            self._omit(wjob, None, _ended(name, it, state))
                     elif wit in wjob.parked:
                         if state is JobState.SUCCEED:
                             wjob.parked[wit] -= 1
@@ -454,7 +454,7 @@ class Governor:
                                 wjob.released.append(wit)
                                 self._make_runnable(wjob)
                         else:
-                            self._omit(wjob, wit, f"dependency '{target}' ended {state.value}")
+                            self._omit(wjob, wit, _ended(name, it, state))
         finally:
             self._propagating = False
 
@@ -580,3 +580,8 @@ class Governor:
         if names:
             self.cancel(names)
 
+
+def _ended(name: str, it: int | None, state: JobState) -> str:
+    """Why a dependant is omitted."""
+    target = name if it is None else f"{name}:{it}"
+    return f"dependency '{target}' ended {state.value}"

@@ -74,7 +74,12 @@ def encode_allocation(a: Allocation | None) -> list | None:
 
 
 def decode_allocation(v: list | None) -> Allocation | None:
-    return None if v is None else Allocation(tuple((n, tuple(c)) for n, c in v))
+    if v is None:
+        return None
+    if len(v) == 1:      # most tasks run on one node
+        n, c = v[0]
+        return Allocation(((n, tuple(c)),))
+    return Allocation(tuple([(n, tuple(c)) for n, c in v]))
 
 
 def encode_started(ev: TaskStarted) -> list[Any]:
