@@ -138,6 +138,9 @@ class ProcessSpawner:
         self._epoll: select.epoll | None = None
         self._by_fd: dict[int, _Proc] = {}
         self._cwd = os.getcwd()
+        # called before the exits of a loop turn are handled (whose callbacks may launch more):
+        # the flat-mode service answers waiting client requests there first
+        self.before_exits: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ api
     @property
@@ -424,6 +427,8 @@ class ProcessSpawner:
         ep = self._epoll
         if ep is None:
             return
+        if self.before_exits is not None:
+            self.before_exits()
         by_fd = self._by_fd
         for fd, _ in ep.poll(0):
             proc = by_fd.get(fd)

@@ -209,6 +209,10 @@ class ZmqInterface:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)
 
+    def serve_pending(self) -> None:
+        """Answer the requests waiting on the socket now (never blocks); safe at the top of any callback."""
+        self._drain()
+
     def _drain(self) -> None:
         self._drain_scheduled = False
         if self._closed:

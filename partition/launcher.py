@@ -66,6 +66,10 @@ class LocalLauncher:
     def running(self) -> int:
         return self._spawner.running
 
+    def before_exits(self, callback: Callable[[], None] | None) -> None:
+        """Run `callback` each time before task exits are handled (and their cores refilled)."""
+        self._spawner.before_exits = callback
+
     def launch(self, req: LaunchRequest) -> None:
         env = self._base_env.copy()
         env.update(req.env)

@@ -403,3 +403,30 @@ def test_broken_callback_does_not_break_spawner(tmp_path):
         assert sp.running == 0
         await sp.shutdown()
     run(main())
+
+
+def test_before_exits_runs_before_the_exit_callbacks_of_a_turn(tmp_path):
+    """The hook the flat-mode service uses to answer waiting requests before refilling cores
+    (issue 4, "submit ... while 1000 tasks are being launched"): it runs ahead of every exit callback."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        order: list[str] = []
+        sp.before_exits = lambda: order.append("hook")
+        col = Collector(loop)
+
+        def on_exit(key, ev):
+            order.append(f"exit {key}")
+            col(key, ev)
+
+        for key in ("a", "b"):
+            sp.spawn(key, ProcessSpec(["/bin/true"], env(), str(tmp_path)), on_exit)
+        await col.wait("a")
+        await col.wait("b")
+        assert order[0] == "hook"
+        for i, item in enumerate(order):
+            if item.startswith("exit"):
+                assert "hook" in order[:i]
+        assert sorted(o for o in order if o != "hook") == ["exit a", "exit b"]
+        await sp.shutdown()
+    run(main())
