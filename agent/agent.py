@@ -70,8 +70,12 @@ class Agent:
         receiver.cancel()
         beater.cancel()
         await self.spawner.shutdown(timeout=5.0)
-        self._flush()
-        await asyncio.sleep(0.05)
+        last = self._flush()
+        if last is not None:     # the last events are with ZeroMQ; the linger below lets them leave
+            try:
+                await asyncio.wait_for(last, 1.0)
+            except (asyncio.TimeoutError, zmq.ZMQError):
+                pass
         self.sock.close(linger=1000)
         self.ctx.term()
         return 0
@@ -118,11 +122,12 @@ class Agent:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self) -> "asyncio.Future[Any] | None":
         self._flush_pending = False
         if self._events:
             events, self._events = self._events, []
-            self.sock.send(protocol.encode({"type": "events", "node": self.node, "events": events}))
+            return self.sock.send(protocol.encode({"type": "events", "node": self.node, "events": events}))
+        return None
 
     async def _beat(self) -> None:
         while True:

@@ -265,8 +265,13 @@ class ProcessSpawner:
     async def wait_then_shutdown(self, timeout: float) -> None:
         """Give the processes `timeout` seconds to end by themselves (told to exit), then `shutdown` the rest."""
         deadline = time.monotonic() + timeout
-        while self._procs and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        if self._procs:
+            if self._idle is None or self._idle.done():
+                self._idle = self._loop.create_future()
+            try:    # woken by the last exit, not by polling: a stop is on the critical path of every run
+                await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+            except asyncio.TimeoutError:
+                pass
         await self.shutdown(timeout=max(0.5, deadline - time.monotonic()))
 
     async def shutdown(self, timeout: float = 5.0) -> None:

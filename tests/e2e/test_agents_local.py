@@ -68,11 +68,14 @@ async def _wait_final(gov, name, timeout=30.0):
     return gov.registry.get(name)
 
 
-def _agent_pids(node):
+def _agent_pids(node, tmp_path):
+    """This test's agents of `node` (tests running in parallel have agents of the same node names)."""
+    keys = str(tmp_path / "keys")
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "qcg.pilotjob.agent" in cmd and "--node" in cmd and cmd[cmd.index("--node") + 1] == node:
+        if "qcg.pilotjob.agent" in cmd and "--node" in cmd and cmd[cmd.index("--node") + 1] == node \
+                and "--keys" in cmd and cmd[cmd.index("--keys") + 1] == keys:
             out.append(p.pid)
     return out
 
@@ -91,7 +94,7 @@ def test_tasks_run_through_agents(tmp_path, fake_ssh):
             assert seen == {"a", "b"}
         finally:
             await part.shutdown()
-        assert _agent_pids("a") == [] and _agent_pids("b") == []
+        assert _agent_pids("a", tmp_path) == [] and _agent_pids("b", tmp_path) == []
     run(main())
 
 
@@ -130,7 +133,7 @@ def test_killed_agent_marks_node_lost(tmp_path, fake_ssh):
             while gov.registry.get("s").executing_count < 2:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
-            for pid in _agent_pids("b"):
+            for pid in _agent_pids("b", tmp_path):
                 os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 20
             job = gov.registry.get("s")
@@ -159,7 +162,7 @@ def test_silent_agent_is_lost_by_heartbeat(tmp_path, fake_ssh):
             while gov.registry.get("s").executing_count < 2:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
-            pids = _agent_pids("b")
+            pids = _agent_pids("b", tmp_path)
             for pid in pids:
                 os.kill(pid, signal.SIGSTOP)
             try:
