@@ -6,6 +6,9 @@ use, runs what it is told through `ProcessSpawner`, and reports starts and
 exits in batches. Heartbeats go both ways: when the partition falls silent
 the agent kills its tasks and exits, so a lost partition leaves no orphans.
 
+Where to connect is `--address`, or `--address-file` when the agent is started
+together with its partition manager, before the manager has bound its socket.
+
 Messages (msgpack maps with "v", see api/protocol.py), partition -> agent:
 `run` (task, argv, env, cwd, stdin, stdout, stderr, cpus, walltime),
 `cancel` (task), `exit`, `hb`; agent -> partition: `ready` (node, cpus,
@@ -141,9 +144,36 @@ class Agent:
                 return
 
 
+ADDRESS_WAIT = 120.0      # seconds an agent waits for its --address-file
+
+
+def wait_for_address(path: str, timeout: float) -> str:
+    """The partition's address, once its manager has written it to `path` (polled; a shared file system).
+
+    An agent started together with its manager (not after it) reads where to
+    connect from this file; the manager writes it atomically once bound.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read().strip()
+            if text.startswith("tcp://"):
+                return text
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no partition address in {path} after {timeout:g}s")
+        time.sleep(0.005)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m qcg.pilotjob.agent", description=__doc__.split("\n")[0])
-    ap.add_argument("--address", required=True, help="partition endpoint, tcp://host:port")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", help="partition endpoint, tcp://host:port")
+    where.add_argument("--address-file", help="file the partition writes its endpoint to (waited for)")
+    ap.add_argument("--address-wait", type=float, default=ADDRESS_WAIT,
+                    help="seconds to wait for --address-file (default %(default)s)")
     ap.add_argument("--node", default=None, help="node name (default: $SLURMD_NODENAME or the host name)")
     ap.add_argument("--keys", default=None, help="directory with agent.key(_secret) and partition.key")
     ap.add_argument("--heartbeat", type=float, default=HEARTBEAT)
@@ -152,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     # an agent started by ssh has no Slurm step environment: tasks still learn their node
     os.environ.setdefault("SLURMD_NODENAME", node)
     try:
-        return asyncio.run(Agent(node, args.address, args.keys, args.heartbeat).run())
+        address = args.address or wait_for_address(args.address_file, args.address_wait)
+        return asyncio.run(Agent(node, address, args.keys, args.heartbeat).run())
     except (OSError, ValueError, zmq.ZMQError) as exc:
         print(f"agent {node}: cannot run: {exc}", file=sys.stderr)
         return 1

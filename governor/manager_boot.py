@@ -33,7 +33,7 @@ def _start_agents_early(argv: list[str]) -> None:
         from qcg.pilotjob.partition.early_agents import start_early
 
         start_early(nodes, start_method=method, keys_dir=os.path.join(aux_dir, "agent-keys"), err_dir=aux_dir)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure here has the normal start as its fallback
         # the manager starts its agents the usual way (and reports what is wrong with its input)
         print(f"early agent start skipped: {exc}", file=sys.stderr)
 

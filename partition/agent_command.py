@@ -13,9 +13,11 @@ AGENT_HEARTBEAT = 2.0      # agent -> partition heartbeat period
 DEFAULT_SSH = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
 
 
-def agent_command(start_method: str, node: str, address: str, keys_dir: str,
-                  ssh_command: list[str] | None = None) -> list[str]:
-    agent = [sys.executable, "-m", "qcg.pilotjob.agent", "--address", address, "--node", node,
+def agent_command(start_method: str, node: str, address: str | None, keys_dir: str,
+                  ssh_command: list[str] | None = None, address_file: str | None = None) -> list[str]:
+    """The agent's argv; with `address_file` (and no address) it waits for the address in that file."""
+    where = ["--address", address] if address else ["--address-file", str(address_file)]
+    agent = [sys.executable, "-m", "qcg.pilotjob.agent", *where, "--node", node,
              "--keys", keys_dir, "--heartbeat", str(AGENT_HEARTBEAT)]
     if start_method == "slurm":
         return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",

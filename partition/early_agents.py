@@ -4,11 +4,12 @@ A partition manager started by a governor knows its nodes from its
 resources file. Starting the agents (srun/ssh, a few hundred ms each to come
 up) only after the manager has imported everything put the two start-ups
 one after the other; `start_early` runs first thing in the process
-(`governor/manager_boot.py`): it creates the agent keys, binds the CURVE
-ROUTER socket the agents connect to, starts the ZAP handler that admits only
-the agent key, and spawns one agent per node. The `AgentLauncher` then
-adopts the socket and the processes (`take`), as if it had started them.
-Imports are kept to the standard library, pyzmq and `api.curve`.
+(`governor/manager_boot.py`). It spawns one agent per node before importing
+anything beyond the standard library (the agents wait for the address in a
+file of the keys directory: `--address-file`), then creates the agent keys,
+binds the CURVE ROUTER socket the agents connect to, starts the ZAP handler
+that admits only the agent key and writes the address. The `AgentLauncher`
+then adopts the socket and the processes (`take`), as if it had started them.
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import zmq
-
-from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.partition.agent_command import agent_command
+
+if TYPE_CHECKING:
+    import zmq
+
+ADDRESS_FILE = "address"       # in the keys directory: where the early agents connect to
 
 _PENDING: "EarlyAgents | None" = None
 
 
 @dataclass
 class EarlyAgents:
-    context: zmq.Context
-    sock: zmq.Socket
+    context: "zmq.Context"
+    sock: "zmq.Socket"
     address: str
     auth: Any                          # zmq.auth.thread.ThreadAuthenticator, stopped by the launcher
     keys_dir: str
@@ -41,9 +44,35 @@ class EarlyAgents:
 
 def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: str,
                 bind_host: str = "0.0.0.0") -> EarlyAgents:
-    """Bind the agents' socket and spawn every agent; kept for `take` (one per process)."""
+    """Spawn every agent, then bind their socket and publish its address; kept for `take` (one per process)."""
     global _PENDING
+    os.makedirs(keys_dir, mode=0o700, exist_ok=True)
+    address_file = os.path.join(keys_dir, ADDRESS_FILE)
+    try:
+        os.unlink(address_file)          # an earlier attempt's address must not be read
+    except FileNotFoundError:
+        pass
+    processes, errors = _spawn_agents(nodes, start_method, keys_dir, err_dir, address_file)
+    try:
+        early = _listen(keys_dir, start_method, bind_host, address_file, processes, errors)
+    except BaseException:
+        # the agents would wait for an address that never comes: end them (the manager starts its own)
+        for pid, _ in processes.values():
+            try:
+                os.killpg(pid, 15)
+            except OSError:
+                pass
+        raise
+    _PENDING = early
+    return early
+
+
+def _listen(keys_dir: str, start_method: str, bind_host: str, address_file: str,
+            processes: dict[str, tuple[int, float]], errors: dict[str, str]) -> EarlyAgents:
+    import zmq
     from zmq.auth.thread import ThreadAuthenticator
+
+    from qcg.pilotjob.api import curve, protocol
 
     _, secret = curve.create_pair(keys_dir, "partition")
     agent_public, _ = curve.create_pair(keys_dir, "agent")
@@ -58,10 +87,17 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
     curve.make_server(sock, secret)
     port = sock.bind_to_random_port(f"tcp://{bind_host}")
     address = f"tcp://{reachable_address() if bind_host in ('0.0.0.0', '*') else bind_host}:{port}"
-    early = EarlyAgents(ctx, sock, address, auth, keys_dir, start_method)
+    curve.write_private(address_file, address.encode())   # atomic: an agent never reads half of it
+    return EarlyAgents(ctx, sock, address, auth, keys_dir, start_method, processes, errors)
+
+
+def _spawn_agents(nodes: list[str], start_method: str, keys_dir: str, err_dir: str,
+                  address_file: str) -> tuple[dict[str, tuple[int, float]], dict[str, str]]:
+    processes: dict[str, tuple[int, float]] = {}
+    errors: dict[str, str] = {}
     env = dict(os.environ)
     for node in nodes:
-        argv = agent_command(start_method, node, address, keys_dir)
+        argv = agent_command(start_method, node, None, keys_dir, address_file=address_file)
         err = os.path.join(err_dir, f"agent-{node}.err")
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -70,11 +106,10 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
             exe = _which(argv[0], env.get("PATH", os.defpath))
             pid = os.posix_spawn(exe, argv, env, file_actions=actions, setpgroup=0)
         except OSError as exc:
-            early.errors[node] = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            errors[node] = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
             continue
-        early.processes[node] = (pid, time.time())
-    _PENDING = early
-    return early
+        processes[node] = (pid, time.time())
+    return processes, errors
 
 
 def take() -> EarlyAgents | None:

@@ -252,3 +252,55 @@ def test_late_agent_joins_the_run(tmp_path):
         finally:
             await part.shutdown()
     run(main())
+
+
+def test_agents_started_before_their_socket_is_bound_are_adopted(tmp_path):
+    """Issue 6 "Starting partitions" (manager start-up): `early_agents.start_early` spawns the agents first,
+    they wait for the address file, connect once the socket is bound; the launcher adopts them (no second
+    agent per node) and tasks run through them."""
+    from qcg.pilotjob.partition import early_agents
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        res = local_resources("a:2,b:2")
+        wd = tmp_path / "wd"
+        wd.mkdir()
+        keys = tmp_path / "keys"
+        early = early_agents.start_early(["a", "b"], start_method="local", keys_dir=str(keys),
+                                         err_dir=str(tmp_path), bind_host="127.0.0.1")
+        assert (keys / early_agents.ADDRESS_FILE).read_text() == early.address
+        spawned = {node: pid for node, (pid, _) in early.processes.items()}
+        assert sorted(spawned) == ["a", "b"] and not early.errors
+        part = Partition(loop, res, PartitionConfig(root_wd=str(wd), scratch_dir=str(tmp_path)), events=None)
+        gov = Governor(loop, part, [])
+        part.events = gov
+        launcher = AgentLauncher(loop, ["a", "b"], part._launched, part._exited, keys_dir=str(keys),
+                                 start_method="local", bind_host="127.0.0.1", init_timeout=30,
+                                 on_node_state=part.node_state)
+        part.attach_launcher(launcher)
+        await launcher.start(early_agents.take())
+        try:
+            assert sorted(launcher.ready_nodes) == ["a", "b"]
+            assert _agent_pids("a", tmp_path) == [spawned["a"]] and _agent_pids("b", tmp_path) == [spawned["b"]]
+            gov.submit(parse_jobs([{"name": "e", "execution": {"script": "echo $QCG_PM_NODELIST > out.${it}"},
+                                    "iteration": {"stop": 8}}]))
+            assert (await _wait_final(gov, "e")).state.value == "SUCCEED"
+            assert {(wd / f"out.{i}").read_text().strip() for i in range(8)} == {"a", "b"}
+        finally:
+            await part.shutdown()
+        assert _agent_pids("a", tmp_path) == [] and _agent_pids("b", tmp_path) == []
+    run(main())
+
+
+def test_agent_without_its_address_file_gives_up_clearly(tmp_path):
+    """An agent started early whose manager never binds (it failed) ends with one clear line, not a hang."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "keys" / "address"
+    proc = subprocess.run([sys.executable, "-m", "qcg.pilotjob.agent", "--address-file", str(missing),
+                           "--address-wait", "0.3", "--node", "a", "--keys", str(tmp_path / "keys")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert f"no partition address in {missing}" in proc.stderr
+    assert "Traceback" not in proc.stderr
