@@ -30,6 +30,7 @@ import zmq.asyncio
 
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
+from qcg.pilotjob.api.socket_batches import receive_frames
 
 HEARTBEAT = 2.0
 MISSED_HEARTBEATS = 5
@@ -88,21 +89,24 @@ class Agent:
 
     async def _receive(self) -> None:
         while True:
-            frame = await self.sock.recv()
-            self._last_heard = time.monotonic()
-            try:
-                msg, _ = protocol.decode(frame)
-            except protocol.ProtocolError as exc:
-                print(f"agent {self.node}: dropped a malformed message: {exc}", file=sys.stderr)
-                continue
-            kind = msg.get("type")
-            if kind == "run":
-                self._run(msg)
-            elif kind == "cancel":
-                self.spawner.cancel(msg.get("task"), msg.get("reason") or "canceled")
-            elif kind == "exit":
-                assert self._done is not None
-                self._done.set()
+            for frame in await receive_frames(self.sock):
+                self._handle(frame)
+
+    def _handle(self, frame: bytes) -> None:
+        self._last_heard = time.monotonic()
+        try:
+            msg, _ = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            print(f"agent {self.node}: dropped a malformed message: {exc}", file=sys.stderr)
+            return
+        kind = msg.get("type")
+        if kind == "run":
+            self._run(msg)
+        elif kind == "cancel":
+            self.spawner.cancel(msg.get("task"), msg.get("reason") or "canceled")
+        elif kind == "exit":
+            assert self._done is not None
+            self._done.set()
 
     def _run(self, msg: dict[str, Any]) -> None:
         task = msg["task"]

@@ -32,7 +32,10 @@ def _start_agents_early(argv: list[str]) -> None:
         os.makedirs(aux_dir, exist_ok=True)
         from qcg.pilotjob.partition.early_agents import start_early
 
-        start_early(nodes, start_method=method, keys_dir=os.path.join(aux_dir, "agent-keys"), err_dir=aux_dir)
+        # srun put this manager on the first node of its group: that node's agent is forked, not started
+        own = os.environ.get("SLURMD_NODENAME") if method == "slurm" else None
+        start_early(nodes, start_method=method, keys_dir=os.path.join(aux_dir, "agent-keys"), err_dir=aux_dir,
+                    own_node=own)
     except Exception as exc:  # noqa: BLE001 - any failure here has the normal start as its fallback
         # the manager starts its agents the usual way (and reports what is wrong with its input)
         print(f"early agent start skipped: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from qcg.pilotjob.api import curve, protocol
+from qcg.pilotjob.api.socket_batches import receive_frames
 from qcg.pilotjob.governor.keys import RunKeys
 from qcg.pilotjob.governor.partition_server import HEARTBEAT, LOST_AFTER
 from qcg.pilotjob.partition import wire
@@ -183,13 +184,13 @@ class ParentLink:
 
     async def _receive(self) -> None:
         while True:
-            frame = await self.sock.recv()
-            self._last_seen = time.monotonic()
-            try:
-                msg, _ = protocol.decode(frame)
-                self._handle(msg)
-            except (protocol.ProtocolError, wire.WireError, KeyError, TypeError, ValueError) as exc:
-                log.warning("malformed message from the parent dropped", error=str(exc))
+            for frame in await receive_frames(self.sock):
+                self._last_seen = time.monotonic()
+                try:
+                    msg, _ = protocol.decode(frame)
+                    self._handle(msg)
+                except (protocol.ProtocolError, wire.WireError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("malformed message from the parent dropped", error=str(exc))
 
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")

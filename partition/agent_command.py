@@ -16,9 +16,7 @@ DEFAULT_SSH = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
 def agent_command(start_method: str, node: str, address: str | None, keys_dir: str,
                   ssh_command: list[str] | None = None, address_file: str | None = None) -> list[str]:
     """The agent's argv; with `address_file` (and no address) it waits for the address in that file."""
-    where = ["--address", address] if address else ["--address-file", str(address_file)]
-    agent = [sys.executable, "-m", "qcg.pilotjob.agent", *where, "--node", node,
-             "--keys", keys_dir, "--heartbeat", str(AGENT_HEARTBEAT)]
+    agent = [sys.executable, "-m", "qcg.pilotjob.agent", *agent_args(node, address, keys_dir, address_file)]
     if start_method == "slurm":
         return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
                 "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *agent]
@@ -26,3 +24,9 @@ def agent_command(start_method: str, node: str, address: str | None, keys_dir: s
         # ssh hands the remote side one command line: quote every argument
         return [*(ssh_command or DEFAULT_SSH), node, shlex.join(agent)]
     return agent
+
+
+def agent_args(node: str, address: str | None, keys_dir: str, address_file: str | None = None) -> list[str]:
+    """The agent's own options (`qcg.pilotjob.agent.agent.main` takes them as its argv)."""
+    where = ["--address", address] if address else ["--address-file", str(address_file)]
+    return [*where, "--node", node, "--keys", keys_dir, "--heartbeat", str(AGENT_HEARTBEAT)]

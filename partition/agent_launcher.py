@@ -24,6 +24,7 @@ import zmq.asyncio
 
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
+from qcg.pilotjob.api.socket_batches import receive_multipart
 from qcg.pilotjob.partition.agent_command import AGENT_HEARTBEAT, DEFAULT_SSH, agent_command
 from qcg.pilotjob.partition.early_agents import EarlyAgents, reachable_address
 from qcg.pilotjob.partition.retries import start_with_retries
@@ -174,23 +175,26 @@ class AgentLauncher:
     # --------------------------------------------------------------- messages
     async def _receive(self) -> None:
         while True:
-            ident, frame = await self.sock.recv_multipart()
-            try:
-                msg, _ = protocol.decode(frame)
-            except protocol.ProtocolError as exc:
-                log.warning("malformed agent message dropped", error=str(exc))
-                continue
-            node = ident.decode(errors="replace")
-            state = self.agents.get(node)
-            if state is None:
-                log.warning("message from unknown node dropped", node=node)
-                continue
-            state.last_seen = time.monotonic()
-            kind = msg.get("type")
-            if kind == "events":
-                self._events(state, msg.get("events") or [])
-            elif kind == "ready":
-                self._ready(state, msg)
+            for ident, frame in await receive_multipart(self.sock):
+                self._handle(ident, frame)
+
+    def _handle(self, ident: bytes, frame: bytes) -> None:
+        try:
+            msg, _ = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            log.warning("malformed agent message dropped", error=str(exc))
+            return
+        node = ident.decode(errors="replace")
+        state = self.agents.get(node)
+        if state is None:
+            log.warning("message from unknown node dropped", node=node)
+            return
+        state.last_seen = time.monotonic()
+        kind = msg.get("type")
+        if kind == "events":
+            self._events(state, msg.get("events") or [])
+        elif kind == "ready":
+            self._ready(state, msg)
 
     def _ready(self, state: _AgentState, msg: dict[str, Any]) -> None:
         state.cpus = list(msg.get("cpus") or [])

@@ -10,17 +10,27 @@ file of the keys directory: `--address-file`), then creates the agent keys,
 binds the CURVE ROUTER socket the agents connect to, starts the ZAP handler
 that admits only the agent key and writes the address. The `AgentLauncher`
 then adopts the socket and the processes (`take`), as if it had started them.
+
+The agent of the node the manager itself runs on (`own_node`: the manager's
+srun step is on that node) is not started through srun: the manager forks it
+once the agent's modules are loaded (the manager needs them too) and before
+any thread or ZMQ context exists. It is then a complete agent in the same
+step as the manager, with the same CPUs, and it stops its tasks when the
+manager falls silent, as every agent does, but it costs no interpreter start
+or imports: on a small allocation those start-ups, not the manager's work,
+were what made a partitioned run start later than a flat one.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from qcg.pilotjob.partition.agent_command import agent_command
+from qcg.pilotjob.partition.agent_command import agent_args, agent_command
 
 if TYPE_CHECKING:
     import zmq
@@ -43,8 +53,11 @@ class EarlyAgents:
 
 
 def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: str,
-                bind_host: str = "0.0.0.0") -> EarlyAgents:
-    """Spawn every agent, then bind their socket and publish its address; kept for `take` (one per process)."""
+                bind_host: str = "0.0.0.0", own_node: str | None = None) -> EarlyAgents:
+    """Spawn every agent, then bind their socket and publish its address; kept for `take` (one per process).
+
+    The agent of `own_node` (one of `nodes`: where this process runs) is forked from this process.
+    """
     global _PENDING
     os.makedirs(keys_dir, mode=0o700, exist_ok=True)
     address_file = os.path.join(keys_dir, ADDRESS_FILE)
@@ -52,8 +65,12 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
         os.unlink(address_file)          # an earlier attempt's address must not be read
     except FileNotFoundError:
         pass
-    processes, errors = _spawn_agents(nodes, start_method, keys_dir, err_dir, address_file)
+    own = own_node if own_node in nodes else None
+    processes, errors = _spawn_agents([n for n in nodes if n != own], start_method, keys_dir, err_dir,
+                                      address_file)
     try:
+        if own is not None:
+            processes[own] = _fork_agent(own, keys_dir, err_dir, address_file)
         early = _listen(keys_dir, start_method, bind_host, address_file, processes, errors)
     except BaseException:
         # the agents would wait for an address that never comes: end them (the manager starts its own)
@@ -110,6 +127,32 @@ def _spawn_agents(nodes: list[str], start_method: str, keys_dir: str, err_dir: s
             continue
         processes[node] = (pid, time.time())
     return processes, errors
+
+
+def _fork_agent(node: str, keys_dir: str, err_dir: str, address_file: str) -> tuple[int, float]:
+    """Fork the agent of this process's own node; call before any thread or ZMQ context exists."""
+    from qcg.pilotjob.agent import agent as agent_module
+
+    argv = agent_args(node, None, keys_dir, address_file)
+    err = os.path.join(err_dir, f"agent-{node}.err")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:                     # the agent: never returns into the manager's code
+        code = 1
+        try:
+            os.setpgid(0, 0)         # its own group, as a spawned agent: killpg reaches it and its tasks only
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+            code = agent_module.main(argv)
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, this process must not go on
+            print(f"agent {node}: {exc!r}", file=sys.stderr)
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return pid, time.time()
 
 
 def take() -> EarlyAgents | None:

@@ -241,11 +241,13 @@ def partition_ids(client: Any) -> set[str]:
 def test_partitioned_file_run_covers_every_node_and_leaves_no_stray_files(tmp_path: Path, allocs) -> None:
     """`--slurm-partition-nodes 2` in a 4-node allocation: an iterative job and a dependant run on both
     partitions and on every node of each; one report and one final status (the governor's); only
-    the aux dir and the tasks' outputs in the working directory (the original left `.<task>.hostfile`)."""
+    the aux dir and the tasks' outputs in the working directory (the original left `.<task>.hostfile`).
+    The agent of the node a manager runs on is forked by the manager; the other agents are srun steps."""
     wd = tmp_path / "wd"
     n = 16
-    jobs = [{"name": "it", "iteration": {"stop": n},
-             "execution": {"script": "echo $SLURMD_NODENAME; sleep 0.5", "stdout": "it.${it}"}},
+    # each task: its node, and what started its agent (the task's parent)
+    who = "echo $SLURMD_NODENAME $(ps -o comm= -p $(ps -o ppid= -p $PPID)); sleep 0.5"
+    jobs = [{"name": "it", "iteration": {"stop": n}, "execution": {"script": who, "stdout": "it.${it}"}},
             {"name": "dep", "execution": {"exec": "/bin/echo", "args": ["after all"], "stdout": "dep.out"},
              "dependencies": {"after": ["it"]}}]
     reqs = write_reqs(tmp_path, jobs)
@@ -267,8 +269,11 @@ def test_partitioned_file_run_covers_every_node_and_leaves_no_stray_files(tmp_pa
     assert per_part["part-0"].isdisjoint(per_part["part-1"]), per_part
     assert per_part["part-0"] | per_part["part-1"] == nodes, (per_part, nodes)
     # what the tasks saw agrees with the report
-    seen = {(wd / f"it.{i}").read_text().strip() for i in range(n)}
-    assert seen == nodes
+    seen = dict((wd / f"it.{i}").read_text().split() for i in range(n))
+    assert set(seen) == nodes
+    for part, part_nodes in per_part.items():
+        starters = sorted(seen[node] for node in part_nodes)
+        assert starters[0].startswith("python") and starters[1] == "slurmstepd", (part, seen)
     assert (wd / "dep.out").read_text().strip() == "after all"
     assert hist_date(rep["dep"], "EXECUTING") >= max(hist_date(rep[f"it:{i}"], "SUCCEED") for i in range(n))
     # one report, one final status, both the governor's
@@ -408,7 +413,7 @@ def test_kill_partition_manager_mid_run(tmp_path: Path, allocs) -> None:
 
     def manager_with_running_tasks() -> psutil.Process | None:
         """The manager of part-1 (not its srun), once one of its agents runs a task."""
-        manager = None
+        managers = []
         agents = []
         for p in _processes_under(wd):
             try:
@@ -420,11 +425,14 @@ def test_kill_partition_manager_mid_run(tmp_path: Path, allocs) -> None:
             if part_dir not in joined or name == "srun":
                 continue
             if "--parent" in cmd and "--id" in cmd and cmd[cmd.index("--id") + 1] == "part-1":
-                manager = p
+                managers.append(p)      # the manager, or the agent of its node (forked: same command line)
             elif "qcg.pilotjob.agent" in joined:
                 agents.append(p)
+        pids = {m.pid for m in managers}
+        manager = next((m for m in managers if m.ppid() not in pids), None)
         if manager is None:
             return None
+        agents += [m for m in managers if m is not manager]
         for ag in agents:
             try:
                 if any(c.name() == "sleep" for c in ag.children(recursive=True)):

@@ -1,0 +1,40 @@
+"""Receiving from a zmq.asyncio socket a batch at a time.
+
+Each awaited receive on a `zmq.asyncio` socket creates a future, registers
+the socket with the event loop and computes several poll-flag enums: in a
+partition manager that was ~0.25 ms of CPU per message, more than handling
+the message. Messages that are already queued when an awaited receive
+returns are taken with non-blocking receives instead (a plain `recv` call
+each). The next awaited receive checks the socket's events before it waits,
+so no readiness edge is lost in between.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+BATCH = 256        # messages taken per wake-up at most: the loop's other work is not starved
+
+
+async def receive_frames(sock: Any, limit: int = BATCH) -> list[bytes]:
+    """Wait for one single-frame message, then take up to `limit` - 1 more already queued."""
+    got = [await sock.recv()]
+    while len(got) < limit:
+        fut = sock.recv(flags=zmq.DONTWAIT)
+        if fut.exception() is not None:          # zmq.Again: nothing more queued
+            break
+        got.append(fut.result())
+    return got
+
+
+async def receive_multipart(sock: Any, limit: int = BATCH) -> list[list[bytes]]:
+    """`receive_frames` for multipart messages (a ROUTER's identity + frame)."""
+    got = [await sock.recv_multipart()]
+    while len(got) < limit:
+        fut = sock.recv_multipart(flags=zmq.DONTWAIT)
+        if fut.exception() is not None:
+            break
+        got.append(fut.result())
+    return got
