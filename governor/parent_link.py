@@ -26,7 +26,6 @@ import zmq.asyncio
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.socket_batches import receive_frames
 from qcg.pilotjob.governor.keys import RunKeys
-from qcg.pilotjob.governor.partition_server import HEARTBEAT, LOST_AFTER
 from qcg.pilotjob.partition import wire
 from qcg.pilotjob.partition.agent_launcher import sent_now
 from qcg.pilotjob.partition.resources import Resources
@@ -57,7 +56,8 @@ class LinkedPort(Protocol):
 
 class ParentLink:
     def __init__(self, loop: asyncio.AbstractEventLoop, port: LinkedPort, *, address: str, member_id: str,
-                 keys: RunKeys | None, tags: list[str] | None = None, lost_after: float = LOST_AFTER) -> None:
+                 keys: RunKeys | None, tags: list[str] | None = None,
+                 lost_after: float = wire.LINK_LOST_AFTER) -> None:
         self.loop = loop
         self.port = port
         self.address = address
@@ -221,7 +221,7 @@ class ParentLink:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(wire.LINK_HEARTBEAT)
             silent = time.monotonic() - self._last_seen
             if silent > self.lost_after:
                 log.error("parent lost", address=self.address, silent=round(silent, 1))

@@ -33,9 +33,9 @@ from qcg.pilotjob.partition.task import ResourceRequest, TaskSpec
 
 log = structlog.get_logger("partitions")
 
-HEARTBEAT = 1.0          # both directions
+HEARTBEAT = wire.LINK_HEARTBEAT
 DISPATCH_BATCH_DELAY = 0.002     # seconds dispatched tasks wait to travel with others
-LOST_AFTER = 6.0         # seconds of silence before a manager (or the governor, seen from a manager) is lost
+LOST_AFTER = wire.LINK_LOST_AFTER
 
 Send = Callable[[bytes, bytes], bool]
 

@@ -23,15 +23,7 @@ from typing import Any
 import structlog
 
 from qcg.pilotjob.api import protocol
-from qcg.pilotjob.governor import journal as journal_mod
 from qcg.pilotjob.governor import logs
-from qcg.pilotjob.governor.file_interface import RequestFileError, load_requests
-from qcg.pilotjob.governor.governor import Governor
-from qcg.pilotjob.governor.journal import Journal
-from qcg.pilotjob.governor.progress import Progress
-from qcg.pilotjob.governor.reports import JobReport
-from qcg.pilotjob.governor.requests import RequestHandler
-from qcg.pilotjob.governor.views import status_report
 from qcg.pilotjob.partition.launcher import LocalLauncher
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
 from qcg.pilotjob.partition.resources import local_resources
@@ -129,12 +121,16 @@ class Service:
         """Everything that can fail on bad input, before any process starts."""
         cfg = self.config
         if cfg.file_path is not None:
+            from qcg.pilotjob.governor.file_interface import RequestFileError, load_requests
+
             try:
                 self.requests = load_requests(cfg.file_path)
             except RequestFileError as exc:
                 raise StartError(str(exc)) from None
         resume_aux = None
         if cfg.resume:
+            from qcg.pilotjob.governor import journal as journal_mod
+
             try:
                 resume_aux = journal_mod.find_aux_dir(cfg.resume)
             except FileNotFoundError as exc:
@@ -196,6 +192,13 @@ class Service:
                     c.close()
                 return EXIT_START_FAILED
         self.partition = self._make_partition()
+        # the governor's own parts: a partition manager (a subclass) never loads them
+        from qcg.pilotjob.governor.governor import Governor
+        from qcg.pilotjob.governor.journal import Journal
+        from qcg.pilotjob.governor.progress import Progress
+        from qcg.pilotjob.governor.reports import JobReport
+        from qcg.pilotjob.governor.requests import RequestHandler
+
         self.journal = Journal(self.aux_dir)
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format)
         listeners: list[Any] = [self.journal, self.report]
@@ -333,6 +336,8 @@ class Service:
         await launcher.start(early if early is not None and early.start_method == cfg.nl_start_method else None)
 
     def _replay(self) -> None:
+        from qcg.pilotjob.governor import journal as journal_mod
+
         replay = journal_mod.load(self.aux_dir)
         for sub in replay.submissions:
             self.governor.submit(sub.descs, rcnt=sub.rcnt, when=sub.when, done=sub.done)
@@ -377,6 +382,8 @@ class Service:
         return self.partition.info()
 
     def status_data(self) -> dict[str, Any]:
+        from qcg.pilotjob.governor.views import status_report
+
         data = status_report(list(self.governor.registry), self.partition.info(), instance_id=self.instance_id,
                              started=self.started, zmq_address=self.zmq_address, interfaces=self._interfaces(),
                              publisher=self.publisher.address if self.publisher is not None else None)

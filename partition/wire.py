@@ -16,6 +16,11 @@ from qcg.pilotjob.api.jobdesc import EXECUTION_FIELDS, Execution, execution_from
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
 
 
+# the link's timing, the same at both ends
+LINK_HEARTBEAT = 1.0     # seconds between heartbeats, both directions
+LINK_LOST_AFTER = 6.0    # seconds of silence before a manager (or the governor, seen from a manager) is lost
+
+
 class WireError(ValueError):
     """A message field has the wrong shape; the message names it."""
 
