@@ -36,9 +36,14 @@ HEARTBEAT = 2.0
 MISSED_HEARTBEATS = 5
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class Agent:
-    def __init__(self, node: str, address: str, keys_dir: str | None, heartbeat: float = HEARTBEAT) -> None:
+    def __init__(self, node: str, address: str, keys_dir: str | None, heartbeat: float = HEARTBEAT,
+                 stop_signals: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.node = node
+        self.stop_signals = stop_signals
         self.address = address
         self.keys_dir = keys_dir
         self.heartbeat = heartbeat
@@ -61,7 +66,7 @@ class Agent:
             curve.make_client(self.sock, public, secret, server_public)
         self.sock.connect(self.address)
         self.spawner = ProcessSpawner(loop)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self.stop_signals:
             loop.add_signal_handler(sig, self._done.set)
         try:
             cpus = sorted(os.sched_getaffinity(0))
@@ -171,7 +176,8 @@ def wait_for_address(path: str, timeout: float) -> str:
         time.sleep(0.005)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stop_signals: tuple[int, ...] = STOP_SIGNALS) -> int:
+    """The agent's command line; `stop_signals` end it (a forked agent gives its own, see early_agents)."""
     ap = argparse.ArgumentParser(prog="python -m qcg.pilotjob.agent", description=__doc__.split("\n")[0])
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--address", help="partition endpoint, tcp://host:port")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SLURMD_NODENAME", node)
     try:
         address = args.address or wait_for_address(args.address_file, args.address_wait)
-        return asyncio.run(Agent(node, address, args.keys, args.heartbeat).run())
+        return asyncio.run(Agent(node, address, args.keys, args.heartbeat, stop_signals).run())
     except (OSError, ValueError, zmq.ZMQError) as exc:
         print(f"agent {node}: cannot run: {exc}", file=sys.stderr)
         return 1

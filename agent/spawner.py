@@ -88,7 +88,7 @@ class ProcessExit:
 
 class _Proc:
     __slots__ = ("key", "pid", "pidfd", "on_exit", "started_at", "killed", "reason",
-                 "wt_handle", "kill_handle", "cpus")
+                 "wt_handle", "kill_handle", "cpus", "term_signal")
 
     def __init__(self, key, pid, pidfd, on_exit, started_at, cpus):
         self.key = key
@@ -101,6 +101,7 @@ class _Proc:
         self.wt_handle: asyncio.TimerHandle | None = None
         self.kill_handle: asyncio.TimerHandle | None = None
         self.cpus = cpus
+        self.term_signal = signal.SIGTERM      # the polite signal before SIGKILL
 
 
 def _err_text(exc: OSError) -> str:
@@ -227,11 +228,14 @@ class ProcessSpawner:
         return pid
 
     def adopt(self, key: Hashable, pid: int, on_exit: Callable[[Hashable, ProcessExit], None],
-              started: float) -> int:
-        """Watch a child this process spawned by other means (its own process group), as if spawned here."""
+              started: float, term_signal: int = signal.SIGTERM) -> int:
+        """Watch a child this process spawned by other means (its own process group), as if spawned here.
+
+        `term_signal` is what asks it to stop (before SIGKILL), for a child that ignores SIGTERM.
+        """
         if key in self._procs:
             raise ValueError(f"process key {key!r} is already running")
-        self._watch(key, pid, on_exit, started, None)
+        self._watch(key, pid, on_exit, started, None).term_signal = term_signal
         return pid
 
     def _watch(self, key: Hashable, pid: int, on_exit: Callable[[Hashable, ProcessExit], None], started: float,
@@ -410,7 +414,7 @@ class ProcessSpawner:
                 pass
 
     def _terminate(self, proc: _Proc, grace: float | None = None) -> None:
-        self._signal(proc, signal.SIGTERM)
+        self._signal(proc, proc.term_signal)
         if proc.kill_handle is None:
             proc.kill_handle = self._loop.call_later(
                 self._kill_grace if grace is None else grace, self._kill, proc)

@@ -199,6 +199,7 @@ class Service:
         from qcg.pilotjob.governor.reports import JobReport
         from qcg.pilotjob.governor.requests import RequestHandler
 
+        gc.freeze()             # as tune_gc: the modules just loaded are never collected
         self.journal = Journal(self.aux_dir)
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format)
         listeners: list[Any] = [self.journal, self.report]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.socket_batches import receive_multipart
 from qcg.pilotjob.partition.agent_command import AGENT_HEARTBEAT, DEFAULT_SSH, agent_command
-from qcg.pilotjob.partition.early_agents import EarlyAgents, reachable_address
+from qcg.pilotjob.partition.early_agents import PARENT_GONE, EarlyAgents, reachable_address
 from qcg.pilotjob.partition.retries import start_with_retries
 from qcg.pilotjob.partition.launcher import ExitCallback, LaunchRequest, LaunchResult, StartedCallback
 
@@ -80,6 +81,7 @@ class AgentLauncher:
         self._tasks: list[asyncio.Task[Any]] = []
         self.ready_at: float | None = None
         self._early: dict[str, tuple[int, float]] = {}
+        self._forked: str | None = None        # the node whose agent was forked (it ignores SIGTERM)
 
     # ------------------------------------------------------------------ start
     async def start(self, early: EarlyAgents | None = None) -> None:
@@ -130,6 +132,7 @@ class AgentLauncher:
         self.address = early.address
         self.keys_dir = early.keys_dir
         self._early = dict(early.processes)
+        self._forked = early.forked
         for node, why in early.errors.items():
             log.warning("early start of a node agent failed; starting it again", node=node, error=why)
 
@@ -154,7 +157,8 @@ class AgentLauncher:
                            stderr=os.path.join(self.keys_dir, os.pardir, f"agent-{state.node}.err"))
         started = self._early.pop(state.node, None)
         if started is not None:
-            pid = self._procs.adopt(key, started[0], self._agent_process_ended, started[1])
+            stop = PARENT_GONE if state.node == self._forked else signal.SIGTERM
+            pid = self._procs.adopt(key, started[0], self._agent_process_ended, started[1], stop)
         else:
             pid = self._procs.spawn(key, spec, self._agent_process_ended)
         if pid is None:

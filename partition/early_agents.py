@@ -16,7 +16,7 @@ srun step is on that node) is not started through srun: the manager forks it
 once the agent's modules are loaded (the manager needs them too) and before
 any thread or ZMQ context exists. It is then a complete agent in the same
 step as the manager, with the same CPUs, and it stops its tasks when the
-manager falls silent, as every agent does, but it costs no interpreter start
+manager falls silent, as every agent does, or dies; but it costs no interpreter start
 or imports: on a small allocation those start-ups, not the manager's work,
 were what made a partitioned run start later than a flat one.
 """
@@ -24,11 +24,12 @@ were what made a partitioned run start later than a flat one.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from qcg.pilotjob.partition.agent_command import agent_args, agent_command
 
@@ -50,6 +51,7 @@ class EarlyAgents:
     start_method: str
     processes: dict[str, tuple[int, float]] = field(default_factory=dict)   # node -> (pid, start time)
     errors: dict[str, str] = field(default_factory=dict)                   # node -> why it did not start
+    forked: str | None = None          # the node whose agent is this process's child (stops on PARENT_GONE)
 
 
 def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: str,
@@ -70,7 +72,10 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
                                       address_file)
     try:
         if own is not None:
-            processes[own] = _fork_agent(own, keys_dir, err_dir, address_file)
+            try:
+                processes[own] = _fork_agent(own, keys_dir, err_dir, address_file)
+            except (OSError, ImportError) as exc:      # that agent alone starts the usual way
+                errors[own] = f"cannot fork it: {exc}"
         early = _listen(keys_dir, start_method, bind_host, address_file, processes, errors)
     except BaseException:
         # the agents would wait for an address that never comes: end them (the manager starts its own)
@@ -80,6 +85,7 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
             except OSError:
                 pass
         raise
+    early.forked = own if own in processes else None
     _PENDING = early
     return early
 
@@ -129,30 +135,74 @@ def _spawn_agents(nodes: list[str], start_method: str, keys_dir: str, err_dir: s
     return processes, errors
 
 
+PARENT_GONE = signal.SIGHUP     # what the kernel sends a forked agent when its manager dies
+
+
 def _fork_agent(node: str, keys_dir: str, err_dir: str, address_file: str) -> tuple[int, float]:
-    """Fork the agent of this process's own node; call before any thread or ZMQ context exists."""
+    """Fork the agent of this process's own node; call before any thread or ZMQ context exists.
+
+    Slurm signals a step as a whole (`scancel --signal`, srun passing on a
+    TERM): the manager takes a first SIGTERM as "leave once our tasks have
+    ended", so its forked agent ignores SIGTERM and SIGINT and ends on its
+    manager's `exit`, or on SIGHUP, which the kernel sends it when the manager
+    dies (PR_SET_PDEATHSIG) -- a manager killed outright does not leave its
+    agent and tasks running outside the step.
+    """
     from qcg.pilotjob.agent import agent as agent_module
 
     argv = agent_args(node, None, keys_dir, address_file)
     err = os.path.join(err_dir, f"agent-{node}.err")
+    parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:                     # the agent: never returns into the manager's code
-        code = 1
-        try:
-            os.setpgid(0, 0)         # its own group, as a spawned agent: killpg reaches it and its tasks only
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(null, 1)
-            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-            code = agent_module.main(argv)
-        except BaseException as exc:  # noqa: BLE001 - whatever happens, this process must not go on
-            print(f"agent {node}: {exc!r}", file=sys.stderr)
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
+    # no signal handler may run in the child before it is set up (it would run the manager's code)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, PARENT_GONE})
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _be_forked_agent(agent_module, argv, node, err, parent, mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        os.setpgid(pid, pid)     # as the child does itself: whichever runs first, killpg finds the group
+    except OSError:
+        pass
     return pid, time.time()
+
+
+def _be_forked_agent(agent_module: Any, argv: list[str], node: str, err: str, parent: int,
+                     mask: set[signal.Signals]) -> NoReturn:
+    code = 1
+    try:
+        os.setpgid(0, 0)         # its own group, as a spawned agent: killpg reaches it and its tasks only
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _prctl(PR_SET_PDEATHSIG, int(PARENT_GONE))
+        _prctl(PR_SET_NAME, b"qcg-pj-agent")          # `ps`/`top` tell it from its manager
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+        if os.getppid() == parent:                  # else the manager died before PR_SET_PDEATHSIG took effect
+            code = agent_module.main(argv, stop_signals=(PARENT_GONE,))
+    except BaseException as exc:  # noqa: BLE001 - whatever happens, this process must not go on
+        print(f"agent {node}: {exc!r}", file=sys.stderr)
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl({option}): {os.strerror(errno)}")
 
 
 def take() -> EarlyAgents | None:

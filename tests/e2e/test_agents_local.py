@@ -304,3 +304,51 @@ def test_agent_without_its_address_file_gives_up_clearly(tmp_path):
     assert proc.returncode == 1
     assert f"no partition address in {missing}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+FORKING_MANAGER = r"""
+import os, sys, time
+from qcg.pilotjob.partition import early_agents
+keys, err = sys.argv[1], sys.argv[2]
+early = early_agents.start_early(["own"], start_method="local", keys_dir=keys, err_dir=err, own_node="own",
+                                 bind_host="127.0.0.1")
+print(early.processes["own"][0], flush=True)
+time.sleep(120)
+"""
+
+
+def test_forked_agent_ignores_step_signals_and_ends_with_its_manager(tmp_path):
+    """Issue 6 (manager start-up): the agent of the manager's own node is forked, not started. Slurm
+    signals a step as a whole and the manager takes a first SIGTERM as "leave gracefully", so the forked
+    agent ignores SIGTERM; it carries its own name for `ps`; and when the manager is killed outright
+    the kernel ends the agent too (it would otherwise run on outside the step, up to its 10 s silence
+    timeout -- this test allows 5 s)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "manager.py"
+    script.write_text(FORKING_MANAGER)
+    manager = subprocess.Popen([sys.executable, str(script), str(tmp_path / "keys"), str(tmp_path)],
+                               stdout=subprocess.PIPE, text=True)
+    agent_pid = None
+    try:
+        agent_pid = int(manager.stdout.readline())
+        agent = psutil.Process(agent_pid)
+        assert agent.ppid() == manager.pid
+        assert agent.name() == "qcg-pj-agent"
+        os.kill(agent_pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert agent.is_running() and agent.status() != psutil.STATUS_ZOMBIE
+        manager.kill()
+        manager.wait(10)
+        gone, alive = psutil.wait_procs([agent], timeout=5)
+        assert not alive, f"forked agent {agent_pid} outlived its manager"
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait(10)
+        if agent_pid is not None:
+            try:
+                os.kill(agent_pid, signal.SIGKILL)      # whatever failed above, no agent is left behind
+            except ProcessLookupError:
+                pass

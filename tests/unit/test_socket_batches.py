@@ -41,7 +41,10 @@ def test_queued_messages_come_in_one_batch_and_later_ones_are_not_lost() -> None
             # the other direction, single frames, with a limit
             for i in range(10):
                 await router.send_multipart([b"peer", b"r%d" % i])
-            first = await asyncio.wait_for(receive_frames(dealer, limit=4), TIMEOUT)
+            others = []                  # work of the loop that a full batch must let run
+            asyncio.get_running_loop().call_soon(others.append, "ran")
+            first = await receive_frames(dealer, limit=4)
+            assert others == ["ran"]
             rest = await asyncio.wait_for(receive_frames(dealer), TIMEOUT)
             assert first == [b"r0", b"r1", b"r2", b"r3"]
             assert rest == [b"r%d" % i for i in range(4, 10)]

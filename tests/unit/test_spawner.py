@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 
 import psutil
 import pytest
@@ -428,5 +429,31 @@ def test_before_exits_runs_before_the_exit_callbacks_of_a_turn(tmp_path):
             if item.startswith("exit"):
                 assert "hook" in order[:i]
         assert sorted(o for o in order if o != "hook") == ["exit a", "exit b"]
+        await sp.shutdown()
+    run(main())
+
+
+def test_adopted_child_is_stopped_with_its_own_signal(tmp_path):
+    """A child adopted with `term_signal` (the forked node agent ignores SIGTERM and stops on SIGHUP)
+    is asked to stop with that signal; it exits by itself, not by the SIGKILL after the grace time."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop, kill_grace=15.0)
+        col = Collector(loop)
+        ready = tmp_path / "ready"
+        code = ("import signal, sys, time, pathlib\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "signal.signal(signal.SIGHUP, lambda *a: sys.exit(5))\n"
+                f"pathlib.Path({str(ready)!r}).touch()\n"
+                "time.sleep(60)\n")
+        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", code], dict(os.environ), setpgroup=0)
+        sp.adopt("agent", pid, col, 0.0, signal.SIGHUP)
+        deadline = loop.time() + WAIT
+        while not ready.exists():
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        assert sp.cancel("agent")
+        ev = await col.wait("agent")
+        assert ev.exit_code == 5 and ev.killed == "canceled"
         await sp.shutdown()
     run(main())
