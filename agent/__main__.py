@@ -1,5 +1,4 @@
-import sys
-
 from qcg.pilotjob.agent.agent import main
+from qcg.pilotjob.agent.process_end import run_then_exit
 
-sys.exit(main())
+run_then_exit(main)

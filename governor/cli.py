@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from qcg.pilotjob.agent.process_end import run_then_exit
 from qcg.pilotjob.governor.logs import LEVELS
 from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
 
@@ -135,5 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name=prog, standalone_mode=True)
 
 
+def program() -> None:
+    """The console scripts (`qcg-gov`, `qcg-pm-service`): `main`, then the process ends at once."""
+    run_then_exit(main)
+
+
 if __name__ == "__main__":
-    main()
+    program()

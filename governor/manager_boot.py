@@ -50,4 +50,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from qcg.pilotjob.agent.process_end import run_then_exit
+
+    run_then_exit(main)

@@ -1,4 +1,5 @@
+from qcg.pilotjob.agent.process_end import run_then_exit
 from qcg.pilotjob.governor.cli import main
 
 if __name__ == "__main__":
-    main()
+    run_then_exit(main)
