@@ -79,9 +79,9 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
         early = _listen(keys_dir, start_method, bind_host, address_file, processes, errors)
     except BaseException:
         # the agents would wait for an address that never comes: end them (the manager starts its own)
-        for pid, _ in processes.values():
+        for node, (pid, _) in processes.items():
             try:
-                os.killpg(pid, 15)
+                os.killpg(pid, PARENT_GONE if node == own else signal.SIGTERM)
             except OSError:
                 pass
         raise

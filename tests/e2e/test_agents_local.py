@@ -352,3 +352,38 @@ def test_forked_agent_ignores_step_signals_and_ends_with_its_manager(tmp_path):
                 os.kill(agent_pid, signal.SIGKILL)      # whatever failed above, no agent is left behind
             except ProcessLookupError:
                 pass
+
+
+FAILING_MANAGER = r"""
+import os, sys, time
+from qcg.pilotjob.partition import early_agents
+try:
+    early_agents.start_early(["own"], start_method="local", keys_dir=sys.argv[1], err_dir=sys.argv[2],
+                             own_node="own", bind_host="256.0.0.1")     # cannot bind: start_early fails
+except Exception as exc:
+    print("failed:", type(exc).__name__, flush=True)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        print("no agent left", flush=True)
+        break
+    time.sleep(0.05)
+else:
+    print("agent still running", flush=True)
+"""
+
+
+def test_forked_agent_is_ended_when_the_early_start_fails(tmp_path):
+    """Issue 6 (manager start-up): when the manager cannot bind the agents' socket, the agents it already
+    started (the forked one, which ignores SIGTERM, included) are ended, not left waiting for an address."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "manager.py"
+    script.write_text(FAILING_MANAGER)
+    p = subprocess.run([sys.executable, str(script), str(tmp_path / "keys"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.splitlines()[0].startswith("failed:"), (p.stdout, p.stderr)
+    assert "no agent left" in p.stdout, (p.stdout, p.stderr)
