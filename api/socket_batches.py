@@ -17,39 +17,32 @@ peak memory of a 1 000-task run.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
 BATCH = 256        # messages taken per wake-up at most: the loop's other work is not starved
 
 
-async def _turn_if_full(got: list[Any], limit: int) -> list[Any]:
-    # awaiting a receive that is already complete does not yield: a full batch gives the loop a turn
-    if len(got) >= limit:
-        await asyncio.sleep(0)
-    return got
-
-
 async def receive_frames(sock: Any, limit: int = BATCH) -> list[bytes]:
     """Wait for one single-frame message, then take up to `limit` - 1 more already queued."""
-    got = [await sock.recv()]
-    while len(got) < limit and sock.get(zmq.EVENTS) & zmq.POLLIN:
-        fut = sock.recv(flags=zmq.DONTWAIT)
-        if not fut.done() or fut.exception() is not None:
-            fut.cancel()
-            break
-        got.append(fut.result())
-    return await _turn_if_full(got, limit)
+    return await _receive_queued(sock, sock.recv, limit)
 
 
 async def receive_multipart(sock: Any, limit: int = BATCH) -> list[list[bytes]]:
     """`receive_frames` for multipart messages (a ROUTER's identity + frame)."""
-    got = [await sock.recv_multipart()]
+    return await _receive_queued(sock, sock.recv_multipart, limit)
+
+
+async def _receive_queued(sock: Any, recv: Callable[..., Any], limit: int) -> list[Any]:
+    got = [await recv()]
     while len(got) < limit and sock.get(zmq.EVENTS) & zmq.POLLIN:
-        fut = sock.recv_multipart(flags=zmq.DONTWAIT)
+        fut = recv(flags=zmq.DONTWAIT)
         if not fut.done() or fut.exception() is not None:
             fut.cancel()
             break
         got.append(fut.result())
-    return await _turn_if_full(got, limit)
+    if len(got) >= limit:
+        # awaiting a receive that is already complete does not yield: a full batch gives the loop a turn
+        await asyncio.sleep(0)
+    return got
