@@ -387,3 +387,40 @@ def test_forked_agent_is_ended_when_the_early_start_fails(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.stdout.splitlines()[0].startswith("failed:"), (p.stdout, p.stderr)
     assert "no agent left" in p.stdout, (p.stdout, p.stderr)
+
+
+def test_malformed_agent_messages_are_dropped_and_the_partition_goes_on(tmp_path, fake_ssh):
+    """Issue 5/6 bad input: frames that are not protocol messages, and messages from a node the partition
+    does not have (sent with the run's agent key), are dropped; the real agents' work goes on."""
+    import zmq
+    import zmq.asyncio
+
+    from qcg.pilotjob.api import curve, protocol
+
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
+        ctx = zmq.asyncio.Context()
+        try:
+            keys = str(tmp_path / "keys")
+            public, secret = curve.load_pair(keys, "agent")
+            server_pub = curve.read_key(os.path.join(keys, "partition.key"))
+            # (an identity the ROUTER already has, such as a real agent's, would not be let in at all)
+            for ident, frames in ((b"x", [b"\xc1 not msgpack", b""]),
+                                  (b"stranger", [protocol.encode({"type": "ready", "node": "stranger"})])):
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.IDENTITY, ident)
+                sock.setsockopt(zmq.LINGER, 1000)
+                curve.make_client(sock, public, secret, server_pub)
+                sock.connect(launcher.address)
+                for frame in frames:
+                    await sock.send(frame)
+                await asyncio.sleep(0.3)
+                sock.close()
+            assert "stranger" not in launcher.agents
+            assert sorted(launcher.ready_nodes) == ["a", "b"]
+            gov.submit(parse_jobs([{"name": "after", "execution": {"exec": "/bin/true"}, "iteration": {"stop": 4}}]))
+            assert (await _wait_final(gov, "after")).state.value == "SUCCEED"
+        finally:
+            ctx.term()
+            await part.shutdown()
+    run(main())
