@@ -1,0 +1,83 @@
+"""The manager's end of the governor link (governor/parent_link.py) against a stand-in parent on a real
+ZMQ socket (issue 6 "Protocol"; DESIGN "Messages between the layers": unknown or malformed messages are
+logged and dropped -- never a crash): after garbage, a malformed dispatch and an unknown message type,
+the link still takes work and still ends on the parent's `exit`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import zmq
+import zmq.asyncio
+
+from qcg.pilotjob.api import protocol
+from qcg.pilotjob.api.jobdesc import Execution
+from qcg.pilotjob.governor.parent_link import ParentLink
+from qcg.pilotjob.partition import wire
+from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.task import ResourceRequest, TaskSpec
+
+TIMEOUT = 20.0
+
+
+class FakePort:
+    """What the link needs of a partition: its size and credit, and where dispatched tasks go."""
+
+    def __init__(self) -> None:
+        self.resources = local_resources("a:2")
+        self.queue_limit = 6
+        self.submitted: list[TaskSpec] = []
+
+    def submit(self, tasks: list[TaskSpec]) -> None:
+        self.submitted.extend(tasks)
+
+    def cancel(self, task_ids: list[str]) -> None:
+        pass
+
+    def never_fits(self, request: ResourceRequest) -> str | None:
+        return None
+
+    def totals(self) -> tuple[int, int, int]:
+        return (2, 1, 1)
+
+    def info(self) -> dict:
+        return self.resources.info()
+
+
+def test_malformed_parent_messages_are_dropped_and_the_link_goes_on() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = zmq.asyncio.Context()
+        parent = ctx.socket(zmq.ROUTER)
+        port_no = parent.bind_to_random_port("tcp://127.0.0.1")
+        port = FakePort()
+        link = ParentLink(loop, port, address=f"tcp://127.0.0.1:{port_no}", member_id="m1", keys=None)
+        try:
+            connecting = asyncio.ensure_future(link.connect())
+            ident, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
+            register, _ = protocol.decode(frame)
+            assert register["type"] == "register" and register["id"] == "m1"
+            await parent.send_multipart([ident, protocol.encode({"type": "registered", "id": "m1"})])
+            await asyncio.wait_for(connecting, TIMEOUT)
+
+            task = TaskSpec("t", "t", None, Execution(exec="/bin/true"), ResourceRequest(1, 1), walltime=None,
+                            seq=1)
+            for bad in (b"\xc1 not msgpack",                                   # not a protocol message
+                        protocol.encode({"type": "dispatch", "execs": [], "tasks": [["x"]]}),   # bad rows
+                        protocol.encode({"type": "no-such-type"})):
+                await parent.send_multipart([ident, bad])
+            await parent.send_multipart([ident, protocol.encode({"type": "dispatch", **wire.encode_tasks([task])})])
+            deadline = loop.time() + TIMEOUT
+            while not port.submitted:
+                assert loop.time() < deadline, "the good dispatch after the bad messages never arrived"
+                await asyncio.sleep(0.01)
+            assert [t.task_id for t in port.submitted] == ["t"]
+
+            await parent.send_multipart([ident, protocol.encode({"type": "exit"})])
+            assert await asyncio.wait_for(link.wait(), TIMEOUT) == "the parent asked to exit"
+        finally:
+            await link.close()
+            parent.close(linger=0)
+            ctx.term()
+
+    asyncio.run(main())
