@@ -8,9 +8,10 @@ Unknown names are left as they are: a later stage may know them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 PLACEHOLDER = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 
@@ -57,17 +58,67 @@ def tree_has_placeholders(obj: Any) -> bool:
     return False
 
 
-def substitute_fields(obj: Any, values: Mapping[str, Any]) -> Any:
+# Known only where the task is launched (its allocation and the partition's working dir).
+RUNTIME_PLACEHOLDERS = frozenset({"root_wd", "ncores", "nnodes", "nlist"})
+
+
+class FieldTemplate(NamedTuple):
+    """Where the placeholders of a frozen dataclass are: worked out once, used for every task.
+
+    A sweep of 100 000 iterations substitutes its execution 100 000 times;
+    looking only at the fields that hold placeholders, and computing only the
+    values that are referenced (a `uniq` is a fresh UUID), keeps that cheap.
+    """
+
+    fields: tuple[str, ...]       # fields holding at least one `${name}`
+    names: frozenset[str]         # every name referenced, in values and dictionary keys
+
+
+def placeholder_names(obj: Any) -> set[str]:
+    """The `${name}` names inside a string or nested dicts, lists and tuples (keys included)."""
+    found: set[str] = set()
+    _collect(obj, found)
+    return found
+
+
+def _collect(obj: Any, found: set[str]) -> None:
+    if isinstance(obj, str):
+        if "${" in obj:
+            found.update(PLACEHOLDER.findall(obj))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _collect(k, found)
+            _collect(v, found)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _collect(v, found)
+
+
+def field_template(obj: Any) -> FieldTemplate | None:
+    """The fields of the dataclass `obj` that hold placeholders, or None when none does."""
+    fields: list[str] = []
+    names: set[str] = set()
+    for f in _field_names(type(obj)):
+        value = getattr(obj, f)
+        if not value or isinstance(value, (int, float, bool)) or (isinstance(value, str) and "${" not in value):
+            continue          # None, empty, a number or a plain string: nothing to substitute
+        found = placeholder_names(value)
+        if found:
+            fields.append(f)
+            names |= found
+    return FieldTemplate(tuple(fields), frozenset(names)) if fields else None
+
+
+def substitute_fields(obj: Any, values: Mapping[str, Any], template: FieldTemplate | None = None) -> Any:
     """A copy of the frozen dataclass `obj` with placeholders substituted in every field.
 
-    Returns `obj` itself when nothing changes, so callers can share the
+    With `template` (from `field_template(obj)`), only its fields are looked
+    at. Returns `obj` itself when nothing changes, so callers can share the
     immutable original between many tasks.
     """
-    import dataclasses
-
     changes: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
+    for name in template.fields if template is not None else _field_names(type(obj)):
+        value = getattr(obj, name)
         if value is None or isinstance(value, (int, float, bool)):
             continue
         if isinstance(value, str):
@@ -77,5 +128,27 @@ def substitute_fields(obj: Any, values: Mapping[str, Any]) -> Any:
         else:
             new = substitute_tree(value, values)
         if new != value:
-            changes[f.name] = new
-    return dataclasses.replace(obj, **changes) if changes else obj
+            changes[name] = new
+    return _replaced(obj, changes) if changes else obj
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _replaced(obj: Any, changes: dict[str, Any]) -> Any:
+    """`dataclasses.replace` for values of the same types: a field-by-field copy, no `__init__` run.
+
+    `replace` calls `fields()` and the generated `__init__` on every use;
+    this copy sets each field directly (frozen classes included).
+    """
+    new = object.__new__(type(obj))
+    for name in _field_names(type(obj)):
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Iterable, Protocol
 import structlog
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from qcg.pilotjob.api.placeholders import FieldTemplate, field_template
 from qcg.pilotjob.governor.dependencies import WaiterIndex, check_submission, resolve_template, split_dependencies
 from qcg.pilotjob.governor.registry import (
-    IterationRecord, JobRecord, Registry, execution_fields_with_placeholders, split_task_name,
+    IterationRecord, JobRecord, Registry, split_task_name,
 )
 from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, JobState
 from qcg.pilotjob.governor.tasks import make_task, request_variables
@@ -76,7 +77,7 @@ class Governor:
         self._alloc_text: dict[Allocation, str] = {}
         self._requeues: dict[str, int] = {}
         self._size_cache: dict[tuple, tuple[ResourceRequest, str | None]] = {}
-        self._templated_seen: dict[int, tuple["Execution", bool]] = {}
+        self._templates: dict[int, tuple["Execution", FieldTemplate | None]] = {}
         self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
         # refill the partition inside each exit (flat: the partition's next pass sees the task at once);
         # with remote partitions, one dispatch per loop turn batches the refills of many exits
@@ -156,8 +157,8 @@ class Governor:
             deps = split_dependencies(desc)
             job.per_iteration_deps = deps.templated
             job.static_deps = deps.static
-        job.exec_templated = self._templated(desc.execution)
-        if job.exec_templated:
+        job.exec_template = self._template(desc.execution)
+        if job.exec_template is not None:
             job.base_vars = dict(base, jname=desc.name)
         self.registry.add(job)
         self.unfinished += 1
@@ -169,15 +170,15 @@ class Governor:
             self._restore(job, done)
         return job
 
-    def _templated(self, execution: "Execution") -> bool:
-        """`execution_fields_with_placeholders`, once per execution object (jobs of a request share equal ones)."""
-        hit = self._templated_seen.get(id(execution))
+    def _template(self, execution: "Execution") -> FieldTemplate | None:
+        """`field_template` once per execution object (jobs of a request share equal ones)."""
+        hit = self._templates.get(id(execution))
         if hit is not None and hit[0] is execution:
             return hit[1]
-        value = execution_fields_with_placeholders(execution)
-        if len(self._templated_seen) >= 4096:
-            self._templated_seen.clear()
-        self._templated_seen[id(execution)] = (execution, value)   # kept, so the id is not reused meanwhile
+        value = field_template(execution)
+        if len(self._templates) >= 4096:
+            self._templates.clear()
+        self._templates[id(execution)] = (execution, value)   # kept, so the id is not reused meanwhile
         return value
 
     def _restore(self, job: JobRecord, done: dict[int | None, JobState]) -> None:

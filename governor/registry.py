@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, JobState
 
 if TYPE_CHECKING:
-    from qcg.pilotjob.api.jobdesc import Execution, JobDescription
+    from qcg.pilotjob.api.jobdesc import JobDescription
+    from qcg.pilotjob.api.placeholders import FieldTemplate
     from qcg.pilotjob.partition.task import ResourceRequest
 
 History = list[tuple[float, JobState]]  # (time.time(), state)
@@ -103,7 +104,7 @@ class JobRecord:
     per_iteration_deps: tuple[str, ...] = ()
     static_deps: tuple = ()              # (name, iteration or None) targets common to all iterations
     sized_per_iteration: bool = False    # an iteration scheduler sizes each iteration
-    exec_templated: bool = False         # execution holds request-time placeholders
+    exec_template: "FieldTemplate | None" = None   # where the execution's placeholders are (None: nowhere)
     base_vars: dict[str, Any] = field(default_factory=dict)
     name: str = field(init=False)        # the description's name, read on every event
 
@@ -202,18 +203,3 @@ def split_task_name(name: str) -> tuple[str, int | None]:
         return base, int(it)
     except ValueError:
         raise ValueError(f"'{name}': iteration index '{it}' is not an integer") from None
-
-
-def execution_fields_with_placeholders(execution: "Execution") -> bool:
-    """Whether any string of the execution holds `${...}` (a cheap substring test first)."""
-    from qcg.pilotjob.api.placeholders import has_placeholders, tree_has_placeholders
-
-    e = execution
-    for text in (e.exec, e.script, e.stdin, e.stdout, e.stderr, e.wd, e.venv):
-        if text is not None and "${" in text and has_placeholders(text):
-            return True
-    for seq in (e.args, e.modules):
-        for text in seq:
-            if "${" in text and has_placeholders(text):
-                return True
-    return bool(e.env or e.model_opts) and tree_has_placeholders([e.env, e.model_opts])

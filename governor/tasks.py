@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from qcg.pilotjob.api.placeholders import substitute_fields
+from qcg.pilotjob.api.placeholders import RUNTIME_PLACEHOLDERS, substitute_fields
 from qcg.pilotjob.partition.task import TaskSpec
 
 if TYPE_CHECKING:
@@ -35,14 +35,21 @@ def request_variables(rcnt: int, when: datetime, sname: str = "local") -> dict[s
 def make_task(job: "JobRecord", iteration: int | None, request: "ResourceRequest") -> TaskSpec:
     desc = job.desc
     execution = desc.execution
-    if job.exec_templated:
+    template = job.exec_template
+    runtime = False
+    if template is not None:
+        names = template.names
         values = dict(job.base_vars)
-        values["uniq"] = uuid.uuid4().hex
+        if "uniq" in names:
+            values["uniq"] = uuid.uuid4().hex
         if iteration is not None:
             assert desc.iteration is not None
             values.update(desc.iteration.substitutions(iteration))
             values["jname"] = f"{desc.name}:{iteration}"
-        execution = substitute_fields(execution, values)
+        execution = substitute_fields(execution, values, template)
+        # the partition substitutes again only what it alone knows (or what a value brought in)
+        runtime = not names.isdisjoint(RUNTIME_PLACEHOLDERS) or any(
+            "${" in str(values[n]) for n in names if n in values)
     return TaskSpec(
         task_id=job.task_id(iteration),
         job_name=desc.name,
@@ -51,6 +58,6 @@ def make_task(job: "JobRecord", iteration: int | None, request: "ResourceRequest
         resources=request,
         walltime=desc.resources.wt,
         seq=job.seq,
-        templated=job.exec_templated,
+        templated=runtime,
         attributes=desc.attributes,
     )

@@ -220,8 +220,8 @@ def test_show_progress_prints_bar_to_stderr(tmp_path, service_args):
 
 @pytest.mark.both_modes
 def test_placeholders(service, tmp_path):
-    """Reference 10.3.1 variables `${it}`, `${jname}`, `${rcnt}`, `${root_wd}`, `${ncores}`, `${nnodes}`,
-    `${nlist}` substituted per string field; `$$` and quotes survive (issue 3 "never on serialised JSON")."""
+    """Reference 10.3.1 variables `${it}`, `${itval}`, `${uniq}` (fresh per task), `${jname}`, `${rcnt}`,
+    `${root_wd}`, `${ncores}`, `${nnodes}`, `${nlist}` substituted per string field; `$$` and quotes survive (issue 3 "never on serialised JSON")."""
     reqs = [
         submit(job("first")),
         submit(
@@ -230,6 +230,7 @@ def test_placeholders(service, tmp_path):
                 stdout="p.${ncores}.out", resources={"numCores": {"exact": 3}}),
             job("i", "/bin/echo", ["it=${it}"], stdout="i.${it}.out", iteration={"start": 2, "stop": 4}),
             job("v", "/bin/echo", ["${itval}"], stdout="v.${it}.out", iteration={"values": ["x y", "z"]}),
+            job("u", "/bin/echo", ["${uniq}"], stdout="u.${it}.out", iteration={"stop": 2}),
         ),
     ]
     # two nodes per partition in partitioned mode: the 3-core task spans the nodes of one partition
@@ -247,6 +248,8 @@ def test_placeholders(service, tmp_path):
     assert (r.wd / "i.3.out").read_text() == "it=3\n"
     assert (r.wd / "v.0.out").read_text() == "x y\n"
     assert (r.wd / "v.1.out").read_text() == "z\n"
+    uniqs = {(r.wd / f"u.{i}.out").read_text().strip() for i in range(2)}
+    assert len(uniqs) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", u) for u in uniqs), uniqs
     # reports keep the description with ${it} literal (facts 8)
     assert r.report()["i"]["execution"]["stdout"] == "i.${it}.out"
 
