@@ -72,6 +72,8 @@ class FieldTemplate(NamedTuple):
 
     fields: tuple[str, ...]       # fields holding at least one `${name}`
     names: frozenset[str]         # every name referenced, in values and dictionary keys
+    # a string also holds a `${` that is no placeholder yet ("${n${itval}}"): a value may complete it
+    partial: bool = False
 
 
 def placeholder_names(obj: Any) -> set[str]:
@@ -81,32 +83,39 @@ def placeholder_names(obj: Any) -> set[str]:
     return found
 
 
-def _collect(obj: Any, found: set[str]) -> None:
+def _collect(obj: Any, found: set[str]) -> bool:
+    """Add the names in `obj` to `found`; True if a string with a placeholder has another, open `${`."""
     if isinstance(obj, str):
-        if "${" in obj:
-            found.update(PLACEHOLDER.findall(obj))
-    elif isinstance(obj, dict):
+        if "${" not in obj:
+            return False
+        names = PLACEHOLDER.findall(obj)
+        found.update(names)
+        return bool(names) and obj.count("${") > len(names)
+    partial = False
+    if isinstance(obj, dict):
         for k, v in obj.items():
-            _collect(k, found)
-            _collect(v, found)
+            partial = _collect(k, found) | _collect(v, found) | partial
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _collect(v, found)
+            partial = _collect(v, found) | partial
+    return partial
 
 
 def field_template(obj: Any) -> FieldTemplate | None:
     """The fields of the dataclass `obj` that hold placeholders, or None when none does."""
     fields: list[str] = []
     names: set[str] = set()
+    partial = False
     for f in _field_names(type(obj)):
         value = getattr(obj, f)
         if not value or isinstance(value, (int, float, bool)) or (isinstance(value, str) and "${" not in value):
             continue          # None, empty, a number or a plain string: nothing to substitute
-        found = placeholder_names(value)
+        found: set[str] = set()
+        partial = _collect(value, found) or partial
         if found:
             fields.append(f)
             names |= found
-    return FieldTemplate(tuple(fields), frozenset(names)) if fields else None
+    return FieldTemplate(tuple(fields), frozenset(names), partial) if fields else None
 
 
 def substitute_fields(obj: Any, values: Mapping[str, Any], template: FieldTemplate | None = None) -> Any:

@@ -47,8 +47,8 @@ def make_task(job: "JobRecord", iteration: int | None, request: "ResourceRequest
             values.update(desc.iteration.substitutions(iteration))
             values["jname"] = f"{desc.name}:{iteration}"
         execution = substitute_fields(execution, values, template)
-        # the partition substitutes again only what it alone knows (or what a value brought in)
-        runtime = not names.isdisjoint(RUNTIME_PLACEHOLDERS) or any(
+        # the partition substitutes again only what it alone knows, or what a value brought in or completed
+        runtime = not names.isdisjoint(RUNTIME_PLACEHOLDERS) or template.partial or any(
             "${" in str(values[n]) for n in names if n in values)
     return TaskSpec(
         task_id=job.task_id(iteration),

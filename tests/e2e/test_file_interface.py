@@ -231,6 +231,9 @@ def test_placeholders(service, tmp_path):
             job("i", "/bin/echo", ["it=${it}"], stdout="i.${it}.out", iteration={"start": 2, "stop": 4}),
             job("v", "/bin/echo", ["${itval}"], stdout="v.${it}.out", iteration={"values": ["x y", "z"]}),
             job("u", "/bin/echo", ["${uniq}"], stdout="u.${it}.out", iteration={"stop": 2}),
+            # run-time names that a value brings in or completes are substituted at launch
+            job("w", "/bin/echo", ["${itval}", "${n${itval}}"], stdout="w.${it}.out", iteration={"values": ["${ncores}"]}),
+            job("n", "/bin/echo", ["${n${itval}}"], stdout="n.${it}.out", iteration={"values": ["nodes"]}),
         ),
     ]
     # two nodes per partition in partitioned mode: the 3-core task spans the nodes of one partition
@@ -248,6 +251,8 @@ def test_placeholders(service, tmp_path):
     assert (r.wd / "i.3.out").read_text() == "it=3\n"
     assert (r.wd / "v.0.out").read_text() == "x y\n"
     assert (r.wd / "v.1.out").read_text() == "z\n"
+    assert (r.wd / "w.0.out").read_text() == "1 ${n1}\n"
+    assert (r.wd / "n.0.out").read_text() == "1\n"
     uniqs = {(r.wd / f"u.{i}.out").read_text().strip() for i in range(2)}
     assert len(uniqs) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", u) for u in uniqs), uniqs
     # reports keep the description with ${it} literal (facts 8)

@@ -74,18 +74,34 @@ def test_uniq_is_fresh_per_task(gov):
     assert len(uniqs) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", u) for u in uniqs)
 
 
+def _launched(task):
+    """What the partition runs (`Partition._start`): run-time names substituted when the task says so."""
+    if not task.templated:
+        return task.execution
+    return substitute_fields(task.execution, {"root_wd": "/w", "ncores": 3, "nnodes": 1, "nlist": "n0"})
+
+
 def test_partition_substitutes_only_when_something_is_left_for_it(gov):
     tasks = _tasks(
         gov,
         {"name": "plain", "execution": {"exec": "/bin/true"}},
         {"name": "req", "iteration": {"stop": 1}, "execution": {"exec": "/bin/echo", "args": ["${it}", "${jname}"]}},
         {"name": "shell", "execution": {"script": "echo ${HOME}"}},
-        {"name": "run", "execution": {"exec": "/bin/echo", "args": ["${ncores}"]}},
+        {"name": "run", "execution": {"exec": "/bin/echo", "args": ["${ncores}", "${it}"]}},
         # a value that brings a run-time placeholder in is substituted at launch as well
         {"name": "val", "iteration": {"values": ["${nlist}"]}, "execution": {"exec": "/bin/echo", "args": ["${itval}"]}},
+        # ... and so is one that a value completes ("${n" + "cores}")
+        {"name": "nest", "iteration": {"values": ["cores"]}, "execution": {"exec": "/bin/echo", "args": ["${n${itval}}"]}},
     )
-    assert tasks["req:0"].execution.args == ("0", "req:0")
-    assert tasks["shell"].execution.script == "echo ${HOME}"
     assert {tid: t.templated for tid, t in tasks.items()} == {
-        "plain": False, "req:0": False, "shell": False, "run": True, "val:0": True}
-    assert tasks["val:0"].execution.args == ("${nlist}",)
+        "plain": False, "req:0": False, "shell": False, "run": True, "val:0": True, "nest:0": True}
+    assert {tid: _launched(t).args or _launched(t).script for tid, t in tasks.items()} == {
+        "plain": None, "req:0": ("0", "req:0"), "shell": "echo ${HOME}", "run": ("3", "${it}"),
+        "val:0": ("n0",), "nest:0": ("3",)}
+    assert field_template(tasks["shell"].execution) is None or not field_template(tasks["shell"].execution).partial
+
+
+def test_partial_only_where_a_placeholder_sits_next_to_an_open_one():
+    assert field_template(Execution(exec="/bin/echo", args=("${n${it}}",))).partial
+    assert not field_template(Execution(exec="/bin/echo", args=("${it}", "${HOME:-x}"))).partial
+    assert field_template(Execution(exec="/bin/echo", args=("${HOME:-x}",))) is None
