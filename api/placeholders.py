@@ -48,16 +48,6 @@ def substitute_tree(obj: Any, values: Mapping[str, Any]) -> Any:
     return obj
 
 
-def tree_has_placeholders(obj: Any) -> bool:
-    if isinstance(obj, str):
-        return has_placeholders(obj)
-    if isinstance(obj, dict):
-        return any(tree_has_placeholders(k) or tree_has_placeholders(v) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return any(tree_has_placeholders(v) for v in obj)
-    return False
-
-
 # Known only where the task is launched (its allocation and the partition's working dir).
 RUNTIME_PLACEHOLDERS = frozenset({"root_wd", "ncores", "nnodes", "nlist"})
 

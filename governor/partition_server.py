@@ -33,9 +33,7 @@ from qcg.pilotjob.partition.task import ResourceRequest, TaskSpec
 
 log = structlog.get_logger("partitions")
 
-HEARTBEAT = wire.LINK_HEARTBEAT
 DISPATCH_BATCH_DELAY = 0.002     # seconds dispatched tasks wait to travel with others
-LOST_AFTER = wire.LINK_LOST_AFTER
 
 Send = Callable[[bytes, bytes], bool]
 
@@ -94,7 +92,7 @@ class _Peer:
 
 class PartitionServer:
     def __init__(self, loop: asyncio.AbstractEventLoop, pset: PartitionSet, send: Send, *,
-                 lost_after: float = LOST_AFTER) -> None:
+                 lost_after: float = wire.LINK_LOST_AFTER) -> None:
         self.loop = loop
         self.pset = pset
         self._send = send
@@ -228,7 +226,7 @@ class PartitionServer:
     async def _heartbeats(self) -> None:
         hb = protocol.encode({"type": "hb"})
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(wire.LINK_HEARTBEAT)
             now = time.monotonic()
             for peer in list(self.peers.values()):
                 silent = now - peer.last_seen

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,7 +26,7 @@ from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.socket_batches import receive_multipart
 from qcg.pilotjob.partition.agent_command import AGENT_HEARTBEAT, DEFAULT_SSH, agent_command
-from qcg.pilotjob.partition.early_agents import PARENT_GONE, EarlyAgents, reachable_address
+from qcg.pilotjob.partition.early_agents import EarlyAgents, reachable_address, stop_signal
 from qcg.pilotjob.partition.retries import start_with_retries
 from qcg.pilotjob.partition.launcher import ExitCallback, LaunchRequest, LaunchResult, StartedCallback
 
@@ -157,8 +156,8 @@ class AgentLauncher:
                            stderr=os.path.join(self.keys_dir, os.pardir, f"agent-{state.node}.err"))
         started = self._early.pop(state.node, None)
         if started is not None:
-            stop = PARENT_GONE if state.node == self._forked else signal.SIGTERM
-            pid = self._procs.adopt(key, started[0], self._agent_process_ended, started[1], stop)
+            pid = self._procs.adopt(key, started[0], self._agent_process_ended, started[1],
+                                    stop_signal(state.node, self._forked))
         else:
             pid = self._procs.spawn(key, spec, self._agent_process_ended)
         if pid is None:

@@ -81,7 +81,7 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
         # the agents would wait for an address that never comes: end them (the manager starts its own)
         for node, (pid, _) in processes.items():
             try:
-                os.killpg(pid, PARENT_GONE if node == own else signal.SIGTERM)
+                os.killpg(pid, stop_signal(node, own))
             except OSError:
                 pass
         raise
@@ -136,6 +136,11 @@ def _spawn_agents(nodes: list[str], start_method: str, keys_dir: str, err_dir: s
 
 
 PARENT_GONE = signal.SIGHUP     # what the kernel sends a forked agent when its manager dies
+
+
+def stop_signal(node: str, forked: str | None) -> int:
+    """What asks `node`'s agent to stop (before SIGKILL): the forked agent ignores SIGTERM (`_fork_agent`)."""
+    return PARENT_GONE if node == forked else signal.SIGTERM
 
 
 def _fork_agent(node: str, keys_dir: str, err_dir: str, address_file: str) -> tuple[int, float]:
