@@ -335,6 +335,10 @@ def test_forked_agent_ignores_step_signals_and_ends_with_its_manager(tmp_path):
         agent_pid = int(manager.stdout.readline())
         agent = psutil.Process(agent_pid)
         assert agent.ppid() == manager.pid
+        # the child names itself just after the fork, while its manager goes on: give it that moment
+        deadline = time.monotonic() + 5
+        while agent.name() != "qcg-pj-agent" and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert agent.name() == "qcg-pj-agent"
         os.kill(agent_pid, signal.SIGTERM)
         time.sleep(0.5)
