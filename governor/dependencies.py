@@ -22,22 +22,16 @@ Target = tuple[str, "int | None"]          # (job name, iteration or None for th
 Waiter = tuple["JobRecord", "int | None"]  # (dependant job, its iteration or None for the whole job)
 
 
-@dataclass(frozen=True, slots=True)
-class SplitDeps:
-    static: tuple[Target, ...]        # the same for every iteration
-    templated: tuple[str, ...]        # hold ${it}: resolved per iteration
+@dataclass(slots=True)
+class BatchDeps:
+    """The `after` of each job of a batch, parsed; by position in the batch.
 
+    Two lists rather than an object per job: the static tuples are kept by
+    the jobs anyway, and the templated ones are almost always the shared `()`.
+    """
 
-def split_dependencies(desc: "JobDescription") -> SplitDeps:
-    """Separate `after` entries into fixed targets and per-iteration templates."""
-    static: list[Target] = []
-    templated: list[str] = []
-    for dep in desc.after:
-        if has_placeholders(dep):
-            templated.append(dep)
-        else:
-            static.append(split_task_name(dep))
-    return SplitDeps(tuple(static), tuple(templated))
+    static: list[tuple[Target, ...]]      # the same for every iteration
+    templated: list[tuple[str, ...]]      # hold ${it}: resolved per iteration
 
 
 def resolve_template(template: str, iteration: int, values: dict[str, str] | None = None) -> Target:
@@ -45,23 +39,26 @@ def resolve_template(template: str, iteration: int, values: dict[str, str] | Non
     return split_task_name(substitute(template, values or {"it": iteration}))
 
 
-def check_submission(descs: list["JobDescription"], known: Callable[[str], "JobDescription | None"]) -> list[str]:
-    """Problems with the dependencies of a batch: unknown jobs or iterations, and cycles.
+def check_submission(descs: list["JobDescription"], known: Callable[[str], "JobDescription | None"]
+                     ) -> tuple[list[str], BatchDeps]:
+    """Problems with the dependencies of a batch (unknown jobs or iterations, cycles), and each job's split.
 
     `known(name)` returns the description of an already registered job.
     A batch may depend on itself in any order; a cycle anywhere in the
-    batch rejects the whole batch, as does any unknown target.
+    batch rejects the whole batch, as does any unknown target. The split
+    `after` of each job comes back too, so it is parsed once per submit.
     """
-    batch = {d.name: d for d in descs}
+    position = {d.name: i for i, d in enumerate(descs)}
     problems: list[str] = []
-    edges: dict[str, set[str]] = defaultdict(set)
+    deps = BatchDeps([()] * len(descs), [()] * len(descs))
+    forward = False         # an edge to the same or a later job of the batch: only then can there be a cycle
 
-    def lookup(name: str) -> "JobDescription | None":
-        return batch.get(name) or known(name)
-
-    for desc in descs:
+    for pos, desc in enumerate(descs):
+        if not desc.after:
+            continue
+        static: list[Target] = []
+        templated: list[str] = []
         for dep in desc.after:
-            samples: list[Target] = []
             try:
                 if has_placeholders(dep):
                     if desc.iteration is None:
@@ -69,15 +66,17 @@ def check_submission(descs: list["JobDescription"], known: Callable[[str], "JobD
                                         f"placeholders but the job has no iterations")
                         continue
                     idx = desc.iteration.indices()
-                    for i in {idx[0], idx[-1]}:
-                        samples.append(resolve_template(dep, i, desc.iteration.substitutions(i)))
+                    samples = [resolve_template(dep, i, desc.iteration.substitutions(i)) for i in {idx[0], idx[-1]}]
+                    templated.append(dep)
                 else:
-                    samples.append(split_task_name(dep))
+                    samples = [split_task_name(dep)]
+                    static.append(samples[0])
             except ValueError as exc:
                 problems.append(f"job '{desc.name}': field 'dependencies.after': {exc}")
                 continue
             for name, it in samples:
-                target = lookup(name)
+                at = position.get(name)
+                target = descs[at] if at is not None else known(name)
                 if target is None:
                     problems.append(f"job '{desc.name}': field 'dependencies.after': depends on "
                                     f"unknown job '{name}'")
@@ -91,13 +90,30 @@ def check_submission(descs: list["JobDescription"], known: Callable[[str], "JobD
                         problems.append(f"job '{desc.name}': field 'dependencies.after': job '{name}' "
                                         f"has no iteration {it}")
                         break
-                if name in batch:
-                    edges[desc.name].add(name)
-    if not problems:
-        cycle = _find_cycle(list(batch), edges)
+                if at is not None and at >= pos:
+                    forward = True
+        deps.static[pos] = tuple(static)
+        if templated:
+            deps.templated[pos] = tuple(templated)
+    if not problems and forward:
+        cycle = _find_cycle(list(position), _batch_edges(descs, deps, position))
         if cycle:
             problems.append("dependency cycle: " + " -> ".join(f"'{n}'" for n in cycle))
-    return problems
+    return problems, deps
+
+
+def _batch_edges(descs: list["JobDescription"], deps: BatchDeps, position: dict[str, int]) -> dict[str, set[str]]:
+    """job -> the jobs of the same batch it depends on (only built when a cycle is possible)."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for desc, static, templated in zip(descs, deps.static, deps.templated):
+        targets = [name for name, _ in static]
+        if templated:
+            assert desc.iteration is not None       # checked above
+            idx = desc.iteration.indices()
+            targets += [resolve_template(dep, i, desc.iteration.substitutions(i))[0]
+                        for dep in templated for i in {idx[0], idx[-1]}]
+        edges[desc.name].update(name for name in targets if name in position)
+    return edges
 
 
 def _find_cycle(names: list[str], edges: dict[str, set[str]]) -> list[str] | None:

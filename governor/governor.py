@@ -20,7 +20,7 @@ import structlog
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.placeholders import FieldTemplate, field_template
-from qcg.pilotjob.governor.dependencies import WaiterIndex, check_submission, resolve_template, split_dependencies
+from qcg.pilotjob.governor.dependencies import BatchDeps, WaiterIndex, check_submission, resolve_template
 from qcg.pilotjob.governor.registry import (
     IterationRecord, JobRecord, Registry, split_task_name,
 )
@@ -76,7 +76,7 @@ class Governor:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._alloc_text: dict[Allocation, str] = {}
         self._requeues: dict[str, int] = {}
-        self._size_cache: dict[tuple, tuple[ResourceRequest, str | None]] = {}
+        self._size_cache: dict[tuple, tuple[ResourceRequest, str | None, bool]] = {}
         self._templates: dict[int, tuple["Execution", FieldTemplate | None]] = {}
         self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
         # refill the partition inside each exit (flat: the partition's next pass sees the task at once);
@@ -95,18 +95,18 @@ class Governor:
         """
         problems = [f"job '{d.name}': field 'name': a job with this name already exists"
                     for d in descs if d.name in self.registry]
+        deps = BatchDeps([], [])
         if not problems:
-            problems = check_submission(descs, lambda n: (j.desc if (j := self.registry.get(n)) else None))
-        requests: dict[str, ResourceRequest] = {}
+            problems, deps = check_submission(descs, lambda n: (j.desc if (j := self.registry.get(n)) else None))
+        sizes: list[tuple[ResourceRequest, bool]] = []
         for desc in descs:
             try:
-                req, reason = self._sized(desc)
+                req, reason, per_iteration = self._sized(desc)
             except ValueError as exc:
-                req, reason = None, str(exc)
+                req, reason, per_iteration = None, str(exc), False    # type: ignore[assignment]
             if reason:
                 problems.append(f"job '{desc.name}': field 'resources': {reason}")
-            else:
-                requests[desc.name] = req  # type: ignore[assignment]
+            sizes.append((req, per_iteration))
         if problems:
             raise InvalidJobDescriptionError(problems)
         if rcnt is None:
@@ -118,25 +118,33 @@ class Governor:
         for lst in self.listeners:
             lst.submitted(rcnt, when, descs, raw)
         base = request_variables(rcnt, when)
-        jobs = [self._create(desc, rcnt, when, base, requests[desc.name], (done or {}).get(desc.name))
-                for desc in descs]
+        ts = when.timestamp()
+        jobs = [self._create(desc, rcnt, when, ts, base, size, static, templated,
+                             done.get(desc.name) if done else None)
+                for desc, size, static, templated in zip(descs, sizes, deps.static, deps.templated)]
         for job in jobs:
             self._register_dependencies(job)
         self._propagate()
         self._request_dispatch()
         return [j.name for j in jobs]
 
-    def _sized(self, desc: "JobDescription") -> tuple[ResourceRequest, str | None]:
-        """(request of the first task, reason it can never fit); plain sizes are computed once per shape."""
+    def _sized(self, desc: "JobDescription") -> tuple[ResourceRequest, str | None, bool]:
+        """(request of the first task, reason it can never fit, sized per iteration).
+
+        Plain sizes are computed once per shape; an iteration scheduler
+        sizes each iteration, so its first request is computed here.
+        """
         res = desc.resources
-        if any(size is not None and size.scheduler is not None for size in (res.num_cores, res.num_nodes)):
+        cores, nodes = res.num_cores, res.num_nodes
+        if (cores is not None and cores.scheduler is not None) or (nodes is not None and nodes.scheduler is not None):
             req = self.request_of(desc, 0)
-            return req, self.partition.never_fits(req)
-        key = (res.num_cores, res.num_nodes)
+            return req, self.partition.never_fits(req), True
+        key = (cores, nodes)
         hit = self._size_cache.get(key)
-        if hit is None:
-            req = self.request_of(desc, 0)
-            hit = self._size_cache[key] = (req, self.partition.never_fits(req))
+        if hit is not None:
+            return hit
+        req = self.request_of(desc, 0)
+        hit = self._size_cache[key] = (req, self.partition.never_fits(req), False)
         return hit
 
     def request_of(self, desc: "JobDescription", position: int) -> ResourceRequest:
@@ -146,26 +154,18 @@ class Governor:
         return iteration_request(res.num_cores, res.num_nodes, len(desc.iteration) if desc.iteration else 1,
                                  total_cores, total_nodes, per_node, index=position)
 
-    def _create(self, desc: "JobDescription", rcnt: int, when: datetime, base: dict, request: ResourceRequest,
+    def _create(self, desc: "JobDescription", rcnt: int, when: datetime, ts: float, base: dict,
+                size: tuple[ResourceRequest, bool], static_deps: tuple, per_iteration_deps: tuple[str, ...],
                 done: dict[int | None, JobState] | None) -> JobRecord:
-        ts = when.timestamp()
-        job = JobRecord(desc=desc, seq=self.registry.next_seq(), rcnt=rcnt, submitted_at=when,
-                        record=IterationRecord(JobState.QUEUED, ts))
-        if desc.iteration is not None:
-            job.indices = desc.iteration.indices()
-        if desc.after:
-            deps = split_dependencies(desc)
-            job.per_iteration_deps = deps.templated
-            job.static_deps = deps.static
-        job.exec_template = self._template(desc.execution)
-        if job.exec_template is not None:
+        job = JobRecord(desc, self.registry.next_seq(), rcnt, when, IterationRecord(JobState.QUEUED, ts))
+        job.static_deps = static_deps
+        job.per_iteration_deps = per_iteration_deps
+        template = job.exec_template = self._template(desc.execution)
+        if template is not None:
             job.base_vars = dict(base, jname=desc.name)
-        self.registry.add(job)
+        self.registry.jobs[job.name] = job
         self.unfinished += 1
-        job.request = request
-        res = desc.resources
-        job.sized_per_iteration = any(size is not None and size.scheduler is not None
-                                      for size in (res.num_cores, res.num_nodes))
+        job.request, job.sized_per_iteration = size
         if done:
             self._restore(job, done)
         return job

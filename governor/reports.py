@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import json.encoder
-import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,32 @@ _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as jso
 
 
 _HIST_ENTRY = {state: f'{{"state": "{state.value}","date": "' for state in JobState}
+_D2 = [f"{i:02d}" for i in range(60)]
+_D3 = [f"{i:03d}" for i in range(1000)]
+
+
+def seconds_and_us(x: float) -> tuple[int, int]:
+    """Whole seconds and microseconds of a non-negative time, rounded as `datetime` and `timedelta` round.
+
+    Both split off the whole seconds first and round the fraction's
+    microseconds half to even -- so the texts below equal theirs exactly.
+    """
+    sec = int(x)
+    us = round((x - sec) * 1e6)
+    if us == 1_000_000:
+        return sec + 1, 0
+    return sec, us
+
+
+def rtime_text(seconds: float) -> str:
+    """`str(timedelta(seconds=seconds))` for a run time, without building the timedelta (a report line each)."""
+    sec, us = seconds_and_us(seconds)
+    if sec >= 86_400:
+        return str(timedelta(seconds=seconds))
+    m, s = divmod(sec, 60)
+    h, m = divmod(m, 60)
+    text = f"{h}:{_D2[m]}:{_D2[s]}"
+    return f"{text}.{_D3[us // 1000]}{_D3[us % 1000]}" if us else text
 
 
 def _runtime_json(rec: "IterationRecord") -> str:
@@ -31,7 +56,7 @@ def _runtime_json(rec: "IterationRecord") -> str:
     if rec.wd is not None:
         out.append('"wd": ' + _str(rec.wd))
     if rec.rtime is not None:
-        out.append(f'"rtime": "{timedelta(seconds=rec.rtime)}"')
+        out.append(f'"rtime": "{rtime_text(rec.rtime)}"')
     if rec.exit_code is not None:
         out.append(f'"exit_code": "{rec.exit_code}"')
     if rec.pid is not None:
@@ -50,8 +75,7 @@ class JobReport(GovernorListener):
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
-        self._iso_prefixes: dict[int, str] = {}
-        self._iso_memo: dict[float, str] = {}
+        self._iso_prefixes: dict[int, str] = {}       # whole second -> its isoformat
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
         if iteration is not None:
@@ -68,7 +92,12 @@ class JobReport(GovernorListener):
             # {"name", "state", "history", "runtime", ["execution", "resources", "dependencies"], ["messages"]}
             h = rec._hist
             iso = self._iso
-            hist = ",".join([_HIST_ENTRY[h[i + 1]] + iso(h[i]) + '"}' for i in range(0, len(h), 2)])
+            e = _HIST_ENTRY
+            if len(h) == 8:     # the usual QUEUED, SCHEDULED, EXECUTING, final state: one format, no loop
+                hist = (f'{e[h[1]]}{iso(h[0])}"}},{e[h[3]]}{iso(h[2])}"}},'
+                        f'{e[h[5]]}{iso(h[4])}"}},{e[h[7]]}{iso(h[6])}"}}')
+            else:
+                hist = ",".join([f'{e[h[i + 1]]}{iso(h[i])}"}}' for i in range(0, len(h), 2)])
             line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'
                     f'"runtime": {{{_runtime_json(rec)}}}')
             if job is not None:
@@ -82,29 +111,17 @@ class JobReport(GovernorListener):
             self.flush()
 
     def _iso(self, ts: float) -> str:
-        """`datetime.fromtimestamp(ts).isoformat()`, the part up to the second computed once per second.
-
-        A task's history spans several seconds (queued long before it ran):
-        the prefixes of recent seconds are kept, not only the last one.
-        """
-        text = self._iso_memo.get(ts)
-        if text is not None:
-            return text         # the same moment again (a batch of tasks dispatched or submitted together)
-        if len(self._iso_memo) >= 4096:
-            self._iso_memo.clear()
-        frac, whole = math.modf(ts)
-        us = round(frac * 1e6)          # as datetime.fromtimestamp rounds (half even)
-        if us >= 1_000_000:
-            whole += 1
-            us -= 1_000_000
-        sec = int(whole)
+        """`datetime.fromtimestamp(ts).isoformat()`, the part up to the second formatted once per second."""
+        sec = int(ts)                   # seconds_and_us, inlined: four calls per report line
+        us = round((ts - sec) * 1e6)
+        if us == 1_000_000:
+            sec, us = sec + 1, 0
         prefix = self._iso_prefixes.get(sec)
         if prefix is None:
             if len(self._iso_prefixes) >= 4096:
                 self._iso_prefixes.clear()
             prefix = self._iso_prefixes[sec] = datetime.fromtimestamp(sec).isoformat()
-        text = self._iso_memo[ts] = prefix if us == 0 else f"{prefix}.{us:06d}"
-        return text
+        return f"{prefix}.{_D3[us // 1000]}{_D3[us % 1000]}" if us else prefix
 
     def _job_part(self, job: "JobRecord") -> str:
         desc = job.desc

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from qcg.pilotjob.api.jobdesc import parse_jobs
-from qcg.pilotjob.governor.dependencies import (
-    WaiterIndex, check_submission, resolve_template, split_dependencies,
-)
+from qcg.pilotjob.governor.dependencies import WaiterIndex, check_submission, resolve_template
 
 
 def J(name, after=None, **kw):
@@ -18,15 +16,17 @@ def J(name, after=None, **kw):
 
 def check(*jobs, known=None):
     known = known or {}
-    return check_submission(parse_jobs(list(jobs)), lambda n: known.get(n))
+    return check_submission(parse_jobs(list(jobs)), lambda n: known.get(n))[0]
 
 
 def test_split_static_and_templated():
     """Reference 10.3.1 dependencies.after: names, `name:N` and `${it}` forms (facts 8)."""
-    (d,) = parse_jobs([J("b", ["a", "c:2", "x:${it}"], iteration={"stop": 3})])
-    deps = split_dependencies(d)
-    assert deps.static == (("a", None), ("c", 2))
-    assert deps.templated == ("x:${it}",)
+    descs = parse_jobs([J("a"), J("c", iteration={"stop": 3}), J("x", iteration={"stop": 3}),
+                        J("b", ["a", "c:2", "x:${it}"], iteration={"stop": 3})])
+    problems, deps = check_submission(descs, lambda n: None)
+    assert problems == [] and deps.static[:3] == [(), (), ()] and deps.templated[:3] == [(), (), ()]
+    assert deps.static[3] == (("a", None), ("c", 2))
+    assert deps.templated[3] == ("x:${it}",)
 
 
 def test_resolve_template_per_iteration():
@@ -90,6 +90,21 @@ def test_cycle_through_iterations_detected():
     """Issue 3 cycle rejection also for `name:N` edges."""
     problems = check(J("x", ["y:0"], iteration={"stop": 2}), J("y", ["x:1"], iteration={"stop": 2}))
     assert problems and "cycle" in problems[0]
+
+
+def test_cycle_through_templated_dependencies_detected():
+    """Issue 3 cycle rejection for `${it}` edges, also when the cycle's first edge points back in the batch."""
+    problems = check(J("x", ["y:${it}"], iteration={"stop": 2}), J("y", ["x:${it}"], iteration={"stop": 2}))
+    assert problems and "cycle" in problems[0]
+    problems = check(J("a"), J("x", ["a", "y:${it}"], iteration={"stop": 2}),
+                     J("y", ["x:${it}"], iteration={"stop": 2}))
+    assert problems and "'x'" in problems[0] and "'y'" in problems[0]
+
+
+def test_backward_edges_only_accepted():
+    """Issue 3: a batch whose jobs depend only on earlier ones (the usual order) has no cycle."""
+    jobs = [J("a")] + [J(f"b{i}", ["a"] + [f"b{k}" for k in range(i)]) for i in range(5)]
+    assert check(*jobs) == []
 
 
 def test_long_chain_no_recursion():
