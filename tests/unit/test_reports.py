@@ -65,3 +65,27 @@ def test_lines_equal_json_of_the_reference_dict(tmp_path):
     report.close()
     text = path.read_text().splitlines()
     assert text == [json.dumps(d, separators=(",", ": ")) for d in lines]
+
+
+def test_dates_and_run_times_equal_datetime_texts():
+    """Reference 12.4: history dates are `isoformat()` and `rtime` is `str(timedelta)` -- formatted
+    without those objects, so the same text is checked over random and edge values (rounding to the
+    next second, whole seconds, microsecond halves, past an hour and past a day)."""
+    import random
+    from datetime import timedelta
+
+    from qcg.pilotjob.governor.reports import rtime_text
+
+    rnd = random.Random(7)
+    base = datetime(2026, 11, 26, 4, 0, 0).timestamp()
+    report = JobReport("/dev/null", "json")
+    times = [base, base + 0.9999996, base + 0.0000005, base + 0.0000015, base + 59.5]
+    times += [base + rnd.random() * 86400 for _ in range(20000)]
+    for ts in times:
+        assert report._iso(ts) == datetime.fromtimestamp(ts).isoformat(), ts
+    runs = [0.0, 0.0000005, 0.0000015, 0.9999996, 1.0, 59.9999999, 3599.9999996, 3600.0, 86399.9999996,
+            86400.0, 90061.5, 123456.789]
+    runs += [rnd.random() * scale for scale in (1e-3, 1, 100, 1e4, 1e5, 1e6) for _ in range(5000)]
+    for seconds in runs:
+        assert rtime_text(seconds) == str(timedelta(seconds=seconds)), seconds
+    report.close()
