@@ -76,6 +76,8 @@ class JobReport(GovernorListener):
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
         self._iso_prefixes: dict[int, str] = {}       # whole second -> its isoformat
+        self._first_ts = -1.0
+        self._first_iso = ""
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
         if iteration is not None:
@@ -94,8 +96,12 @@ class JobReport(GovernorListener):
             iso = self._iso
             e = _HIST_ENTRY
             if len(h) == 8:     # the usual QUEUED, SCHEDULED, EXECUTING, final state: one format, no loop
-                hist = (f'{e[h[1]]}{iso(h[0])}"}},{e[h[3]]}{iso(h[2])}"}},'
-                        f'{e[h[5]]}{iso(h[4])}"}},{e[h[7]]}{iso(h[6])}"}}')
+                t0 = h[0]       # the jobs of one submit share their first time
+                if t0 != self._first_ts:
+                    self._first_ts, self._first_iso = t0, iso(t0)
+                scheduled = iso(h[2])
+                hist = (f'{e[h[1]]}{self._first_iso}"}},{e[h[3]]}{scheduled}"}},'
+                        f'{e[h[5]]}{scheduled if h[4] == h[2] else iso(h[4])}"}},{e[h[7]]}{iso(h[6])}"}}')
             else:
                 hist = ",".join([f'{e[h[i + 1]]}{iso(h[i])}"}}' for i in range(0, len(h), 2)])
             line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'

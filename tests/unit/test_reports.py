@@ -49,10 +49,12 @@ def test_lines_equal_json_of_the_reference_dict(tmp_path):
     report = JobReport(str(path))
     base = 1_800_000_000.0
     lines = []
-    # histories that go back and forth between seconds, moments repeated, whole seconds
-    for i, desc in enumerate(descs):
+    # histories that go back and forth between seconds, moments repeated, whole seconds; the first
+    # job's QUEUED time shared by the second, then a new one; SCHEDULED = EXECUTING in the third
+    for i, desc in enumerate(descs + descs[:1]):
         job = JobRecord(desc=desc, seq=i + 1, rcnt=1, submitted_at=datetime.now())
-        times = [base + 0.25, base + 2.000001 + i, base + 2.0 + i, base + 5.0]
+        times = [base + (0.25 if i < 2 else 0.5), base + 2.000001 + i, (base + 2.0 + i) if i < 2 else (base + 2.000001 + i),
+                 base + 5.0]
         job.record = _record(times, [JobState.QUEUED, JobState.SCHEDULED, JobState.EXECUTING, JobState.FAILED])
         job.record.allocation, job.record.wd, job.record.pid = "n1[0:1]", "/tmp/w\"d", 4242
         job.record.exit_code, job.record.rtime = 3, 3.5
