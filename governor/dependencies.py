@@ -156,8 +156,8 @@ class WaiterIndex:
         else:
             lst.append(waiter)
 
-    def pop(self, target: Target) -> list[Waiter]:
-        return self._waiters.pop(target, [])
+    def pop(self, target: Target) -> list[Waiter] | tuple[()]:
+        return self._waiters.pop(target, ())
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._waiters.values())

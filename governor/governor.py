@@ -14,7 +14,7 @@ import asyncio
 import heapq
 from collections import deque
 from datetime import datetime
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 import structlog
 
@@ -24,7 +24,7 @@ from qcg.pilotjob.governor.dependencies import BatchDeps, WaiterIndex, check_sub
 from qcg.pilotjob.governor.registry import (
     IterationRecord, JobRecord, Registry, split_task_name,
 )
-from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, JobState
+from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, STATE_OF, JobState
 from qcg.pilotjob.governor.tasks import make_task, request_variables
 from qcg.pilotjob.partition.iter_schedulers import iteration_request
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
@@ -62,7 +62,10 @@ class Governor:
                  listeners: Iterable[GovernorListener] = ()) -> None:
         self.loop = loop
         self.partition = partition
-        self.listeners = list(listeners)
+        self.listeners: list[GovernorListener] = []
+        self._on_state: list[Callable[[JobRecord, int | None, JobState], None]] = []
+        for lst in listeners:
+            self.add_listener(lst)
         self.registry = Registry()
         self.waiters = WaiterIndex()
         self.inflight: dict[str, tuple[JobRecord, int | None]] = {}
@@ -82,6 +85,12 @@ class Governor:
         # refill the partition inside each exit (flat: the partition's next pass sees the task at once);
         # with remote partitions, one dispatch per loop turn batches the refills of many exits
         self.eager_dispatch = True
+
+    def add_listener(self, listener: GovernorListener) -> None:
+        self.listeners.append(listener)
+        # most listeners (report, journal) ignore state changes: three calls per task saved
+        if type(listener).state_changed is not GovernorListener.state_changed:
+            self._on_state.append(listener.state_changed)
 
     # ------------------------------------------------------------------ submit
     def submit(self, descs: list["JobDescription"], *, rcnt: int | None = None, when: datetime | None = None,
@@ -241,10 +250,11 @@ class Governor:
             job = heap[0][2]
             spec = None if (job.is_final or job.canceled or self.registry.get(job.name) is not job) \
                 else self._next_task(job)
-            if spec is None:
+            if spec is None or job.indices is None:     # done, or a plain job's only task
                 heapq.heappop(heap)
                 self._in_heap.discard(job)
-                continue
+                if spec is None:
+                    continue
             batch.append(spec)
             room -= 1
         if batch:
@@ -354,7 +364,7 @@ class Governor:
         if ev.partition is not None and rec.partition is None:
             rec.partition = ev.partition
         rec.add_message(ev.message)
-        state = JobState(ev.state)
+        state = STATE_OF[ev.state]
         if it is None:
             self._finish_job(job, state, when=ev.finished_at)
         else:
@@ -460,8 +470,8 @@ class Governor:
             self._propagating = False
 
     def _notify_state(self, job: JobRecord, it: int | None, state: JobState) -> None:
-        for lst in self.listeners:
-            lst.state_changed(job, it, state)
+        for callback in self._on_state:
+            callback(job, it, state)
 
     # ------------------------------------------------------- cancel / remove
     def cancel(self, names: list[str]) -> tuple[int, dict[str, str]]:

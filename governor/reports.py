@@ -102,6 +102,10 @@ class JobReport(GovernorListener):
                 scheduled = iso(h[2])
                 hist = (f'{e[h[1]]}{self._first_iso}"}},{e[h[3]]}{scheduled}"}},'
                         f'{e[h[5]]}{scheduled if h[4] == h[2] else iso(h[4])}"}},{e[h[7]]}{iso(h[6])}"}}')
+            elif len(h) == 6:   # an iteration's SCHEDULED, EXECUTING, final state
+                scheduled = iso(h[0])
+                hist = (f'{e[h[1]]}{scheduled}"}},{e[h[3]]}{scheduled if h[2] == h[0] else iso(h[2])}"}},'
+                        f'{e[h[5]]}{iso(h[4])}"}}')
             else:
                 hist = ",".join([f'{e[h[i + 1]]}{iso(h[i])}"}}' for i in range(0, len(h), 2)])
             line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'

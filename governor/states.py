@@ -25,3 +25,5 @@ class JobState(str, Enum):
 FINAL_STATES = frozenset({JobState.SUCCEED, JobState.FAILED, JobState.CANCELED, JobState.OMITTED})
 # A dependant of a job that ended in one of these will never run.
 BLOCKING_STATES = frozenset({JobState.FAILED, JobState.CANCELED, JobState.OMITTED})
+# value -> member: a dict lookup, where `JobState(value)` goes through the enum machinery (~15x slower)
+STATE_OF: dict[str, JobState] = {s.value: s for s in JobState}

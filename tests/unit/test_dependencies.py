@@ -125,5 +125,5 @@ def test_waiter_index():
     idx.add(("a", 1), ("w3", None))
     assert len(idx) == 3
     assert idx.pop(("a", None)) == [("w1", None), ("w2", 3)]
-    assert idx.pop(("a", None)) == []
+    assert not idx.pop(("a", None))
     assert len(idx) == 1

@@ -39,7 +39,7 @@ def test_submission_written_before_answer(aux):
     """Issue 3 / DESIGN principle 4: every accepted submission is journalled (on disk) before it is answered."""
     j = Journal(str(aux))
     h = Harness()
-    h.gov.listeners.append(j)
+    h.gov.add_listener(j)
     h.submit(J("a"), J("it", iteration={"stop": 3}))
     recs = lines(aux / jmod.REQS_FILE)     # not closed, not flushed explicitly: already on disk
     assert len(recs) == 1
@@ -55,7 +55,7 @@ def test_states_are_batched_and_flushed(aux):
     """Issue 3 "written in batches and flushed": final states buffered until flush/close."""
     j = Journal(str(aux), batch=1000)
     h = Harness()
-    h.gov.listeners.append(j)
+    h.gov.add_listener(j)
     h.submit(J("a"), J("it", iteration={"stop": 2}))
     h.finish("a")
     h.finish("it:1")
@@ -76,7 +76,7 @@ def test_load_round_trip_out_of_order(aux):
     finished out of order": load() returns the submissions and exactly the recorded final states."""
     j = Journal(str(aux))
     h = Harness(queue_limit=10)
-    h.gov.listeners.append(j)
+    h.gov.add_listener(j)
     h.submit(J("a"), J("it", iteration={"stop": 10}), J("b", dependencies={"after": ["a"]}))
     h.finish("it:7")
     h.finish("it:2")
@@ -95,7 +95,7 @@ def test_replay_into_new_governor_runs_only_unfinished(aux):
     """Reference 13.3: a resumed governor hands out only the iterations not recorded as finished."""
     j = Journal(str(aux))
     h = Harness(queue_limit=20)
-    h.gov.listeners.append(j)
+    h.gov.add_listener(j)
     h.submit(J("it", iteration={"stop": 10}), J("p"))
     for tid in ("it:9", "it:0", "it:4", "p"):
         h.finish(tid)
@@ -120,7 +120,7 @@ def test_load_tolerates_torn_last_line(aux):
     """Issue 3 "Nothing lost": a kill during a write leaves a torn line; load skips it, keeps the rest."""
     j = Journal(str(aux))
     h = Harness()
-    h.gov.listeners.append(j)
+    h.gov.add_listener(j)
     h.submit(J("a"))
     h.finish("a")
     j.close()
@@ -138,7 +138,7 @@ def test_removed_jobs_not_replayed(aux):
     """Reference 10.3.7 removeJob + 13: a removed job is not resumed."""
     j = Journal(str(aux))
     h = Harness()
-    h.gov.listeners.append(j)
+    h.gov.add_listener(j)
     h.submit(J("a"), J("b"))
     h.finish("a")
     h.gov.remove(["a"])

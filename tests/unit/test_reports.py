@@ -64,6 +64,12 @@ def test_lines_equal_json_of_the_reference_dict(tmp_path):
         it_rec = _record([base + 1.5, base + 0.999999], [JobState.SCHEDULED, JobState.SUCCEED])
         report.task_final(job, 7, it_rec)
         lines.append(_expected(f"{job.name}:7", it_rec))
+        # an iteration's usual history; EXECUTING at the SCHEDULED moment in the second job
+        it_rec = _record([base + 1.25, base + 1.25 + 0.5 * (i != 1), base + 3.0000005],
+                         [JobState.SCHEDULED, JobState.EXECUTING, JobState.SUCCEED])
+        it_rec.rtime, it_rec.exit_code = 1.7500005, 0
+        report.task_final(job, 8, it_rec)
+        lines.append(_expected(f"{job.name}:8", it_rec))
     report.close()
     text = path.read_text().splitlines()
     assert text == [json.dumps(d, separators=(",", ": ")) for d in lines]
