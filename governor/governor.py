@@ -315,8 +315,7 @@ class Governor:
         rec.wd = ev.wd
         rec.pid = ev.pid
         rec.partition = ev.partition
-        rec.set_state(JobState.SCHEDULED, ev.scheduled_at)
-        rec.set_state(JobState.EXECUTING, ev.started_at)
+        rec.set_started(ev.scheduled_at, ev.started_at)
         if it is not None:
             job.executing_count += 1
             if job.record.state is JobState.QUEUED:

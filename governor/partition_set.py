@@ -295,8 +295,10 @@ class PartitionSet:
         member.inflight.discard(tid)
         self._where.pop(tid, None)
         self._specs.pop(tid, None)
-        self._moves.pop(tid, None)
-        self._canceling.discard(tid)
+        if self._moves:                 # both almost always empty
+            self._moves.pop(tid, None)
+        if self._canceling:
+            self._canceling.discard(tid)
         ev.partition = member.id
         self.events.task_finished(ev)
         if member.draining:

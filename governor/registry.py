@@ -53,6 +53,12 @@ class IterationRecord:
         self.state = state
         self._hist += (when or time.time(), state)
 
+    def set_started(self, scheduled_at: float, started_at: float) -> None:
+        """SCHEDULED then EXECUTING, as a start event reports them (one list extension)."""
+        self.state = JobState.EXECUTING
+        now = None if scheduled_at and started_at else time.time()     # as set_state: a missing time is now
+        self._hist += (scheduled_at or now, JobState.SCHEDULED, started_at or now, JobState.EXECUTING)
+
     @property
     def history(self) -> History:
         h = self._hist

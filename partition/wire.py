@@ -78,13 +78,30 @@ def encode_allocation(a: Allocation | None) -> list | None:
     return None if a is None else [[n, list(c)] for n, c in a.nodes]
 
 
+_ALLOCATIONS: dict[tuple, Allocation] = {}    # decoded allocations, shared: equal ones recur task after task
+_ALLOCATIONS_LIMIT = 65536
+
+
 def decode_allocation(v: list | None) -> Allocation | None:
+    """The allocation of a wire event; equal allocations decode to one shared object.
+
+    A partition hands the same cores out again and again: sharing saves an
+    object per event and lets the governor's allocation-text cache hit by
+    identity.
+    """
     if v is None:
         return None
     if len(v) == 1:      # most tasks run on one node
         n, c = v[0]
-        return Allocation(((n, tuple(c)),))
-    return Allocation(tuple([(n, tuple(c)) for n, c in v]))
+        key: tuple = ((n, tuple(c)),)
+    else:
+        key = tuple([(n, tuple(c)) for n, c in v])
+    hit = _ALLOCATIONS.get(key)
+    if hit is None:
+        if len(_ALLOCATIONS) >= _ALLOCATIONS_LIMIT:
+            _ALLOCATIONS.clear()
+        hit = _ALLOCATIONS[key] = Allocation(key)
+    return hit
 
 
 def encode_started(ev: TaskStarted) -> list[Any]:

@@ -84,6 +84,19 @@ def test_allocation_round_trip():
     assert wire.encode_allocation(None) is None and wire.decode_allocation(None) is None
 
 
+def test_equal_allocations_decode_to_one_object():
+    """Events of the same cores share one decoded allocation (the governor's text cache hits by identity)."""
+    one = wire.decode_allocation(over_the_wire({"a": [["n0", [2]]]})["a"])
+    two = wire.decode_allocation(over_the_wire({"a": [["n0", [2]]]})["a"])
+    other = wire.decode_allocation(over_the_wire({"a": [["n0", [3]]]})["a"])
+    assert one is two and one == Allocation((("n0", (2,)),)) and other != one
+
+
+def test_unhashable_allocation_is_a_wire_error():
+    with pytest.raises(wire.WireError, match="malformed 'started'"):
+        wire.decode_started(["t", [["n0", [[1]]]], "/wd", 1.0, 1.0, 7])
+
+
 # ------------------------------------------------------------------------ events
 def test_started_round_trip():
     ev = TaskStarted("j:3", Allocation((("a", (1,)),)), "/wd", 10.25, 10.5, pid=4242)
