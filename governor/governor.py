@@ -62,7 +62,7 @@ class Governor:
                  listeners: Iterable[GovernorListener] = ()) -> None:
         self.loop = loop
         self.partition = partition
-        self.listeners: list[GovernorListener] = []
+        self._listeners: list[GovernorListener] = []
         self._on_state: list[Callable[[JobRecord, int | None, JobState], None]] = []
         for lst in listeners:
             self.add_listener(lst)
@@ -86,8 +86,13 @@ class Governor:
         # with remote partitions, one dispatch per loop turn batches the refills of many exits
         self.eager_dispatch = True
 
+    @property
+    def listeners(self) -> tuple[GovernorListener, ...]:
+        """Read-only: `add_listener` also files a listener under the hooks it implements."""
+        return tuple(self._listeners)
+
     def add_listener(self, listener: GovernorListener) -> None:
-        self.listeners.append(listener)
+        self._listeners.append(listener)
         # most listeners (report, journal) ignore state changes: three calls per task saved
         if type(listener).state_changed is not GovernorListener.state_changed:
             self._on_state.append(listener.state_changed)
@@ -124,7 +129,7 @@ class Governor:
         else:
             self.rcnt = max(self.rcnt, rcnt)
         when = when or datetime.now()
-        for lst in self.listeners:
+        for lst in self._listeners:
             lst.submitted(rcnt, when, descs, raw)
         base = request_variables(rcnt, when)
         ts = when.timestamp()
@@ -392,12 +397,13 @@ class Governor:
 
     def capacity_changed(self) -> None:
         """A partition joined, left or changed its credit: more (or fewer) tasks may be handed out."""
+        self._size_cache.clear()        # whether a size can ever fit depends on the partitions there are
         self._request_dispatch()
 
     # ----------------------------------------------------------- final states
     def _finish_iteration(self, job: JobRecord, it: int, rec: IterationRecord, state: JobState) -> None:
         job.count_final(state)
-        for lst in self.listeners:
+        for lst in self._listeners:
             lst.task_final(job, it, rec)
         self._notify_state(job, it, state)
         self._finals.append((job.name, it, state))
@@ -414,7 +420,7 @@ class Governor:
         job.record.set_state(state, when)
         self.unfinished -= 1
         if notify:
-            for lst in self.listeners:
+            for lst in self._listeners:
                 if not job.iterative:
                     lst.task_final(job, None, job.record)
                 lst.job_final(job)
@@ -562,7 +568,7 @@ class Governor:
                 self.registry.remove(name)
                 removed.append(name)
         if removed:
-            for lst in self.listeners:
+            for lst in self._listeners:
                 lst.removed(removed)
         return len(removed), errors
 

@@ -143,7 +143,7 @@ class JobRecord:
         self.canceled = self.sized_per_iteration = False
         self.per_iteration_deps = self.static_deps = ()
         self.exec_template = None
-        self.base_vars = _NO_ITEMS  # type: ignore[assignment]    # set with the template
+        self.base_vars = _NO_ITEMS  # type: ignore[assignment]    # replaced when the job has a template
         self.name = desc.name
 
     @property

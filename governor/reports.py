@@ -102,7 +102,7 @@ class JobReport(GovernorListener):
                 scheduled = iso(h[2])
                 hist = (f'{e[h[1]]}{self._first_iso}"}},{e[h[3]]}{scheduled}"}},'
                         f'{e[h[5]]}{scheduled if h[4] == h[2] else iso(h[4])}"}},{e[h[7]]}{iso(h[6])}"}}')
-            elif len(h) == 6:   # an iteration's SCHEDULED, EXECUTING, final state
+            elif len(h) == 6:   # an iteration (SCHEDULED, EXECUTING, final), an iterative job (QUEUED, ...)
                 scheduled = iso(h[0])
                 hist = (f'{e[h[1]]}{scheduled}"}},{e[h[3]]}{scheduled if h[2] == h[0] else iso(h[2])}"}},'
                         f'{e[h[5]]}{iso(h[4])}"}}')

@@ -86,8 +86,8 @@ def decode_allocation(v: list | None) -> Allocation | None:
     """The allocation of a wire event; equal allocations decode to one shared object.
 
     A partition hands the same cores out again and again: sharing saves an
-    object per event and lets the governor's allocation-text cache hit by
-    identity.
+    object per event, and the governor's allocation-text cache (keyed by
+    value) then compares keys by identity.
     """
     if v is None:
         return None
@@ -98,6 +98,10 @@ def decode_allocation(v: list | None) -> Allocation | None:
         key = tuple([(n, tuple(c)) for n, c in v])
     hit = _ALLOCATIONS.get(key)
     if hit is None:
+        # checked once per distinct allocation: a later equal key (1.0 == 1) gets this int-only object
+        for node, cores in key:
+            if type(node) is not str or any(type(c) is not int for c in cores):
+                raise ValueError(f"allocation {v!r}: node names must be strings and core ids integers")
         if len(_ALLOCATIONS) >= _ALLOCATIONS_LIMIT:
             _ALLOCATIONS.clear()
         hit = _ALLOCATIONS[key] = Allocation(key)

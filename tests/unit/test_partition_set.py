@@ -514,3 +514,31 @@ def test_all_partitions_lost_nothing_hangs():
         assert gov.registry.get("it").state is JobState.FAILED
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_size_accepted_once_a_partition_that_fits_it_joins():
+    """Issue 6 "Attaching ... at any time": a size that fits no partition is refused at submit, and accepted
+    by the governor once a partition big enough has attached (the governor's size cache is per membership)."""
+    from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+
+    def job(name):
+        return parse_jobs([{"name": name, "execution": {"exec": "/bin/true"},
+                            "resources": {"numCores": {"exact": 4}}}])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        pset = PartitionSet(loop)
+        gov = Governor(loop, pset, [])
+        pset.events = gov
+        pset.add_member("small", FakeMember("2"), 4)
+        await settle()
+        with pytest.raises(InvalidJobDescriptionError, match="fits no partition"):
+            gov.submit(job("first"))
+        big = FakeMember("4")
+        pset.add_member("big", big, 4)
+        await settle()
+        gov.submit(job("second"))
+        await settle(20)
+        assert big.got == ["second"]
+
+    asyncio.run(asyncio.wait_for(main(), 10))

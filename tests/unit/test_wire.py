@@ -92,9 +92,13 @@ def test_equal_allocations_decode_to_one_object():
     assert one is two and one == Allocation((("n0", (2,)),)) and other != one
 
 
-def test_unhashable_allocation_is_a_wire_error():
+@pytest.mark.parametrize("alloc", [[["n0", [[1]]]], [["n0", [1.5]]], [["never-seen", [2.0]]], [[7, [1]]],
+                                   [["n0", ["1"]]]])
+def test_malformed_allocation_is_a_wire_error(alloc):
+    """Unhashable or non-integer core ids, a non-string node: the event is refused (the manager is told why).
+    (A float equal to cores seen before, 2.0 after 2, decodes to that earlier, integer allocation.)"""
     with pytest.raises(wire.WireError, match="malformed 'started'"):
-        wire.decode_started(["t", [["n0", [[1]]]], "/wd", 1.0, 1.0, 7])
+        wire.decode_started(["t", alloc, "/wd", 1.0, 1.0, 7])
 
 
 # ------------------------------------------------------------------------ events
