@@ -66,6 +66,8 @@ class PartitionStarter:
         self.plans: dict[str, ManagerPlan] = {}
         self._procs = ProcessSpawner(loop, kill_grace=5.0)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._starts: dict[str, asyncio.Task[None]] = {}     # plan id -> its start (ends when given up)
+        self._t0 = time.monotonic()
         self._closing = False
 
     def plan(self, groups: list[list[Node]], *, base_args: list[str], work_dir: str, slurm: bool) -> None:
@@ -94,33 +96,56 @@ class PartitionStarter:
 
     async def start(self) -> list[str]:
         """Start every planned manager; returns the ids that registered. Raises PartitionStartError."""
-        t0 = time.monotonic()
+        self.launch()
+        return await self.wait_ready()
+
+    def launch(self) -> None:
+        """Spawn every planned manager (with retries in the background); returns at once.
+
+        The service calls this as soon as its network interface listens, and
+        builds the rest of the governor while the managers start up.
+        """
+        self._t0 = time.monotonic()
         for plan in self.plans.values():
             self.server.expect(plan.id)
-            self._tasks.append(self.loop.create_task(self._start_one(plan)))
+            self._starts[plan.id] = self.loop.create_task(self._start_one(plan))
+            self._tasks.append(self._starts[plan.id])
+
+    async def wait_ready(self) -> list[str]:
+        """Wait until the readiness threshold of managers registered; raises PartitionStartError."""
         total = len(self.plans)
         need = max(1, int(round(self.ready_threshold * total + 1e-9))) if total else 0
-        deadline = t0 + self.init_timeout
+        deadline = self._t0 + self.init_timeout
         while True:
             for plan in self.plans.values():
                 plan.registered = self.server.joined[plan.id].is_set() and plan.failed is None
+                if not plan.registered and plan.failed is None and self._starts[plan.id].done():
+                    plan.failed = "its start ended before it registered"
             ready = [p.id for p in self.plans.values() if p.registered]
             pending = [p for p in self.plans.values() if not p.registered and p.failed is None]
             if len(ready) >= need:
                 break
-            if not pending or time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
                 not_ready = [f"{p.id} ({p.failed or 'not registered in time'})"
                              for p in self.plans.values() if not p.registered]
                 raise PartitionStartError(
                     f"only {len(ready)} of {total} partition managers registered (threshold "
                     f"{self.ready_threshold:g} needs {need}); not ready: {', '.join(not_ready)}")
-            await asyncio.sleep(0.02)
+            # wake on the next registration or given-up start, not on a poll
+            joins = [self.loop.create_task(self.server.joined[p.id].wait()) for p in pending]
+            try:
+                await asyncio.wait([*joins, *(self._starts[p.id] for p in pending)], timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in joins:
+                    t.cancel()
         for plan in self.plans.values():
             if not plan.registered:
                 log.warning("partition manager not ready yet; its nodes join if it registers later",
                             partition=plan.id, nodes=[n.name for n in plan.nodes], error=plan.failed)
         log.info("partition managers ready", ready=len(ready), total=total,
-                 seconds=round(time.monotonic() - t0, 3))
+                 seconds=round(time.monotonic() - self._t0, 3))
         return ready
 
     async def _start_one(self, plan: ManagerPlan) -> None:

@@ -115,6 +115,7 @@ class Service:
         self.keys: Any = None
         self.partitions: Any = None       # PartitionServer in governor mode
         self.starter: Any = None          # PartitionStarter with --slurm-partition-nodes
+        self._launch_error: ValueError | None = None     # the allocation could not be split
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
@@ -192,6 +193,12 @@ class Service:
                     c.close()
                 return EXIT_START_FAILED
         self.partition = self._make_partition()
+        if cfg.governor_mode and cfg.slurm_partition_nodes is not None:
+            # the managers start up (srun, interpreter, imports) while the governor builds the rest
+            try:
+                self._launch_partitions()
+            except ValueError as exc:
+                self._launch_error = exc
         # the governor's own parts: a partition manager (a subclass) never loads them
         from qcg.pilotjob.governor.governor import Governor
         from qcg.pilotjob.governor.journal import Journal
@@ -270,8 +277,12 @@ class Service:
             from qcg.pilotjob.governor.partition_starter import PartitionStartError
 
             try:
-                if self.config.slurm_partition_nodes is not None:
-                    await self._start_partitions()
+                if self._launch_error is not None:
+                    raise self._launch_error
+                if self.starter is None and self.config.slurm_partition_nodes is not None:
+                    self._launch_partitions()       # a nested governor (its own run) launches here
+                if self.starter is not None:
+                    await self.starter.wait_ready()
             except (PartitionStartError, ValueError) as exc:
                 print(f"Error: {exc}", file=sys.stderr)
                 log.error("partition managers not started", error=str(exc))
@@ -291,7 +302,8 @@ class Service:
             return False
         return True
 
-    async def _start_partitions(self) -> None:
+    def _launch_partitions(self) -> None:
+        """Split the allocation and spawn one manager per group (`_start_workers` waits for them)."""
         from qcg.pilotjob.governor.partition_starter import PartitionStarter, split_nodes
 
         cfg = self.config
@@ -313,7 +325,7 @@ class Service:
                           slurm=self.slurm_mode)
         log.info("starting partition managers", partitions=len(groups), nodes_per_partition=cfg.slurm_partition_nodes,
                  method=method)
-        await self.starter.start()
+        self.starter.launch()
 
     async def _start_launcher(self) -> None:
         """Slurm allocation: node agents (srun or ssh), or one srun step per task with --disable-nl."""
