@@ -65,7 +65,6 @@ class PartitionStarter:
         self.ssh_command = ssh_command or ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
         self.plans: dict[str, ManagerPlan] = {}
         self._procs = ProcessSpawner(loop, kill_grace=5.0)
-        self._tasks: list[asyncio.Task[Any]] = []
         self._starts: dict[str, asyncio.Task[None]] = {}     # plan id -> its start (ends when given up)
         self._t0 = time.monotonic()
         self._closing = False
@@ -109,7 +108,6 @@ class PartitionStarter:
         for plan in self.plans.values():
             self.server.expect(plan.id)
             self._starts[plan.id] = self.loop.create_task(self._start_one(plan))
-            self._tasks.append(self._starts[plan.id])
 
     async def wait_ready(self) -> list[str]:
         """Wait until the readiness threshold of managers registered; raises PartitionStartError."""
@@ -181,5 +179,5 @@ class PartitionStarter:
         """After the server said `exit`: wait for the managers to end, then kill what is left."""
         self._closing = True
         await self._procs.wait_then_shutdown(timeout)
-        for t in self._tasks:
+        for t in self._starts.values():
             t.cancel()
