@@ -34,6 +34,7 @@ log = structlog.get_logger("agents")
 
 HEARTBEAT = 1.0            # partition -> agent heartbeat period
 LOST_AFTER = 3             # agent heartbeats missed before the node is lost
+STDERR_TAIL = 5            # lines of an agent's stderr quoted when its start fails
 
 
 class AgentStartError(Exception):
@@ -52,6 +53,8 @@ class _AgentState:
     tasks: set[str] = field(default_factory=set)
     registered: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    last_exit: ProcessExit | None = None    # how its last agent process ended
+    failed: str | None = None               # why its start was given up (after the retries)
 
 
 class AgentLauncher:
@@ -113,7 +116,8 @@ class AgentLauncher:
             starting = [a for a in self.agents.values() if not a.ready and not a.lost]
             if not starting or time.monotonic() > deadline:
                 ready = sum(a.ready for a in self.agents.values())
-                failed = [a.node for a in self.agents.values() if not a.ready]
+                failed = [f"{a.node} ({self._not_ready_reason(a, time.monotonic() - t0)})"
+                          for a in self.agents.values() if not a.ready]
                 await self.shutdown()
                 raise AgentStartError(f"only {ready} of {len(self.nodes)} node agents became ready "
                                       f"(threshold {self.ready_threshold:g} needs {need}); not ready: "
@@ -138,10 +142,25 @@ class AgentLauncher:
     def _agent_argv(self, node: str) -> list[str]:
         return agent_command(self.start_method, node, self.address, self.keys_dir, self.ssh_command)
 
+    def _stderr_path(self, node: str) -> str:
+        """Where an agent's stderr goes (early agents write theirs to the same place)."""
+        return os.path.normpath(os.path.join(self.keys_dir, os.pardir, f"agent-{node}.err"))
+
+    def _not_ready_reason(self, state: _AgentState, elapsed: float) -> str:
+        """Why `state`'s agent is not ready, for the start error: a failed agent is undiagnosable without it."""
+        if state.failed is not None:
+            return state.failed
+        if state.lost:
+            return "lost"
+        attempt = (f"attempt {state.attempts} still running" if not state.exited.is_set() else
+                   f"attempt {state.attempts} ended{_exit_text(state.last_exit)}, next one pending")
+        return f"not registered after {elapsed:.1f}s, {attempt}{_stderr_tail(self._stderr_path(state.node))}"
+
     async def _start_agent(self, node: str) -> None:
         state = self.agents[node]
         error = await start_with_retries(lambda: self._run_agent_once(state), lambda: self._closing)
         if error is not None:
+            state.failed = error
             state.lost = True
             log.error("node agent did not start", node=node, attempts=state.attempts, error=error)
 
@@ -150,10 +169,11 @@ class AgentLauncher:
         state.exited = asyncio.Event()
         key = f"agent:{state.node}:{state.attempts}"
         state.proc_key = key
+        state.last_exit = None
         env = dict(os.environ)
         env.update(self.agent_env)
-        spec = ProcessSpec(argv=self._agent_argv(state.node), env=env, cwd=os.getcwd(),
-                           stderr=os.path.join(self.keys_dir, os.pardir, f"agent-{state.node}.err"))
+        err = self._stderr_path(state.node)
+        spec = ProcessSpec(argv=self._agent_argv(state.node), env=env, cwd=os.getcwd(), stderr=err)
         started = self._early.pop(state.node, None)
         if started is not None:
             pid = self._procs.adopt(key, started[0], self._agent_process_ended, started[1],
@@ -161,16 +181,20 @@ class AgentLauncher:
         else:
             pid = self._procs.spawn(key, spec, self._agent_process_ended)
         if pid is None:
-            raise OSError(f"cannot start the agent of node {state.node}")
+            await state.exited.wait()       # the spawner reports why through the exit callback
+            why = state.last_exit.reason if state.last_exit is not None else None
+            raise OSError(f"cannot start the agent of node {state.node}" + (f": {why}" if why else ""))
         await state.exited.wait()
         if not state.ready and not state.lost and not self._closing:
-            raise OSError(f"the agent of node {state.node} ended before registering")
+            raise OSError(f"the agent of node {state.node} ended before registering"
+                          f"{_exit_text(state.last_exit)}{_stderr_tail(err)}")
 
     def _agent_process_ended(self, key: Any, ex: ProcessExit) -> None:
         node = str(key).split(":")[1]
         state = self.agents[node]
         if state.proc_key != key:
             return
+        state.last_exit = ex
         state.exited.set()
         if state.ready and not self._closing:
             self._lose(state, f"agent process ended (exit code {ex.exit_code})")
@@ -289,6 +313,9 @@ class AgentLauncher:
         for state in self.agents.values():
             if state.ready:
                 self._send(state.node, bye)
+            elif state.proc_key is not None:
+                # not registered: no one could tell it to exit, so waiting for it would only use up the timeout
+                self._procs.cancel(state.proc_key, "the partition is shutting down")
         await self._procs.wait_then_shutdown(timeout)
         for t in self._tasks:
             t.cancel()
@@ -299,6 +326,27 @@ class AgentLauncher:
         self.sock.close(linger=0)
         # an adopted socket's context is terminated through its owner, not the asyncio shadow
         (getattr(self, "_early_ctx", None) or self.ctx).term()
+
+
+def _exit_text(ex: ProcessExit | None) -> str:
+    if ex is None or ex.exit_code is None:
+        return f" ({ex.reason})" if ex is not None and ex.reason else ""
+    if ex.exit_code < 0:
+        return f" (killed by signal {-ex.exit_code})"
+    return f" (exit code {ex.exit_code})"
+
+
+def _stderr_tail(path: str, lines: int = STDERR_TAIL, limit: int = 4096) -> str:
+    """'; stderr <path>: <its last lines>' (joined by ' | '), or '' when it is empty or unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return f"; stderr {path}: {' | '.join(tail)}" if tail else ""
 
 
 def sent_now(fut: "asyncio.Future[Any]") -> BaseException | None:

@@ -114,10 +114,38 @@ def test_threshold_lets_run_start_without_a_failed_agent(tmp_path, fake_ssh):
 
 
 def test_threshold_not_met_fails_clearly(tmp_path, fake_ssh):
-    """Issue 5 / reference 15.1: too few agents -> a clear error, not a hang."""
+    """Issue 5 / reference 15.1: too few agents -> a clear error, not a hang; it says how each failed agent
+    ended and quotes its stderr (the agent's own error is otherwise only in a file of the run)."""
     async def main():
-        with pytest.raises(AgentStartError, match="only 1 of 2 node agents became ready"):
+        with pytest.raises(AgentStartError, match="only 1 of 2 node agents became ready") as err:
             gov, part, launcher, res = await _setup(tmp_path, "a:1,bad:1", fake_ssh, threshold=1.0)
+        text = str(err.value)
+        assert "not ready: bad (the agent of node bad ended before registering (exit code 255)" in text, text
+        assert f"stderr {tmp_path / 'agent-bad.err'}: ssh: connect to host bad: refused" in text, text
+    run(main())
+
+
+MUTE_SSH = """#!/bin/bash
+# fake ssh whose node 'mute' runs something that never registers
+while [[ "$1" == -* ]]; do shift 2; done
+node=$1; shift
+if [[ "$node" == mute ]]; then echo "mute: waiting for nothing" >&2; exec sleep 30; fi
+exec bash -c "$1"
+"""
+
+
+def test_agent_not_registered_in_time_is_named_with_its_stderr(tmp_path):
+    """An agent still running but not registered at the init timeout: the error says so, with its stderr."""
+    mute = tmp_path / "mute-ssh"
+    mute.write_text(MUTE_SSH)
+    mute.chmod(mute.stat().st_mode | stat.S_IEXEC)
+
+    async def main():
+        with pytest.raises(AgentStartError, match="only 1 of 2 node agents became ready") as err:
+            await _setup(tmp_path, "a:1,mute:1", str(mute), threshold=1.0, timeout=2.0)
+        text = str(err.value)
+        assert "not ready: mute (not registered after " in text and "attempt 1 still running" in text, text
+        assert f"stderr {tmp_path / 'agent-mute.err'}: mute: waiting for nothing" in text, text
     run(main())
 
 
