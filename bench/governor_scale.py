@@ -256,9 +256,8 @@ class FakePartition:
         self.free_allocs.extend(alloc for _, alloc, _ in batch)
         self.finished += len(evs)
         if self.wire_mode:
-            for ev in evs:       # as the real manager (parent_link): the started event carried the allocation
-                ev.allocation = None
-            self._out_finished.extend(map(wire.encode_finished, evs))
+            # as the real manager (parent_link): the started event carried the allocation, wd and start time
+            self._out_finished.extend([wire.encode_finished(ev, True) for ev in evs])
             self._request_flush()
             self.own += time.process_time() - t0
             if self.queue:

@@ -359,8 +359,10 @@ class Governor:
                 job.released.append(it)
             self._make_runnable(job)
             return
-        if ev.started_at is not None and ev.finished_at is not None:
-            rec.rtime = max(0.0, ev.finished_at - ev.started_at)
+        # a partition manager does not repeat the start time it sent in the start event
+        started = ev.started_at if ev.started_at is not None else rec.started_time() if was_executing else None
+        if started is not None and ev.finished_at is not None:
+            rec.rtime = max(0.0, ev.finished_at - started)
         if ev.exit_code is not None:
             rec.exit_code = ev.exit_code
         if ev.allocation is not None and rec.allocation is None:

@@ -143,12 +143,12 @@ class ParentLink:
         self._request_flush()
 
     def task_finished(self, ev: TaskFinished) -> None:
-        # the parent has the allocation from the start event already; only a task that never
-        # started (could not be spawned) carries it here
-        if ev.task_id in self._announced:
+        # the parent has the allocation, wd and start time from the start event already; only a task that
+        # never started (could not be spawned) sends them here
+        announced = ev.task_id in self._announced
+        if announced:
             self._announced.discard(ev.task_id)
-            ev.allocation = None
-        self._finished.append(wire.encode_finished(ev))
+        self._finished.append(wire.encode_finished(ev, start_sent=announced))
         self._request_flush()
 
     def task_redispatched(self, task_id: str, reason: str) -> None:

@@ -59,6 +59,11 @@ class IterationRecord:
         now = None if scheduled_at and started_at else time.time()     # as set_state: a missing time is now
         self._hist += (scheduled_at or now, JobState.SCHEDULED, started_at or now, JobState.EXECUTING)
 
+    def started_time(self) -> float | None:
+        """When it began EXECUTING, while it still is."""
+        h = self._hist
+        return h[-2] if h and h[-1] is JobState.EXECUTING else None
+
     @property
     def history(self) -> History:
         h = self._hist

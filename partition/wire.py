@@ -74,38 +74,80 @@ def _value_key(values: list[Any]) -> bytes:
     return msgpack.packb(values, use_bin_type=True)
 
 
-def encode_allocation(a: Allocation | None) -> list | None:
-    return None if a is None else [[n, list(c)] for n, c in a.nodes]
+def encode_allocation(a: Allocation | None) -> str | list | None:
+    """The allocation as the reports show it (`node[0:1],node2[4]`): one short string per event.
+
+    A node name that this text cannot carry (one with `[`, `]` or `,`) sends
+    the allocation as a list of `[node, [cores]]` pairs instead.
+    """
+    if a is None:
+        return None
+    text = _TEXTS.get(a)
+    if text is None:
+        if any(_UNSAFE.intersection(n) for n, _ in a.nodes):
+            return [[n, list(c)] for n, c in a.nodes]
+        if len(_TEXTS) >= _CACHE_LIMIT:
+            _TEXTS.clear()
+        text = _TEXTS[a] = a.describe()
+    return text
 
 
-_ALLOCATIONS: dict[tuple, Allocation] = {}    # decoded allocations, shared: equal ones recur task after task
-_ALLOCATIONS_LIMIT = 65536
+_UNSAFE = frozenset("[],")
+_CACHE_LIMIT = 65536
+_TEXTS: dict[Allocation, str] = {}           # encoded allocations: a partition hands the same cores out again and again
+_BY_TEXT: dict[str, Allocation] = {}         # decoded allocations, shared: equal ones recur task after task
+_BY_PAIRS: dict[tuple, Allocation] = {}
 
 
-def decode_allocation(v: list | None) -> Allocation | None:
+def decode_allocation(v: str | list | None) -> Allocation | None:
     """The allocation of a wire event; equal allocations decode to one shared object.
 
-    A partition hands the same cores out again and again: sharing saves an
-    object per event, and the governor's allocation-text cache (keyed by
-    value) then compares keys by identity.
+    Sharing saves an object per event, and the governor's allocation-text
+    cache (keyed by value) then compares keys by identity.
     """
     if v is None:
         return None
+    if type(v) is str:
+        hit = _BY_TEXT.get(v)
+        if hit is None:
+            hit = _remember(_BY_TEXT, v, _parse_text(v))
+        return hit
     if len(v) == 1:      # most tasks run on one node
         n, c = v[0]
         key: tuple = ((n, tuple(c)),)
     else:
         key = tuple([(n, tuple(c)) for n, c in v])
-    hit = _ALLOCATIONS.get(key)
+    hit = _BY_PAIRS.get(key)
     if hit is None:
         # checked once per distinct allocation: a later equal key (1.0 == 1) gets this int-only object
-        for node, cores in key:
-            if type(node) is not str or any(type(c) is not int for c in cores):
-                raise ValueError(f"allocation {v!r}: node names must be strings and core ids integers")
-        if len(_ALLOCATIONS) >= _ALLOCATIONS_LIMIT:
-            _ALLOCATIONS.clear()
-        hit = _ALLOCATIONS[key] = Allocation(key)
+        hit = _remember(_BY_PAIRS, key, _checked(key, v))
     return hit
+
+
+def _parse_text(text: str) -> Allocation:
+    if not text.endswith("]"):
+        raise ValueError(f"allocation {text!r}: not of the form node[core:core],node[core]")
+    pairs = []
+    for part in text[:-1].split("],"):
+        node, bracket, cores = part.partition("[")
+        if not bracket or not node or _UNSAFE.intersection(node) or _UNSAFE.intersection(cores):
+            raise ValueError(f"allocation {text!r}: not of the form node[core:core],node[core]")
+        pairs.append((node, tuple(int(c) for c in cores.split(":"))))
+    return _checked(tuple(pairs), text)
+
+
+def _checked(key: tuple, v: Any) -> Allocation:
+    for node, cores in key:
+        if type(node) is not str or not cores or any(type(c) is not int or c < 0 for c in cores):
+            raise ValueError(f"allocation {v!r}: node names must be strings and core ids non-negative integers")
+    return Allocation(key)
+
+
+def _remember(cache: dict, key: Any, alloc: Allocation) -> Allocation:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = alloc
+    return alloc
 
 
 def encode_started(ev: TaskStarted) -> list[Any]:
@@ -120,7 +162,11 @@ def decode_started(v: list[Any]) -> TaskStarted:
         raise WireError(f"malformed 'started' event: {exc!r}") from None
 
 
-def encode_finished(ev: TaskFinished) -> list[Any]:
+def encode_finished(ev: TaskFinished, start_sent: bool = False) -> list[Any]:
+    """`start_sent`: the task's `started` event went out already, so its allocation, wd and start time are
+    not sent again (the receiver keeps them from that event)."""
+    if start_sent:
+        return [ev.task_id, ev.state, ev.exit_code, ev.message, None, None, None, ev.finished_at, ev.requeue]
     return [ev.task_id, ev.state, ev.exit_code, ev.message, encode_allocation(ev.allocation), ev.wd,
             ev.started_at, ev.finished_at, ev.requeue]
 

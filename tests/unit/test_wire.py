@@ -84,6 +84,69 @@ def test_allocation_round_trip():
     assert wire.encode_allocation(None) is None and wire.decode_allocation(None) is None
 
 
+def test_allocation_travels_as_its_report_text():
+    """One short string per event, the text the report shows; names the text cannot carry go as pairs."""
+    alloc = Allocation((("n0", (0, 1)), ("n1", (3,))))
+    assert wire.encode_allocation(alloc) == "n0[0:1],n1[3]"
+    one = wire.decode_allocation(over_the_wire({"a": "n0[0:1],n1[3]"})["a"])
+    assert one == alloc and one is wire.decode_allocation("n0[0:1],n1[3]")
+    odd = Allocation((("rack[1]", (0,)), ("a,b", (1, 2))))
+    sent = wire.encode_allocation(odd)
+    assert sent == [["rack[1]", [0]], ["a,b", [1, 2]]]
+    assert wire.decode_allocation(over_the_wire({"a": sent})["a"]) == odd
+
+
+@pytest.mark.parametrize("text", ["n0", "n0[]", "n0[a]", "[1]", "n0[1],", "n0[1],n1", "n0[-1]", "n0[1]]",
+                                  "n0[1:2", ""])
+def test_malformed_allocation_text_is_a_wire_error(text):
+    with pytest.raises(wire.WireError, match="malformed 'started'"):
+        wire.decode_started(["t", text, "/wd", 1.0, 1.0, 7])
+
+
+def test_finished_after_its_start_leaves_out_what_the_start_said():
+    """A manager's finished event does not repeat the allocation, wd and start time of its started event;
+    the governor takes the run time from the start it recorded."""
+    from qcg.pilotjob.api.jobdesc import parse_jobs
+    from qcg.pilotjob.governor.governor import Governor
+
+    ev = TaskFinished("a", "SUCCEED", 0, None, Allocation((("n0", (0,)),)), "/wd", 10.0, 12.5)
+    raw = over_the_wire({"e": wire.encode_finished(ev, start_sent=True)})["e"]
+    assert raw == ["a", "SUCCEED", 0, None, None, None, None, 12.5, False]
+
+    class Port:
+        queue_limit = 10
+
+        def __init__(self):
+            self.sent = []
+
+        def submit(self, tasks):
+            self.sent += tasks
+
+        def cancel(self, ids):
+            pass
+
+        def never_fits(self, request):
+            return None
+
+        def totals(self):
+            return (1, 1, 1)
+
+    async def main():
+        port = Port()
+        gov = Governor(asyncio.get_running_loop(), port, [])
+        gov.submit(parse_jobs([{"name": "a", "execution": {"exec": "/bin/true"}}]))
+        await asyncio.sleep(0)
+        assert [t.task_id for t in port.sent] == ["a"]
+        gov.task_started(wire.decode_started(over_the_wire({"e": wire.encode_started(
+            TaskStarted("a", ev.allocation, "/wd", 9.5, 10.0, 42))})["e"]))
+        gov.task_finished(wire.decode_finished(raw))
+        rec = gov.registry.get("a").record
+        assert rec.state.value == "SUCCEED" and rec.rtime == 2.5
+        assert rec.allocation == "n0[0]" and rec.wd == "/wd" and rec.pid == 42
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+
+
 def test_equal_allocations_decode_to_one_object():
     """Events of the same cores share one decoded allocation (the governor's text cache hits by identity)."""
     one = wire.decode_allocation(over_the_wire({"a": [["n0", [2]]]})["a"])
