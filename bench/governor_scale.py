@@ -77,6 +77,8 @@ import time
 from collections import deque
 from typing import Any
 
+import msgpack
+
 from qcg.pilotjob.api import protocol
 from qcg.pilotjob.partition import wire
 from qcg.pilotjob.partition.resources import Node, Resources
@@ -412,8 +414,10 @@ def run_one(p: dict) -> dict:
                 problems.append(f"jobs.report has {got_report} lines, expected {want_report}")
             if got_states != want_report:
                 problems.append(f"{STATES_FILE} has {got_states} lines, expected {want_report}")
-            if count_lines(os.path.join(aux, REQS_FILE)) != len(batches):
-                problems.append(f"{REQS_FILE} does not hold one line per submit")
+            with open(os.path.join(aux, REQS_FILE), "rb") as f:
+                journalled = sum(1 for rec in msgpack.Unpacker(f, raw=False, max_buffer_size=0) if "jobs" in rec)
+            if journalled != len(batches):
+                problems.append(f"{REQS_FILE} does not hold one record per submit")
         if problems:
             raise SystemExit(f"FAIL {workload}/{variant}: " + "; ".join(problems))
         out["succeed"] = ok_tasks

@@ -1,12 +1,15 @@
 """The journal behind `--resume`: what was submitted and what has ended.
 
-Two append-only JSON-lines files in the aux dir:
+Two append-only files in the aux dir:
 
-* `track.reqs` — every accepted submission (with its request counter and
-  time, so placeholders resolve the same way again), every removal and the
-  `finishAfterAllTasksDone` command; flushed before the request is answered.
-* `track.states` — the final state of every task and job, buffered and
-  flushed in batches (and always before the service reports success).
+* `track.reqs` — a stream of msgpack maps: every accepted submission (with
+  its request counter and time, so placeholders resolve the same way again),
+  every removal and the `finishAfterAllTasksDone` command; flushed before the
+  request is answered. msgpack, because a submission is written whole: for
+  100 000 jobs JSON took 0.3-0.4 s, msgpack about a quarter of that.
+* `track.states` — JSON lines, the final state of every task and job,
+  buffered and flushed in batches (and always before the service reports
+  success).
 
 Resume replays `track.reqs` and marks exactly the recorded tasks as done,
 whatever order iterations finished in.
@@ -19,8 +22,9 @@ import json.encoder
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
+import msgpack
 import structlog
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
@@ -38,14 +42,12 @@ REQS_FILE = "track.reqs"
 STATES_FILE = "track.states"
 
 _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as json.dumps writes it
-# requests of 100 000 jobs are written whole: no circularity check (the jobs come decoded from a request,
-# or from `to_dict`, neither can hold a cycle), no spaces -- about 40 % less time than json.dumps
-_dumps = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 
 
 class Journal(GovernorListener):
     def __init__(self, aux_dir: str, batch: int = 512) -> None:
-        self._reqs = open(os.path.join(aux_dir, REQS_FILE), "a", encoding="utf-8")
+        self._reqs = open(os.path.join(aux_dir, REQS_FILE), "ab")
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8")
         self._buffer: list[str] = []
         self._batch = batch
@@ -91,7 +93,7 @@ class Journal(GovernorListener):
 
     # -- files
     def _write_now(self, rec: dict[str, Any]) -> None:
-        self._reqs.write(_dumps(rec) + "\n")
+        self._reqs.write(self._pack(rec))
         self._reqs.flush()
 
     def flush(self) -> None:
@@ -122,38 +124,38 @@ class Replay:
 
 
 def load(aux_dir: str) -> Replay:
-    """Read the journal of an earlier run; tolerates a torn last line."""
+    """Read the journal of an earlier run; tolerates a torn last record or line (a kill during a write)."""
     submissions: list[Submission] = []
     finish = False
     skipped = 0
     by_key: dict[tuple[str, int], Submission] = {}
     live: dict[str, Submission] = {}
-    with open(os.path.join(aux_dir, REQS_FILE), encoding="utf-8") as f:
-        for line in f:
+    for rec in _records(os.path.join(aux_dir, REQS_FILE)):
+        if rec is None or not isinstance(rec, dict):
+            skipped += 1
+        elif "jobs" in rec:
             try:
-                rec = json.loads(line)
-            except ValueError:
+                descs = parse_jobs(rec["jobs"])
+                sub = Submission(int(rec["rcnt"]), datetime.fromisoformat(rec["time"]), descs)
+            except InvalidJobDescriptionError as exc:
+                log.error("journal submission unreadable", problems=exc.problems)
                 skipped += 1
                 continue
-            if "jobs" in rec:
-                try:
-                    descs = parse_jobs(rec["jobs"])
-                except InvalidJobDescriptionError as exc:
-                    log.error("journal submission unreadable", problems=exc.problems)
-                    skipped += 1
-                    continue
-                sub = Submission(int(rec["rcnt"]), datetime.fromisoformat(rec["time"]), descs)
-                submissions.append(sub)
-                for d in descs:
-                    by_key[(d.name, sub.rcnt)] = sub
-                    live[d.name] = sub
-            elif "remove" in rec:
-                for name in rec["remove"]:
-                    sub = live.pop(name, None)
-                    if sub is not None:
-                        sub.descs = [d for d in sub.descs if d.name != name]
-            elif rec.get("control") == "finishAfterAllTasksDone":
-                finish = True
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("journal submission unreadable", error=str(exc))
+                skipped += 1
+                continue
+            submissions.append(sub)
+            for d in descs:
+                by_key[(d.name, sub.rcnt)] = sub
+                live[d.name] = sub
+        elif "remove" in rec:
+            for name in rec["remove"]:
+                sub = live.pop(name, None)
+                if sub is not None:
+                    sub.descs = [d for d in sub.descs if d.name != name]
+        elif rec.get("control") == "finishAfterAllTasksDone":
+            finish = True
     states_path = os.path.join(aux_dir, STATES_FILE)
     if os.path.exists(states_path):
         with open(states_path, encoding="utf-8") as f:
@@ -169,6 +171,21 @@ def load(aux_dir: str) -> Replay:
                 if sub is not None:
                     sub.done.setdefault(name, {})[it] = state
     return Replay([s for s in submissions if s.descs], finish, skipped)
+
+
+def _records(path: str) -> Iterator[Any]:
+    """The maps of `track.reqs` in order; None for a torn end (a write cut by a kill) or unreadable rest."""
+    with open(path, "rb") as f:
+        data = f.read()
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        yield from unpacker
+    except (ValueError, msgpack.UnpackException):     # garbage: nothing after it can be framed again
+        yield None
+        return
+    if unpacker.tell() < len(data):
+        yield None
 
 
 def find_aux_dir(path: str) -> str:

@@ -8,10 +8,12 @@ against everything in flat mode) -- and the console-script check (no run)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 
+import msgpack
 import pytest
 
 from tests.conftest import job, script_job, submit
@@ -56,8 +58,9 @@ def test_full_run_report_status_and_journal(service, tmp_path, mode):
     assert fs["IterationStats"]["TotalIterations"] == 5
     assert fs["IterationStats"]["FailedIterations"] == 1
     assert fs["IterationStats"]["FinishedIterations"] == 4
-    reqs_lines = r.aux_file("track.reqs").read_text().splitlines()
-    assert len(reqs_lines) >= 1
+    journal = list(msgpack.Unpacker(io.BytesIO(r.aux_file("track.reqs").read_bytes()), raw=False))
+    assert [len(rec["jobs"]) for rec in journal if "jobs" in rec] == [3]
+    assert journal[-1] == {"control": "finishAfterAllTasksDone"}
     finals = {(s["task"], s["state"]) for s in r.states()}
     assert {("a", "SUCCEED"), ("f", "FAILED"), ("it:0", "SUCCEED"), ("it", "SUCCEED")} <= finals
     assert r.aux_file("service.log").stat().st_size > 0

@@ -3,14 +3,14 @@ every final state, written in batches and flushed before the run reports success
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
-from datetime import datetime
 
+import msgpack
 import pytest
 
-from qcg.pilotjob.api.jobdesc import parse_jobs
 from qcg.pilotjob.governor import journal as jmod
 from qcg.pilotjob.governor.journal import Journal
 from qcg.pilotjob.governor.states import JobState
@@ -35,13 +35,18 @@ def lines(path):
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def records(path):
+    """The msgpack maps of track.reqs."""
+    return list(msgpack.Unpacker(io.BytesIO(path.read_bytes()), raw=False))
+
+
 def test_submission_written_before_answer(aux):
     """Issue 3 / DESIGN principle 4: every accepted submission is journalled (on disk) before it is answered."""
     j = Journal(str(aux))
     h = Harness()
     h.gov.add_listener(j)
     h.submit(J("a"), J("it", iteration={"stop": 3}))
-    recs = lines(aux / jmod.REQS_FILE)     # not closed, not flushed explicitly: already on disk
+    recs = records(aux / jmod.REQS_FILE)     # not closed, not flushed explicitly: already on disk
     assert len(recs) == 1
     assert [d["name"] for d in recs[0]["jobs"]] == ["a", "it"]
     assert recs[0]["rcnt"] == 1
@@ -126,11 +131,29 @@ def test_load_tolerates_torn_last_line(aux):
     j.close()
     with open(aux / jmod.STATES_FILE, "a") as f:
         f.write('{"task": "b", "it": nu')
-    with open(aux / jmod.REQS_FILE, "a") as f:
-        f.write('{"rcnt": 2, "time": "20')
+    with open(aux / jmod.REQS_FILE, "ab") as f:
+        f.write(msgpack.packb({"rcnt": 2, "time": "2026-01-01T00:00:00", "jobs": []})[:-7])
     replay = jmod.load(str(aux))
     assert replay.skipped_lines == 2
     assert replay.submissions[0].done == {"a": {None: JobState.SUCCEED}}
+    h.close()
+
+
+def test_load_stops_at_garbage_in_the_submissions(aux):
+    """Bytes that are no msgpack map (a damaged journal) end the replay there: what came before is resumed,
+    the damage is counted, nothing raises."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.add_listener(j)
+    h.submit(J("a"))
+    j.close()
+    with open(aux / jmod.REQS_FILE, "ab") as f:
+        f.write(b"\xc1" + msgpack.packb({"control": "finishAfterAllTasksDone"}))   # 0xc1: never used
+    with open(aux / jmod.REQS_FILE, "ab") as f:
+        f.write(msgpack.packb(["not", "a", "map"]))
+    replay = jmod.load(str(aux))
+    assert [d.name for s in replay.submissions for d in s.descs] == ["a"]
+    assert replay.skipped_lines == 1 and replay.finish_after_all is False
     h.close()
 
 
