@@ -174,6 +174,7 @@ class ServiceConnection:
         self.pub_address: str | None = None
         self._closed = False
         self._lock = threading.RLock()
+        self._wake: zmq.Socket | None = None      # while a request ends the service: its disconnect monitor
 
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self._ctx.socket(kind)
@@ -220,7 +221,7 @@ class ServiceConnection:
                     if remaining <= 0:
                         raise self._unreachable(limit)
                     wait = remaining if self._alive is None else min(remaining, self.ALIVE_CHECK)
-                    if not sock.poll(wait * 1000.0, zmq.POLLIN):
+                    if not self._wait_readable(sock, wait):
                         if self._alive is not None and not self._alive():
                             raise ServiceUnreachable(f"the service at {self.address} is not running any more")
                         continue
@@ -240,36 +241,45 @@ class ServiceConnection:
             if self._closed:
                 raise errors.ConnectionError("Not connected")
             monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            ended = False
+
+            def gone() -> bool:
+                # the monitor is polled together with the socket (`_wait_readable`): a service that
+                # closed the connection wakes the wait at once, not after the next ALIVE_CHECK
+                nonlocal ended
+                while monitor.poll(0, zmq.POLLIN):
+                    monitor.recv_multipart()
+                    ended = True
+                return ended
+
+            saved, self._alive = self._alive, (lambda: not gone() and (saved is None or saved()))
+            self._wake = monitor
             try:
-                ended = threading.Event()
-                stop = threading.Event()
-
-                def watch() -> None:
-                    while not stop.is_set():
-                        if monitor.poll(50, zmq.POLLIN):
-                            monitor.recv_multipart()
-                            ended.set()
-                            return
-
-                watcher = threading.Thread(target=watch, daemon=True)
-                watcher.start()
-                saved, self._alive = self._alive, (lambda: not ended.is_set() and (saved is None or saved()))
-                try:
-                    return self.request(request, timeout)
-                except ServiceUnreachable:
-                    if ended.is_set():
-                        return {"code": 0, "message": "the service closed the connection after the request"}
-                    raise
-                finally:
-                    self._alive = saved
-                    stop.set()
-                    watcher.join(1.0)
+                return self.request(request, timeout)
+            except ServiceUnreachable:
+                if ended:
+                    return {"code": 0, "message": "the service closed the connection after the request"}
+                raise
             finally:
+                self._alive = saved
+                self._wake = None
                 try:
                     self._sock.disable_monitor()
                 except zmq.ZMQError:
                     pass
                 monitor.close(linger=0)
+
+    def _wait_readable(self, sock: zmq.Socket, seconds: float) -> bool:
+        """Whether `sock` has input within `seconds`; returns early (False) when the wake socket has input."""
+        wake = self._wake
+        if wake is None:
+            return bool(sock.poll(seconds * 1000.0, zmq.POLLIN))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        ready = dict(poller.poll(seconds * 1000.0))
+        # an answer that came with the disconnection is still taken
+        return sock in ready or bool(sock.poll(0, zmq.POLLIN))
 
     def _send(self, sock: zmq.Socket, frame: bytes, deadline: float) -> bool:
         while True:

@@ -1,0 +1,61 @@
+"""The client's connection (api/transport.py) against a bare ROUTER socket (issue 4 "Client calls to a dead
+or unreachable service ... never hang"; reference 22.1.4 `finish`)."""
+
+from __future__ import annotations
+
+import threading
+
+import msgpack
+import zmq
+
+from qcg.pilotjob.api.protocol import PROTOCOL_VERSION
+from qcg.pilotjob.api.transport import ServiceConnection
+
+
+def _server(behaviour: str):
+    """A ROUTER on loopback that takes one request and then answers it or closes without answering."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    got: list[dict] = []
+
+    def serve() -> None:
+        try:
+            if sock.poll(20_000, zmq.POLLIN):
+                ident, *rest = sock.recv_multipart()
+                request = msgpack.unpackb(rest[-1], raw=False)
+                got.append(request)
+                if behaviour == "answer":
+                    sock.send_multipart([ident, b"", msgpack.packb({"v": PROTOCOL_VERSION, "code": 0, "id": request["id"]})])
+        finally:
+            sock.close(linger=1000)
+            ctx.term()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"tcp://127.0.0.1:{port}", got, thread
+
+
+def test_a_service_that_closes_after_finish_counts_as_answered():
+    """`finish` ends the service: a connection closed after the request is its answer, noticed from the
+    disconnection itself (no alive check, a timeout far away: waiting for either would fail the test)."""
+    address, got, thread = _server("close")
+    conn = ServiceConnection(address, None, timeout=15.0)
+    try:
+        response = conn.request({"request": "finish"}, ends_service=True)
+    finally:
+        conn.close()
+    thread.join(5)
+    assert [r["request"] for r in got] == ["finish"]
+    assert response == {"code": 0, "message": "the service closed the connection after the request"}
+
+
+def test_an_answer_to_finish_is_returned_as_sent():
+    address, got, thread = _server("answer")
+    conn = ServiceConnection(address, None, timeout=15.0)
+    try:
+        response = conn.request({"request": "finish"}, ends_service=True)
+    finally:
+        conn.close()
+    thread.join(5)
+    assert response == {"v": PROTOCOL_VERSION, "code": 0, "id": got[0]["id"]}
