@@ -36,26 +36,25 @@ def _server(behaviour: str):
     return f"tcp://127.0.0.1:{port}", got, thread
 
 
-def test_a_service_that_closes_after_finish_counts_as_answered():
-    """`finish` ends the service: a connection closed after the request is its answer, noticed from the
-    disconnection itself (no alive check, a timeout far away: waiting for either would fail the test)."""
-    address, got, thread = _server("close")
+def _finish(behaviour: str) -> tuple[dict, list[dict]]:
+    address, got, thread = _server(behaviour)
     conn = ServiceConnection(address, None, timeout=15.0)
     try:
         response = conn.request({"request": "finish"}, ends_service=True)
     finally:
         conn.close()
     thread.join(5)
+    return response, got
+
+
+def test_a_service_that_closes_after_finish_counts_as_answered():
+    """`finish` ends the service: a connection closed after the request is its answer, noticed from the
+    disconnection itself (no alive check, a timeout far away: waiting for either would fail the test)."""
+    response, got = _finish("close")
     assert [r["request"] for r in got] == ["finish"]
     assert response == {"code": 0, "message": "the service closed the connection after the request"}
 
 
 def test_an_answer_to_finish_is_returned_as_sent():
-    address, got, thread = _server("answer")
-    conn = ServiceConnection(address, None, timeout=15.0)
-    try:
-        response = conn.request({"request": "finish"}, ends_service=True)
-    finally:
-        conn.close()
-    thread.join(5)
+    response, got = _finish("answer")
     assert response == {"v": PROTOCOL_VERSION, "code": 0, "id": got[0]["id"]}
