@@ -63,8 +63,9 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 def _sweep(cnt: Path) -> dict:
-    # iterations finish out of order: it%3 == 0 at once, others later
-    sc = f"sleep 0.$(( (${{it}} % 3) * 3 )); echo done >> {cnt}/${{it}}"
+    # iterations finish out of order: it%3 == 0 at once, others later, and iteration 1 only after the kill
+    # (the journal is flushed once a second; without the long one, a flush could hold exactly 0..7)
+    sc = f"sleep $(( ${{it}} == 1 ? 4 : 0 )).$(( (${{it}} % 3) * 3 )); echo done >> {cnt}/${{it}}"
     # `bash -c`, not a `script` (login shell): killing a login shell mid-profile can leave stale locks behind
     return submit({"name": "sweep", "execution": {"exec": "bash", "args": ["-c", sc]}, "iteration": {"stop": N}},
                   script_job("after", f"echo after >> {cnt}/after", dependencies={"after": ["sweep"]}))
