@@ -55,6 +55,8 @@ class _AgentState:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     last_exit: ProcessExit | None = None    # how its last agent process ended
     failed: str | None = None               # why its start was given up (after the retries)
+    earlier: list[str] = field(default_factory=list)   # why each earlier start attempt failed
+    heard: int = 0                          # messages received from its identity (ready or not)
 
 
 class AgentLauncher:
@@ -154,7 +156,10 @@ class AgentLauncher:
             return "lost"
         attempt = (f"attempt {state.attempts} still running" if not state.exited.is_set() else
                    f"attempt {state.attempts} ended{_exit_text(state.last_exit)}, next one pending")
-        return f"not registered after {elapsed:.1f}s, {attempt}{_stderr_tail(self._stderr_path(state.node))}"
+        heard = f"{state.heard} messages from it" if state.heard else "no message from it"
+        earlier = "".join(f"; attempt {i}: {why}" for i, why in enumerate(state.earlier, 1))
+        return (f"not registered after {elapsed:.1f}s, {attempt}, {heard}"
+                f"{_stderr_tail(self._stderr_path(state.node))}{earlier}")
 
     async def _start_agent(self, node: str) -> None:
         state = self.agents[node]
@@ -183,11 +188,14 @@ class AgentLauncher:
         if pid is None:
             await state.exited.wait()       # the spawner reports why through the exit callback
             why = state.last_exit.reason if state.last_exit is not None else None
-            raise OSError(f"cannot start the agent of node {state.node}" + (f": {why}" if why else ""))
+            state.earlier.append(f"cannot start the agent of node {state.node}" + (f": {why}" if why else ""))
+            raise OSError(state.earlier[-1])
         await state.exited.wait()
         if not state.ready and not state.lost and not self._closing:
-            raise OSError(f"the agent of node {state.node} ended before registering"
-                          f"{_exit_text(state.last_exit)}{_stderr_tail(err)}")
+            why = (f"the agent of node {state.node} ended before registering{_exit_text(state.last_exit)}"
+                   f"{_stderr_tail(err)}")
+            state.earlier.append(why)       # the next attempt truncates the stderr file
+            raise OSError(why)
 
     def _agent_process_ended(self, key: Any, ex: ProcessExit) -> None:
         node = str(key).split(":")[1]
@@ -217,6 +225,7 @@ class AgentLauncher:
             log.warning("message from unknown node dropped", node=node)
             return
         state.last_seen = time.monotonic()
+        state.heard += 1
         kind = msg.get("type")
         if kind == "events":
             self._events(state, msg.get("events") or [])

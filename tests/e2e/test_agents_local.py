@@ -145,6 +145,7 @@ def test_agent_not_registered_in_time_is_named_with_its_stderr(tmp_path):
             await _setup(tmp_path, "a:1,mute:1", str(mute), threshold=1.0, timeout=2.0)
         text = str(err.value)
         assert "not ready: mute (not registered after " in text and "attempt 1 still running" in text, text
+        assert "no message from it" in text, text
         assert f"stderr {tmp_path / 'agent-mute.err'}: mute: waiting for nothing" in text, text
     run(main())
 
