@@ -71,10 +71,16 @@ def allowed_keys(publics: set[bytes]) -> _Allowed:
 
 
 def start_authenticator(context: "zmq.Context", allowed: set[bytes]) -> object:
-    """A ZAP handler on `context` (asyncio flavour: call inside a running loop) admitting only `allowed` keys."""
-    import zmq.auth.asyncio
+    """A ZAP handler admitting only `allowed` keys, in its own thread (`stop()` ends it).
 
-    auth = zmq.auth.asyncio.AsyncioAuthenticator(context)
+    A thread, not pyzmq's asyncio flavour: the handler then does not depend on the event loop's
+    turns or on the readiness edges of a socket the loop watches. Early agents use the same.
+    `context` may be a `zmq.asyncio.Context`; the handler's sockets go into a plain shadow of it
+    (the ZAP endpoint belongs to the underlying context).
+    """
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(zmq.Context.shadow(context.underlying))
     auth.start()
     auth.configure_curve_callback(domain="*", credentials_provider=_Allowed(allowed))
     return auth
