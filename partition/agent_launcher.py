@@ -187,9 +187,10 @@ class AgentLauncher:
             pid = self._procs.spawn(key, spec, self._agent_process_ended)
         if pid is None:
             await state.exited.wait()       # the spawner reports why through the exit callback
-            why = state.last_exit.reason if state.last_exit is not None else None
-            state.earlier.append(f"cannot start the agent of node {state.node}" + (f": {why}" if why else ""))
-            raise OSError(state.earlier[-1])
+            reason = state.last_exit.reason if state.last_exit is not None else None
+            why = f"cannot start the agent of node {state.node}" + (f": {reason}" if reason else "")
+            state.earlier.append(why)
+            raise OSError(why)
         await state.exited.wait()
         if not state.ready and not state.lost and not self._closing:
             why = (f"the agent of node {state.node} ended before registering{_exit_text(state.last_exit)}"

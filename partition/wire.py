@@ -86,9 +86,7 @@ def encode_allocation(a: Allocation | None) -> str | list | None:
     if text is None:
         if any(_UNSAFE.intersection(n) for n, _ in a.nodes):
             return [[n, list(c)] for n, c in a.nodes]
-        if len(_TEXTS) >= _CACHE_LIMIT:
-            _TEXTS.clear()
-        text = _TEXTS[a] = a.describe()
+        text = _remember(_TEXTS, a, a.describe())
     return text
 
 
@@ -143,11 +141,12 @@ def _checked(key: tuple, v: Any) -> Allocation:
     return Allocation(key)
 
 
-def _remember(cache: dict, key: Any, alloc: Allocation) -> Allocation:
+def _remember(cache: dict, key: Any, value: Any) -> Any:
+    """`cache[key] = value`, the cache emptied first when it is full (a long run sees few distinct allocations)."""
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
-    cache[key] = alloc
-    return alloc
+    cache[key] = value
+    return value
 
 
 def encode_started(ev: TaskStarted) -> list[Any]:
