@@ -24,7 +24,7 @@ import structlog
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.governor.partition_server import PartitionServer
 from qcg.pilotjob.partition.resources import Node, Resources
-from qcg.pilotjob.partition.retries import start_with_retries
+from qcg.pilotjob.partition.retries import exit_text, start_with_retries, stderr_tail
 from qcg.pilotjob.partition.slurm_resources import write_resources_file
 
 log = structlog.get_logger("partitions")
@@ -44,6 +44,7 @@ class ManagerPlan:
     failed: str | None = None
     proc_key: str | None = None
     exited: asyncio.Event | None = None
+    last_exit: ProcessExit | None = None     # how its last manager process ended
 
 
 def split_nodes(resources: Resources, per_partition: int) -> list[list[Node]]:
@@ -125,7 +126,7 @@ class PartitionStarter:
                 break
             left = deadline - time.monotonic()
             if not pending or left <= 0:
-                not_ready = [f"{p.id} ({p.failed or 'not registered in time'})"
+                not_ready = [f"{p.id} ({p.failed or self._not_registered(p)})"
                              for p in self.plans.values() if not p.registered]
                 raise PartitionStartError(
                     f"only {len(ready)} of {total} partition managers registered (threshold "
@@ -146,6 +147,18 @@ class PartitionStarter:
                  seconds=round(time.monotonic() - self._t0, 3))
         return ready
 
+    def _not_registered(self, plan: ManagerPlan) -> str:
+        """Why a manager whose start is still going on is not ready, with what its stderr says so far."""
+        running = plan.exited is not None and not plan.exited.is_set()
+        attempt = (f"attempt {plan.attempts} still running" if running else
+                   f"attempt {plan.attempts} ended{exit_text(plan.last_exit)}, next one pending")
+        return (f"not registered after {time.monotonic() - self._t0:.1f}s, {attempt}"
+                f"{stderr_tail(self._stderr_path(plan))}")
+
+    @staticmethod
+    def _stderr_path(plan: ManagerPlan) -> str:
+        return os.path.join(os.path.dirname(plan.argv[plan.argv.index("--aux-dir") + 1]), f"{plan.id}.err")
+
     async def _start_one(self, plan: ManagerPlan) -> None:
         error = await start_with_retries(lambda: self._run_once(plan), lambda: self._closing)
         if error is not None:
@@ -157,20 +170,25 @@ class PartitionStarter:
         plan.exited = asyncio.Event()
         key = f"{plan.id}#{plan.attempts}"
         plan.proc_key = key
-        err = os.path.join(os.path.dirname(plan.argv[plan.argv.index("--aux-dir") + 1]), f"{plan.id}.err")
+        plan.last_exit = None
+        err = self._stderr_path(plan)
         spec = ProcessSpec(argv=self._command(plan), env=dict(os.environ), cwd=os.getcwd(), stderr=err)
         if self._procs.spawn(key, spec, self._ended) is None:
-            raise OSError(f"cannot start the manager of partition {plan.id}")
+            await plan.exited.wait()        # the spawner reports why through the exit callback
+            raise OSError(f"cannot start the manager of partition {plan.id}{exit_text(plan.last_exit)}")
         await plan.exited.wait()
         joined = self.server.joined[plan.id].is_set()
         if not joined and not self._closing:
-            raise OSError(f"the manager of partition {plan.id} ended before registering (see {err})")
+            # quoted now: the next attempt truncates the file
+            raise OSError(f"the manager of partition {plan.id} ended before registering"
+                          f"{exit_text(plan.last_exit)}{stderr_tail(err)}")
 
     def _ended(self, key: Any, ex: ProcessExit) -> None:
         pid = str(key).split("#")[0]
         plan = self.plans[pid]
         if plan.proc_key != key or plan.exited is None:
             return
+        plan.last_exit = ex
         plan.exited.set()
         if self.server.joined[pid].is_set() and not self._closing:
             self.server.lose(pid, f"manager process ended (exit code {ex.exit_code})")

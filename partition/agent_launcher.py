@@ -27,14 +27,13 @@ from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.socket_batches import receive_multipart
 from qcg.pilotjob.partition.agent_command import AGENT_HEARTBEAT, DEFAULT_SSH, agent_command
 from qcg.pilotjob.partition.early_agents import EarlyAgents, reachable_address, stop_signal
-from qcg.pilotjob.partition.retries import start_with_retries
+from qcg.pilotjob.partition.retries import exit_text, start_with_retries, stderr_tail
 from qcg.pilotjob.partition.launcher import ExitCallback, LaunchRequest, LaunchResult, StartedCallback
 
 log = structlog.get_logger("agents")
 
 HEARTBEAT = 1.0            # partition -> agent heartbeat period
 LOST_AFTER = 3             # agent heartbeats missed before the node is lost
-STDERR_TAIL = 5            # lines of an agent's stderr quoted when its start fails
 
 
 class AgentStartError(Exception):
@@ -155,11 +154,11 @@ class AgentLauncher:
         if state.lost:
             return "lost"
         attempt = (f"attempt {state.attempts} still running" if not state.exited.is_set() else
-                   f"attempt {state.attempts} ended{_exit_text(state.last_exit)}, next one pending")
+                   f"attempt {state.attempts} ended{exit_text(state.last_exit)}, next one pending")
         heard = f"{state.heard} messages from it" if state.heard else "no message from it"
         earlier = "".join(f"; attempt {i}: {why}" for i, why in enumerate(state.earlier, 1))
         return (f"not registered after {elapsed:.1f}s, {attempt}, {heard}"
-                f"{_stderr_tail(self._stderr_path(state.node))}{earlier}")
+                f"{stderr_tail(self._stderr_path(state.node))}{earlier}")
 
     async def _start_agent(self, node: str) -> None:
         state = self.agents[node]
@@ -193,8 +192,8 @@ class AgentLauncher:
             raise OSError(why)
         await state.exited.wait()
         if not state.ready and not state.lost and not self._closing:
-            why = (f"the agent of node {state.node} ended before registering{_exit_text(state.last_exit)}"
-                   f"{_stderr_tail(err)}")
+            why = (f"the agent of node {state.node} ended before registering{exit_text(state.last_exit)}"
+                   f"{stderr_tail(err)}")
             state.earlier.append(why)       # the next attempt truncates the stderr file
             raise OSError(why)
 
@@ -336,27 +335,6 @@ class AgentLauncher:
         self.sock.close(linger=0)
         # an adopted socket's context is terminated through its owner, not the asyncio shadow
         (getattr(self, "_early_ctx", None) or self.ctx).term()
-
-
-def _exit_text(ex: ProcessExit | None) -> str:
-    if ex is None or ex.exit_code is None:
-        return f" ({ex.reason})" if ex is not None and ex.reason else ""
-    if ex.exit_code < 0:
-        return f" (killed by signal {-ex.exit_code})"
-    return f" (exit code {ex.exit_code})"
-
-
-def _stderr_tail(path: str, lines: int = STDERR_TAIL, limit: int = 4096) -> str:
-    """'; stderr <path>: <its last lines>' (joined by ' | '), or '' when it is empty or unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - limit))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return f"; stderr {path}: {' | '.join(tail)}" if tail else ""
 
 
 def sent_now(fut: "asyncio.Future[Any]") -> BaseException | None:

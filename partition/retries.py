@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Awaitable, Callable
 
 import tenacity
 
+from qcg.pilotjob.agent.spawner import ProcessExit
+
 START_ATTEMPTS = 3
+STDERR_TAIL = 5            # lines of a helper's stderr quoted when its start fails
 
 
 async def start_with_retries(run_once: Callable[[], Awaitable[None]], closing: Callable[[], bool]) -> str | None:
@@ -24,3 +28,29 @@ async def start_with_retries(run_once: Callable[[], Awaitable[None]], closing: C
     except OSError as exc:
         return str(exc)
     return None
+
+
+def exit_text(ex: ProcessExit | None) -> str:
+    """' (exit code N)', ' (killed by signal N)', ' (<why it never started>)', or '' when not known."""
+    if ex is None or ex.exit_code is None:
+        return f" ({ex.reason})" if ex is not None and ex.reason else ""
+    if ex.exit_code < 0:
+        return f" (killed by signal {-ex.exit_code})"
+    return f" (exit code {ex.exit_code})"
+
+
+def stderr_tail(path: str, lines: int = STDERR_TAIL, limit: int = 4096) -> str:
+    """'; stderr <path>: <its last lines>' (joined by ' | '), or '' when it is empty or unreadable.
+
+    Quoted in start errors: the user sees why a helper died without looking for its file, which
+    the next attempt truncates.
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return f"; stderr {path}: {' | '.join(tail)}" if tail else ""

@@ -43,7 +43,17 @@ def _starter(loop: asyncio.AbstractEventLoop, tmp_path: Path, nodes: str, thresh
     return starter, server
 
 
-FAIL = [sys.executable, "-c", "import sys; sys.exit(3)"]
+async def _start_error(starter: PartitionStarter) -> str:
+    """The text of the PartitionStartError that `starter.start()` must raise."""
+    try:
+        with pytest.raises(PartitionStartError) as err:
+            await starter.start()
+    finally:
+        await starter.shutdown(timeout=5)
+    return str(err.value)
+
+
+FAIL = [sys.executable, "-c", "import sys; print('no route to the governor', file=sys.stderr); sys.exit(3)"]
 SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
 
 
@@ -58,16 +68,27 @@ def test_managers_that_never_register_are_retried_then_the_start_fails_clearly(t
     async def main() -> None:
         starter, _ = _starter(asyncio.get_running_loop(), tmp_path, "a:1,b:1", 1.0,
                               {"part-0": FAIL, "part-1": FAIL})
-        try:
-            with pytest.raises(PartitionStartError) as err:
-                await starter.start()
-        finally:
-            await starter.shutdown(timeout=5)
-        text = str(err.value)
+        text = await _start_error(starter)
         assert "only 0 of 2 partition managers registered" in text
-        assert "part-0 (the manager of partition part-0 ended before registering" in text
-        assert "part-1 (the manager of partition part-1 ended before registering" in text
+        # each says how its process ended and quotes its stderr (the next attempt would truncate the file)
+        for pid in ("part-0", "part-1"):
+            assert f"{pid} (the manager of partition {pid} ended before registering (exit code 3); stderr " in text
+        assert text.count("no route to the governor") == 2, text
         assert all(p.attempts == retries.START_ATTEMPTS for p in starter.plans.values())
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_manager_still_starting_at_the_timeout_is_named_with_its_stderr(tmp_path):
+    """A manager process that runs but never registers: the start error says so, and what it wrote."""
+    async def main() -> None:
+        starter, _ = _starter(asyncio.get_running_loop(), tmp_path, "a:1", 1.0, {"part-0": [
+            sys.executable, "-c", "import sys, time; print('waiting for srun', file=sys.stderr, flush=True); "
+            "time.sleep(30)"]})
+        starter.init_timeout = 1.5
+        text = await _start_error(starter)
+        assert "part-0 (not registered after 1." in text, text
+        assert "attempt 1 still running; stderr " in text and text.endswith("part-0.err: waiting for srun)"), text
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
