@@ -191,7 +191,7 @@ class PartitionStarter:
         plan.last_exit = ex
         plan.exited.set()
         if self.server.joined[pid].is_set() and not self._closing:
-            self.server.lose(pid, f"manager process ended (exit code {ex.exit_code})")
+            self.server.lose(pid, f"manager process ended{exit_text(ex)}")
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """After the server said `exit`: wait for the managers to end, then kill what is left."""

@@ -205,7 +205,7 @@ class AgentLauncher:
         state.last_exit = ex
         state.exited.set()
         if state.ready and not self._closing:
-            self._lose(state, f"agent process ended (exit code {ex.exit_code})")
+            self._lose(state, f"agent process ended{exit_text(ex)}")
 
     # --------------------------------------------------------------- messages
     async def _receive(self) -> None:

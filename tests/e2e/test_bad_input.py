@@ -191,6 +191,20 @@ def test_missing_executable_fails_task_only(service):
     assert (r.wd / "o").read_text() == "fine\n"
 
 
+@pytest.mark.both_modes
+def test_task_killed_by_a_signal_says_so(service):
+    """Reference 10.3.3 FAILED: a task that crashed (here SIGKILL, as the OOM killer sends) is FAILED with
+    the signal named in jobs.report, not a bare negative exit code; other tasks unaffected."""
+    r = service([submit(job("crash", "/bin/bash", ["-c", "kill -KILL $$"]), job("ok", "/bin/true"))])
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["crash"]["state"] == "FAILED"
+    assert "killed by signal 9 (SIGKILL)" in rep["crash"]["messages"]
+    assert rep["crash"]["runtime"]["exit_code"] == "-9"
+    assert rep["ok"]["state"] == "SUCCEED"
+
+
 def test_bad_resume_path(service, tmp_path):
     """Reference 13.2 / facts 13: --resume of a path that is no aux dir: one clear line, exit non-zero."""
     (tmp_path / "empty").mkdir()

@@ -111,10 +111,15 @@ def test_threshold_met_without_the_manager_that_failed(tmp_path):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_registered_manager_whose_process_ends_is_lost(tmp_path):
+@pytest.mark.parametrize("end, said", [
+    ("pass", "manager process ended (exit code 0)"),
+    ("os.kill(os.getpid(), 9)", "manager process ended (killed by signal 9)"),
+])
+def test_registered_manager_whose_process_ends_is_lost(tmp_path, end, said):
+    """The loss names how the process ended (a kill -9 is not reported as an exit code)."""
     async def main() -> None:
         starter, server = _starter(asyncio.get_running_loop(), tmp_path, "a:1", 1.0,
-                                   {"part-0": [sys.executable, "-c", "import time; time.sleep(1)"]})
+                                   {"part-0": [sys.executable, "-c", f"import os, time; time.sleep(1); {end}"]})
         task = asyncio.ensure_future(starter.start())
         await asyncio.sleep(0.1)
         server.joined["part-0"].set()
@@ -127,6 +132,6 @@ def test_registered_manager_whose_process_ends_is_lost(tmp_path):
         finally:
             await starter.shutdown(timeout=5)
         assert server.lost and server.lost[0][0] == "part-0"
-        assert "manager process ended (exit code 0)" in server.lost[0][1]
+        assert said in server.lost[0][1], server.lost
 
     asyncio.run(asyncio.wait_for(main(), 60))
