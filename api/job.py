@@ -10,7 +10,7 @@ Two ways to describe a job (reference 3.1 "Example API application"):
   (reference 10.3.1) as it is.
 
 Both check the description with the same validator the service uses
-(`qcg.pilotjob.api.jobdesc`), so a broken job is refused when it is added —
+(`qcg.pilotjob.api.jobparse`), so a broken job is refused when it is added —
 with one message naming the job, the field and the reason — instead of
 failing the whole submit later. Errors are the reference's:
 `InvalidJobDescriptionError` (bad or duplicate job), `JobNotDefinedError`
@@ -31,7 +31,7 @@ import uuid
 from typing import Any
 
 from qcg.pilotjob.api.errors import FileError, InvalidJobDescriptionError, JobNotDefinedError
-from qcg.pilotjob.api.jobdesc import parse_job
+from qcg.pilotjob.api.jobparse import parse_job
 
 __all__ = ["Jobs", "SIMPLE_ATTRS", "MAX_ITERATIONS"]
 

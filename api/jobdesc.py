@@ -1,37 +1,8 @@
-"""Job descriptions: the data model of a submitted job and its validation.
+"""Job descriptions: the data model of a submitted job, as immutable objects, and its wall time format.
 
-`parse_job` / `parse_jobs` turn the reference's "standard" JSON job
-description (reference 10.3.1 submit) into immutable objects, and
+`qcg.pilotjob.api.jobparse` builds them from the reference's "standard" JSON
+job description (reference 10.3.1 submit), validating it;
 `JobDescription.to_dict` turns them back into that JSON form.
-
-Validation collects every problem of every job instead of stopping at the
-first one; each problem names the job, the dotted field path and the reason:
-
-    job 'sim': field 'execution.args': must be a list of strings, got int
-    job #3: field 'name': is required
-
-(`#N` is the 1-based position of the job when its name is unusable).
-
-Choices where the original implementation is lax or inconsistent:
-
-* Unknown keys at the top level and inside `execution`, `resources`,
-  `numCores`/`numNodes`, `iteration` and `dependencies` are rejected: the
-  original rejects them too (it passes those dicts as keyword arguments).
-  `model_opts` and scheduler `params`, which the original accepts blindly,
-  are checked as well so that a typo does not silently lose an option.
-* JSON `null` for an optional field means "not given" (the original's own
-  serialisation writes `"exec": null`, `"script": null`, ...).
-* `resources` without `numCores` and `numNodes` (e.g. only `wt`) means one
-  core, like a missing `resources` element (the original refused it).
-* `env` together with `script` is allowed (the reference only makes `script`
-  exclusive with `exec` and `args`; the original also refused `env`).
-* Counts must be positive integers (the original accepted 0 and floats).
-* An unknown iteration scheduler name is an error (the original silently
-  used `maximum-iters`). A bare string is accepted as the scheduler name,
-  because the original client API (`Jobs.add`) produces that form.
-* Placeholders `${...}` are kept verbatim in every string except `name`,
-  where they are refused (reference: the job name "cannot contain any
-  variable or special character").
 """
 
 from __future__ import annotations
@@ -39,11 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
-
-import msgpack
-
-from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from typing import Any
 
 __all__ = [
     "MODELS",
@@ -54,44 +21,18 @@ __all__ = [
     "Execution",
     "Iteration",
     "JobDescription",
+    "DEFAULT_RESOURCES",
+    "EXECUTION_FIELDS",
+    "execution_from_values",
     "parse_walltime",
     "format_walltime",
-    "parse_job",
-    "parse_jobs",
 ]
 
 MODELS = ("default", "threads", "openmpi", "intelmpi", "srunmpi")
 SCHEDULERS = ("maximum-iters", "split-into")
 
-# Characters the original refuses in a job name (after its variable
-# substitution) plus ':' which addresses iterations ("name:N").
-_NAME_FORBIDDEN = frozenset("$:{}()'\"")
-
-_SCHEDULER_ALIASES = {
-    "maximum-iters": "maximum-iters",
-    "maximumiters": "maximum-iters",
-    "maximum_iters": "maximum-iters",
-    "split-into": "split-into",
-    "splitinto": "split-into",
-    "split_into": "split-into",
-}
-# parameters each iteration scheduler understands
-_SCHEDULER_PARAMS = {"maximum-iters": frozenset(), "split-into": frozenset({"parts"})}
-
-# consumable resources per node known by the original (`nodeCrs`)
-_NODE_CRS = ("GPU", "MEM")
-
-_TOP_KEYS = frozenset({"name", "execution", "resources", "iteration", "dependencies", "attributes"})
-_EXEC_KEYS = frozenset({"exec", "args", "script", "env", "stdin", "stdout", "stderr", "wd",
-                        "modules", "venv", "model", "model_opts"})
-_EXEC_STR_KEYS = ("stdin", "stdout", "stderr", "wd", "venv")
-_RES_KEYS = frozenset({"numCores", "numNodes", "wt", "nodeCrs"})
-_SIZE_KEYS = frozenset({"exact", "min", "max", "scheduler"})
-_SCHED_KEYS = frozenset({"name", "params"})
-_ITER_KEYS = frozenset({"start", "stop", "values"})
-_DEPS_KEYS = frozenset({"after"})
-_MODEL_OPTS_KEYS = frozenset({"mpirun", "mpirun_args", "srun_args"})
-
+# the optional string fields of `execution`
+EXEC_STR_KEYS = ("stdin", "stdout", "stderr", "wd", "venv")
 
 # --------------------------------------------------------------------------- model
 
@@ -199,7 +140,7 @@ class Execution:
             result["script"] = self.script
         if self.env:
             result["env"] = dict(self.env)
-        for key in _EXEC_STR_KEYS:
+        for key in EXEC_STR_KEYS:
             value = getattr(self, key)
             if value is not None:
                 result[key] = value
@@ -252,7 +193,7 @@ class Iteration:
         return {"start": self.start, "stop": self.stop}
 
 
-_DEFAULT_RESOURCES = Resources(num_cores=ResourceSize(exact=1))
+DEFAULT_RESOURCES = Resources(num_cores=ResourceSize(exact=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +202,7 @@ class JobDescription:
 
     name: str
     execution: Execution
-    resources: Resources = _DEFAULT_RESOURCES
+    resources: Resources = DEFAULT_RESOURCES
     iteration: Iteration | None = None
     after: tuple[str, ...] = ()
     attributes: dict = field(default_factory=dict)
@@ -303,11 +244,11 @@ def _fast_constructor(cls: type) -> Any:
     return namespace["make"]
 
 
-_new_execution = _fast_constructor(Execution)
-_new_job = _fast_constructor(JobDescription)
-_new_resources = _fast_constructor(Resources)
-_new_size = _fast_constructor(ResourceSize)
-_new_iteration = _fast_constructor(Iteration)
+new_execution = _fast_constructor(Execution)
+new_job = _fast_constructor(JobDescription)
+new_resources = _fast_constructor(Resources)
+new_size = _fast_constructor(ResourceSize)
+new_iteration = _fast_constructor(Iteration)
 
 EXECUTION_FIELDS = tuple(f.name for f in fields(Execution))
 
@@ -315,7 +256,7 @@ EXECUTION_FIELDS = tuple(f.name for f in fields(Execution))
 def execution_from_values(values: list | tuple) -> Execution:
     """An `Execution` from its field values in `EXECUTION_FIELDS` order (wire form, already validated)."""
     (exec_, args, script, env, stdin, stdout, stderr, wd, modules, venv, model, model_opts) = values
-    return _new_execution(exec_, tuple(args), script, env, stdin, stdout, stderr, wd, tuple(modules), venv,
+    return new_execution(exec_, tuple(args), script, env, stdin, stdout, stderr, wd, tuple(modules), venv,
                           model, model_opts)
 
 
@@ -325,6 +266,13 @@ def execution_from_values(values: list | tuple) -> Execution:
 _WT_HMS = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 # Also accepted here: "H:MM:SS" / "MM:SS" clock form.
 _WT_CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d+)")
+
+
+def type_name(value: object) -> str:
+    """A value's type as the JSON it came from calls it, for error messages ("null" for None)."""
+    if value is None:
+        return "null"
+    return type(value).__name__
 
 
 def parse_walltime(value: object) -> float:
@@ -342,7 +290,7 @@ def parse_walltime(value: object) -> float:
             raise ValueError(f"must be greater than 0 seconds, got {value!r}")
         return seconds
     if not isinstance(value, str):
-        raise ValueError(f"must be a duration such as '30m' or '1h30m', got {_type_name(value)}")
+        raise ValueError(f"must be a duration such as '30m' or '1h30m', got {type_name(value)}")
     text = value.strip().lower()
     m = _WT_HMS.fullmatch(text)
     if m is not None and text:
@@ -371,557 +319,3 @@ def format_walltime(seconds: float) -> str | float:
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
     return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "") or "0s"
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    return type(value).__name__
-
-
-def _key_repr(key: object) -> str:
-    return key if isinstance(key, str) else repr(key)
-
-
-class _Problems:
-    """Collects the problems of one job under a label ("job 'x'" or "job #3")."""
-
-    __slots__ = ("label", "items")
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.items: list[str] = []
-
-    def add(self, path: str, reason: str) -> None:
-        self.items.append(f"{self.label}: field '{path}': {reason}")
-
-    def unknown_keys(self, data: dict, allowed: frozenset, prefix: str) -> None:
-        for key in data:
-            if key not in allowed:
-                self.add(f"{prefix}{_key_repr(key)}",
-                         f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-_NAME_BAD = re.compile(r"[\s$:{}()'\"]")
-
-
-def _name_problem(name: object) -> str | None:
-    """Why `name` cannot be a job name, or None if it can."""
-    if not isinstance(name, str):
-        return "is required" if name is None else f"must be a string, got {_type_name(name)}"
-    if name and _NAME_BAD.search(name) is None and name.isprintable():
-        return None
-    if not name:
-        return "must not be empty"
-    if "${" in name:
-        return "must not contain placeholders (${...})"
-    shown = [repr(c) for c in sorted(_NAME_FORBIDDEN.intersection(name))]
-    if not name.isprintable() or any(c.isspace() for c in name):
-        shown.append("whitespace or control characters")
-    return f"must not contain {', '.join(shown)}"
-
-
-def _str_list(value: object, path: str, p: _Problems, convert_numbers: bool,
-              allow_single: bool = False) -> tuple[str, ...] | None:
-    cls = value.__class__
-    if cls is list or cls is tuple:
-        for item in value:  # type: ignore[attr-defined]
-            if item.__class__ is not str:
-                break
-        else:
-            return tuple(value)  # type: ignore[arg-type]  # the common case: all strings
-    elif allow_single and isinstance(value, str):
-        return (value,)
-    elif not isinstance(value, list | tuple):
-        p.add(path, f"must be a list of strings, got {_type_name(value)}")
-        return None
-    ok = True
-    out = []
-    for i, item in enumerate(value):  # type: ignore[arg-type]
-        if isinstance(item, str):
-            out.append(item)
-        elif convert_numbers and isinstance(item, (int, float)) and not isinstance(item, bool):
-            out.append(str(item))  # as the original does: str(arg)
-        else:
-            what = "a string or a number" if convert_numbers else "a string"
-            p.add(f"{path}[{i}]", f"must be {what}, got {_type_name(item)}")
-            ok = False
-    return tuple(out) if ok else None
-
-
-def _parse_env(raw: object, p: _Problems) -> dict[str, str]:
-    env: dict[str, str] = {}
-    if not isinstance(raw, dict):
-        p.add("execution.env", f"must be a dict of strings, got {_type_name(raw)}")
-        return env
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            p.add(f"execution.env.{_key_repr(key)}",
-                  "variable name must be a non-empty string without '='")
-        elif isinstance(value, str):
-            env[key] = value
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            env[key] = str(value)
-        else:
-            p.add(f"execution.env.{key}", f"must be a string, got {_type_name(value)}")
-    return env
-
-
-def _parse_model_opts(raw: object, p: _Problems) -> dict:
-    model_opts: dict = {}
-    if not isinstance(raw, dict):
-        p.add("execution.model_opts", f"must be a dict, got {_type_name(raw)}")
-        return model_opts
-    p.unknown_keys(raw, _MODEL_OPTS_KEYS, "execution.model_opts.")
-    value = raw.get("mpirun")
-    if value is not None:
-        if isinstance(value, str) and value:
-            model_opts["mpirun"] = value
-        else:
-            p.add("execution.model_opts.mpirun",
-                  f"must be a non-empty string, got {_type_name(value)!s}"
-                  if not isinstance(value, str) else "must not be empty")
-    for key in ("mpirun_args", "srun_args"):
-        value = raw.get(key)
-        if value is not None:
-            lst = _str_list(value, f"execution.model_opts.{key}", p, convert_numbers=True)
-            if lst is not None:
-                model_opts[key] = list(lst)
-    return model_opts
-
-
-def _parse_execution(data: object, p: _Problems) -> Execution | None:
-    if data.__class__ is not dict:
-        if data is None:
-            p.add("execution", "is required")
-            return None
-        if not isinstance(data, dict):
-            p.add("execution", f"must be a dict, got {_type_name(data)}")
-            return None
-    start = len(p.items)
-    exe = script = None
-    args: tuple[str, ...] = ()
-    modules: tuple[str, ...] = ()
-    env: dict[str, str] = {}
-    model_opts: dict = {}
-    model = "default"
-    strs: dict[str, str] = {}
-    # one pass over the keys present (most jobs give two or three)
-    for key, value in data.items():  # type: ignore[union-attr]
-        if value is None:
-            continue  # null means "not given"
-        if key == "exec":
-            if value.__class__ is str or isinstance(value, str):
-                exe = value
-            else:
-                p.add("execution.exec", f"must be a string, got {_type_name(value)}")
-        elif key == "args":
-            args = _str_list(value, "execution.args", p, convert_numbers=True) or ()
-        elif key == "script":
-            if isinstance(value, str):
-                script = value
-            else:
-                p.add("execution.script", f"must be a string, got {_type_name(value)}")
-        elif key in _EXEC_STR_KEYS:
-            if isinstance(value, str):
-                strs[key] = value
-            else:
-                p.add(f"execution.{key}", f"must be a string, got {_type_name(value)}")
-        elif key == "env":
-            env = _parse_env(value, p)
-        elif key == "modules":
-            modules = _str_list(value, "execution.modules", p, convert_numbers=False,
-                                allow_single=True) or ()
-        elif key == "model":
-            if not isinstance(value, str):
-                p.add("execution.model", f"must be one of {', '.join(MODELS)}, got {_type_name(value)}")
-            else:
-                model = value.lower()  # case-insensitive, as in the original
-                if model not in MODELS:
-                    p.add("execution.model", f"must be one of {', '.join(MODELS)}, got {value!r}")
-        elif key == "model_opts":
-            model_opts = _parse_model_opts(value, p)
-        else:
-            p.add(f"execution.{_key_repr(key)}", f"unknown key (allowed: {', '.join(sorted(_EXEC_KEYS))})")
-
-    if exe:
-        if script:
-            p.add("execution", "'exec' and 'script' are mutually exclusive")
-    elif not script:
-        if exe is None and script is None:
-            if "exec" not in data and "script" not in data:  # type: ignore[operator]
-                p.add("execution", "one of 'exec' or 'script' is required")
-        else:
-            p.add("execution.exec" if exe is not None else "execution.script", "must not be empty")
-    elif args:
-        p.add("execution.args", "not allowed with 'script'")
-
-    if len(p.items) != start:
-        return None
-    get = strs.get
-    return _new_execution(exe or None, args, script or None, env, get("stdin"), get("stdout"),
-                          get("stderr"), get("wd"), modules, get("venv"), model, model_opts)
-
-
-def _positive_int(value: object, path: str, p: _Problems) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value >= 1:
-            return value
-        p.add(path, f"must be a positive integer, got {value}")
-    else:
-        p.add(path, f"must be a positive integer, got {_type_name(value)}")
-    return None
-
-
-def _parse_scheduler(data: object, path: str, p: _Problems) -> IterSchedulerSpec | None:
-    if isinstance(data, str):
-        name, params = data, None
-    elif isinstance(data, dict):
-        p.unknown_keys(data, _SCHED_KEYS, path + ".")
-        name, params = data.get("name"), data.get("params")
-    else:
-        p.add(path, f"must be a dict with 'name' and optional 'params', got {_type_name(data)}")
-        return None
-    if not isinstance(name, str):
-        p.add(f"{path}.name" if isinstance(data, dict) else path,
-              "is required" if name is None else f"must be a string, got {_type_name(name)}")
-        return None
-    canonical = _SCHEDULER_ALIASES.get(name.strip().lower())
-    if canonical is None:
-        p.add(f"{path}.name" if isinstance(data, dict) else path,
-              f"unknown scheduler {name!r} (known: {', '.join(SCHEDULERS)})")
-        return None
-    out: dict = {}
-    if params is not None:
-        if not isinstance(params, dict):
-            p.add(f"{path}.params", f"must be a dict, got {_type_name(params)}")
-            return None
-        allowed = _SCHEDULER_PARAMS[canonical]
-        for key, value in params.items():
-            if key not in allowed:
-                p.add(f"{path}.params.{_key_repr(key)}",
-                      f"unknown parameter of {canonical}"
-                      + (f" (allowed: {', '.join(sorted(allowed))})" if allowed else " (it takes none)"))
-            elif key == "parts":
-                # the original converts with int(), so "4" is accepted as well
-                if isinstance(value, str) and value.strip().isdigit():
-                    value = int(value)
-                parts = _positive_int(value, f"{path}.params.parts", p)
-                if parts is not None:
-                    out["parts"] = parts
-    return IterSchedulerSpec(canonical, out)
-
-
-# Shared immutable objects for the most common sizes and resources (frozen, so
-# sharing is safe); bounded so that hostile input cannot grow them for ever.
-_EXACT_SIZES: dict[int, ResourceSize] = {}
-_SIMPLE_RESOURCES: dict[tuple, Resources] = {}
-_WALLTIMES: dict[str, float] = {}
-_CACHE_LIMIT = 4096
-
-
-def _exact_size(n: int) -> ResourceSize:
-    size = _EXACT_SIZES.get(n)
-    if size is None:
-        size = _new_size(n, None, None, None)
-        if len(_EXACT_SIZES) < _CACHE_LIMIT:
-            _EXACT_SIZES[n] = size
-    return size
-
-
-def _parse_size(data: object, path: str, p: _Problems) -> ResourceSize | None:
-    cls = data.__class__
-    if cls is dict and len(data) == 1:  # type: ignore[arg-type]
-        exact = data.get("exact")  # type: ignore[union-attr]
-        if exact.__class__ is int and exact > 0:
-            return _exact_size(exact)  # fast path: {"exact": N}
-    elif cls is int:
-        # shorthand of {"exact": N}, as the original accepts
-        exact = _positive_int(data, path, p)
-        return _exact_size(exact) if exact is not None else None
-    if not isinstance(data, dict):
-        p.add(path, f"must be a dict with 'exact' or 'min'/'max', got {_type_name(data)}")
-        return None
-    start = len(p.items)
-    if not _SIZE_KEYS.issuperset(data):
-        p.unknown_keys(data, _SIZE_KEYS, path + ".")
-    vals: dict[str, int | None] = {}
-    for key in ("exact", "min", "max"):
-        value = data.get(key)
-        vals[key] = None if value is None else _positive_int(value, f"{path}.{key}", p)
-    exact, lo, hi = vals["exact"], vals["min"], vals["max"]
-    raw_sched = data.get("scheduler")
-    sched = None if raw_sched is None else _parse_scheduler(raw_sched, f"{path}.scheduler", p)
-    if len(p.items) != start:
-        return None
-    if exact is not None and (lo is not None or hi is not None):
-        p.add(path, "'exact' and 'min'/'max' are mutually exclusive")
-    elif exact is not None and sched is not None:
-        p.add(f"{path}.scheduler", "not allowed with 'exact' (use 'min')")
-    elif exact is None and lo is None and hi is None:
-        p.add(path, "one of 'exact', 'min' or 'max' is required")
-    elif lo is not None and hi is not None and lo > hi:
-        p.add(path, f"'min' ({lo}) must not be greater than 'max' ({hi})")
-    elif sched is not None and hi is not None:
-        # both schedulers of the original refuse a maximum
-        p.add(f"{path}.scheduler", f"{sched.name} cannot be combined with 'max'")
-    elif exact is not None:
-        return _exact_size(exact)
-    else:
-        return _new_size(None, lo, hi, sched)
-    return None
-
-
-def _walltime(raw: object, p: _Problems) -> float | None:
-    if raw.__class__ is str:
-        wt = _WALLTIMES.get(raw)  # type: ignore[call-overload]
-        if wt is not None:
-            return wt
-    try:
-        wt = parse_walltime(raw)
-    except ValueError as exc:
-        p.add("resources.wt", str(exc))
-        return None
-    if raw.__class__ is str and len(_WALLTIMES) < _CACHE_LIMIT:
-        _WALLTIMES[raw] = wt  # type: ignore[index]
-    return wt
-
-
-def _parse_node_crs(raw: object, p: _Problems) -> dict[str, int] | None:
-    if not isinstance(raw, dict):
-        p.add("resources.nodeCrs", f"must be a dict, got {_type_name(raw)}")
-        return None
-    crs: dict[str, int] = {}
-    for key, value in raw.items():
-        cr = key.upper() if isinstance(key, str) else None
-        if cr not in _NODE_CRS:
-            p.add(f"resources.nodeCrs.{_key_repr(key)}",
-                  f"unknown consumable resource (known: {', '.join(_NODE_CRS)})")
-        elif cr in crs:
-            p.add(f"resources.nodeCrs.{key}", "defined twice")
-        else:
-            count = _positive_int(value, f"resources.nodeCrs.{key}", p)
-            if count is not None:
-                crs[cr] = count
-    return crs or None
-
-
-def _parse_resources(data: object, p: _Problems) -> Resources | None:
-    if data is None:
-        return _DEFAULT_RESOURCES
-    if not isinstance(data, dict):
-        p.add("resources", f"must be a dict, got {_type_name(data)}")
-        return None
-    start = len(p.items)
-    cores = nodes = wt = crs = None
-    for key, value in data.items():
-        if value is None:
-            continue
-        if key == "numCores":
-            cores = _parse_size(value, "resources.numCores", p)
-        elif key == "numNodes":
-            nodes = _parse_size(value, "resources.numNodes", p)
-        elif key == "wt":
-            wt = _walltime(value, p)
-        elif key == "nodeCrs":
-            crs = _parse_node_crs(value, p)
-        else:
-            p.add(f"resources.{_key_repr(key)}", f"unknown key (allowed: {', '.join(sorted(_RES_KEYS))})")
-    if len(p.items) != start:
-        return None
-    if cores is None and nodes is None:
-        cores = _DEFAULT_RESOURCES.num_cores
-    if crs is None and (cores is None or cores.scheduler is None) \
-            and (nodes is None or nodes.scheduler is None):
-        key = (cores, nodes, wt)  # hashable: sizes without scheduler hold only ints
-        res = _SIMPLE_RESOURCES.get(key)
-        if res is None:
-            res = _new_resources(cores, nodes, wt, None)
-            if len(_SIMPLE_RESOURCES) < _CACHE_LIMIT:
-                _SIMPLE_RESOURCES[key] = res
-        return res
-    return _new_resources(cores, nodes, wt, crs)
-
-
-def _int(value: object, path: str, p: _Problems) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    p.add(path, f"must be an integer, got {_type_name(value)}")
-    return None
-
-
-def _parse_iteration(data: object, p: _Problems) -> Iteration | None:
-    if not isinstance(data, dict):
-        p.add("iteration", f"must be a dict with 'stop' (and optional 'start') or 'values', "
-                           f"got {_type_name(data)}")
-        return None
-    p.unknown_keys(data, _ITER_KEYS, "iteration.")
-    raw_start, raw_stop, raw_values = data.get("start"), data.get("stop"), data.get("values")
-    if raw_values is not None:
-        if raw_stop is not None:
-            p.add("iteration", "'stop' and 'values' are mutually exclusive")
-            return None
-        if raw_start is not None and (raw_start.__class__ is not int or raw_start != 0):
-            p.add("iteration.start", "not allowed with 'values'")
-            return None
-        values = _str_list(raw_values, "iteration.values", p, convert_numbers=True)
-        if values is None:
-            return None
-        if not values:
-            p.add("iteration.values", "must not be empty")
-            return None
-        return _new_iteration(0, len(values), values)
-    if raw_stop is None:
-        p.add("iteration", "one of 'stop' or 'values' is required")
-        return None
-    stop = _int(raw_stop, "iteration.stop", p)
-    start = 0 if raw_start is None else _int(raw_start, "iteration.start", p)
-    if start is None or stop is None:
-        return None
-    if start >= stop:
-        p.add("iteration", f"'start' ({start}) must be less than 'stop' ({stop})")
-        return None
-    return _new_iteration(start, stop, None)
-
-
-def _parse_after(data: object, p: _Problems) -> tuple[str, ...] | None:
-    if not isinstance(data, dict):
-        p.add("dependencies", f"must be a dict with 'after', got {_type_name(data)}")
-        return None
-    p.unknown_keys(data, _DEPS_KEYS, "dependencies.")
-    raw = data.get("after")
-    if raw is None:
-        return ()
-    after = _str_list(raw, "dependencies.after", p, convert_numbers=False)
-    if after is None:
-        return None
-    for i, name in enumerate(after):
-        if not name:
-            p.add(f"dependencies.after[{i}]", "must not be empty")
-            return None
-    return after
-
-
-class _SharedParts:
-    """Equal `execution` / `resources` maps of one request parse to one (frozen) object.
-
-    A sweep submitted as thousands of separate jobs usually repeats the same
-    execution and resources: sharing them saves the parsing, the memory of a
-    copy per job, and lets the report and the partition wire encode each once.
-    The key is the map's msgpack encoding (equal maps in the same key order);
-    only maps that parsed without a problem are kept.
-    """
-
-    LIMIT = 4096
-
-    __slots__ = ("_seen", "_pack")
-
-    def __init__(self) -> None:
-        self._seen: dict[bytes, Any] = {}
-        self._pack = msgpack.Packer(use_bin_type=True).pack
-
-    def get(self, data: object, parse: Callable[[object, "_Problems"], Any], p: "_Problems") -> Any:
-        if data.__class__ is not dict:
-            return parse(data, p)
-        try:
-            key = self._pack(data) + (b"e" if parse is _parse_execution else b"r")
-        except Exception:  # not msgpack-encodable: parsing reports what is wrong with it
-            return parse(data, p)
-        hit = self._seen.get(key)
-        if hit is not None:
-            return hit
-        start = len(p.items)
-        value = parse(data, p)
-        if value is not None and len(p.items) == start:
-            if len(self._seen) >= self.LIMIT:
-                self._seen.clear()
-            self._seen[key] = value
-        return value
-
-
-def _parse(data: object, position: int, problems: list[str],
-           shared: _SharedParts | None = None) -> JobDescription | None:
-    """Parse one job; append its problems to `problems`; return None if there were any."""
-    if not isinstance(data, dict):
-        problems.append(f"job #{position}: must be a dict (JSON object), got {_type_name(data)}")
-        return None
-    name = data.get("name")
-    why = _name_problem(name)
-    p = _Problems(f"job #{position}" if why else f"job '{name}'")
-    if why:
-        p.add("name", why)
-    if not _TOP_KEYS.issuperset(data):
-        p.unknown_keys(data, _TOP_KEYS, "")
-
-    if shared is None:
-        execution = _parse_execution(data.get("execution"), p)
-        resources = _parse_resources(data.get("resources"), p)
-    else:
-        execution = shared.get(data.get("execution"), _parse_execution, p)
-        resources = shared.get(data.get("resources"), _parse_resources, p)
-    raw = data.get("iteration")
-    iteration = None if raw is None else _parse_iteration(raw, p)
-    raw = data.get("dependencies")
-    after: tuple[str, ...] | None = () if raw is None else _parse_after(raw, p)
-    if after and not why and name in after:
-        p.add("dependencies.after", "a job cannot depend on itself")
-    attributes = data.get("attributes")
-    if attributes is None:
-        attributes = {}
-    elif not isinstance(attributes, dict):
-        p.add("attributes", f"must be a dict, got {_type_name(attributes)}")
-    else:
-        attributes = dict(attributes)
-
-    if p.items:
-        problems.extend(p.items)
-        return None
-    return _new_job(name, execution, resources, iteration, after, attributes)
-
-
-def parse_job(data: object) -> JobDescription:
-    """Validate one standard job description; raise InvalidJobDescriptionError with all problems."""
-    problems: list[str] = []
-    job = _parse(data, 1, problems)
-    if job is None:
-        raise InvalidJobDescriptionError(problems)
-    return job
-
-
-def parse_jobs(data: object) -> list[JobDescription]:
-    """Validate a list of job descriptions (a submit request's `jobs`).
-
-    All problems of all jobs, and names used twice within the list, are
-    reported together in one InvalidJobDescriptionError; on any problem no
-    job is returned (a submit is all or nothing, as in the original).
-    """
-    if not isinstance(data, list | tuple):
-        raise InvalidJobDescriptionError(
-            [f"jobs: must be a list of job descriptions, got {_type_name(data)}"])
-    if not data:
-        raise InvalidJobDescriptionError(["jobs: the list of jobs is empty"])
-    problems: list[str] = []
-    jobs: list[JobDescription] = []
-    first_position: dict[str, int] = {}
-    shared = _SharedParts() if len(data) > 1 else None
-    for position, item in enumerate(data, 1):
-        job = _parse(item, position, problems, shared)
-        if job is not None:
-            name = job.name
-        elif isinstance(item, dict) and isinstance(item.get("name"), str) \
-                and _name_problem(item["name"]) is None:
-            name = item["name"]  # an otherwise broken job still claims its name
-        else:
-            continue
-        first = first_position.setdefault(name, position)
-        if first != position:
-            problems.append(f"job '{name}': field 'name': duplicate name "
-                            f"(also job #{first} of this request)")
-        if job is not None:
-            jobs.append(job)
-    if problems:
-        raise InvalidJobDescriptionError(problems)
-    return jobs

@@ -303,7 +303,7 @@ def count_records(path: str) -> int:
 
 def run_one(p: dict) -> dict:
     """One configuration in this (fresh) process; returns the measurements or raises SystemExit."""
-    from qcg.pilotjob.api.jobdesc import parse_jobs
+    from qcg.pilotjob.api.jobparse import parse_jobs
     from qcg.pilotjob.governor import logs
     from qcg.pilotjob.governor.governor import Governor
     from qcg.pilotjob.governor.journal import REQS_FILE, STATES_FILE, Journal

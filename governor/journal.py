@@ -28,7 +28,7 @@ import msgpack
 import structlog
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
-from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import GovernorListener
 from qcg.pilotjob.governor.states import JobState
 

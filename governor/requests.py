@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import structlog
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
-from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.registry import split_task_name
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.governor.views import info_entry, job_list_entry, status_entry

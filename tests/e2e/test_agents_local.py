@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor
 from qcg.pilotjob.partition.agent_launcher import AgentLauncher, AgentStartError
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig

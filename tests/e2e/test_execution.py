@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor, GovernorListener
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.dependencies import WaiterIndex, check_submission, resolve_template
 
 

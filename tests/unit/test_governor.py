@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
-from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor, GovernorListener
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.partition.resources import local_resources

@@ -1,4 +1,4 @@
-"""Unit tests of the job description model and validation (qcg.pilotjob.api.jobdesc).
+"""Unit tests of the job description model and its validation (qcg.pilotjob.api.jobdesc, api.jobparse).
 
 The job description format is the reference's section 10.3.1 "submit"; the
 simple-format notes (wall time `wt` inside `resources`, iteration forms) come
@@ -22,10 +22,9 @@ from qcg.pilotjob.api.jobdesc import (
     JobDescription,
     Resources,
     ResourceSize,
-    parse_job,
-    parse_jobs,
     parse_walltime,
 )
+from qcg.pilotjob.api.jobparse import parse_job, parse_jobs
 
 SAMPLE = {  # the sample of reference 10.3.1 submit
     "name": "msleep2",

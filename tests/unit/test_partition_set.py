@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from qcg.pilotjob.api.jobdesc import Execution, parse_jobs
+from qcg.pilotjob.api.jobdesc import Execution
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor, GovernorListener
 from qcg.pilotjob.governor.partition_set import MAX_MOVES, MemberEvents, PartitionSet
 from qcg.pilotjob.governor.states import JobState

@@ -13,7 +13,8 @@ import re
 
 import pytest
 
-from qcg.pilotjob.api.jobdesc import Execution, parse_jobs
+from qcg.pilotjob.api.jobdesc import Execution
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.api.placeholders import field_template, placeholder_names, substitute_fields
 from qcg.pilotjob.governor.governor import Governor
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from qcg.pilotjob.api.jobdesc import parse_jobs
+from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.registry import IterationRecord, JobRecord
 from qcg.pilotjob.governor.reports import JobReport
 from qcg.pilotjob.governor.states import JobState

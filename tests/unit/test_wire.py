@@ -106,7 +106,7 @@ def test_malformed_allocation_text_is_a_wire_error(text):
 def test_finished_after_its_start_leaves_out_what_the_start_said():
     """A manager's finished event does not repeat the allocation, wd and start time of its started event;
     the governor takes the run time from the start it recorded."""
-    from qcg.pilotjob.api.jobdesc import parse_jobs
+    from qcg.pilotjob.api.jobparse import parse_jobs
     from qcg.pilotjob.governor.governor import Governor
 
     ev = TaskFinished("a", "SUCCEED", 0, None, Allocation((("n0", (0,)),)), "/wd", 10.0, 12.5)
