@@ -41,7 +41,8 @@ from qcg.pilotjob.api import errors, protocol, transport
 from qcg.pilotjob.api.executor.future import QCGPJFuture
 from qcg.pilotjob.api.executor.templates import TemplateResult, render_template
 from qcg.pilotjob.api.job import Jobs
-from qcg.pilotjob.api.manager import FINAL_STATES, LocalManager, _event_name
+from qcg.pilotjob.api.local_manager import LocalManager
+from qcg.pilotjob.api.manager import FINAL_STATES, _event_name
 
 __all__ = ["QCGPJExecutor", "ServiceLogLevel", "ClientLogLevel"]
 
