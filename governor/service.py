@@ -90,10 +90,6 @@ class ServiceConfig:
         return self.governor or self.slurm_partition_nodes is not None
 
 
-INSECURE_WARNING = ("WARNING: --insecure-no-curve: the network interface accepts unauthenticated, unencrypted "
-                    "requests; anyone who can reach {address} can run commands as this user")
-
-
 class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
@@ -107,10 +103,9 @@ class Service:
         self._signal: int | None = None
         self._closers: list[Any] = []
         self._file_refused = 0
-        self.zmq_context: Any = None
-        self.zmq: Any = None              # ZmqInterface with --net
-        self.publisher: Any = None        # EventPublisher with --net and without --disable-pub
-        self._auth: Any = None
+        self.network: Any = None          # ServiceNetwork with --net or as a governor
+        self.zmq: Any = None              # its ZmqInterface
+        self.publisher: Any = None        # its EventPublisher, without --disable-pub
         self.zmq_address: str | None = None
         self.keys: Any = None
         self.partitions: Any = None       # PartitionServer in governor mode
@@ -415,52 +410,22 @@ class Service:
 
     # --------------------------------------------------------------- network
     def _open_network(self) -> None:
-        """Keys, ZAP handler, request and event sockets (issue 4); nothing served before `start`."""
-        import zmq
-
-        from qcg.pilotjob.governor.keys import Authenticator, KeysError, create_keys
-        from qcg.pilotjob.governor.publisher import EventPublisher
-        from qcg.pilotjob.governor.zmq_interface import BindError, ZmqInterface
+        """The network endpoints (service_network); StartError when they cannot be opened."""
+        from qcg.pilotjob.governor.service_network import NetworkError, ServiceNetwork
 
         cfg = self.config
-        # a resumed run must not leave the previous run's address (or keys) for clients to find
-        for name in (ADDRESS_FILE, PUB_ADDRESS_FILE):
-            _remove(os.path.join(self.aux_dir, name))
-        self.zmq_context = zmq.Context()
-        keys = None
-        if not cfg.insecure_no_curve:
-            try:
-                self.keys = keys = create_keys(self.aux_dir)
-            except KeysError as exc:
-                raise StartError(str(exc)) from None
-            # the ZAP handler runs before any socket binds: no peer is ever admitted unchecked
-            self._auth = Authenticator(self.zmq_context, keys)
-            self._auth.start()
-            # tasks inherit the service's environment (LocalLauncher copies it when created)
-            os.environ[protocol.KEYS_ENV] = keys.directory
-        else:
-            for name in (protocol.SERVER_PUBLIC, protocol.SERVER_SECRET, protocol.CLIENT_PUBLIC,
-                         protocol.CLIENT_SECRET):
-                _remove(os.path.join(self.aux_dir, protocol.KEYS_DIR, name))
-        host = cfg.net_interface or self._default_host()
+        self.network = net = ServiceNetwork(self.aux_dir, self.instance_id)
         try:
-            self.zmq = ZmqInterface(self.zmq_context, keys, host=host, port=cfg.net_port,
-                                    port_min=cfg.net_port_min, port_max=cfg.net_port_max)
-            self.zmq_address = self.zmq.bind()
-            if cfg.net and not cfg.disable_pub:
-                self.publisher = EventPublisher(self.zmq_context, keys, self.instance_id, host=host,
-                                                port=cfg.net_pub_port, port_min=cfg.net_port_min,
-                                                port_max=cfg.net_port_max)
-                self.publisher.bind()
-        except BindError as exc:
+            net.open(host=cfg.net_interface or self._default_host(), port=cfg.net_port,
+                     port_min=cfg.net_port_min, port_max=cfg.net_port_max,
+                     publish=cfg.net and not cfg.disable_pub, pub_port=cfg.net_pub_port,
+                     insecure=cfg.insecure_no_curve)
+        except NetworkError as exc:
             raise StartError(str(exc)) from None
-        log.info("network interface listening", address=self.zmq_address,
-                 publisher=self.publisher.address if self.publisher else None,
-                 curve=keys is not None, keys=keys.directory if keys else None)
-        if cfg.insecure_no_curve:
-            text = INSECURE_WARNING.format(address=self.zmq_address)
-            print(text, file=sys.stderr, flush=True)
-            log.warning(text)
+        self.keys, self.zmq, self.publisher, self.zmq_address = net.keys, net.interface, net.publisher, net.address
+        if net.keys is not None:
+            # tasks inherit the service's environment (LocalLauncher copies it when created)
+            os.environ[protocol.KEYS_ENV] = net.keys.directory
 
     def _serve_requests_first(self) -> None:
         # flat mode: a loop turn that handles task exits launches the next tasks at once (vfork, ~0.5 ms
@@ -481,22 +446,12 @@ class Service:
         return "0.0.0.0" if remote else "127.0.0.1"
 
     def _publish_address(self) -> None:
-        """`<aux>/address` (and `pub_address`): written last, atomically -- present means ready."""
-        if self.publisher is not None and self.publisher.address:
-            _write_atomic(os.path.join(self.aux_dir, PUB_ADDRESS_FILE), self.publisher.address)
-        _write_atomic(os.path.join(self.aux_dir, ADDRESS_FILE), self.zmq_address or "")
+        if self.network is not None:
+            self.network.publish_address(self.zmq_address)
 
     def _close_network(self) -> None:
-        if self.zmq is not None:
-            self.zmq.close()
-        if self.publisher is not None:
-            self.publisher.close()
-        if self._auth is not None:
-            self._auth.stop()
-        if self.zmq_context is not None:
-            # waits at most the sockets' linger for replies still queued (the answer to `finish`)
-            self.zmq_context.term()
-            self.zmq_context = None
+        if self.network is not None:
+            self.network.close()
 
     # --------------------------------------------------------------- running
     def _check_done(self) -> None:
@@ -553,23 +508,6 @@ class Service:
         log.info("service finished", uptime=status["System"]["Uptime"], refused=self.handler.refused)
         for c in self._closers:
             c.close()
-
-
-ADDRESS_FILE, PUB_ADDRESS_FILE = protocol.ADDRESS_FILE, protocol.PUB_ADDRESS_FILE
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _in_slurm_allocation() -> bool:
