@@ -22,10 +22,17 @@ __all__ = [
     "Iteration",
     "JobDescription",
     "DEFAULT_RESOURCES",
+    "EXEC_STR_KEYS",
     "EXECUTION_FIELDS",
     "execution_from_values",
     "parse_walltime",
     "format_walltime",
+    "type_name",
+    "new_execution",
+    "new_iteration",
+    "new_job",
+    "new_resources",
+    "new_size",
 ]
 
 MODELS = ("default", "threads", "openmpi", "intelmpi", "srunmpi")
@@ -212,7 +219,7 @@ class JobDescription:
         return self.iteration is not None
 
     def to_dict(self) -> dict:
-        """The standard JSON form; `parse_job(d.to_dict()) == d`."""
+        """The standard JSON form; `jobparse.parse_job(d.to_dict()) == d`."""
         result: dict = {
             "name": self.name,
             "execution": self.execution.to_dict(),

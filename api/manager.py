@@ -72,6 +72,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), "LocalManager"])
+
+
 _logger = logging.getLogger("qcg.pilotjob.api")
 
 FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})

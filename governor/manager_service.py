@@ -44,6 +44,7 @@ class ManagerService(Service):
             if cfg.governor_mode:
                 self._open_network()
         except (StartError, KeysError) as exc:
+            self._close_network()       # what a half-way open left (context, ZAP handler)
             return self._fail(str(exc))
         if parent_keys is not None:
             # tasks talk to the front door with its keys, not to this manager

@@ -18,7 +18,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -27,6 +27,9 @@ from qcg.pilotjob.governor import logs
 from qcg.pilotjob.partition.launcher import LocalLauncher
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
 from qcg.pilotjob.partition.resources import local_resources
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.governor.service_network import ServiceNetwork
 
 # Slurm and node-agent modules (tenacity, zmq.asyncio, python-hostlist) are imported only in a
 # Slurm allocation: a local file run should not pay for them at start-up.
@@ -103,7 +106,7 @@ class Service:
         self._signal: int | None = None
         self._closers: list[Any] = []
         self._file_refused = 0
-        self.network: Any = None          # ServiceNetwork with --net or as a governor
+        self.network: ServiceNetwork | None = None    # with --net or as a governor
         self.zmq: Any = None              # its ZmqInterface
         self.publisher: Any = None        # its EventPublisher, without --disable-pub
         self.zmq_address: str | None = None

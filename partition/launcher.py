@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -50,6 +51,16 @@ class Launcher(Protocol):
     def launch(self, req: LaunchRequest) -> None: ...
     def cancel(self, task_id: str) -> None: ...
     async def shutdown(self, timeout: float = 5.0) -> None: ...
+
+
+def exit_description(code: int | None) -> str:
+    """'exit code 3', or 'killed by signal 9 (SIGKILL)' for a negative code (subprocess's convention)."""
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 class LocalLauncher:

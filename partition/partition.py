@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,7 +17,7 @@ import structlog
 
 from qcg.pilotjob.api.placeholders import substitute_fields
 from qcg.pilotjob.partition.environment import task_environment
-from qcg.pilotjob.partition.launcher import Launcher, LaunchRequest, LaunchResult, LocalLauncher
+from qcg.pilotjob.partition.launcher import Launcher, LaunchRequest, LaunchResult, LocalLauncher, exit_description
 from qcg.pilotjob.partition.models import ModelError, build_launch
 from qcg.pilotjob.partition.resources import Resources
 from qcg.pilotjob.partition.scheduler import Scheduler
@@ -221,18 +220,8 @@ class Partition:
             state, message = "SUCCEED", None
         else:
             state = "FAILED"
-            message = res.message or _failure_text(res.exit_code)
+            message = res.message or exit_description(res.exit_code)
         self.events.task_finished(TaskFinished(
             res.task_id, state, exit_code=res.exit_code if res.exit_code is not None else -1, message=message,
             allocation=run.allocation, wd=run.wd, started_at=res.started_at, finished_at=res.finished_at,
             requeue=res.killed == "node lost"))
-
-
-def _failure_text(code: int | None) -> str:
-    """'exit code 3', or 'killed by signal 11 (SIGSEGV)' for a negative code: a crash reads as one."""
-    if code is None or code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"killed by signal {-code} ({signal.Signals(-code).name})"
-    except ValueError:
-        return f"killed by signal {-code}"

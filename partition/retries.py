@@ -1,4 +1,5 @@
-"""Starting a helper process (node agent, partition manager) again when it dies before it registers."""
+"""Starting a helper process (node agent, partition manager) again when it dies before it registers,
+and saying how each attempt ended (exit code or signal, the tail of its stderr) when it does."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Awaitable, Callable
 import tenacity
 
 from qcg.pilotjob.agent.spawner import ProcessExit
+from qcg.pilotjob.partition.launcher import exit_description
 
 START_ATTEMPTS = 3
 STDERR_TAIL = 5            # lines of a helper's stderr quoted when its start fails
@@ -31,16 +33,14 @@ async def start_with_retries(run_once: Callable[[], Awaitable[None]], closing: C
 
 
 def exit_text(ex: ProcessExit | None) -> str:
-    """' (exit code N)', ' (killed by signal N)', ' (<why it never started>)', or '' when not known."""
+    """' (exit code N)', ' (killed by signal N (NAME))', ' (<why it never started>)', or '' when not known."""
     if ex is None or ex.exit_code is None:
         return f" ({ex.reason})" if ex is not None and ex.reason else ""
-    if ex.exit_code < 0:
-        return f" (killed by signal {-ex.exit_code})"
-    return f" (exit code {ex.exit_code})"
+    return f" ({exit_description(ex.exit_code)})"
 
 
 def stderr_tail(path: str, lines: int = STDERR_TAIL, limit: int = 4096) -> str:
-    """'; stderr <path>: <its last lines>' (joined by ' | '), or '' when it is empty or unreadable.
+    """'; stderr <path>: <its last lines>' (joined by ' | '), '; stderr <path>: empty', or '' when unreadable.
 
     Quoted in start errors: the user sees why a helper died without looking for its file, which
     the next attempt truncates.
@@ -53,4 +53,4 @@ def stderr_tail(path: str, lines: int = STDERR_TAIL, limit: int = 4096) -> str:
     except OSError:
         return ""
     tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return f"; stderr {path}: {' | '.join(tail)}" if tail else ""
+    return f"; stderr {path}: {' | '.join(tail) if tail else 'empty'}"

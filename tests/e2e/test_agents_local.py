@@ -172,7 +172,7 @@ def test_killed_agent_marks_node_lost(tmp_path, fake_ssh):
             lost = [r for r in job.its.values() if r.state.value == "FAILED"]
             assert len(lost) == 1 and "node lost" in lost[0].messages
             # the agent started by (fake) ssh is the spawned process itself, so its end is seen at once
-            assert "node lost: b (agent process ended (killed by signal 9))" in lost[0].messages
+            assert "node lost: b (agent process ended (killed by signal 9 (SIGKILL)))" in lost[0].messages
             assert res.is_down("b")
             gov.cancel(["s"])
             await _wait_final(gov, "s")
