@@ -320,6 +320,9 @@ def test_agents_started_before_their_socket_is_bound_are_adopted(tmp_path):
         finally:
             await part.shutdown()
         assert _agent_pids("a", tmp_path) == [] and _agent_pids("b", tmp_path) == []
+        # the early socket knows it is closed (its own flag, not libzmq's answer on a stale handle): its
+        # finaliser would otherwise close whatever socket later reuses the handle, e.g. another test's
+        assert early.sock._closed
     run(main())
 
 
