@@ -24,7 +24,7 @@ import structlog
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.governor.partition_server import PartitionServer
 from qcg.pilotjob.partition.resources import Node, Resources
-from qcg.pilotjob.partition.retries import exit_text, start_with_retries, stderr_tail
+from qcg.pilotjob.partition.retries import attempt_state, exit_text, start_with_retries, stderr_tail
 from qcg.pilotjob.partition.slurm_resources import write_resources_file
 
 log = structlog.get_logger("partitions")
@@ -149,9 +149,7 @@ class PartitionStarter:
 
     def _not_registered(self, plan: ManagerPlan) -> str:
         """Why a manager whose start is still going on is not ready, with what its stderr says so far."""
-        running = plan.exited is not None and not plan.exited.is_set()
-        attempt = (f"attempt {plan.attempts} still running" if running else
-                   f"attempt {plan.attempts} ended{exit_text(plan.last_exit)}, next one pending")
+        attempt = attempt_state(plan.attempts, plan.exited is not None and not plan.exited.is_set(), plan.last_exit)
         return (f"not registered after {time.monotonic() - self._t0:.1f}s, {attempt}"
                 f"{stderr_tail(self._stderr_path(plan))}")
 

@@ -27,7 +27,7 @@ from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.socket_batches import receive_multipart
 from qcg.pilotjob.partition.agent_command import AGENT_HEARTBEAT, DEFAULT_SSH, agent_command
 from qcg.pilotjob.partition.early_agents import EarlyAgents, reachable_address, stop_signal
-from qcg.pilotjob.partition.retries import exit_text, start_with_retries, stderr_tail
+from qcg.pilotjob.partition.retries import attempt_state, exit_text, start_with_retries, stderr_tail
 from qcg.pilotjob.partition.launcher import ExitCallback, LaunchRequest, LaunchResult, StartedCallback
 
 log = structlog.get_logger("agents")
@@ -155,8 +155,7 @@ class AgentLauncher:
             return state.failed
         if state.lost:
             return "lost"
-        attempt = (f"attempt {state.attempts} still running" if not state.exited.is_set() else
-                   f"attempt {state.attempts} ended{exit_text(state.last_exit)}, next one pending")
+        attempt = attempt_state(state.attempts, not state.exited.is_set(), state.last_exit)
         heard = f"{state.heard} messages from it" if state.heard else "no message from it"
         earlier = "".join(f"; attempt {i}: {why}" for i, why in enumerate(state.earlier, 1))
         return (f"not registered after {elapsed:.1f}s, {attempt}, {heard}"

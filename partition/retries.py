@@ -39,6 +39,14 @@ def exit_text(ex: ProcessExit | None) -> str:
     return f" ({exit_description(ex.exit_code)})"
 
 
+def attempt_state(attempt: int, running: bool, last_exit: ProcessExit | None) -> str:
+    """'attempt N still running', or 'attempt N ended (<how>), next one pending': where an unregistered
+    helper's start is, for the error that gives up on it."""
+    if running:
+        return f"attempt {attempt} still running"
+    return f"attempt {attempt} ended{exit_text(last_exit)}, next one pending"
+
+
 def stderr_tail(path: str, lines: int = STDERR_TAIL, limit: int = 4096) -> str:
     """'; stderr <path>: <its last lines>' (joined by ' | '), '; stderr <path>: empty', or '' when unreadable.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from qcg.pilotjob.agent.spawner import ProcessExit
 from qcg.pilotjob.partition.launcher import exit_description
-from qcg.pilotjob.partition.retries import exit_text, stderr_tail
+from qcg.pilotjob.partition.retries import attempt_state, exit_text, stderr_tail
 
 
 def _ended(code, reason=None):
@@ -38,3 +38,9 @@ def test_stderr_tail_quotes_the_last_lines_or_says_it_is_empty(tmp_path):
     assert stderr_tail(str(err)) == f"; stderr {err}: line 5 | line 6 | line 7 | line 8 | line 9"
     err.write_bytes(b"x" * 10_000 + b"\nlast \xff\n")                # only the end is read; bad bytes replaced
     assert stderr_tail(str(err)).endswith("| last \ufffd")
+
+
+def test_attempt_state():
+    assert attempt_state(2, True, None) == "attempt 2 still running"
+    assert attempt_state(1, False, _ended(-9)) == "attempt 1 ended (killed by signal 9 (SIGKILL)), next one pending"
+    assert attempt_state(3, False, None) == "attempt 3 ended, next one pending"
