@@ -53,6 +53,17 @@ AUX_DIR_PREFIX = ".qcgpjm-service-"
 ADDRESS_FILE = protocol.ADDRESS_FILE
 PUB_ADDRESS_FILE = protocol.PUB_ADDRESS_FILE
 
+_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+def _monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
+    """A monitor of `sock` on an address of its own: pyzmq's default one is named after the socket, and
+    libzmq releases it only some time after the previous monitor of the socket is closed."""
+    return sock.get_monitor_socket(events, addr=f"inproc://qcgpj-monitor-{next(_monitor_ids)}")
+
+
+_monitor_ids = itertools.count()
+
 _Z85_KEY = re.compile(r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 
@@ -215,7 +226,7 @@ class ServiceConnection:
             try:
                 # the empty delimiter makes the envelope the same as a REQ socket's
                 if not self._send(sock, frame, deadline):
-                    raise self._unreachable(limit, "could not send the request")
+                    raise self._unreachable(limit, "could not send the request to")
                 while True:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -240,7 +251,7 @@ class ServiceConnection:
         with self._lock:
             if self._closed:
                 raise errors.ConnectionError("Not connected")
-            monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            monitor = _monitor(self._sock, zmq.EVENT_DISCONNECTED)
             ended = False
 
             def gone() -> bool:
@@ -282,23 +293,63 @@ class ServiceConnection:
         return sock in ready or bool(sock.poll(0, zmq.POLLIN))
 
     def _send(self, sock: zmq.Socket, frame: bytes, deadline: float) -> bool:
-        while True:
-            try:
-                sock.send_multipart([b"", frame], flags=zmq.NOBLOCK)
-                return True
-            except zmq.Again:
-                # with IMMEDIATE the send blocks until the connection (and CURVE handshake) is up
+        try:
+            sock.send_multipart([b"", frame], flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            pass
+        # with IMMEDIATE the send waits until the connection (and CURVE handshake) is up; a handshake the
+        # service refuses fails at once instead of after the whole timeout (unless a monitor is already
+        # watching the socket: `_request_ending`'s)
+        monitor = _monitor(sock, _HANDSHAKE_FAILURES) if self._wake is None else None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLOUT)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
+        refusals = 0
+        try:
+            while True:
+                try:
+                    sock.send_multipart([b"", frame], flags=zmq.NOBLOCK)
+                    return True
+                except zmq.Again:
+                    pass
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 if self._alive is not None and not self._alive():
                     raise ServiceUnreachable(f"the service at {self.address} is not running any more")
-                sock.poll(min(remaining, self.ALIVE_CHECK) * 1000.0, zmq.POLLOUT)
+                ready = dict(poller.poll(min(remaining, self.ALIVE_CHECK) * 1000.0))
+                if monitor is not None and monitor in ready:
+                    event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
+                    refusals += 1
+                    # a mismatch of mechanisms or a ZAP refusal is final; a dropped handshake (keys of
+                    # another run) is taken as final once it has happened on three connection attempts
+                    if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL or refusals >= 3:
+                        raise self._handshake_refused(event)
+        finally:
+            if monitor is not None:
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+                monitor.close(linger=0)
 
-    def _unreachable(self, limit: float, what: str = "no answer") -> ServiceUnreachable:
+    def _handshake_refused(self, event: int) -> ServiceUnreachable:
+        where = f"the service at {self.address}"
+        if self.keys is None:
+            why = (f"{where} requires CURVE keys and none were found: set QCG_PM_KEYS to the service's aux dir, "
+                   f"or pass it (see qcg.pilotjob.api.transport)")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            why = f"{where} does not use CURVE (started with --insecure-no-curve?): connect without keys"
+        else:
+            why = f"{where} refused this client's keys (keys of another run?)"
+        return ServiceUnreachable(why)
+
+    def _unreachable(self, limit: float, what: str = "no answer from") -> ServiceUnreachable:
         hint = "" if self.keys is not None else \
             " (no CURVE keys found: set QCG_PM_KEYS or pass the aux dir; see qcg.pilotjob.api.transport)"
-        return ServiceUnreachable(f"{what} from the service at {self.address} within {limit:g} s{hint}")
+        return ServiceUnreachable(f"{what} the service at {self.address} within {limit:g} s{hint}")
 
     @staticmethod
     def _decode(frames: list[bytes]) -> dict[str, Any] | None:
@@ -335,9 +386,9 @@ class ServiceConnection:
             sub.setsockopt(zmq.RCVHWM, 0)  # never drop an event on our side
             for topic in topics:
                 sub.setsockopt(zmq.SUBSCRIBE, topic)
-            monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            monitor = _monitor(sub, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
             try:
                 sub.connect(pub_address)
                 self._sub = sub

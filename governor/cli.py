@@ -53,7 +53,7 @@ from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
               help="split the nodes into partitions of N nodes, each run by its own manager (implies --governor)")
 @click.option("--partition-ready-threshold", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="fraction of partition managers that must register before work starts")
-@click.option("--partition-init-timeout", type=float, default=600, show_default=True,
+@click.option("--partition-init-timeout", type=click.FloatRange(0, min_open=True), default=600, show_default=True,
               help="seconds to wait for partition managers to register")
 @click.option("--keys", "keys_path", metavar="DIR",
               help="with --parent: the parent run's aux dir or keys directory (default $QCG_PM_KEYS)")
@@ -65,7 +65,7 @@ from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
 @click.option("--enable-proc-stats", is_flag=True, help="gather statistics of launched processes")
 @click.option("--enable-rt-stats", is_flag=True, help="gather exact start and stop times of processes")
 @click.option("--wrapper-rt-stats", help="path of the runtime statistics wrapper")
-@click.option("--nl-init-timeout", type=float, default=600, show_default=True,
+@click.option("--nl-init-timeout", type=click.FloatRange(0, min_open=True), default=600, show_default=True,
               help="seconds to wait for node agents")
 @click.option("--nl-ready-threshold", "--nl-ready-treshold", "nl_ready_threshold", type=float, default=1.0,
               show_default=True, help="fraction (0.0-1.0) of node agents that must be ready")
@@ -102,6 +102,16 @@ def cli(**opts: object) -> None:
     threshold = opts["nl_ready_threshold"]
     if not 0.0 <= threshold <= 1.0:  # type: ignore[operator]
         click.echo("Error: --nl-ready-threshold must be between 0.0 and 1.0", err=True)
+        sys.exit(EXIT_START_FAILED)
+    nodes = opts["nodes"]
+    if nodes is not None and not str(nodes).strip():
+        click.echo("Error: --nodes: empty; give \"[name:]cores,...\" or leave the option out", err=True)
+        sys.exit(EXIT_START_FAILED)
+    instance_id = opts["instance_id"]
+    if instance_id is not None and (not str(instance_id).strip() or "/" in str(instance_id)
+                                    or instance_id in (".", "..")):
+        click.echo(f"Error: --id '{instance_id}': must be a name without '/', not empty, '.' or '..' (it names the aux dir "
+                   f".qcgpjm-service-ID)", err=True)
         sys.exit(EXIT_START_FAILED)
     tags = [t.strip() for t in str(opts["tags"] or "").split(",") if t.strip()]
     config = ServiceConfig(

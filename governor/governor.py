@@ -18,32 +18,28 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 import structlog
 
-from qcg.pilotjob.api.errors import InvalidJobDescriptionError
-from qcg.pilotjob.api.placeholders import FieldTemplate, field_template
-from qcg.pilotjob.governor.dependencies import BatchDeps, WaiterIndex, check_submission, resolve_template
+from qcg.pilotjob.governor.admission import Admission, SizingPort
+from qcg.pilotjob.governor.dependencies import WaiterIndex, resolve_template
 from qcg.pilotjob.governor.registry import (
     IterationRecord, JobRecord, Registry, split_task_name,
 )
 from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, STATE_OF, JobState
 from qcg.pilotjob.governor.tasks import make_task, request_variables
-from qcg.pilotjob.partition.iter_schedulers import iteration_request
-from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
+from qcg.pilotjob.partition.task import Allocation, TaskFinished, TaskSpec, TaskStarted
 
 if TYPE_CHECKING:
-    from qcg.pilotjob.api.jobdesc import Execution, JobDescription
+    from qcg.pilotjob.api.jobdesc import JobDescription
 
 log = structlog.get_logger("governor")
 
 
-class PartitionPort(Protocol):
+class PartitionPort(SizingPort, Protocol):
     """What the governor needs from a partition (in-process object or remote proxy)."""
 
     queue_limit: int
 
     def submit(self, tasks: list[TaskSpec]) -> None: ...
     def cancel(self, task_ids: list[str]) -> None: ...
-    def never_fits(self, request: ResourceRequest) -> str | None: ...
-    def totals(self) -> tuple[int, int, int]: ...  # total cores, total nodes, cores per node
 
 
 class GovernorListener:
@@ -67,6 +63,7 @@ class Governor:
         for lst in listeners:
             self.add_listener(lst)
         self.registry = Registry()
+        self.admission = Admission(self.registry, partition)
         self.waiters = WaiterIndex()
         self.inflight: dict[str, tuple[JobRecord, int | None]] = {}
         self._runnable: list[tuple[int, int, JobRecord]] = []
@@ -79,8 +76,7 @@ class Governor:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._alloc_text: dict[Allocation, str] = {}
         self._requeues: dict[str, int] = {}
-        self._size_cache: dict[tuple, tuple[ResourceRequest, str | None, bool]] = {}
-        self._templates: dict[int, tuple["Execution", FieldTemplate | None]] = {}
+        self.unfittable: dict[str, str] = {}    # jobs of the last submit FAILED at once: name -> why
         self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
         # refill the partition inside each exit (flat: the partition's next pass sees the task at once);
         # with remote partitions, one dispatch per loop turn batches the refills of many exits
@@ -107,22 +103,7 @@ class Governor:
         job and iteration (None for a plain job). `raw` are the job dicts as
         received (the journal stores them instead of re-serialising).
         """
-        problems = [f"job '{d.name}': field 'name': a job with this name already exists"
-                    for d in descs if d.name in self.registry]
-        deps = BatchDeps([], [])
-        if not problems:
-            problems, deps = check_submission(descs, lambda n: (j.desc if (j := self.registry.get(n)) else None))
-        sizes: list[tuple[ResourceRequest, bool]] = []
-        for desc in descs:
-            try:
-                req, reason, per_iteration = self._sized(desc)
-            except ValueError as exc:
-                req, reason, per_iteration = None, str(exc), False    # type: ignore[assignment]
-            if reason:
-                problems.append(f"job '{desc.name}': field 'resources': {reason}")
-            sizes.append((req, per_iteration))
-        if problems:
-            raise InvalidJobDescriptionError(problems)
+        admitted = self.admission.check(descs)
         if rcnt is None:
             self.rcnt += 1
             rcnt = self.rcnt
@@ -133,67 +114,21 @@ class Governor:
             lst.submitted(rcnt, when, descs, raw)
         base = request_variables(rcnt, when)
         ts = when.timestamp()
-        jobs = [self._create(desc, rcnt, when, ts, base, size, static, templated,
-                             done.get(desc.name) if done else None)
-                for desc, size, static, templated in zip(descs, sizes, deps.static, deps.templated)]
+        jobs = [self.admission.record(job, rcnt, when, ts, base) for job in admitted]
+        self.unfinished += len(jobs)
+        if done:
+            for job in jobs:
+                restored = done.get(job.name)
+                if restored:
+                    self._restore(job, restored)
+        self.unfittable = {a.desc.name: a.never_fits for a in admitted if a.never_fits}
+        for name, reason in self.unfittable.items():
+            self._end_unstarted(self.registry.jobs[name], JobState.FAILED, f"field 'resources': {reason}")
         for job in jobs:
             self._register_dependencies(job)
         self._propagate()
         self._request_dispatch()
         return [j.name for j in jobs]
-
-    def _sized(self, desc: "JobDescription") -> tuple[ResourceRequest, str | None, bool]:
-        """(request of the first task, reason it can never fit, sized per iteration).
-
-        Plain sizes are computed once per shape; an iteration scheduler
-        sizes each iteration, so its first request is computed here.
-        """
-        res = desc.resources
-        cores, nodes = res.num_cores, res.num_nodes
-        if (cores is not None and cores.scheduler is not None) or (nodes is not None and nodes.scheduler is not None):
-            req = self.request_of(desc, 0)
-            return req, self.partition.never_fits(req), True
-        key = (cores, nodes)
-        hit = self._size_cache.get(key)
-        if hit is not None:
-            return hit
-        req = self.request_of(desc, 0)
-        hit = self._size_cache[key] = (req, self.partition.never_fits(req), False)
-        return hit
-
-    def request_of(self, desc: "JobDescription", position: int) -> ResourceRequest:
-        """Resources of one task; iteration schedulers give each iteration its own size."""
-        res = desc.resources
-        total_cores, total_nodes, per_node = self.partition.totals()
-        return iteration_request(res.num_cores, res.num_nodes, len(desc.iteration) if desc.iteration else 1,
-                                 total_cores, total_nodes, per_node, index=position)
-
-    def _create(self, desc: "JobDescription", rcnt: int, when: datetime, ts: float, base: dict,
-                size: tuple[ResourceRequest, bool], static_deps: tuple, per_iteration_deps: tuple[str, ...],
-                done: dict[int | None, JobState] | None) -> JobRecord:
-        job = JobRecord(desc, self.registry.next_seq(), rcnt, when, IterationRecord(JobState.QUEUED, ts))
-        job.static_deps = static_deps
-        job.per_iteration_deps = per_iteration_deps
-        template = job.exec_template = self._template(desc.execution)
-        if template is not None:
-            job.base_vars = dict(base, jname=desc.name)
-        self.registry.jobs[job.name] = job
-        self.unfinished += 1
-        job.request, job.sized_per_iteration = size
-        if done:
-            self._restore(job, done)
-        return job
-
-    def _template(self, execution: "Execution") -> FieldTemplate | None:
-        """`field_template` once per execution object (jobs of a request share equal ones)."""
-        hit = self._templates.get(id(execution))
-        if hit is not None and hit[0] is execution:
-            return hit[1]
-        value = field_template(execution)
-        if len(self._templates) >= 4096:
-            self._templates.clear()
-        self._templates[id(execution)] = (execution, value)   # kept, so the id is not reused meanwhile
-        return value
 
     def _restore(self, job: JobRecord, done: dict[int | None, JobState]) -> None:
         if not job.iterative:
@@ -283,7 +218,7 @@ class Governor:
             tid = job.task_id(it)
             self.inflight[tid] = (job, it)
             assert job.request is not None and job.indices is not None
-            request = self.request_of(job.desc, it - job.indices.start) if job.sized_per_iteration \
+            request = self.admission.request_of(job.desc, it - job.indices.start) if job.sized_per_iteration \
                 else job.request
             return make_task(job, it, request)
 
@@ -399,7 +334,7 @@ class Governor:
 
     def capacity_changed(self) -> None:
         """A partition joined, left or changed its credit: more (or fewer) tasks may be handed out."""
-        self._size_cache.clear()        # whether a size can ever fit depends on the partitions there are
+        self.admission.forget_sizes()
         self._request_dispatch()
 
     # ----------------------------------------------------------- final states
@@ -431,13 +366,17 @@ class Governor:
         if self.unfinished == 0:
             self._wake_idle()
 
+    def _end_unstarted(self, job: JobRecord, state: JobState, reason: str) -> None:
+        """A whole job ends before any of its tasks is handed out."""
+        if job.is_final:
+            return
+        job.record.add_message(reason)
+        job.cursor = len(job.indices) if job.indices is not None else 0
+        self._finish_job(job, state)
+
     def _omit(self, job: JobRecord, it: int | None, reason: str) -> None:
         if it is None:
-            if job.is_final:
-                return
-            job.record.add_message(reason)
-            job.cursor = len(job.indices) if job.indices is not None else 0
-            self._finish_job(job, JobState.OMITTED)
+            self._end_unstarted(job, JobState.OMITTED, reason)
             return
         job.parked.pop(it, None)
         rec = IterationRecord(JobState.OMITTED)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator
@@ -52,6 +53,7 @@ class Journal(GovernorListener):
         self._buffer: list[str] = []
         self._batch = batch
         self._interrupting = False
+        self._replaying = False
 
     def interrupting(self) -> None:
         """From now on, cancellations are the service stopping, not user decisions.
@@ -62,9 +64,20 @@ class Journal(GovernorListener):
         self.flush()
         self._interrupting = True
 
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Submissions made meanwhile come from this journal: they are not written to it again."""
+        self._replaying = True
+        try:
+            yield
+        finally:
+            self._replaying = False
+
     # -- GovernorListener
     def submitted(self, rcnt: int, when: datetime, descs: list["JobDescription"],
                   raw: list[dict] | None = None) -> None:
+        if self._replaying:
+            return
         jobs = raw if raw is not None else [d.to_dict() for d in descs]
         rec = {"rcnt": rcnt, "time": when.isoformat(), "jobs": jobs}
         self._write_now(rec)
@@ -145,8 +158,10 @@ def load(aux_dir: str) -> Replay:
                 log.error("journal submission unreadable", error=str(exc))
                 skipped += 1
                 continue
+            # a job journalled twice (by a resume before this was fixed) keeps its first record and states
+            sub.descs = [d for d in descs if (d.name, sub.rcnt) not in by_key]
             submissions.append(sub)
-            for d in descs:
+            for d in sub.descs:
                 by_key[(d.name, sub.rcnt)] = sub
                 live[d.name] = sub
         elif "remove" in rec:

@@ -85,7 +85,13 @@ class ParentLink:
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         if self.keys is not None:
             curve.make_client(self.sock, self.keys.client_public, self.keys.client_secret, self.keys.server_public)
-        self.sock.connect(self.address)
+        try:
+            self.sock.connect(self.address)
+        except zmq.ZMQError as exc:
+            self.sock.close(linger=0)
+            self.ctx.term()
+            raise ParentError(f"--parent '{self.address}': not an address ZMQ can connect to ({exc.errno}); "
+                              f"give it as tcp://HOST:PORT") from None
         self._done = self.loop.create_future()
         self._tasks.append(self.loop.create_task(self._receive()))
         try:

@@ -57,6 +57,7 @@ class RequestHandler:
         self.governor = governor
         self.control = control
         self.refused = 0          # requests answered with an error (non-zero exit in file mode)
+        self.failed_at_submit = 0   # jobs too big for the resources (also a non-zero exit in file mode)
         self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "submit": self._submit, "listJobs": self._list_jobs, "jobStatus": self._job_status,
             "jobInfo": self._job_info, "cancelJob": self._cancel, "removeJob": self._remove,
@@ -128,7 +129,17 @@ class RequestHandler:
             raise RequestError("submit request: 'jobs' must be a non-empty list of job descriptions")
         descs = parse_jobs(jobs)
         names = self.governor.submit(descs, raw=jobs)
-        return ok({"submitted": len(names), "jobs": names}, f"{len(names)} jobs submitted")
+        data: dict[str, Any] = {"submitted": len(names), "jobs": names}
+        message = f"{len(names)} jobs submitted"
+        unfit = self.governor.unfittable
+        if unfit:
+            # reference 7.2: registered and FAILED at once; the answer says so, the rest of the batch runs
+            self.failed_at_submit += len(unfit)
+            data["failed"] = {name: f"field 'resources': {why}" for name, why in unfit.items()}
+            shown = [f"job '{name}' FAILED: field 'resources': {why}" for name, why in list(unfit.items())[:3]]
+            more = f"; and {len(unfit) - 3} more" if len(unfit) > 3 else ""
+            message += f", {len(unfit)} of them FAILED at once: " + "; ".join(shown) + more
+        return ok(data, message)
 
     def _list_jobs(self, request: dict[str, Any]) -> dict[str, Any]:
         jobs: dict[str, Any] = {}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from qcg.pilotjob.api import protocol
+from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.governor import logs
 from qcg.pilotjob.partition.launcher import LocalLauncher
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
@@ -170,6 +171,13 @@ class Service:
             os.makedirs(os.path.join(self.aux_dir, "tmp"), exist_ok=True)
         except OSError as exc:
             raise StartError(f"aux directory '{self.aux_dir}' cannot be created: {exc.strerror}") from None
+        if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
+            report = os.path.join(self.aux_dir, cfg.report_file)
+            try:
+                open(report, "a").close()
+            except OSError as exc:
+                raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
+                                 f"{exc.strerror}") from None
 
     async def run(self) -> int:
         cfg = self.config
@@ -232,7 +240,7 @@ class Service:
                 self._replay()
             self._serve_file()
             # only the request file decides exit code 2; network clients get their errors in the replies
-            self._file_refused = self.handler.refused
+            self._file_refused = self.handler.refused + self.handler.failed_at_submit
             if self.zmq is not None and not self._finish_requested:
                 # the file (if any) is done; network clients are served until `finish`,
                 # `control finishAfterAllTasksDone` or a signal
@@ -350,8 +358,15 @@ class Service:
         from qcg.pilotjob.governor import journal as journal_mod
 
         replay = journal_mod.load(self.aux_dir)
-        for sub in replay.submissions:
-            self.governor.submit(sub.descs, rcnt=sub.rcnt, when=sub.when, done=sub.done)
+        with self.journal.replaying():
+            for sub in replay.submissions:
+                try:
+                    self.governor.submit(sub.descs, rcnt=sub.rcnt, when=sub.when, done=sub.done)
+                except InvalidJobDescriptionError as exc:
+                    # only a journal edited by hand gets here; the rest of it still runs
+                    print(f"Error: --resume: submission #{sub.rcnt} of the journal not replayed: {exc}",
+                          file=sys.stderr)
+                    log.error("journal submission not replayed", rcnt=sub.rcnt, problems=exc.problems)
         if replay.finish_after_all:
             self._finish_after_all = True
         log.info("resumed", submissions=len(replay.submissions), unfinished_jobs=self.governor.unfinished,
@@ -365,7 +380,11 @@ class Service:
                 print(f"Error: request #{i} ({name or 'invalid'}): {response.get('message')}", file=sys.stderr)
                 log.error("request refused", index=i, request=name, message=response.get("message"))
             else:
-                log.info("request served", index=i, request=request.get("request"))
+                # reference 10.2: in the file mode the responses go to the log
+                log.info("request served", index=i, request=request.get("request"), response=_brief(response))
+                data = response.get("data")
+                if isinstance(data, dict) and data.get("failed"):
+                    _print_failed_at_submit(i, data["failed"])
             if self._finish_requested:
                 break
 
@@ -384,6 +403,8 @@ class Service:
         if self.zmq is not None:
             # the reply to this `finish` still goes out (it is sent right after this returns)
             self.zmq.stop_accepting()
+        # what this cancels is interrupted, not decided: `--resume` runs it again
+        self.journal.interrupting()
         self.governor.cancel_everything()
         assert self._stop is not None
         self._stop.set()
@@ -511,6 +532,21 @@ class Service:
         log.info("service finished", uptime=status["System"]["Uptime"], refused=self.handler.refused)
         for c in self._closers:
             c.close()
+
+
+def _print_failed_at_submit(index: int, failed: dict[str, str], shown: int = 10) -> None:
+    """One line per job too big for the resources (a few, then a count): bad input a user must see."""
+    for name, why in list(failed.items())[:shown]:
+        print(f"Error: request #{index} (submit): job '{name}' FAILED: {why}", file=sys.stderr)
+    if len(failed) > shown:
+        print(f"Error: request #{index} (submit): {len(failed) - shown} more jobs FAILED as too big for the "
+              f"resources (see jobs.report)", file=sys.stderr)
+
+
+def _brief(response: dict[str, Any], limit: int = 2000) -> str:
+    """A response as one log value; a submit of 100 000 jobs would otherwise log every name."""
+    text = json.dumps(response, default=str, separators=(",", ":"))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _in_slurm_allocation() -> bool:

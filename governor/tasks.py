@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from qcg.pilotjob.partition.task import ResourceRequest
 
 
-
-
 def request_variables(rcnt: int, when: datetime, sname: str = "local") -> dict[str, Any]:
     """Variables known when a request is received (reference 10.3.1)."""
     return {

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from qcg.pilotjob.governor.keys import create_keys
 from tests.conftest import job, submit
 
 
@@ -119,11 +120,16 @@ def test_cycle(service):
 
 @pytest.mark.both_modes
 def test_more_cores_than_exist(service):
-    """Issue 3 "more cores than exist" / reference 7.2: refused naming job and field."""
-    r = service([submit(job("toobig", resources={"numCores": {"exact": 5}}))], nodes="2,2")
-    assert r.rc != 0
+    """Issue 3 "more cores than exist" / reference 7.2 (such a job "is removed from the queue with the FAILED
+    status"): one line naming job and field, a non-zero exit; the job is FAILED with the reason, the other
+    jobs of the same request run."""
+    r = service([submit(job("toobig", resources={"numCores": {"exact": 5}}), job("fine"))], nodes="2,2")
+    assert r.rc == 2
     line = one_error_line(r)
-    assert "toobig" in line and "resources" in line
+    assert "toobig" in line and "resources" in line and "5 cores" in line
+    rep = r.report()
+    assert rep["toobig"]["state"] == "FAILED" and "5 cores" in rep["toobig"]["messages"]
+    assert rep["fine"]["state"] == "SUCCEED"
 
 
 @pytest.mark.parametrize("nodes", ["0", "x", "a:", "2,,3", "n:-1", "a:2,a:3", ":"])
@@ -220,3 +226,41 @@ def test_request_not_an_object(service):
     assert r.rc != 0
     one_error_line(r)
     assert r.report()["a"]["state"] == "SUCCEED"
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--report-file", "nodir/x.report"], ["--report-file", "nodir/x.report"]),
+    (["--report-file", "/proc/x.report"], ["--report-file", "/proc/x.report"]),
+    (["--id", "a/b"], ["--id", "a/b"]),
+    (["--id", ""], ["--id"]),
+    (["--id", ".."], ["--id", ".."]),
+    (["--nl-init-timeout", "-1"], ["--nl-init-timeout"]),
+    (["--partition-init-timeout", "0"], ["--partition-init-timeout"]),
+])
+def test_bad_option_values(service, args, names):
+    """Issue 3 "Bad input" (reference 6, the options): a value the run cannot use stops it before anything
+    runs, with one clear line naming the option; never a traceback, never a silent fallback."""
+    r = service([submit(job("a"))], *args)
+    assert r.rc != 0
+    r.assert_no_traceback()
+    text = r.stderr
+    assert all(name in text for name in names), text
+    assert not (r.wd / "a.out").exists()
+
+
+def test_empty_nodes_is_refused(service):
+    """`--nodes ""` is a mistake, not "use the local CPUs"."""
+    r = service([submit(job("a"))], nodes="")
+    assert r.rc != 0
+    assert "--nodes" in one_error_line(r)
+
+
+def test_parent_that_is_no_address(service, tmp_path):
+    """`--parent` with something ZMQ cannot connect to: one line naming it and the expected form."""
+    aux = tmp_path / "parent-aux"
+    aux.mkdir()
+    create_keys(str(aux))
+    r = service(None, "--parent", "garbage", "--keys", str(aux))
+    assert r.rc != 0
+    line = one_error_line(r)
+    assert "--parent 'garbage'" in line and "tcp://HOST:PORT" in line

@@ -87,6 +87,10 @@ def test_all_requests_in_a_file(service):
     rep = r.report()
     assert rep["a"]["state"] == "SUCCEED" and rep["b"]["state"] == "SUCCEED"
     assert rep["c"]["state"] == "CANCELED"
+    # reference 10.2: "In the file mode, QCG-PilotJob Manager outputs all responses to the log file"
+    served = [line for line in r.log().splitlines() if "request served" in line]
+    assert len(served) == len(reqs), served
+    assert "2 jobs submitted" in served[0] and '"total_cores":4' in served[4], served
 
 
 @pytest.mark.both_modes
@@ -387,18 +391,21 @@ def test_scheduling_fifo_backfill_minmax(service):
 
 
 @pytest.mark.both_modes
-def test_never_fit_refused_with_clear_message(service):
-    """Reference 7.2 "minimal resource requirements greater than total available resources": refused with
-    one clear line naming the job and the field; non-zero exit; other requests still served."""
+def test_never_fit_fails_with_clear_message(service):
+    """Reference 7.2 "If the minimal resource requirements are greater than total available resources the
+    job is removed from the queue with the FAILED status": FAILED with the reason, one clear line naming the
+    job and the field, a non-zero exit (issue 3 bad input); other requests still served."""
     reqs = [submit(job("huge", resources={"numCores": {"exact": 9}})), submit(job("fine"))]
     r = service(reqs, nodes="2,2")
     r.assert_no_traceback()
-    assert r.rc != 0
+    assert r.rc == 2
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1, r.stderr
-    assert "huge" in err[0] and "resources" in err[0]
-    assert r.report()["fine"]["state"] == "SUCCEED"
-    assert "huge" not in r.report()
+    assert "huge" in err[0] and "resources" in err[0] and "FAILED" in err[0]
+    rep = r.report()
+    assert rep["fine"]["state"] == "SUCCEED"
+    assert rep["huge"]["state"] == "FAILED" and "9 cores" in rep["huge"]["messages"]
+    assert r.final_status()["JobStats"]["FailedJobs"] == 1
 
 
 def test_iteration_schedulers(service):

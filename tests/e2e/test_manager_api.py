@@ -199,12 +199,25 @@ def test_client_inside_a_task_uses_task_environment(lm, tmp_path):
 
 @pytest.mark.both_modes
 def test_client_without_keys_is_refused(lm, tmp_path, monkeypatch):
+    """Issue 4 security: a client without the run's keys gets nothing. It is told so when the service
+    refuses its handshake, not after its whole request timeout (60 s here), and told where keys come from."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.delenv("QCG_PM_KEYS", raising=False)
-    with pytest.raises(errors.ConnectionError):
-        Manager(lm.address, {"log_file": None, "request_timeout": 1})
+    with pytest.raises(errors.ConnectionError, match="requires CURVE keys and none were found.*QCG_PM_KEYS"):
+        Manager(lm.address, {"log_file": None, "request_timeout": 60})
+
+
+def test_client_with_keys_of_another_run_is_refused(lm, tmp_path, monkeypatch):
+    """Issue 4 security: the keys of another run get nothing either; the client says its keys were refused."""
+    other = tmp_path / "other"
+    other.mkdir()
+    with LocalManager(["--nodes", "1", "--wd", str(other)], client_cfg(tmp_path)) as second:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("QCG_PM_KEYS", second.aux_dir)
+        with pytest.raises(errors.ConnectionError, match="refused this client's keys"):
+            Manager(lm.address, {"log_file": None, "request_timeout": 60})
 
 
 @pytest.mark.both_modes

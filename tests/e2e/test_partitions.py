@@ -27,7 +27,7 @@ import psutil
 import pytest
 import zmq
 
-from qcg.pilotjob.api import errors, protocol
+from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.job import Jobs
 from qcg.pilotjob.partition.resources import local_resources
 from qcg.pilotjob.partition.slurm_resources import resources_to_dict
@@ -143,11 +143,11 @@ def test_register_without_run_keys_is_ignored(gov, tmp_path, curve):
 
 
 # ------------------------------------------------------------- fits no partition
-def test_task_fitting_no_partition_refused_at_submit(service):
-    """Reference 7.2 ("minimal resource requirements greater than total available resources" are refused)
-    applied per partition: a task runs inside one partition, so numNodes exact 2 with partitions of one node
-    each is refused at submit with one line naming the job and the field; the rest runs. (Flat mode on the
-    same nodes runs it: test_same_job_runs_flat.)"""
+def test_task_fitting_no_partition_fails_at_submit(service):
+    """Reference 7.2 ("minimal resource requirements greater than total available resources": the job is
+    FAILED) applied per partition: a task runs inside one partition, so numNodes exact 2 with partitions of
+    one node each FAILS at once, with one line naming the job and the field, and a non-zero exit (issue 3,
+    bad input); the rest runs. (Flat mode on the same nodes runs it: test_same_job_runs_flat.)"""
     reqs = [submit(job("wide2", resources={"numNodes": {"exact": 2}})), submit(job("fine"))]
     r = service(reqs, nodes="a:1,b:1", mode="partitioned")
     r.assert_no_traceback()
@@ -156,7 +156,7 @@ def test_task_fitting_no_partition_refused_at_submit(service):
     assert len(lines) == 1, r.stderr
     assert "wide2" in lines[0] and "resources" in lines[0] and "partition" in lines[0], lines[0]
     rep = r.report()
-    assert "wide2" not in rep
+    assert rep["wide2"]["state"] == "FAILED" and "fits no partition" in rep["wide2"]["messages"]
     assert rep["fine"]["state"] == "SUCCEED" and rep["fine"]["runtime"]["partition"] in ("part-0", "part-1")
 
 
@@ -167,12 +167,12 @@ def test_same_job_runs_flat(service):
     assert r.report()["wide2"]["runtime"]["allocation"] == "a[0],b[0]"
 
 
-def test_task_fitting_no_partition_refused_through_api(gov):
-    """The same refusal through the Manager API (reference 22.1.4 `submit` raises on a refused request):
-    the error names the job; the connection keeps working."""
-    with pytest.raises(errors.ConnectionError, match="toowide"):
-        gov.submit(Jobs().add(name="toowide", exec="/bin/true", numCores={"exact": 3}))
-    assert "toowide" not in gov.list()
+def test_task_fitting_no_partition_fails_through_api(gov):
+    """The same through the Manager API: `submit` accepts it (reference 7.2, 10.3.3), its status is FAILED
+    with the reason in its messages, and the connection keeps working."""
+    assert gov.submit(Jobs().add(name="toowide", exec="/bin/true", numCores={"exact": 3})) == ["toowide"]
+    assert gov.status("toowide")["jobs"]["toowide"]["data"]["status"] == "FAILED"
+    assert "fits no partition" in gov.info("toowide")["jobs"]["toowide"]["data"]["messages"]
     gov.submit(Jobs().add(name="ok", exec="/bin/true", numCores={"exact": 2}))
     assert gov.wait4("ok", timeout=WAIT) == {"ok": "SUCCEED"}
 

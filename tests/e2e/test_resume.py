@@ -170,3 +170,96 @@ def test_resume_without_wd_works_in_the_interrupted_runs_directory(tmp_path):
     assert ran and all(e["runtime"]["wd"] == str(wd) for e in ran), {e["name"]: e["runtime"]["wd"] for e in ran}
     assert list(elsewhere.iterdir()) == []
     assert (cnt / "after").read_text() == "after\n"
+
+
+
+def _gated_sweep(cnt: Path, gate: Path, n: int, opened: int) -> dict:
+    """Iteration `it` ends once the number in `gate` (`opened` while there is no gate) exceeds it (at most 60 s)."""
+    sc = (f"for i in $(seq 600); do [ $(cat {gate} 2>/dev/null || echo {opened}) -gt ${{it}} ] && break; "
+          f"sleep 0.1; done; echo done >> {cnt}/${{it}}")
+    return submit({"name": "gated", "execution": {"exec": "bash", "args": ["-c", sc]}, "iteration": {"stop": n}})
+
+
+def _start_gated(tmp_path: Path, mode: str, n: int, opened: int) -> tuple[subprocess.Popen, Path, Path, Path]:
+    cnt, gate, wd = tmp_path / "cnt", tmp_path / "gate", tmp_path / "wd"
+    cnt.mkdir()
+    reqs = tmp_path / "gated.json"
+    reqs.write_text(json.dumps([_gated_sweep(cnt, gate, n, opened)]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", NODES, "--id", "g",
+                             *mode_args(mode, NODES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    return proc, cnt, gate, wd / ".qcgpjm-service-g"
+
+
+def _wait_journalled(proc: subprocess.Popen, aux: Path, count: int) -> set[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = {s["it"] for s in _states(aux) if s.get("it") is not None and s.get("state") == "SUCCEED"}
+        if len(done) >= count:
+            return done
+        assert proc.poll() is None, "the service ended before it could be stopped"
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} iterations journalled in time")
+
+
+def _counts_of(cnt: Path, n: int) -> dict[int, int]:
+    return {i: (len((cnt / str(i)).read_text().splitlines()) if (cnt / str(i)).exists() else 0) for i in range(n)}
+
+
+@pytest.mark.both_modes
+def test_resume_after_sigterm_runs_the_interrupted_and_the_queued(tmp_path, mode):
+    """Reference 13.1: "started, but not finished" iterations run again on resume. A SIGTERM stops the
+    service by canceling what runs and what waits; none of those cancellations is final for `--resume`:
+    all of them run there, the finished ones do not."""
+    n, opened = 12, 4          # 4 cores: 4 iterations end, 4 wait at the gate, 4 are still queued
+    proc, cnt, gate, aux = _start_gated(tmp_path, mode, n, opened)
+    try:
+        _wait_journalled(proc, aux, opened)
+        time.sleep(0.3)        # the freed cores take the next (gated) iterations
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        _kill_tree(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not [s for s in _states(aux) if s.get("state") == "CANCELED"], "an interruption was journalled as final"
+    assert _counts_of(cnt, n) == {i: 1 if i < opened else 0 for i in range(n)}
+    gate.write_text(str(n))
+    r = run_service(tmp_path, None, "--resume", str(aux), nodes=NODES, timeout=60, mode=mode)
+    r.check_mode()
+    assert r.rc == 0, r.stderr
+    assert _counts_of(cnt, n) == {i: 1 for i in range(n)}
+    assert r.report()["gated"]["state"] == "SUCCEED"
+
+
+@pytest.mark.both_modes
+def test_resume_of_a_resumed_and_killed_run(tmp_path, mode):
+    """Reference 13.3 "no problem to resume already resumed computations": killed, resumed, killed again
+    mid-way and resumed again, every iteration ends, none journalled as finished runs twice, and the
+    journal holds the submission once."""
+    n = 12
+    proc, cnt, gate, aux = _start_gated(tmp_path, mode, n, 4)
+    try:
+        first = _wait_journalled(proc, aux, 4)
+    finally:
+        _kill_tree(proc)
+    reqs_file = aux / "track.reqs"
+    size = reqs_file.stat().st_size
+    gate.write_text("6")                    # the first resume can end two more, then it is killed too
+    proc = subprocess.Popen([*SERVICE, "--resume", str(aux), "--nodes", NODES, *mode_args(mode, NODES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    try:
+        second = _wait_journalled(proc, aux, 6)
+    finally:
+        _kill_tree(proc)
+    assert first <= second and len(second) < n
+    assert reqs_file.stat().st_size == size, "a resume journalled the replayed submission again"
+    before = _counts_of(cnt, n)
+    gate.write_text(str(n))
+    r = run_service(tmp_path, None, "--resume", str(aux), nodes=NODES, timeout=60, mode=mode)
+    r.check_mode()
+    assert r.rc == 0, r.stderr
+    r.assert_no_traceback()
+    after = _counts_of(cnt, n)
+    for i in range(n):
+        assert after[i] == (1 if i in second else before[i] + 1), f"iteration {i}: {before[i]} -> {after[i]}"
+    assert r.report()["gated"]["state"] == "SUCCEED"

@@ -222,22 +222,29 @@ def test_duplicate_name_rejected_atomically(h):
     assert "b" not in h.gov.registry
 
 
-def test_never_fitting_job_rejected_with_job_and_field(h):
-    """Reference 7.2 "minimal resource requirements greater than total available resources" -> refused
-    with a clear message naming the job and the field (issue 3 validation: job, field, reason)."""
-    with pytest.raises(InvalidJobDescriptionError) as ei:
-        h.gov.submit(parse_jobs([J("ok"), J("huge", resources={"numCores": {"exact": 5}})]))
-    msg = str(ei.value)
-    assert "huge" in msg and "resources" in msg
-    assert "5" in msg
-    assert "ok" not in h.gov.registry
+def test_never_fitting_job_fails_at_once_and_the_batch_runs(h):
+    """Reference 7.2 "If the minimal resource requirements are greater than total available resources the
+    job is removed from the queue with the FAILED status" (and 10.3.3): the job is registered FAILED with
+    the reason (job, field, why), its dependants are OMITTED, the rest of its batch runs."""
+    names = h.submit(J("ok"), J("huge", resources={"numCores": {"exact": 5}}),
+                     J("after_huge", dependencies={"after": ["huge"]}))
+    assert names == ["ok", "huge", "after_huge"]
+    huge = h.gov.registry.get("huge")
+    assert huge.state is JobState.FAILED
+    assert huge.record.messages and "resources" in huge.record.messages and "5" in huge.record.messages
+    assert h.gov.unfittable == {"huge": "requires 5 cores but the partition has 4 in total"}
+    assert h.gov.registry.get("after_huge").state is JobState.OMITTED
+    assert h.part.ids == ["ok"]
+    h.submit(J("later"))
+    assert h.gov.unfittable == {}
 
 
-def test_never_fitting_nodes_rejected(h):
-    """Reference 7.2: more nodes than exist can never fit."""
-    with pytest.raises(InvalidJobDescriptionError) as ei:
-        h.gov.submit(parse_jobs([J("n3", resources={"numNodes": {"exact": 3}})]))
-    assert "n3" in str(ei.value) and "resources" in str(ei.value)
+def test_never_fitting_iterative_job_fails_without_iterations(h):
+    """Reference 7.2: more nodes than exist can never fit; an iterative job hands out no iteration."""
+    h.submit(J("n3", resources={"numNodes": {"exact": 3}}, iteration={"stop": 4}))
+    assert h.gov.registry.get("n3").state is JobState.FAILED
+    assert h.part.ids == []
+    assert h.gov.all_finished
 
 
 def test_min_fits_is_accepted(h):

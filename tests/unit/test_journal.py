@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+from datetime import datetime
 
 import msgpack
 import pytest
@@ -203,3 +204,26 @@ def test_find_aux_dir_invalid(tmp_path, what):
     with pytest.raises(FileNotFoundError) as ei:
         jmod.find_aux_dir(str(path))
     assert str(path) in str(ei.value)
+
+
+def test_replayed_submissions_are_not_journalled_again(aux):
+    """Reference 13.3 (resume an already resumed run): a submission replayed from the journal is not
+    appended to it a second time."""
+    j = Journal(str(aux))
+    with j.replaying():
+        j.submitted(1, datetime.now(), [], raw=[J("a")])
+    j.submitted(2, datetime.now(), [], raw=[J("b")])
+    j.close()
+    assert [r["rcnt"] for r in records(aux / jmod.REQS_FILE)] == [2]
+
+
+def test_a_job_journalled_twice_keeps_its_first_record_and_states(aux):
+    """Journals written by a resume before that was fixed hold a submission twice: loading keeps one copy,
+    with the final states recorded for it, so the job is neither refused as a duplicate nor run again."""
+    when = datetime(2026, 1, 2, 3, 4, 5).isoformat()
+    sub = {"rcnt": 1, "time": when, "jobs": [J("it", iteration={"stop": 3})]}
+    (aux / jmod.REQS_FILE).write_bytes(msgpack.packb(sub) + msgpack.packb(sub))
+    (aux / jmod.STATES_FILE).write_text(json.dumps({"task": "it:1", "it": 1, "state": "SUCCEED", "rcnt": 1}) + "\n")
+    replay = jmod.load(str(aux))
+    assert [[d.name for d in s.descs] for s in replay.submissions] == [["it"]]
+    assert replay.submissions[0].done == {"it": {1: JobState.SUCCEED}}

@@ -84,7 +84,6 @@ def test_submit_invalid_is_error_naming_job_and_field(env):
     {"request": "submit", "jobs": [{"name": "x"}]},
     {"request": "submit", "jobs": [{"execution": {"exec": "/bin/true"}}]},
     {"request": "submit", "jobs": [J("c", resources={"numCores": "two"})]},
-    {"request": "submit", "jobs": [J("c", resources={"numCores": {"exact": 99}})]},
     {"request": "submit", "jobs": [J("d"), J("d")]},
     {"request": "submit", "jobs": [J("e", dependencies={"after": ["nosuch"]})]},
 ])
@@ -96,6 +95,19 @@ def test_submit_bad_input_gives_error_response(env, req):
     assert isinstance(resp["message"], str) and resp["message"]
     assert "internal error" not in resp["message"]
     assert "Traceback" not in resp["message"]
+
+
+def test_submit_of_a_job_too_big_answers_its_failure(env):
+    """Reference 7.2: a job bigger than the resources is accepted and FAILED at once; the answer names it,
+    with the field and the reason, and counts it as bad input (non-zero exit in file mode)."""
+    h, _, handler, call = env
+    resp = call({"request": "submit", "jobs": [J("c", resources={"numCores": {"exact": 99}}), J("fine")]})
+    assert resp["code"] == 0
+    assert resp["data"]["jobs"] == ["c", "fine"]
+    assert resp["data"]["failed"] == {"c": "field 'resources': requires 99 cores but the partition has 4 in total"}
+    assert "job 'c' FAILED: field 'resources': requires 99 cores" in resp["message"]
+    assert handler.failed_at_submit == 1 and handler.refused == 0
+    assert h.gov.registry.get("c").state.value == "FAILED"
 
 
 def test_list_jobs(env):
