@@ -53,8 +53,8 @@ AUX_DIR_PREFIX = ".qcgpjm-service-"
 ADDRESS_FILE = protocol.ADDRESS_FILE
 PUB_ADDRESS_FILE = protocol.PUB_ADDRESS_FILE
 
-_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_CONNECTION_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 def _monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
     """A monitor of `sock` on an address of its own: pyzmq's default one is named after the socket, and
@@ -180,6 +180,14 @@ class ServiceConnection:
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._sock = self._socket(zmq.DEALER)
+        # watched from before the connect, so a refused handshake (wrong mechanism, keys the service's ZAP
+        # handler denies) is known however long before the first request it happened; libzmq retries
+        # such connections only after a back-off, if at all
+        self._events = _monitor(self._sock, _CONNECTION_EVENTS)
+        self._refusal: int | None = None     # last handshake failure since the last success
+        self._refusals = 0
+        self._link_up = False
+        self._link_lost = False              # a connection that had completed its handshake went down
         self._sock.connect(address)
         self._sub: zmq.Socket | None = None
         self.pub_address: str | None = None
@@ -251,34 +259,40 @@ class ServiceConnection:
         with self._lock:
             if self._closed:
                 raise errors.ConnectionError("Not connected")
-            monitor = _monitor(self._sock, zmq.EVENT_DISCONNECTED)
-            ended = False
+            self._drain_events()
+            self._link_lost = False
 
             def gone() -> bool:
-                # the monitor is polled together with the socket (`_wait_readable`): a service that
-                # closed the connection wakes the wait at once, not after the next ALIVE_CHECK
-                nonlocal ended
-                while monitor.poll(0, zmq.POLLIN):
-                    monitor.recv_multipart()
-                    ended = True
-                return ended
+                # the connection events are polled together with the socket (`_wait_readable`): a service
+                # that closed the connection wakes the wait at once, not after the next ALIVE_CHECK
+                self._drain_events()
+                return self._link_lost
 
             saved, self._alive = self._alive, (lambda: not gone() and (saved is None or saved()))
-            self._wake = monitor
+            self._wake = self._events
             try:
                 return self.request(request, timeout)
             except ServiceUnreachable:
-                if ended:
+                if self._link_lost:
                     return {"code": 0, "message": "the service closed the connection after the request"}
                 raise
             finally:
                 self._alive = saved
                 self._wake = None
-                try:
-                    self._sock.disable_monitor()
-                except zmq.ZMQError:
-                    pass
-                monitor.close(linger=0)
+
+    def _drain_events(self) -> None:
+        """Take in the connection events that arrived (never blocks)."""
+        events = self._events
+        while events.poll(0, zmq.POLLIN):
+            event = zmq.utils.monitor.recv_monitor_message(events)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._refusal, self._refusals, self._link_up = None, 0, True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._link_lost = self._link_lost or self._link_up
+                self._link_up = False
+            else:
+                self._refusal = event
+                self._refusals += 1
 
     def _wait_readable(self, sock: zmq.Socket, seconds: float) -> bool:
         """Whether `sock` has input within `seconds`; returns early (False) when the wake socket has input."""
@@ -299,41 +313,28 @@ class ServiceConnection:
         except zmq.Again:
             pass
         # with IMMEDIATE the send waits until the connection (and CURVE handshake) is up; a handshake the
-        # service refuses fails at once instead of after the whole timeout (unless a monitor is already
-        # watching the socket: `_request_ending`'s)
-        monitor = _monitor(sock, _HANDSHAKE_FAILURES) if self._wake is None else None
+        # service refuses fails at once instead of after the whole timeout
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLOUT)
-        if monitor is not None:
-            poller.register(monitor, zmq.POLLIN)
-        refusals = 0
-        try:
-            while True:
-                try:
-                    sock.send_multipart([b"", frame], flags=zmq.NOBLOCK)
-                    return True
-                except zmq.Again:
-                    pass
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                if self._alive is not None and not self._alive():
-                    raise ServiceUnreachable(f"the service at {self.address} is not running any more")
-                ready = dict(poller.poll(min(remaining, self.ALIVE_CHECK) * 1000.0))
-                if monitor is not None and monitor in ready:
-                    event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
-                    refusals += 1
-                    # a mismatch of mechanisms or a ZAP refusal is final; a dropped handshake (keys of
-                    # another run) is taken as final once it has happened on three connection attempts
-                    if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL or refusals >= 3:
-                        raise self._handshake_refused(event)
-        finally:
-            if monitor is not None:
-                try:
-                    sock.disable_monitor()
-                except zmq.ZMQError:
-                    pass
-                monitor.close(linger=0)
+        poller.register(self._events, zmq.POLLIN)
+        while True:
+            self._drain_events()
+            # a mismatch of mechanisms or a ZAP refusal is final; a dropped handshake (keys of another
+            # run) is taken as final once it has happened on three connection attempts
+            if self._refusal is not None and (self._refusal != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                              or self._refusals >= 3):
+                raise self._handshake_refused(self._refusal)
+            try:
+                sock.send_multipart([b"", frame], flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._alive is not None and not self._alive():
+                raise ServiceUnreachable(f"the service at {self.address} is not running any more")
+            poller.poll(min(remaining, self.ALIVE_CHECK) * 1000.0)
 
     def _handshake_refused(self, event: int) -> ServiceUnreachable:
         where = f"the service at {self.address}"
@@ -467,6 +468,11 @@ class ServiceConnection:
             if self._closed:
                 return
             self._closed = True
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._events.close(linger=0)
             for sock in (self._sock, self._sub):
                 if sock is not None:
                     try:

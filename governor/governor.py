@@ -76,6 +76,8 @@ class Governor:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._alloc_text: dict[Allocation, str] = {}
         self._requeues: dict[str, int] = {}
+        self.stopping = False               # cancellations from now on are the service stopping
+        self.canceled_by_user: set[str] = set()   # tasks (and iterative jobs) a user canceled while they ran
         self.unfittable: dict[str, str] = {}    # jobs of the last submit FAILED at once: name -> why
         self.requeue_limit = 1             # runs again elsewhere after a lost node, at most this often
         # refill the partition inside each exit (flat: the partition's next pass sees the task at once);
@@ -371,7 +373,12 @@ class Governor:
         if job.is_final:
             return
         job.record.add_message(reason)
-        job.cursor = len(job.indices) if job.indices is not None else 0
+        if job.indices is not None:
+            # its iterations end with it (and read its state): counted so, none is left "in schedule"
+            job.cursor = len(job.indices)
+            left = job.total - job.finished_count
+            job.finished_count += left
+            job.bad_count += left
         self._finish_job(job, state)
 
     def _omit(self, job: JobRecord, it: int | None, reason: str) -> None:
@@ -443,6 +450,9 @@ class Governor:
             else:
                 canceled += 1
         if to_partition:
+            if not self.stopping:
+                # their CANCELED ends are the user's decision, whenever they arrive (the journal asks)
+                self.canceled_by_user.update(to_partition)
             self.partition.cancel(to_partition)
         self._propagate()
         return canceled, errors
@@ -453,6 +463,8 @@ class Governor:
         if job.canceled:
             return f"job '{job.name}' already canceled"
         job.canceled = True
+        if job.iterative and not self.stopping:
+            self.canceled_by_user.add(job.name)
         if not job.iterative:
             if job.name in self.inflight:
                 to_partition.append(job.name)
@@ -533,6 +545,7 @@ class Governor:
 
     def cancel_everything(self) -> None:
         """Cancel every unfinished job (used by `finish` and on signals)."""
+        self.stopping = True
         names = [j.name for j in self.registry if not j.is_final and not j.canceled]
         if names:
             self.cancel(names)

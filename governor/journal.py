@@ -54,6 +54,8 @@ class Journal(GovernorListener):
         self._batch = batch
         self._interrupting = False
         self._replaying = False
+        # the governor's: CANCELED ends that stay final even when they arrive after the stop began
+        self.canceled_by_user: set[str] | frozenset[str] = frozenset()
 
     def interrupting(self) -> None:
         """From now on, cancellations are the service stopping, not user decisions.
@@ -83,7 +85,8 @@ class Journal(GovernorListener):
         self._write_now(rec)
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
-        if self._interrupting and record.state is JobState.CANCELED:
+        if self._interrupting and record.state is JobState.CANCELED \
+                and job.task_id(iteration) not in self.canceled_by_user:
             return
         it = "null" if iteration is None else iteration
         self._buffer.append(f'{{"task": {_str(job.task_id(iteration))}, "it": {it}, '
@@ -92,13 +95,18 @@ class Journal(GovernorListener):
             self.flush()
 
     def job_final(self, job: "JobRecord") -> None:
-        if self._interrupting and job.state is JobState.CANCELED:
+        if self._interrupting and job.state is JobState.CANCELED and job.name not in self.canceled_by_user:
             return
         if job.iterative:
             self._buffer.append(json.dumps({"task": job.name, "it": None, "state": job.state.value,
                                             "rcnt": job.rcnt}))
 
     def removed(self, names: list[str]) -> None:
+        if self._replaying:
+            return
+        # a job is removed only once final: its final state goes to disk before the removal does, so a
+        # resume finds the job ended when it replays the removal
+        self.flush()
         self._write_now({"remove": names})
 
     def control(self, command: str) -> None:
@@ -130,19 +138,31 @@ class Submission:
 
 
 @dataclass
+class Removal:
+    names: list[str]
+
+
+@dataclass
 class Replay:
-    submissions: list[Submission]
+    steps: list[Submission | Removal]      # in journal order: a later batch may depend on a job removed after it
     finish_after_all: bool
     skipped_lines: int
+    last_rcnt: int = 0                     # of every submission journalled, replayed or not
+
+    @property
+    def submissions(self) -> list[Submission]:
+        return [s for s in self.steps if isinstance(s, Submission)]
 
 
 def load(aux_dir: str) -> Replay:
     """Read the journal of an earlier run; tolerates a torn last record or line (a kill during a write)."""
-    submissions: list[Submission] = []
+    steps: list[Submission | Removal] = []
     finish = False
     skipped = 0
+    last_rcnt = 0
     by_key: dict[tuple[str, int], Submission] = {}
     live: dict[str, Submission] = {}
+    removed: list[tuple[Submission, str]] = []
     for rec in _records(os.path.join(aux_dir, REQS_FILE)):
         if rec is None or not isinstance(rec, dict):
             skipped += 1
@@ -158,17 +178,18 @@ def load(aux_dir: str) -> Replay:
                 log.error("journal submission unreadable", error=str(exc))
                 skipped += 1
                 continue
+            last_rcnt = max(last_rcnt, sub.rcnt)
             # a job journalled twice (by a resume before this was fixed) keeps its first record and states
             sub.descs = [d for d in descs if (d.name, sub.rcnt) not in by_key]
-            submissions.append(sub)
+            if sub.descs:
+                steps.append(sub)
             for d in sub.descs:
                 by_key[(d.name, sub.rcnt)] = sub
                 live[d.name] = sub
         elif "remove" in rec:
-            for name in rec["remove"]:
-                sub = live.pop(name, None)
-                if sub is not None:
-                    sub.descs = [d for d in sub.descs if d.name != name]
+            names = [n for n in rec["remove"] if isinstance(n, str)]
+            removed += [(live.pop(n), n) for n in names if n in live]
+            steps.append(Removal(names))
         elif rec.get("control") == "finishAfterAllTasksDone":
             finish = True
     states_path = os.path.join(aux_dir, STATES_FILE)
@@ -185,7 +206,12 @@ def load(aux_dir: str) -> Replay:
                     continue
                 if sub is not None:
                     sub.done.setdefault(name, {})[it] = state
-    return Replay([s for s in submissions if s.descs], finish, skipped)
+    for sub, name in removed:
+        # it was final when removed; a journal that lost its state (written before states were flushed
+        # ahead of a removal) gets one, so the removal replays: SUCCEED, to release rather than omit the
+        # dependants that were accepted after it
+        sub.done.setdefault(name, {}).setdefault(None, JobState.SUCCEED)
+    return Replay(steps, finish, skipped, last_rcnt)
 
 
 def _records(path: str) -> Iterator[Any]:

@@ -176,7 +176,9 @@ class JobRecord:
             return rec.state
         if iteration in self.done_before:
             return self.done_before[iteration]
-        if self.record.state in (JobState.OMITTED, JobState.CANCELED):
+        # a job that ended as a whole before this iteration ran (omitted, canceled, or FAILED at submit as
+        # too big: a job FAILED by its iterations has a record for each) ended it too
+        if self.record.state in (JobState.OMITTED, JobState.CANCELED, JobState.FAILED):
             return self.record.state
         return JobState.QUEUED
 

@@ -222,6 +222,7 @@ class Service:
         if self.publisher is not None:
             listeners.append(self.publisher)
         self.governor = Governor(loop, self.partition, listeners)
+        self.journal.canceled_by_user = self.governor.canceled_by_user
         if self.publisher is not None:
             self.publisher.governor = self.governor
         self.partition.events = self.governor
@@ -359,14 +360,19 @@ class Service:
 
         replay = journal_mod.load(self.aux_dir)
         with self.journal.replaying():
-            for sub in replay.submissions:
+            for step in replay.steps:
+                if isinstance(step, journal_mod.Removal):
+                    self.governor.remove(step.names)
+                    continue
                 try:
-                    self.governor.submit(sub.descs, rcnt=sub.rcnt, when=sub.when, done=sub.done)
+                    self.governor.submit(step.descs, rcnt=step.rcnt, when=step.when, done=step.done)
                 except InvalidJobDescriptionError as exc:
-                    # only a journal edited by hand gets here; the rest of it still runs
-                    print(f"Error: --resume: submission #{sub.rcnt} of the journal not replayed: {exc}",
+                    # the journal replays what was accepted, in order: only a damaged or edited one gets here
+                    print(f"Error: --resume: submission #{step.rcnt} of the journal not replayed: {exc}",
                           file=sys.stderr)
-                    log.error("journal submission not replayed", rcnt=sub.rcnt, problems=exc.problems)
+                    log.error("journal submission not replayed", rcnt=step.rcnt, problems=exc.problems)
+        # later submissions never reuse a request counter of the journal (states are keyed by it)
+        self.governor.rcnt = max(self.governor.rcnt, replay.last_rcnt)
         if replay.finish_after_all:
             self._finish_after_all = True
         log.info("resumed", submissions=len(replay.submissions), unfinished_jobs=self.governor.unfinished,

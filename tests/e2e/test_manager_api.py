@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from qcg.pilotjob.api import errors
+from qcg.pilotjob.api import errors, transport
 from qcg.pilotjob.api.job import Jobs
 from qcg.pilotjob.api.jobinfo import JobInfo
 from qcg.pilotjob.api.manager import LocalManager, Manager
@@ -207,6 +207,22 @@ def test_client_without_keys_is_refused(lm, tmp_path, monkeypatch):
     monkeypatch.delenv("QCG_PM_KEYS", raising=False)
     with pytest.raises(errors.ConnectionError, match="requires CURVE keys and none were found.*QCG_PM_KEYS"):
         Manager(lm.address, {"log_file": None, "request_timeout": 60})
+
+
+def test_finish_with_keys_of_another_run_is_refused_and_the_service_goes_on(lm, tmp_path):
+    """A `finish` whose handshake is refused is no success (its failed connection closing is not the
+    service ending): it raises, and the service still serves its own clients."""
+    other = tmp_path / "other"
+    other.mkdir()
+    with LocalManager(["--nodes", "1", "--wd", str(other)], client_cfg(tmp_path)) as second:
+        keys = transport.find_keys(second.aux_dir)
+    conn = transport.ServiceConnection(lm.address, keys, timeout=60)
+    try:
+        with pytest.raises(errors.ConnectionError, match="refused this client's keys"):
+            conn.request({"request": "finish"}, ends_service=True)
+    finally:
+        conn.close()
+    assert lm.resources()["total_cores"] > 0
 
 
 def test_client_with_keys_of_another_run_is_refused(lm, tmp_path, monkeypatch):

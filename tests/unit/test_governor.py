@@ -240,11 +240,25 @@ def test_never_fitting_job_fails_at_once_and_the_batch_runs(h):
 
 
 def test_never_fitting_iterative_job_fails_without_iterations(h):
-    """Reference 7.2: more nodes than exist can never fit; an iterative job hands out no iteration."""
-    h.submit(J("n3", resources={"numNodes": {"exact": 3}}, iteration={"stop": 4}))
-    assert h.gov.registry.get("n3").state is JobState.FAILED
+    """Reference 7.2: more nodes than exist can never fit; an iterative job hands out no iteration, its
+    iterations read FAILED (so what waits for one of them is OMITTED, not left waiting) and count as
+    failed in the final status."""
+    from qcg.pilotjob.governor.views import job_stats
+
+    h.submit(J("n3", resources={"numNodes": {"exact": 3}}, iteration={"stop": 4}),
+             J("after_one", dependencies={"after": ["n3:1"]}),
+             J("each", iteration={"stop": 4}, dependencies={"after": ["n3:${it}"]}))
+    h.submit(J("later", dependencies={"after": ["n3:2"]}))
+    n3 = h.gov.registry.get("n3")
+    assert n3.state is JobState.FAILED and n3.iteration_state(1) is JobState.FAILED
+    assert h.gov.registry.get("after_one").state is JobState.OMITTED
+    assert h.gov.registry.get("later").state is JobState.OMITTED
+    h.drain()
+    assert h.gov.registry.get("each").state is JobState.FAILED      # every iteration OMITTED
     assert h.part.ids == []
     assert h.gov.all_finished
+    jstats, istats = job_stats(list(h.gov.registry))
+    assert istats["scheduling"] == 0 and istats["executing"] == 0
 
 
 def test_min_fits_is_accepted(h):

@@ -41,6 +41,15 @@ def records(path):
     return list(msgpack.Unpacker(io.BytesIO(path.read_bytes()), raw=False))
 
 
+def replay_into(h: Harness, replay: "jmod.Replay") -> None:
+    """What the service's `_replay` does: the journal's submissions and removals, in order."""
+    for step in replay.steps:
+        if isinstance(step, jmod.Removal):
+            h.gov.remove(step.names)
+        else:
+            h.gov.submit(step.descs, rcnt=step.rcnt, when=step.when, done=step.done)
+
+
 def test_submission_written_before_answer(aux):
     """Issue 3 / DESIGN principle 4: every accepted submission is journalled (on disk) before it is answered."""
     j = Journal(str(aux))
@@ -168,7 +177,48 @@ def test_removed_jobs_not_replayed(aux):
     h.gov.remove(["a"])
     j.close()
     replay = jmod.load(str(aux))
-    assert [d.name for s in replay.submissions for d in s.descs] == ["b"]
+    h2 = Harness()
+    replay_into(h2, replay)
+    assert [j.name for j in h2.gov.registry] == ["b"]
+    h.close()
+    h2.close()
+
+
+def test_a_batch_depending_on_a_job_removed_later_is_resumed(aux):
+    """Reference 10.3.7 + 13.3: b was accepted after a (SUCCEED), then a was removed; the replay keeps the
+    journal's order (submit a, submit b, remove a), so b is resumed and released, not refused as depending
+    on an unknown job. A later submit after the resume never reuses a journalled request counter."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.add_listener(j)
+    h.submit(J("a"))
+    h.finish("a")
+    h.submit(J("b", dependencies={"after": ["a"]}), J("c"))
+    h.gov.remove(["a"])
+    h.submit(J("d"))
+    j.close()
+    h.close()
+    replay = jmod.load(str(aux))
+    assert replay.last_rcnt == 3
+    h2 = Harness()
+    replay_into(h2, replay)
+    h2.drain()
+    assert "a" not in h2.gov.registry
+    assert sorted(h2.part.ids) == ["b", "c", "d"]
+    h2.close()
+
+
+def test_removal_flushes_final_states_first(aux):
+    """A removal is journalled at once, final states in batches: the removed job's state reaches the disk
+    before its removal does, so a kill right after the removal cannot make the resume run it again."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.add_listener(j)
+    h.submit(J("a"))
+    h.finish("a")
+    h.gov.remove(["a"])
+    assert [x["task"] for x in lines(aux / jmod.STATES_FILE)] == ["a"]     # not closed, not flushed by hand
+    j.close()
     h.close()
 
 
@@ -227,3 +277,24 @@ def test_a_job_journalled_twice_keeps_its_first_record_and_states(aux):
     replay = jmod.load(str(aux))
     assert [[d.name for d in s.descs] for s in replay.submissions] == [["it"]]
     assert replay.submissions[0].done == {"it": {1: JobState.SUCCEED}}
+
+
+def test_a_user_cancel_stays_final_when_its_end_arrives_after_the_stop_began(aux):
+    """Reference 13.1: what the stop itself cancels runs again on resume, but a task (or a whole iterative
+    job) the user canceled stays canceled, even when its CANCELED end only arrives after a SIGTERM or
+    `finish` began the stop (the kill grace is seconds long)."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.add_listener(j)
+    j.canceled_by_user = h.gov.canceled_by_user
+    h.submit(J("mine"), J("sweep", iteration={"stop": 2}), J("other"))
+    assert {"mine", "sweep:0", "sweep:1", "other"} <= set(h.part.ids)
+    h.gov.cancel(["mine", "sweep"])                 # the user's; the partition has not answered yet
+    j.interrupting()
+    h.gov.cancel_everything()                       # the stop's
+    for tid in ("mine", "sweep:0", "sweep:1", "other"):
+        h.finish(tid, "CANCELED")
+    j.close()
+    final = {x["task"]: x["state"] for x in lines(aux / jmod.STATES_FILE)}
+    assert final == {"mine": "CANCELED", "sweep:0": "CANCELED", "sweep:1": "CANCELED", "sweep": "CANCELED"}
+    h.close()
