@@ -57,9 +57,11 @@ _OPEN = os.POSIX_SPAWN_OPEN
 _DUP2 = os.POSIX_SPAWN_DUP2
 _RD = os.O_RDONLY
 _WR = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-# Python ignores SIGPIPE and SIGXFSZ; ignored dispositions survive exec, so
-# reset them in the child (what subprocess does with restore_signals=True).
-_SIGDEF = tuple(s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if s)
+# Ignored dispositions survive exec, so the child gets the defaults back: Python ignores SIGPIPE and
+# SIGXFSZ (subprocess's restore_signals resets those), and an agent forked by its manager ignores SIGINT
+# and SIGTERM, which a task must not inherit: cancel and walltime begin with SIGTERM.
+_SIGDEF = tuple(s for s in (getattr(signal, name, None) for name in (
+    "SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")) if s)
 
 
 @dataclass(slots=True)

@@ -7,14 +7,23 @@ yet are accepted by the parser and refused with one clear line.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
 import click
 
 from qcg.pilotjob.agent.process_end import run_then_exit
+from qcg.pilotjob.api.protocol import KEYS_ENV
 from qcg.pilotjob.governor.logs import LEVELS
 from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """FloatRange lets nan through (no comparison is true) and inf would make a wait endless."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -52,8 +61,10 @@ from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
 @click.option("--slurm-partition-nodes", type=click.IntRange(1), metavar="N",
               help="split the nodes into partitions of N nodes, each run by its own manager (implies --governor)")
 @click.option("--partition-ready-threshold", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+              callback=_finite,
               help="fraction of partition managers that must register before work starts")
-@click.option("--partition-init-timeout", type=click.FloatRange(0, min_open=True), default=600, show_default=True,
+@click.option("--partition-init-timeout", type=click.FloatRange(0, min_open=True), default=600,
+              show_default=True, callback=_finite,
               help="seconds to wait for partition managers to register")
 @click.option("--keys", "keys_path", metavar="DIR",
               help="with --parent: the parent run's aux dir or keys directory (default $QCG_PM_KEYS)")
@@ -66,9 +77,10 @@ from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
 @click.option("--enable-rt-stats", is_flag=True, help="gather exact start and stop times of processes")
 @click.option("--wrapper-rt-stats", help="path of the runtime statistics wrapper")
 @click.option("--nl-init-timeout", type=click.FloatRange(0, min_open=True), default=600, show_default=True,
+              callback=_finite,
               help="seconds to wait for node agents")
 @click.option("--nl-ready-threshold", "--nl-ready-treshold", "nl_ready_threshold", type=float, default=1.0,
-              show_default=True, help="fraction (0.0-1.0) of node agents that must be ready")
+              show_default=True, callback=_finite, help="fraction (0.0-1.0) of node agents that must be ready")
 @click.option("--disable-pub", is_flag=True, help="disable the event publisher")
 @click.option("--nl-task-retries", type=click.IntRange(0, 100), default=1, show_default=True,
               help="how often a task lost with its node runs again elsewhere before it FAILS")
@@ -110,8 +122,8 @@ def cli(**opts: object) -> None:
     instance_id = opts["instance_id"]
     if instance_id is not None and (not str(instance_id).strip() or "/" in str(instance_id)
                                     or instance_id in (".", "..")):
-        click.echo(f"Error: --id '{instance_id}': must be a name without '/', not empty, '.' or '..' (it names the aux dir "
-                   f".qcgpjm-service-ID)", err=True)
+        click.echo(f"Error: --id '{instance_id}': must be a name without '/', not empty, '.' or '..' "
+                   f"(it names the aux dir .qcgpjm-service-ID)", err=True)
         sys.exit(EXIT_START_FAILED)
     tags = [t.strip() for t in str(opts["tags"] or "").split(",") if t.strip()]
     config = ServiceConfig(
@@ -134,8 +146,13 @@ def cli(**opts: object) -> None:
         slurm_partition_nodes=opts["slurm_partition_nodes"],  # type: ignore[arg-type]
         partition_ready_threshold=float(opts["partition_ready_threshold"]),  # type: ignore[arg-type]
         partition_init_timeout=float(opts["partition_init_timeout"]),  # type: ignore[arg-type]
-        keys=opts["keys_path"], aux_dir=opts["aux_dir"],  # type: ignore[arg-type]
+        # the service works in --wd; paths given relative to where it was started are resolved first
+        keys=os.path.abspath(str(opts["keys_path"])) if opts["keys_path"] else None,
+        aux_dir=opts["aux_dir"],  # type: ignore[arg-type]
     )
+    env_keys = os.environ.get(KEYS_ENV)
+    if env_keys:
+        os.environ[KEYS_ENV] = os.path.abspath(env_keys)
     sys.exit(run(config))
 
 
@@ -143,7 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "qcg-gov"
     if prog in ("__main__.py", "-c", "-m", ""):
         prog = "python -m qcg.pilotjob.service"
-    cli.main(args=argv, prog_name=prog, standalone_mode=True)
+    try:
+        code = cli.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()              # a bad option value is a start failure (exit 1), as every other one
+        sys.exit(EXIT_START_FAILED)
+    except click.Abort:
+        sys.exit(EXIT_START_FAILED)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def program() -> None:

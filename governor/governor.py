@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("governor")
 
+STOPPED = "canceled: the service stopped before it ended (--resume runs it again)"
+
 
 class PartitionPort(SizingPort, Protocol):
     """What the governor needs from a partition (in-process object or remote proxy)."""
@@ -306,7 +308,10 @@ class Governor:
             rec.allocation = self._describe(ev.allocation)
         if ev.partition is not None and rec.partition is None:
             rec.partition = ev.partition
-        rec.add_message(ev.message)
+        if self.stopping and ev.state == "CANCELED" and ev.task_id not in self.canceled_by_user:
+            rec.add_message(STOPPED)        # the partition only knows it was told to cancel
+        else:
+            rec.add_message(ev.message)
         state = STATE_OF[ev.state]
         if it is None:
             self._finish_job(job, state, when=ev.finished_at)
@@ -469,7 +474,7 @@ class Governor:
             if job.name in self.inflight:
                 to_partition.append(job.name)
             else:
-                job.record.add_message("canceled by user")
+                job.record.add_message(STOPPED if self.stopping else "canceled by user")
                 self._finish_job(job, JobState.CANCELED)
             return None
         assert job.indices is not None
@@ -502,7 +507,7 @@ class Governor:
         if it in job.released:
             job.released.remove(it)
         rec = IterationRecord(JobState.CANCELED)
-        rec.add_message("canceled by user")
+        rec.add_message(STOPPED if self.stopping else "canceled by user")
         job.its[it] = rec
         job.done_before[it] = JobState.CANCELED
         self._finish_iteration(job, it, rec, JobState.CANCELED)

@@ -71,16 +71,16 @@ class ManagerService(Service):
         except ParentError as exc:
             await self._stop_everything()
             return self._fail(str(exc))
-        signals = 0
+        signals: list[int] = []
 
         def on_signal(sig: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
+            signals.append(sig)
+            if len(signals) == 1:
                 log.warning("signal received: leaving the parent once our tasks end", signal=sig)
                 link.leave()
             else:
-                link._end(f"signal {sig}")
+                log.warning("second signal: stopping now, the parent runs our tasks elsewhere", signal=sig)
+                link.abandon(f"signal {sig}")
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
@@ -90,6 +90,8 @@ class ManagerService(Service):
         await link.close()
         for c in self._closers:
             c.close()
+        if len(signals) > 1:
+            return 128 + signals[-1]
         return EXIT_PARENT_LOST if why.startswith("parent lost") else EXIT_OK
 
     def _parent_keys(self) -> Any:

@@ -69,6 +69,8 @@ class ParentLink:
         self._finished: list[list[Any]] = []
         self._announced: set[str] = set()      # started tasks whose end is not reported yet
         self._flush_pending = False
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._abandoned = False
         self._last_seen = time.monotonic()
         self._done: asyncio.Future[str] | None = None
         self._registered: asyncio.Future[None] | None = None
@@ -125,6 +127,16 @@ class ParentLink:
         assert self._done is not None
         return await self._done
 
+    def abandon(self, why: str) -> None:
+        """Stop at once: what ended so far is reported, then the parent hears this manager is gone, so it
+        runs the rest elsewhere at once (as after a lost heartbeat); the ends of the tasks killed next
+        are not its business."""
+        self._flush()
+        self._send_now({"type": "gone", "reason": why})
+        self._abandoned = True
+        self._started, self._finished = [], []
+        self._end(why)
+
     def leave(self) -> None:
         """Ask to leave gracefully: no new tasks; the parent says `exit` when ours have ended."""
         self._send_now({"type": "leave"})
@@ -137,6 +149,9 @@ class ParentLink:
 
     async def close(self) -> None:
         self._flush()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()      # it would fire after the socket (and the log) closed
+        self._abandoned = True              # nothing is sent from now on
         for t in self._tasks:
             t.cancel()
         self.sock.close(linger=1000)
@@ -165,14 +180,14 @@ class ParentLink:
             self.resources_changed()
 
     def _request_flush(self) -> None:
-        if not self._flush_pending:
+        if not self._flush_pending and not self._abandoned:
             self._flush_pending = True
             # a short wait gathers the exits of many tasks into one message (agents report one by one)
-            self.loop.call_later(EVENT_BATCH_DELAY, self._flush)
+            self._flush_timer = self.loop.call_later(EVENT_BATCH_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False
-        if not self._started and not self._finished:
+        if self._abandoned or (not self._started and not self._finished):
             return
         # the partition's resource numbers travel with its events, so the governor's are never stale
         msg = {"type": "events", "started": self._started, "finished": self._finished, "info": self.port.info()}

@@ -130,6 +130,9 @@ class PartitionServer:
                 self._update(peer, msg)
             elif kind == "leave":
                 self._leave(peer)
+            elif kind == "gone":
+                # stopped at once: its unfinished tasks run elsewhere now, not after the heartbeat timeout
+                self.lose(peer.id, f"the partition manager stopped ({str(msg.get('reason'))[:200]})")
             else:
                 log.warning("unknown partition message dropped", type=kind, partition=peer.id)
         except (wire.WireError, ValueError, TypeError, KeyError) as exc:

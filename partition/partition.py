@@ -63,6 +63,7 @@ class Partition:
         self.launcher: Launcher = launcher or LocalLauncher(loop, self._launched, self._exited)
         self._pass_pending = False
         self._deferring = False          # inside an exit callback: run the pass at its end
+        self._closing = False
         self._hold_until = 0.0           # loop time before which a requested pass does not launch
         self._env_cache: dict[tuple, dict[str, str]] = {}
         cores = resources.total_cores
@@ -109,6 +110,8 @@ class Partition:
             self.resources.set_node_down(node)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
+        # nothing more starts: the ends of the tasks being killed would otherwise free cores for the queue
+        self._closing = True
         await self.launcher.shutdown(timeout)
 
     # ------------------------------------------------------------- scheduling
@@ -126,7 +129,7 @@ class Partition:
         self._hold_until = max(self._hold_until, self.loop.time() + seconds)
 
     def _request_pass(self) -> None:
-        if self._deferring:
+        if self._deferring or self._closing:
             return
         if not self._pass_pending and len(self.scheduler):
             self._pass_pending = True
@@ -137,6 +140,8 @@ class Partition:
 
     def _pass(self) -> None:
         self._pass_pending = False
+        if self._closing:
+            return
         for task, allocation in self.scheduler.schedule():
             self._start(task, allocation)
 

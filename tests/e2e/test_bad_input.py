@@ -236,12 +236,16 @@ def test_request_not_an_object(service):
     (["--id", ".."], ["--id", ".."]),
     (["--nl-init-timeout", "-1"], ["--nl-init-timeout"]),
     (["--partition-init-timeout", "0"], ["--partition-init-timeout"]),
+    (["--partition-init-timeout", "inf"], ["--partition-init-timeout"]),
+    (["--partition-ready-threshold", "nan"], ["--partition-ready-threshold"]),
+    (["--slurm-partition-nodes", "0"], ["--slurm-partition-nodes"]),
 ])
 def test_bad_option_values(service, args, names):
     """Issue 3 "Bad input" (reference 6, the options): a value the run cannot use stops it before anything
-    runs, with one clear line naming the option; never a traceback, never a silent fallback."""
+    runs, with one clear line naming the option, exit code 1 (README "Exit codes"); never a traceback,
+    never a silent fallback."""
     r = service([submit(job("a"))], *args)
-    assert r.rc != 0
+    assert r.rc == 1
     r.assert_no_traceback()
     text = r.stderr
     assert all(name in text for name in names), text

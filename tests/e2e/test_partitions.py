@@ -264,6 +264,53 @@ def test_killed_partition_manager_tasks_run_elsewhere(gov, tmp_path):
     assert len(moved) == 1 and moved[0]["runtime"]["partition"] == "part-1"
 
 
+def test_second_sigterm_stops_a_manager_at_once_and_its_tasks_run_elsewhere(gov, tmp_path):
+    """README "Attaching": the first SIGTERM makes a manager leave once its tasks end, a second stops it at
+    once. Issue 6 "Faults": its unfinished tasks then run in the other partition (the governor hears it is
+    gone, no heartbeat timeout needed), none ends CANCELED, and the stopped manager starts nothing more."""
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    script = (f"echo $QCG_PM_NODELIST >> {marks}/${{it}}; "
+              f"for i in $(seq 600); do [ -e {gate} ] && break; sleep 0.1; done")
+    gov.submit(Jobs().add(name="g", exec="/bin/bash", args=["-c", script], iteration=6))
+    deadline = time.monotonic() + WAIT
+    while len(list(marks.iterdir())) < 4:        # 2 cores in each partition: 4 run, 2 wait
+        assert time.monotonic() < deadline, "the iterations did not start"
+        time.sleep(0.05)
+    part0 = manager_processes(gov.qcgpm_process.pid)["part-0"]
+    part0.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    part0.send_signal(signal.SIGTERM)
+    gone, alive = psutil.wait_procs([part0], timeout=WAIT)
+    assert alive == [], "the manager did not stop after the second SIGTERM"
+    gate.touch()
+    assert gov.wait4("g", timeout=WAIT) == {"g": "SUCCEED"}
+    runs = {i: (marks / str(i)).read_text().split() for i in range(6)}
+    assert all(nodes[-1] == "b" for nodes in runs.values() if "a" in nodes), runs    # a's ran again on b
+    assert gov.system_status()["LostPartitions"] == ["part-0"]
+
+
+def test_manager_attaches_with_relative_keys_path(tmp_path):
+    """README "Attaching" (`--keys W/.qcgpjm-service-ID`, a path relative to where the manager starts):
+    the manager works in its --wd, yet finds the keys, registers and runs work."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    for governor in local_manager(["--governor", "--wd", str(wd)], client_cfg(tmp_path)):
+        keys = os.path.relpath(governor.aux_dir, tmp_path)
+        assert not os.path.isabs(keys)
+        proc = subprocess.Popen([*SERVICE, "--parent", governor.address, "--keys", keys, "--id", "rel",
+                                 "--nodes", "1", "--wd", str(tmp_path / "mwd")], cwd=str(tmp_path),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            governor.submit(Jobs().add(name="j", exec="/bin/true"))
+            assert governor.wait4("j", timeout=WAIT) == {"j": "SUCCEED"}, proc.stderr
+            assert [p["id"] for p in governor.system_status()["Partitions"]] == ["rel"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, err
+
+
 # ------------------------------------------------------------------------ regressions
 def test_spawn_failure_names_its_partition(service):
     """Issue 6 "jobs.report runtime has a new 'partition' key": also for a task that failed to start in a

@@ -330,8 +330,10 @@ def test_cpu_binding_drops_cpus_that_do_not_exist(tmp_path, caplog):
     assert any("none of the requested CPUs" in r.getMessage() for r in caplog.records)
 
 
-def test_sigpipe_default_in_child(tmp_path):
-    """Python ignores SIGPIPE; the child must get the default disposition back."""
+def test_ignored_signals_are_not_inherited(tmp_path):
+    """Python ignores SIGPIPE, and an agent forked by its partition manager ignores SIGINT and SIGTERM
+    (early_agents); a task must get the default dispositions back: cancel and walltime begin with SIGTERM
+    (issue 3 "cancel and walltime kill the whole process group (TERM, then KILL)")."""
     async def main():
         loop = asyncio.get_running_loop()
         sp = ProcessSpawner(loop)
@@ -340,9 +342,16 @@ def test_sigpipe_default_in_child(tmp_path):
                                 stdout=str(tmp_path / "o")), col)
         await col.wait(1)
         ign = int((tmp_path / "o").read_text().split()[1], 16)
-        assert not ign & (1 << (signal.SIGPIPE - 1))
+        for sig in (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            assert not ign & (1 << (sig - 1)), sig
         await sp.shutdown()
-    run(main())
+
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        run(main())
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def test_own_process_group(tmp_path):
@@ -457,3 +466,4 @@ def test_adopted_child_is_stopped_with_its_own_signal(tmp_path):
         assert ev.exit_code == 5 and ev.killed == "canceled"
         await sp.shutdown()
     run(main())
+
