@@ -66,6 +66,11 @@ class RemotePartition:
         self._flush()       # a cancel must not overtake the dispatch of the same task
         self._send(self.ident, protocol.encode({"type": "cancel", "tasks": task_ids}))
 
+    def retract(self, task_ids: list[str]) -> None:
+        """Ask for these queued tasks back; the answer is a `retracted` message (those not started)."""
+        self._flush()
+        self._send(self.ident, protocol.encode({"type": "retract", "tasks": task_ids}))
+
     def never_fits(self, request: ResourceRequest) -> str | None:
         return self.resources.never_fits(request)
 
@@ -130,6 +135,8 @@ class PartitionServer:
                 self._update(peer, msg)
             elif kind == "leave":
                 self._leave(peer)
+            elif kind == "retracted":
+                self.pset.retracted(peer.id, [str(t) for t in msg.get("tasks") or ()])
             elif kind == "gone":
                 # stopped at once: its unfinished tasks run elsewhere now, not after the heartbeat timeout
                 self.lose(peer.id, f"the partition manager stopped ({str(msg.get('reason'))[:200]})")

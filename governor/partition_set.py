@@ -9,7 +9,9 @@ sees the sum of the credits as its own `queue_limit`, so tasks the set cannot
 place yet stay in the governor's heap, not here.
 
 Placement is round-robin over members with room that can fit the task. A
-task no member can ever fit fails at once. When a member is lost, every task
+task no member can ever fit fails at once. A member with idle cores gets
+part of the queue of the busiest member (tasks not started there, given
+back on request: `governor/rebalance.py`). When a member is lost, every task
 it held is dispatched again to the others: delivery is at-least-once (a task
 that had started may run twice), up to `MAX_MOVES` times per task.
 """
@@ -23,6 +25,7 @@ from typing import Any, Callable, Protocol
 
 import structlog
 
+from qcg.pilotjob.governor import rebalance
 from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec, TaskStarted
 
 log = structlog.get_logger("dispatch")
@@ -54,6 +57,8 @@ class Member:
     credit: int
     tags: list[str] = field(default_factory=list)
     inflight: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)       # of `inflight`: started there
+    retracting: set[str] = field(default_factory=set)    # of `inflight`: asked back (rebalance)
     draining: bool = False
     sent: int = 0                      # tasks handed to it, for the status report
     on_drained: Callable[[], None] | None = None
@@ -74,6 +79,7 @@ class MemberEvents:
 
     def task_started(self, ev: TaskStarted) -> None:
         if ev.task_id in self._member.inflight:
+            self._member.running.add(ev.task_id)
             ev.partition = self._member.id
             self._set.events.task_started(ev)
 
@@ -94,6 +100,8 @@ class PartitionSet:
         self._canceling: set[str] = set()     # dispatched tasks asked to stop: never dispatched again
         self._drain_pending = False
         self._rr = 0
+        self._rebalance_pending = False
+        self._retract_to: dict[str, str] = {}  # donor id -> the member its given-back tasks are for
         self._fits: dict[tuple[str, ResourceRequest], bool] = {}
         self.lost: list[str] = []
 
@@ -150,6 +158,9 @@ class PartitionSet:
                 self.events.task_redispatched(tid, f"{why}; dispatched again")
                 moved.append(spec)
         member.inflight.clear()
+        member.running.clear()
+        member.retracting.clear()
+        self._retract_to.pop(member_id, None)
         log.error("partition removed", partition=member_id, reason=reason, redispatched=len(moved))
         self._backlog.extendleft(reversed(moved))
         self._capacity_changed()
@@ -248,18 +259,83 @@ class PartitionSet:
             if member is None:
                 skipped.append(spec)
                 continue
-            tid = spec.task_id
-            member.inflight.add(tid)
-            member.sent += 1
-            self._where[tid] = member
-            self._specs[tid] = spec
-            batches.setdefault(member.id, []).append(spec)
+            self._place(member, spec, batches)
             if member.room <= 0:
                 members.remove(member)
         backlog.extendleft(reversed(skipped))
         for mid, batch in batches.items():
             self.members[mid].port.submit(batch)
         self._fail_unplaceable()
+
+    def _place(self, member: Member, spec: TaskSpec, batches: dict[str, list[TaskSpec]]) -> None:
+        tid = spec.task_id
+        member.inflight.add(tid)
+        member.sent += 1
+        self._where[tid] = member
+        self._specs[tid] = spec
+        batches.setdefault(member.id, []).append(spec)
+
+    # ------------------------------------------------------------ rebalance
+    def _request_rebalance(self) -> None:
+        if not self._rebalance_pending and len(self.members) > 1:
+            self._rebalance_pending = True
+            self.loop.call_soon(self._rebalance)
+
+    def _rebalance(self) -> None:
+        """Ask the busiest member to give back part of its queue for a member with idle cores."""
+        self._rebalance_pending = False
+        if self._backlog:
+            return              # placed first, by `_drain`
+        plan = rebalance.pick(self.members.values(), lambda tid: self._specs[tid].seq)
+        if plan is None:
+            return
+        donor, target, task_ids = plan
+        donor.retracting.update(task_ids)
+        self._retract_to[donor.id] = target.id
+        log.info("queued tasks asked back", partition=donor.id, target=target.id, tasks=len(task_ids))
+        donor.port.retract(task_ids)  # type: ignore[attr-defined]
+
+    def retracted(self, member_id: str, task_ids: list[str]) -> None:
+        """The member gave back these tasks (not started there); the others it was asked for have started."""
+        donor = self.members.get(member_id)
+        if donor is None:
+            return
+        target = self.members.get(self._retract_to.pop(member_id, ""))
+        back: list[TaskSpec] = []
+        for tid in task_ids:
+            if tid not in donor.retracting or tid in donor.running:
+                continue
+            donor.inflight.discard(tid)
+            self._where.pop(tid, None)
+            spec = self._specs.pop(tid)
+            if tid in self._canceling:
+                self._canceling.discard(tid)
+                self._report_later(TaskFinished(tid, "CANCELED", message="canceled by user"))
+            else:
+                back.append(spec)
+        donor.retracting.clear()
+        back.sort(key=lambda spec: spec.seq)
+        batch: dict[str, list[TaskSpec]] = {}
+        rest: list[TaskSpec] = []
+        for spec in back:
+            if target is not None and target.room > 0 and self._pick([target], spec.resources) is target:
+                self._place(target, spec, batch)
+            else:
+                rest.append(spec)
+        if batch and target is not None:
+            target.port.submit(batch[target.id])
+        self._backlog.extendleft(reversed(rest))
+        self._request_drain()
+        self._maybe_drained(donor)
+        self._request_rebalance()
+
+    def retract(self, task_ids: list[str]) -> list[str]:
+        """As a member of a parent governor (nesting): give back the tasks not handed to a partition yet."""
+        wanted = set(task_ids)
+        taken = [spec.task_id for spec in self._backlog if spec.task_id in wanted]
+        if taken:
+            self._backlog = deque(spec for spec in self._backlog if spec.task_id not in wanted)
+        return taken
 
     def _pick(self, members: list[Member], request: ResourceRequest) -> Member | None:
         n = len(members)
@@ -293,6 +369,8 @@ class PartitionSet:
         if tid not in member.inflight:
             return            # a late word from a task already moved elsewhere
         member.inflight.discard(tid)
+        member.running.discard(tid)
+        member.retracting.discard(tid)
         self._where.pop(tid, None)
         self._specs.pop(tid, None)
         if self._moves:                 # both almost always empty
@@ -304,6 +382,9 @@ class PartitionSet:
         if member.draining:
             self._maybe_drained(member)
         self._request_drain()
+        if len(member.inflight) == len(member.running):
+            # nothing queued there any more: its next free core may idle while others hold queues
+            self._request_rebalance()
 
     def _maybe_drained(self, member: Member) -> None:
         if member.draining and not member.inflight and member.on_drained is not None:
@@ -315,5 +396,6 @@ class PartitionSet:
 
     def _capacity_changed(self) -> None:
         self._request_drain()
+        self._request_rebalance()
         if self.events is not None:
             self.loop.call_soon(self.events.capacity_changed)

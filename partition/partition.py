@@ -97,6 +97,10 @@ class Partition:
                 run.canceled = True
                 self.launcher.cancel(tid)
 
+    def retract(self, task_ids: list[str]) -> list[str]:
+        """Give back the tasks still waiting here (not started): the governor runs them elsewhere."""
+        return [tid for tid in task_ids if self.scheduler.remove(tid) is not None]
+
     def attach_launcher(self, launcher: Launcher) -> None:
         """Use `launcher` (e.g. node agents) instead of launching locally; call before any task runs."""
         self.launcher = launcher

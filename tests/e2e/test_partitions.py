@@ -311,6 +311,42 @@ def test_manager_attaches_with_relative_keys_path(tmp_path):
         assert proc.returncode == 0, err
 
 
+def test_partition_attaching_later_takes_over_queued_work(tmp_path):
+    """Issue 6 "Dispatch ... so no partition idles while another has a backlog" and "Attaching ... at any
+    time": a 1-core manager holds 8 queued tasks when a 4-core manager attaches; the newcomer is given
+    part of that queue (tasks not started yet) instead of idling, and every task runs once."""
+    wd, marks = tmp_path / "wd", tmp_path / "marks"
+    wd.mkdir()
+    marks.mkdir()
+    for governor in local_manager(["--governor", "--wd", str(wd)], client_cfg(tmp_path)):
+        managers = []
+
+        def attach(member_id: str, nodes: str) -> None:
+            managers.append(subprocess.Popen(
+                [*SERVICE, "--parent", governor.address, "--keys", governor.aux_dir, "--id", member_id,
+                 "--nodes", nodes, "--wd", str(tmp_path / member_id)], cwd=str(tmp_path),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        try:
+            attach("small", "s:1")
+            deadline = time.monotonic() + WAIT
+            while not governor.system_status()["Partitions"]:
+                assert time.monotonic() < deadline, "the first manager did not attach"
+                time.sleep(0.1)
+            governor.submit(Jobs().add(name="q", exec="/bin/bash", iteration=8,
+                                       args=["-c", f"echo $QCG_PM_NODELIST >> {marks}/${{it}}; sleep 1"]))
+            attach("big", "b:4")
+            assert governor.wait4("q", timeout=WAIT) == {"q": "SUCCEED"}
+        finally:
+            for proc in managers:
+                proc.send_signal(signal.SIGTERM)
+            for proc in managers:
+                proc.wait(WAIT)
+        runs = {i: (marks / str(i)).read_text().split() for i in range(8)}
+        assert all(len(nodes) == 1 for nodes in runs.values()), runs        # each ran once
+        assert sum(nodes == ["b"] for nodes in runs.values()) >= 2, runs   # the newcomer took its share
+
+
 # ------------------------------------------------------------------------ regressions
 def test_spawn_failure_names_its_partition(service):
     """Issue 6 "jobs.report runtime has a new 'partition' key": also for a task that failed to start in a

@@ -110,8 +110,8 @@ class World:
         self.fakes: dict[str, FakeMember] = {}
         self.events: dict[str, MemberEvents] = {}
 
-    def add(self, member_id: str, credit: int, nodes: str = "2") -> FakeMember:
-        fake = FakeMember(nodes)
+    def add(self, member_id: str, credit: int, nodes: str = "2", fake: FakeMember | None = None) -> FakeMember:
+        fake = fake or FakeMember(nodes)
         member = self.pset.add_member(member_id, fake, credit)
         self.fakes[member_id] = fake
         self.events[member_id] = MemberEvents(self.pset, member)
@@ -544,3 +544,64 @@ def test_size_accepted_once_a_partition_that_fits_it_joins():
         assert big.got == ["second"]
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+class GivingMember(FakeMember):
+    """A member that can give back queued tasks (what a partition manager does on `retract`)."""
+
+    def __init__(self, nodes: str = "2") -> None:
+        super().__init__(nodes)
+        self.asked: list[list[str]] = []
+
+    def retract(self, task_ids: list[str]) -> None:
+        self.asked.append(list(task_ids))
+
+
+def test_idle_member_gets_part_of_the_busiest_queue():
+    """Issue 6 "Dispatch ... so no partition idles while another has a backlog": a partition that attaches
+    after the work was handed out gets part of the queue of the busiest one. Only tasks not started there
+    move, the newest first; the answer of the donor decides (a task it started meanwhile stays)."""
+
+    async def test(world):
+        w = world()
+        donor = w.add("A", 10, fake=GivingMember("1"))
+        w.pset.submit(specs(10))
+        await settle()
+        assert donor.got == [f"t{i}" for i in range(10)]
+        w.start("A", "t0")
+        b = w.add("B", 10, nodes="4")
+        await settle()
+        assert donor.asked == [["t6", "t7", "t8", "t9"]]             # half the queue, at most B's idle cores
+        w.start("A", "t9")                                            # started before the request arrived
+        w.pset.retracted("A", ["t6", "t7", "t8"])
+        await settle()
+        assert b.got == ["t6", "t7", "t8"]
+        assert sorted(w.pset.members["A"].inflight) == sorted(["t0", "t1", "t2", "t3", "t4", "t5", "t9"])
+        for tid in ("t6", "t7", "t8"):                                 # they end in B, reported as B's
+            w.start("B", tid)
+            w.finish("B", tid)
+        await settle()
+        assert [f.partition for f in w.sink.finished] == ["B", "B", "B"]
+
+    run(test)
+
+
+def test_given_back_task_canceled_meanwhile_is_not_run():
+    """A task the user canceled while it was being given back ends CANCELED, it is not placed again."""
+
+    async def test(world):
+        w = world()
+        donor = w.add("A", 4, fake=GivingMember("1"))
+        w.pset.submit(specs(4))
+        await settle()
+        w.start("A", "t0")
+        b = w.add("B", 4, nodes="2")
+        await settle()
+        asked = donor.asked[0]
+        w.pset.cancel([asked[-1]])
+        w.pset.retracted("A", asked)
+        await settle()
+        assert asked[-1] not in b.got
+        assert w.sink.final(asked[-1]).state == "CANCELED"
+
+    run(test)

@@ -1,0 +1,52 @@
+"""Which queued tasks to take back from a partition so that an idle one runs them.
+
+A partition holds up to its credit of tasks, running or queued, so that it
+never waits for the governor between two short tasks. The price: tasks
+queued in one partition wait there even when another has idle cores, as when
+a partition attaches after the work was handed out, or when one partition
+drew the long tasks. The set then asks the busiest partition to give back
+part of its queue (only tasks it has not started) and hands them to the idle
+one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.governor.partition_set import Member
+
+
+def idle_cores(member: "Member") -> int:
+    """Free cores not already promised to tasks queued with it (its last reported numbers)."""
+    queued = len(member.inflight) - len(member.running)
+    return int(member.port.info().get("free_cores", 0)) - queued
+
+
+def pick(members: Iterable["Member"], seq_of: Callable[[str], int]) -> tuple["Member", "Member", list[str]] | None:
+    """(donor, target, task ids to take back), or None when nothing is worth moving.
+
+    The target is the member that can take tasks with the most idle cores; the donor the one with the
+    most tasks queued and no give-back under way. Half the donor's queue moves, at most as many tasks as
+    the target has idle cores, the newest first: the oldest stay where they will start next.
+    """
+    members = list(members)
+    donor, most_queued = None, 0
+    for m in members:
+        queued = len(m.inflight) - len(m.running)
+        if queued > most_queued and not m.retracting and hasattr(m.port, "retract"):
+            donor, most_queued = m, queued
+    if donor is None:
+        return None
+    target, most_idle = None, 0
+    for m in members:
+        # a full member is no target: the common case costs no look at its numbers
+        if m is not donor and not m.draining and m.room > 0:
+            idle = idle_cores(m)
+            if idle > most_idle:
+                target, most_idle = m, idle
+    if target is None:
+        return None
+    count = min(most_idle, max(1, most_queued // 2))
+    queued_ids = sorted((t for t in donor.inflight if t not in donor.running), key=seq_of)
+    return donor, target, queued_ids[-count:]
