@@ -30,6 +30,7 @@ from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec,
 
 log = structlog.get_logger("dispatch")
 
+REBALANCE_DELAY = 0.05   # seconds between two looks for an idle member next to a busy one
 MAX_MOVES = 3            # re-dispatches of one task after losing its partition, then FAILED
 
 
@@ -279,7 +280,9 @@ class PartitionSet:
     def _request_rebalance(self) -> None:
         if not self._rebalance_pending and len(self.members) > 1:
             self._rebalance_pending = True
-            self.loop.call_soon(self._rebalance)
+            # a look over every member, at most every REBALANCE_DELAY: runs of short dependent tasks empty
+            # some queue at almost every end, and tasks worth moving last longer than that
+            self.loop.call_later(REBALANCE_DELAY, self._rebalance)
 
     def _rebalance(self) -> None:
         """Ask the busiest member to give back part of its queue for a member with idle cores."""

@@ -16,7 +16,7 @@ import pytest
 from qcg.pilotjob.api.jobdesc import Execution
 from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor, GovernorListener
-from qcg.pilotjob.governor.partition_set import MAX_MOVES, MemberEvents, PartitionSet
+from qcg.pilotjob.governor.partition_set import MAX_MOVES, REBALANCE_DELAY, MemberEvents, PartitionSet
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.partition.resources import local_resources
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
@@ -570,7 +570,7 @@ def test_idle_member_gets_part_of_the_busiest_queue():
         assert donor.got == [f"t{i}" for i in range(10)]
         w.start("A", "t0")
         b = w.add("B", 10, nodes="4")
-        await settle()
+        await asyncio.sleep(REBALANCE_DELAY * 2)
         assert donor.asked == [["t6", "t7", "t8", "t9"]]             # half the queue, at most B's idle cores
         w.start("A", "t9")                                            # started before the request arrived
         w.pset.retracted("A", ["t6", "t7", "t8"])
@@ -596,7 +596,7 @@ def test_given_back_task_canceled_meanwhile_is_not_run():
         await settle()
         w.start("A", "t0")
         b = w.add("B", 4, nodes="2")
-        await settle()
+        await asyncio.sleep(REBALANCE_DELAY * 2)
         asked = donor.asked[0]
         w.pset.cancel([asked[-1]])
         w.pset.retracted("A", asked)
