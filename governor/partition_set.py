@@ -31,6 +31,7 @@ from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec,
 log = structlog.get_logger("dispatch")
 
 REBALANCE_DELAY = 0.05   # seconds between two looks for an idle member next to a busy one
+REBALANCE_QUIET = 1.0    # seconds a member that gave nothing back is not asked again
 MAX_MOVES = 3            # re-dispatches of one task after losing its partition, then FAILED
 
 
@@ -59,7 +60,8 @@ class Member:
     tags: list[str] = field(default_factory=list)
     inflight: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)       # of `inflight`: started there
-    retracting: set[str] = field(default_factory=set)    # of `inflight`: asked back (rebalance)
+    retracting: set[str] = field(default_factory=set)    # the give-back request waiting for its answer
+    quiet_until: float = 0.0           # gave nothing back last time: not asked again before this
     draining: bool = False
     sent: int = 0                      # tasks handed to it, for the status report
     on_drained: Callable[[], None] | None = None
@@ -289,7 +291,9 @@ class PartitionSet:
         self._rebalance_pending = False
         if self._backlog:
             return              # placed first, by `_drain`
-        plan = rebalance.pick(self.members.values(), lambda tid: self._specs[tid].seq)
+        plan = rebalance.pick(self.members.values(), lambda tid: self._specs[tid].seq,
+                              lambda member, tid: self._fits_member(member, self._specs[tid].resources),
+                              self.loop.time())
         if plan is None:
             return
         donor, target, task_ids = plan
@@ -304,9 +308,10 @@ class PartitionSet:
         if donor is None:
             return
         target = self.members.get(self._retract_to.pop(member_id, ""))
+        asked, donor.retracting = donor.retracting, set()
         back: list[TaskSpec] = []
         for tid in task_ids:
-            if tid not in donor.retracting or tid in donor.running:
+            if tid not in asked or tid not in donor.inflight or tid in donor.running:
                 continue
             donor.inflight.discard(tid)
             self._where.pop(tid, None)
@@ -316,21 +321,23 @@ class PartitionSet:
                 self._report_later(TaskFinished(tid, "CANCELED", message="canceled by user"))
             else:
                 back.append(spec)
-        donor.retracting.clear()
+        if not back:
+            # nothing was still queued there (a nested governor keeps its queue with its own members)
+            donor.quiet_until = self.loop.time() + REBALANCE_QUIET
         back.sort(key=lambda spec: spec.seq)
         batch: dict[str, list[TaskSpec]] = {}
         rest: list[TaskSpec] = []
         for spec in back:
-            if target is not None and target.room > 0 and self._pick([target], spec.resources) is target:
+            if target is not None and target.room > 0 and self._fits_member(target, spec.resources):
                 self._place(target, spec, batch)
             else:
                 rest.append(spec)
         if batch and target is not None:
             target.port.submit(batch[target.id])
+            self._request_rebalance()       # more may move on the next look; only after progress
         self._backlog.extendleft(reversed(rest))
         self._request_drain()
         self._maybe_drained(donor)
-        self._request_rebalance()
 
     def retract(self, task_ids: list[str]) -> list[str]:
         """As a member of a parent governor (nesting): give back the tasks not handed to a partition yet."""
@@ -340,15 +347,18 @@ class PartitionSet:
             self._backlog = deque(spec for spec in self._backlog if spec.task_id not in wanted)
         return taken
 
+    def _fits_member(self, member: Member, request: ResourceRequest) -> bool:
+        key = (member.id, request)
+        fits = self._fits.get(key)
+        if fits is None:
+            fits = self._fits[key] = member.port.never_fits(request) is None
+        return fits
+
     def _pick(self, members: list[Member], request: ResourceRequest) -> Member | None:
         n = len(members)
         for k in range(n):
             m = members[(self._rr + k) % n]
-            key = (m.id, request)
-            fits = self._fits.get(key)
-            if fits is None:
-                fits = self._fits[key] = m.port.never_fits(request) is None
-            if fits:
+            if self._fits_member(m, request):
                 self._rr = (self._rr + k + 1) % max(1, n)
                 return m
         return None
@@ -373,7 +383,6 @@ class PartitionSet:
             return            # a late word from a task already moved elsewhere
         member.inflight.discard(tid)
         member.running.discard(tid)
-        member.retracting.discard(tid)
         self._where.pop(tid, None)
         self._specs.pop(tid, None)
         if self._moves:                 # both almost always empty

@@ -23,18 +23,20 @@ def idle_cores(member: "Member") -> int:
     return int(member.port.info().get("free_cores", 0)) - queued
 
 
-def pick(members: Iterable["Member"], seq_of: Callable[[str], int]) -> tuple["Member", "Member", list[str]] | None:
+def pick(members: Iterable["Member"], seq_of: Callable[[str], int], fits: Callable[["Member", str], bool],
+         now: float) -> tuple["Member", "Member", list[str]] | None:
     """(donor, target, task ids to take back), or None when nothing is worth moving.
 
     The target is the member that can take tasks with the most idle cores; the donor the one with the
-    most tasks queued and no give-back under way. Half the donor's queue moves, at most as many tasks as
-    the target has idle cores, the newest first: the oldest stay where they will start next.
+    most tasks queued, no give-back request unanswered and no empty answer lately. Half the donor's
+    queue moves, at most as many tasks as the target has idle cores, only tasks the target can run, the
+    newest first: the oldest stay where they will start next.
     """
     members = list(members)
     donor, most_queued = None, 0
     for m in members:
         queued = len(m.inflight) - len(m.running)
-        if queued > most_queued and not m.retracting and hasattr(m.port, "retract"):
+        if queued > most_queued and not m.retracting and m.quiet_until <= now and hasattr(m.port, "retract"):
             donor, most_queued = m, queued
     if donor is None:
         return None
@@ -48,5 +50,7 @@ def pick(members: Iterable["Member"], seq_of: Callable[[str], int]) -> tuple["Me
     if target is None:
         return None
     count = min(most_idle, max(1, most_queued // 2))
-    queued_ids = sorted((t for t in donor.inflight if t not in donor.running), key=seq_of)
+    queued_ids = sorted((t for t in donor.inflight if t not in donor.running and fits(target, t)), key=seq_of)
+    if not queued_ids:
+        return None
     return donor, target, queued_ids[-count:]

@@ -586,22 +586,67 @@ def test_idle_member_gets_part_of_the_busiest_queue():
     run(test)
 
 
+async def busy_and_idle(w: World, tasks: int, credit: int, idle_nodes: str) -> tuple[GivingMember, FakeMember]:
+    """A 1-core member A holding `tasks` (one started), then an idle member B attaches; after one look."""
+    donor = w.add("A", credit, fake=GivingMember("1"))
+    w.pset.submit(specs(tasks))
+    await settle()
+    w.start("A", "t0")
+    idle = w.add("B", credit, nodes=idle_nodes)
+    await asyncio.sleep(REBALANCE_DELAY * 2)
+    return donor, idle  # type: ignore[return-value]
+
+
 def test_given_back_task_canceled_meanwhile_is_not_run():
     """A task the user canceled while it was being given back ends CANCELED, it is not placed again."""
 
     async def test(world):
         w = world()
-        donor = w.add("A", 4, fake=GivingMember("1"))
-        w.pset.submit(specs(4))
-        await settle()
-        w.start("A", "t0")
-        b = w.add("B", 4, nodes="2")
-        await asyncio.sleep(REBALANCE_DELAY * 2)
+        donor, b = await busy_and_idle(w, 4, 4, "2")
         asked = donor.asked[0]
         w.pset.cancel([asked[-1]])
         w.pset.retracted("A", asked)
         await settle()
         assert asked[-1] not in b.got
         assert w.sink.final(asked[-1]).state == "CANCELED"
+
+    run(test)
+
+
+def test_one_give_back_request_per_member_until_answered():
+    """A second request to the same member waits for the answer to the first, even when the tasks asked
+    for first ended meanwhile: answers are matched to the request they answer, no task is left behind."""
+
+    async def test(world):
+        w = world()
+        donor, b = await busy_and_idle(w, 10, 10, "1")
+        assert donor.asked == [["t9"]]
+        w.start("A", "t9")                       # started and ended before the request arrived
+        w.finish("A", "t9")
+        w.pset.update_member("B", 10)
+        await asyncio.sleep(REBALANCE_DELAY * 2)
+        assert donor.asked == [["t9"]], "asked again before the answer"
+        w.pset.retracted("A", [])
+        await asyncio.sleep(REBALANCE_DELAY * 2)
+        w.pset.update_member("B", 10)
+        await asyncio.sleep(REBALANCE_DELAY * 2)
+        assert len(donor.asked) == 1, "an empty answer makes the member quiet for a while"
+        assert b.got == []
+
+    run(test)
+
+
+def test_no_give_back_of_tasks_the_idle_member_cannot_run():
+    """Tasks too big for the idle member stay queued where they are: no request, so no round trips."""
+
+    async def test(world):
+        w = world()
+        donor = w.add("A", 10, nodes="8", fake=GivingMember("8"))
+        w.pset.submit([spec(f"t{i}", ResourceRequest(8, 8), seq=i) for i in range(4)])
+        await settle()
+        w.start("A", "t0")
+        w.add("B", 10, nodes="4", fake=GivingMember("4"))
+        await asyncio.sleep(REBALANCE_DELAY * 3)
+        assert donor.asked == []
 
     run(test)
