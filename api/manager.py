@@ -51,6 +51,8 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +138,9 @@ def _event_name(data: dict[str, Any]) -> str | None:
 class TimeStamp:
     """Tracks the timeout of one wait (reference 22.1.4 `TimeStamp`)."""
 
+    #: the least a request gets even when the wait is almost over (a last look at the jobs' states)
+    MIN_REQUEST_TIME = 0.1
+
     def __init__(self, manager: "Manager", timeout_secs: float | None = None) -> None:
         self.started = datetime.now()
         self._start = time.monotonic()
@@ -157,6 +162,22 @@ class TimeStamp:
         if rest is not None and rest <= 0:
             raise errors.TimeoutElapsed(f"timeout of {self.timeout_secs} s elapsed")
         return False
+
+    def request_timeout(self) -> float | None:
+        """How long one request of this wait may take: what is left of it (None: the connection's own)."""
+        rest = self.remaining()
+        if rest is None:
+            return None
+        return min(self.manager.request_timeout, max(rest, self.MIN_REQUEST_TIME))
+
+    @contextmanager
+    def bounded(self) -> Iterator[None]:
+        """A request cut short by this wait's end (`request_timeout`) is the wait's timeout elapsing."""
+        try:
+            yield
+        except transport.ServiceUnreachable:
+            self.check_timeout()
+            raise
 
     def get_poll_time(self) -> float:
         """The poll delay, cut to what is left of the timeout (TimeoutElapsed if nothing is)."""
@@ -454,7 +475,7 @@ class Manager:
         result: dict[str, str] = {}
         self._drain_events()
         not_finished = set(job_names)
-        self._update_from_status(not_finished, result)
+        self._update_from_status(not_finished, result, stamp)
         by_event: set[str] = set()
         recheck = self._recheck_schedule()
         while not_finished or by_event:
@@ -463,7 +484,7 @@ class Manager:
                 confirm, by_event = by_event, set()
                 for name in confirm:
                     result.pop(name, None)
-                self._update_from_status(confirm, result)
+                self._update_from_status(confirm, result, stamp)
                 not_finished |= confirm
                 continue
             stamp.check_timeout()
@@ -478,15 +499,17 @@ class Manager:
                     result[name] = data["state"]
                     by_event.add(name)
             if recheck.due():
-                self._update_from_status(not_finished, result)
+                self._update_from_status(not_finished, result, stamp)
                 recheck.done()
         _logger.info("all %d awaited jobs finished", len(job_names))
         return {name: result[name] for name in job_names if name in result}
 
-    def _update_from_status(self, not_finished: set[str], result: dict[str, str]) -> None:
+    def _update_from_status(self, not_finished: set[str], result: dict[str, str], stamp: TimeStamp) -> None:
         if not not_finished:
             return
-        data = self.status(sorted(not_finished))
+        with stamp.bounded():
+            data = self._send_and_validate_result({"request": "jobStatus", "jobNames": sorted(not_finished)},
+                                                  timeout=stamp.request_timeout())
         jobs = data.get("jobs") if isinstance(data, dict) else None
         if not isinstance(jobs, dict):
             raise errors.InternalError("Invalid reply from the service: missing jobs")
@@ -502,15 +525,17 @@ class Manager:
                 not_finished.discard(name)
                 result[name] = state
 
-    def _all_finished(self) -> bool:
-        data = self._send_and_validate_result({"request": "status", "options": {"allJobsFinished": True}})
+    def _all_finished(self, stamp: TimeStamp) -> bool:
+        with stamp.bounded():
+            data = self._send_and_validate_result({"request": "status", "options": {"allJobsFinished": True}},
+                                                  timeout=stamp.request_timeout())
         return bool(isinstance(data, dict) and data.get("AllJobsFinished", False))
 
     def wait4all(self, timeout_secs: float | None = None) -> None:
         """Wait until every job of the service is finished; TimeoutElapsed after `timeout_secs`."""
         stamp = TimeStamp(self, timeout_secs)
         self._drain_events()
-        if self._all_finished():
+        if self._all_finished(stamp):
             return
         recheck = self._recheck_schedule()
         while True:
@@ -520,7 +545,7 @@ class Manager:
                 if topic == protocol.TOPIC_NO_JOBS:
                     recheck.now()
             if recheck.due():
-                if self._all_finished():
+                if self._all_finished(stamp):
                     _logger.info("all jobs finished in the service")
                     return
                 recheck.done()

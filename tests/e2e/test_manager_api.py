@@ -287,6 +287,37 @@ def test_dead_remote_service_raises_connection_error(tmp_path):
         manager.finish()
 
 
+@pytest.mark.parametrize("wait", ["wait4", "wait4all"])
+def test_wait_on_a_dead_service_keeps_its_own_timeout(tmp_path, wait):
+    """Issue 4 "Client calls to a dead or unreachable service raise ConnectionError/TimeoutElapsed within
+    their timeout": a wait of 3 s must not run on for the connection's request timeout (60 s by default)
+    because the service died under it. The bound checked here (30 s) only tells a finished wait from one
+    that waits out the request timeout."""
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path))
+    try:
+        remote = Manager(manager.aux_dir, client_cfg(tmp_path, request_timeout=60))
+        remote.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]))
+        os.kill(manager.qcgpm_process.pid, signal.SIGKILL)
+        manager.qcgpm_process.wait(WAIT)
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                remote.wait4("long", timeout=3) if wait == "wait4" else remote.wait4all(timeout_secs=3)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the wait
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=call, daemon=True)
+        waiter.start()
+        waiter.join(30)
+        assert not waiter.is_alive(), f"{wait}(3 s) still waiting after 30 s"
+        assert isinstance(outcome[0], (errors.ConnectionError, errors.TimeoutElapsed)), outcome
+        remote.close()
+    finally:
+        manager.finish()
+
+
 def test_unreachable_address_raises_connection_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(errors.ConnectionError):
