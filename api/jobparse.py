@@ -336,12 +336,17 @@ _WALLTIMES: dict[str, float] = {}
 _CACHE_LIMIT = 4096
 
 
+def _keep(cache: dict, key: object, value: Any) -> Any:
+    """`value`, remembered under `key` while the cache has room (called on misses only)."""
+    if len(cache) < _CACHE_LIMIT:
+        cache[key] = value
+    return value
+
+
 def _exact_size(n: int) -> ResourceSize:
     size = _EXACT_SIZES.get(n)
     if size is None:
-        size = new_size(n, None, None, None)
-        if len(_EXACT_SIZES) < _CACHE_LIMIT:
-            _EXACT_SIZES[n] = size
+        size = _keep(_EXACT_SIZES, n, new_size(n, None, None, None))
     return size
 
 
@@ -398,8 +403,8 @@ def _walltime(raw: object, p: _Problems) -> float | None:
     except ValueError as exc:
         p.add("resources.wt", str(exc))
         return None
-    if raw.__class__ is str and len(_WALLTIMES) < _CACHE_LIMIT:
-        _WALLTIMES[raw] = wt  # type: ignore[index]
+    if raw.__class__ is str:
+        _keep(_WALLTIMES, raw, wt)
     return wt
 
 
@@ -452,9 +457,7 @@ def _parse_resources(data: object, p: _Problems) -> Resources | None:
         key = (cores, nodes, wt)  # hashable: sizes without scheduler hold only ints
         res = _SIMPLE_RESOURCES.get(key)
         if res is None:
-            res = new_resources(cores, nodes, wt, None)
-            if len(_SIMPLE_RESOURCES) < _CACHE_LIMIT:
-                _SIMPLE_RESOURCES[key] = res
+            res = _keep(_SIMPLE_RESOURCES, key, new_resources(cores, nodes, wt, None))
         return res
     return new_resources(cores, nodes, wt, crs)
 
