@@ -308,7 +308,7 @@ class Governor:
             rec.allocation = self._describe(ev.allocation)
         if ev.partition is not None and rec.partition is None:
             rec.partition = ev.partition
-        if self.stopping and ev.state == "CANCELED" and ev.task_id not in self.canceled_by_user:
+        if ev.state == "CANCELED" and self.canceled_by_stop(ev.task_id):
             rec.add_message(STOPPED)        # the partition only knows it was told to cancel
         else:
             rec.add_message(ev.message)
@@ -474,7 +474,7 @@ class Governor:
             if job.name in self.inflight:
                 to_partition.append(job.name)
             else:
-                job.record.add_message(STOPPED if self.stopping else "canceled by user")
+                job.record.add_message(self._cancel_text())
                 self._finish_job(job, JobState.CANCELED)
             return None
         assert job.indices is not None
@@ -507,7 +507,7 @@ class Governor:
         if it in job.released:
             job.released.remove(it)
         rec = IterationRecord(JobState.CANCELED)
-        rec.add_message(STOPPED if self.stopping else "canceled by user")
+        rec.add_message(self._cancel_text())
         job.its[it] = rec
         job.done_before[it] = JobState.CANCELED
         self._finish_iteration(job, it, rec, JobState.CANCELED)
@@ -547,6 +547,14 @@ class Governor:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+    def canceled_by_stop(self, task_id: str) -> bool:
+        """Whether a CANCELED end of this task (or iterative job) came from the service stopping, not from a
+        user: the journal leaves it out so that `--resume` runs the task again."""
+        return self.stopping and task_id not in self.canceled_by_user
+
+    def _cancel_text(self) -> str:
+        return STOPPED if self.stopping else "canceled by user"
 
     def cancel_everything(self) -> None:
         """Cancel every unfinished job (used by `finish` and on signals)."""

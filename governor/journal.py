@@ -23,7 +23,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import msgpack
 import structlog
@@ -52,19 +52,10 @@ class Journal(GovernorListener):
         self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8")
         self._buffer: list[str] = []
         self._batch = batch
-        self._interrupting = False
         self._replaying = False
-        # the governor's: CANCELED ends that stay final even when they arrive after the stop began
-        self.canceled_by_user: set[str] | frozenset[str] = frozenset()
-
-    def interrupting(self) -> None:
-        """From now on, cancellations are the service stopping, not user decisions.
-
-        Tasks killed or never started because the service stops (signal,
-        `finish`) are not final for `--resume`: they run again there.
-        """
-        self.flush()
-        self._interrupting = True
+        # the governor's `canceled_by_stop`: tasks killed or never started because the service stops
+        # (signal, `finish`) are not final for `--resume`, they run again there; a user's cancel is final
+        self.canceled_by_stop: Callable[[str], bool] = _never
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
@@ -85,8 +76,7 @@ class Journal(GovernorListener):
         self._write_now(rec)
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
-        if self._interrupting and record.state is JobState.CANCELED \
-                and job.task_id(iteration) not in self.canceled_by_user:
+        if record.state is JobState.CANCELED and self.canceled_by_stop(job.task_id(iteration)):
             return
         it = "null" if iteration is None else iteration
         self._buffer.append(f'{{"task": {_str(job.task_id(iteration))}, "it": {it}, '
@@ -95,7 +85,7 @@ class Journal(GovernorListener):
             self.flush()
 
     def job_final(self, job: "JobRecord") -> None:
-        if self._interrupting and job.state is JobState.CANCELED and job.name not in self.canceled_by_user:
+        if job.state is JobState.CANCELED and self.canceled_by_stop(job.name):
             return
         if job.iterative:
             self._buffer.append(json.dumps({"task": job.name, "it": None, "state": job.state.value,
@@ -127,6 +117,10 @@ class Journal(GovernorListener):
         self.flush()
         self._reqs.close()
         self._states.close()
+
+
+def _never(_task_id: str) -> bool:
+    return False
 
 
 @dataclass

@@ -222,7 +222,7 @@ class Service:
         if self.publisher is not None:
             listeners.append(self.publisher)
         self.governor = Governor(loop, self.partition, listeners)
-        self.journal.canceled_by_user = self.governor.canceled_by_user
+        self.journal.canceled_by_stop = self.governor.canceled_by_stop
         if self.publisher is not None:
             self.publisher.governor = self.governor
         self.partition.events = self.governor
@@ -409,8 +409,9 @@ class Service:
         if self.zmq is not None:
             # the reply to this `finish` still goes out (it is sent right after this returns)
             self.zmq.stop_accepting()
-        # what this cancels is interrupted, not decided: `--resume` runs it again
-        self.journal.interrupting()
+        # what this cancels is interrupted, not decided: `--resume` runs it again (Governor.canceled_by_stop);
+        # what ended before is on disk before the stop begins
+        self.journal.flush()
         self.governor.cancel_everything()
         assert self._stop is not None
         self._stop.set()
@@ -515,7 +516,7 @@ class Service:
 
     async def _shutdown(self) -> None:
         if not self.governor.all_finished:
-            self.journal.interrupting()
+            self.journal.flush()
             self.governor.cancel_everything()
         if self.partitions is not None and not self.governor.all_finished and self.partition.members:
             # let canceled tasks report their ends from the partitions (bounded)

@@ -286,11 +286,10 @@ def test_a_user_cancel_stays_final_when_its_end_arrives_after_the_stop_began(aux
     j = Journal(str(aux))
     h = Harness()
     h.gov.add_listener(j)
-    j.canceled_by_user = h.gov.canceled_by_user
+    j.canceled_by_stop = h.gov.canceled_by_stop
     h.submit(J("mine"), J("sweep", iteration={"stop": 2}), J("other"))
     assert {"mine", "sweep:0", "sweep:1", "other"} <= set(h.part.ids)
     h.gov.cancel(["mine", "sweep"])                 # the user's; the partition has not answered yet
-    j.interrupting()
     h.gov.cancel_everything()                       # the stop's
     for tid in ("mine", "sweep:0", "sweep:1", "other"):
         h.finish(tid, "CANCELED")
