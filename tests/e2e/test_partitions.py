@@ -243,7 +243,9 @@ def test_killed_partition_manager_tasks_run_elsewhere(gov, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     script = f"echo $QCG_PM_NODELIST >> {marks}/${{it}}; sleep 2"
-    gov.submit(Jobs().add(name="s", exec="/bin/bash", args=["-c", script], iteration=2))
+    # each iteration needs a whole node, so while both run one is on a (part-0) and one on b (part-1); with one
+    # core each both may land on b, which leaves nothing for the kill to move
+    gov.submit(Jobs().add(name="s", exec="/bin/bash", args=["-c", script], iteration=2, numCores=2))
     deadline = time.monotonic() + WAIT
     while len(list(marks.iterdir())) < 2:
         assert time.monotonic() < deadline, "the iterations did not start"
