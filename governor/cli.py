@@ -131,6 +131,8 @@ def cli(**opts: object) -> None:
         resources=str(opts["resources"]), report_format=str(opts["report_format"]),
         report_file=str(opts["report_file"]), nodes=opts["nodes"], log_level=str(opts["log_level"]),  # type: ignore[arg-type]
         system_core=bool(opts["system_core"]), show_progress=bool(opts["show_progress"]),
+        enable_proc_stats=bool(opts["enable_proc_stats"]), enable_rt_stats=bool(opts["enable_rt_stats"]),
+        wrapper_rt_stats=opts["wrapper_rt_stats"],  # type: ignore[arg-type]
         id=opts["instance_id"], tags=tags, resume=opts["resume"],  # type: ignore[arg-type]
         net=net, net_port=opts["net_port"], net_pub_port=opts["net_pub_port"],  # type: ignore[arg-type]
         net_port_min=opts["net_port_min"], net_port_max=opts["net_port_max"],  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -67,10 +68,20 @@ def _runtime_json(rec: "IterationRecord") -> str:
 
 
 class JobReport(GovernorListener):
-    def __init__(self, path: str, fmt: str = "json", batch: int = 256) -> None:
+    """With `rt_stats` (`--enable-rt-stats`) each task that ran also gets `runtime.qcg_finish`.
+
+    A task's history already holds the real spawn and exit times (the node
+    agent takes them at `posix_spawn` and at its pidfd's wake-up, so no
+    wrapper program is needed); `qcg_finish` is when the governor learnt of
+    the end -- here, because the report hears of a task the moment the
+    governor has handled its end. `qcg-pm-report launch-stats` compares them.
+    """
+
+    def __init__(self, path: str, fmt: str = "json", batch: int = 256, rt_stats: bool = False) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"--report-format: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
         self._fmt = fmt
+        self._rt_stats = rt_stats
         self._file = open(path, "a", encoding="utf-8") if fmt != "none" else None
         self._buffer: list[str] = []
         self._batch = batch
@@ -108,14 +119,19 @@ class JobReport(GovernorListener):
                         f'{e[h[5]]}{iso(h[4])}"}}')
             else:
                 hist = ",".join([f'{e[h[i + 1]]}{iso(h[i])}"}}' for i in range(0, len(h), 2)])
+            runtime = _runtime_json(rec)
+            if self._rt_stats and rec.rtime is not None:
+                runtime += f',"qcg_finish": "{iso(time.time())}"'
             line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'
-                    f'"runtime": {{{_runtime_json(rec)}}}')
+                    f'"runtime": {{{runtime}}}')
             if job is not None:
                 line += self._job_part(job)
             self._buffer.append(line + (f',"messages": {_str(rec.messages)}}}' if rec.messages else "}"))
         else:
             hist = "\n\t".join(f"{fmt_time(ts)}: {st.value}" for ts, st in rec.history)
             runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime.items())
+            if self._rt_stats and rec.rtime is not None:
+                runtime += f"\n\tqcg_finish: {fmt_time(time.time())}"
             self._buffer.append(f"{name} ({rec.state.value}) {rec.messages or ''}\n\t{hist}\n\t{runtime}")
         if len(self._buffer) >= self._batch:
             self.flush()

@@ -58,6 +58,9 @@ class ServiceConfig:
     log_level: str = "info"
     system_core: bool = False
     show_progress: bool = False
+    enable_proc_stats: bool = False   # ptrace_*.log files of the launched processes (reference 16)
+    enable_rt_stats: bool = False     # runtime.qcg_finish in jobs.report, for qcg-pm-report (reference 14)
+    wrapper_rt_stats: str | None = None
     id: str | None = None
     tags: list[str] = field(default_factory=list)
     resume: str | None = None
@@ -188,6 +191,10 @@ class Service:
         self._closers.append(logs.setup(os.path.join(self.aux_dir, "service.log"), cfg.log_level))
         log.info("service starting", id=self.instance_id, wd=self.wd, resources=self.resources.info(),
                  tags=cfg.tags, resume=cfg.resume)
+        if cfg.wrapper_rt_stats:
+            # the original's C wrapper timed each process; our launchers time the spawn and the exit themselves
+            log.info("--wrapper-rt-stats not used: start and end times are taken by the launchers",
+                     wrapper=cfg.wrapper_rt_stats, rt_stats=cfg.enable_rt_stats)
         if cfg.net or cfg.governor_mode:
             try:
                 self._open_network()
@@ -214,7 +221,8 @@ class Service:
 
         gc.freeze()             # as tune_gc: the modules just loaded are never collected
         self.journal = Journal(self.aux_dir)
-        self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format)
+        self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format,
+                                rt_stats=cfg.enable_rt_stats)
         listeners: list[Any] = [self.journal, self.report]
         self.progress = Progress(loop) if cfg.show_progress else None
         if self.progress:
@@ -328,6 +336,8 @@ class Service:
             base.append("--disable-nl")
         if cfg.system_core:
             base.append("--system-core")
+        if cfg.enable_proc_stats:
+            base.append("--enable-proc-stats")
         self.starter.plan(groups, base_args=base, work_dir=os.path.join(self.aux_dir, "partitions"),
                           slurm=self.slurm_mode)
         log.info("starting partition managers", partitions=len(groups), nodes_per_partition=cfg.slurm_partition_nodes,

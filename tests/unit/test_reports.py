@@ -97,3 +97,35 @@ def test_dates_and_run_times_equal_datetime_texts():
     for seconds in runs:
         assert rtime_text(seconds) == str(timedelta(seconds=seconds)), seconds
     report.close()
+
+
+def test_rt_stats_add_when_the_governor_learnt_of_each_end(tmp_path):
+    """Reference 14.1 (`--enable-rt-stats`): next to the real start and end in a task's history, a task that
+    ran gets `runtime.qcg_finish`, the moment its end reached the report; tasks that never ran, whole
+    iterative jobs and runs without the flag get no such field, in json and in text."""
+    import time
+
+    desc = parse_jobs([{"name": "j", "execution": {"exec": "/bin/true"}}])[0]
+    base = time.time() - 5.0
+    for fmt in ("json", "text"):
+        for rt_stats in (True, False):
+            path = tmp_path / f"{fmt}-{rt_stats}.report"
+            report = JobReport(str(path), fmt, rt_stats=rt_stats)
+            ran = _record([base, base + 1.0, base + 2.0], [JobState.SCHEDULED, JobState.EXECUTING, JobState.SUCCEED])
+            ran.rtime, ran.exit_code = 1.0, 0
+            job = JobRecord(desc=desc, seq=1, rcnt=1, submitted_at=datetime.now())
+            before = time.time()
+            report.task_final(job, 0, ran)
+            after = time.time()
+            job.record = _record([base, base + 3.0], [JobState.QUEUED, JobState.OMITTED])    # never ran
+            report.job_final(job)
+            report.close()
+            if fmt == "json":
+                ran_line, omitted_line = [json.loads(line) for line in path.read_text().splitlines()]
+                assert "qcg_finish" not in omitted_line["runtime"]
+                if rt_stats:
+                    seen = datetime.fromisoformat(ran_line["runtime"].pop("qcg_finish")).timestamp()
+                    assert before - 1e-6 <= seen <= after + 1e-6
+                assert ran_line["runtime"] == {"rtime": "0:00:01", "exit_code": "0"}
+            else:
+                assert path.read_text().count("qcg_finish: ") == (1 if rt_stats else 0)
