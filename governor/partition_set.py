@@ -35,6 +35,11 @@ REBALANCE_QUIET = 1.0    # seconds a member that gave nothing back is not asked 
 MAX_MOVES = 3            # re-dispatches of one task after losing its partition, then FAILED
 
 
+def _least_cores(request: ResourceRequest) -> int:
+    """The cores a task needs at least (whole nodes count as one core each: their size is not known here)."""
+    return (request.cores_min or 1) * (request.nodes_min or 1)
+
+
 class MemberPort(Protocol):
     """One partition as the set drives it."""
 
@@ -293,7 +298,7 @@ class PartitionSet:
             return              # placed first, by `_drain`
         plan = rebalance.pick(self.members.values(), lambda tid: self._specs[tid].seq,
                               lambda member, tid: self._fits_member(member, self._specs[tid].resources),
-                              self.loop.time())
+                              lambda tid: _least_cores(self._specs[tid].resources), self.loop.time())
         if plan is None:
             return
         donor, target, task_ids = plan

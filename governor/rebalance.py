@@ -17,39 +17,44 @@ if TYPE_CHECKING:
     from qcg.pilotjob.governor.partition_set import Member
 
 
-def idle_cores(member: "Member") -> int:
-    """Free cores not already promised to tasks queued with it (its last reported numbers)."""
-    queued = len(member.inflight) - len(member.running)
+def idle_cores(member: "Member", demand: Callable[[str], int]) -> int:
+    """Free cores not already promised to tasks queued with it (its last reported numbers); below zero,
+    the cores its queue lacks there."""
+    queued = sum(demand(t) for t in member.inflight if t not in member.running)
     return int(member.port.info().get("free_cores", 0)) - queued
 
 
 def pick(members: Iterable["Member"], seq_of: Callable[[str], int], fits: Callable[["Member", str], bool],
-         now: float) -> tuple["Member", "Member", list[str]] | None:
+         demand: Callable[[str], int], now: float) -> tuple["Member", "Member", list[str]] | None:
     """(donor, target, task ids to take back), or None when nothing is worth moving.
 
-    The target is the member that can take tasks with the most idle cores; the donor the one with the
-    most tasks queued, no give-back request unanswered and no empty answer lately. Half the donor's
-    queue moves, at most as many tasks as the target has idle cores, only tasks the target can run, the
-    newest first: the oldest stay where they will start next.
+    The donor is the member whose queue lacks the most cores there (`demand`: the cores a task needs at
+    least), with no give-back request unanswered and no empty answer lately: tasks just handed to a member
+    with free cores are on their way to start there, and moving them would only cost round trips. The
+    target is the member that can take tasks with the most idle cores. Half the donor's queue moves, at
+    most as many tasks as the target has idle cores and the donor lacks, only tasks the target can run,
+    the newest first: the oldest stay where they will start next.
     """
     members = list(members)
-    donor, most_queued = None, 0
+    donor, most_lacking, most_queued = None, 0, 0
     for m in members:
         queued = len(m.inflight) - len(m.running)
-        if queued > most_queued and not m.retracting and m.quiet_until <= now and hasattr(m.port, "retract"):
-            donor, most_queued = m, queued
+        if queued and not m.retracting and m.quiet_until <= now and hasattr(m.port, "retract"):
+            lacking = -idle_cores(m, demand)
+            if lacking > most_lacking:
+                donor, most_lacking, most_queued = m, lacking, queued
     if donor is None:
         return None
     target, most_idle = None, 0
     for m in members:
         # a full member is no target: the common case costs no look at its numbers
         if m is not donor and not m.draining and m.room > 0:
-            idle = idle_cores(m)
+            idle = idle_cores(m, demand)
             if idle > most_idle:
                 target, most_idle = m, idle
     if target is None:
         return None
-    count = min(most_idle, max(1, most_queued // 2))
+    count = min(most_idle, most_lacking, max(1, most_queued // 2))
     queued_ids = sorted((t for t in donor.inflight if t not in donor.running and fits(target, t)), key=seq_of)
     if not queued_ids:
         return None
