@@ -41,8 +41,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class Agent:
     def __init__(self, node: str, address: str, keys_dir: str | None, heartbeat: float = HEARTBEAT,
-                 stop_signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+                 stop_signals: tuple[int, ...] = STOP_SIGNALS, proc_stats_dir: str | None = None) -> None:
         self.node = node
+        self.proc_stats_dir = proc_stats_dir     # --proc-stats-dir: record the tasks' processes (reference 16)
         self.stop_signals = stop_signals
         self.address = address
         self.keys_dir = keys_dir
@@ -53,6 +54,18 @@ class Agent:
         self._done: asyncio.Event | None = None
 
     async def run(self) -> int:
+        stats = None
+        if self.proc_stats_dir is not None:
+            from qcg.pilotjob.agent.process_stats import start_collector
+
+            stats = start_collector(self.proc_stats_dir, self.node)
+        try:
+            return await self._serve()
+        finally:
+            if stats is not None:     # however the agent ends: exit, a stop signal, an error
+                stats.stop()
+
+    async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         self.ctx = zmq.asyncio.Context()
@@ -65,7 +78,7 @@ class Agent:
             server_public = curve.read_key(os.path.join(self.keys_dir, "partition.key"))
             curve.make_client(self.sock, public, secret, server_public)
         self.sock.connect(self.address)
-        self.spawner = ProcessSpawner(loop)
+        self.spawner = ProcessSpawner(loop, orphan_guard=True)
         for sig in self.stop_signals:
             loop.add_signal_handler(sig, self._done.set)
         try:
@@ -187,13 +200,16 @@ def main(argv: list[str] | None = None, stop_signals: tuple[int, ...] = STOP_SIG
     ap.add_argument("--node", default=None, help="node name (default: $SLURMD_NODENAME or the host name)")
     ap.add_argument("--keys", default=None, help="directory with agent.key(_secret) and partition.key")
     ap.add_argument("--heartbeat", type=float, default=HEARTBEAT)
+    ap.add_argument("--proc-stats-dir", default=None,
+                    help="record the processes of the tasks and write a ptrace_*.log file here at the end")
     args = ap.parse_args(argv)
     node = args.node or os.environ.get("SLURMD_NODENAME") or os.uname().nodename
     # an agent started by ssh has no Slurm step environment: tasks still learn their node
     os.environ.setdefault("SLURMD_NODENAME", node)
     try:
         address = args.address or wait_for_address(args.address_file, args.address_wait)
-        return asyncio.run(Agent(node, address, args.keys, args.heartbeat, stop_signals).run())
+        return asyncio.run(Agent(node, address, args.keys, args.heartbeat, stop_signals,
+                                 proc_stats_dir=args.proc_stats_dir).run())
     except (OSError, ValueError, zmq.ZMQError) as exc:
         print(f"agent {node}: cannot run: {exc}", file=sys.stderr)
         return 1

@@ -50,6 +50,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
+from qcg.pilotjob.agent.orphan_guard import OrphanGuard
+
 _log = logging.getLogger(__name__)
 
 _DEVNULL = os.devnull
@@ -120,14 +122,42 @@ def _is_exe(path: str) -> bool:
     return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
 
 
+FD_SOFT_LIMIT = 65536      # the open-files soft limit a launcher raises itself to (at most the hard limit)
+
+
+def raise_open_files_limit(target: int = FD_SOFT_LIMIT) -> None:
+    """Raise this process's soft RLIMIT_NOFILE towards `target`.
+
+    Every running task holds a pidfd here, and a service also holds one
+    descriptor per client connection -- connections anybody on the host can
+    open before the CURVE handshake refuses them. The common soft limit of
+    1024 is soon reached that way. Capped, because tasks inherit the limit,
+    and some programs walk every descriptor number up to it.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - a platform without it, or not allowed
+        pass
+
+
 class ProcessSpawner:
     """Starts processes and reports their exits through callbacks on `loop`."""
 
     _EXE_CACHE_MAX = 4096
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0, orphan_guard: bool = False) -> None:
         self._loop = loop
         self._kill_grace = kill_grace
+        raise_open_files_limit()
+        # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running
+        self._guarded = orphan_guard
+        self._guard: OrphanGuard | None = OrphanGuard(kill_grace) if orphan_guard else None
+        self._guard_flush = False
         self._procs: dict[Hashable, _Proc] = {}
         self._exe_cache: dict[tuple, str] = {}
         try:
@@ -169,7 +199,10 @@ class ProcessSpawner:
         self.last_effective_cpus = None
         if not argv:
             return self._fail(key, on_exit, started, "cannot start task: empty command line")
-        fa = self._file_actions(spec)
+        try:
+            fa = self._file_actions(spec)
+        except OSError as exc:      # no descriptor left for /dev/null (EMFILE): this task fails, not the caller
+            return self._fail(key, on_exit, started, f"cannot start {argv[0]!r}: {_err_text(exc)}")
 
         name = argv[0]
         cwd = spec.cwd
@@ -224,7 +257,15 @@ class ProcessSpawner:
 
         eff = sorted(cpus) if cpus is not None else None
         self.last_effective_cpus = eff
-        proc = self._watch(key, pid, on_exit, started, eff)
+        try:
+            proc = self._watch(key, pid, on_exit, started, eff)
+        except OSError as exc:
+            # started but cannot be watched (no descriptor left for its pidfd): an unwatched task would hold
+            # its cores for ever, so it is ended here and fails with the reason
+            self._end_unwatched(pid)
+            return self._fail(key, on_exit, started, f"cannot watch the started process {pid}: {_err_text(exc)}")
+        if self._guarded:
+            self._guard_note(True, pid)
         if spec.walltime is not None and spec.walltime > 0:
             proc.wt_handle = self._loop.call_later(spec.walltime, self._walltime, proc, spec.walltime)
         return pid
@@ -240,21 +281,36 @@ class ProcessSpawner:
         self._watch(key, pid, on_exit, started, None).term_signal = term_signal
         return pid
 
+    @staticmethod
+    def _end_unwatched(pid: int) -> None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(pid, 0)      # at once: SIGKILL cannot be ignored
+        except ChildProcessError:
+            pass
+
     def _watch(self, key: Hashable, pid: int, on_exit: Callable[[Hashable, ProcessExit], None], started: float,
                cpus: list[int] | None) -> "_Proc":
         try:
             pidfd = os.pidfd_open(pid)
-        except OSError as exc:  # pragma: no cover - kernel without pidfd
+        except OSError as exc:
             _log.error("pidfd_open(%d) failed: %s", pid, exc)
+            raise
+        try:
+            ep = self._epoll
+            if ep is None:
+                ep = self._epoll = select.epoll()
+                self._loop.add_reader(ep.fileno(), self._on_exits)
+            ep.register(pidfd, select.EPOLLIN)
+        except OSError:
+            os.close(pidfd)
             raise
         proc = _Proc(key, pid, pidfd, on_exit, started, cpus)
         self._procs[key] = proc
         self._by_fd[pidfd] = proc
-        ep = self._epoll
-        if ep is None:
-            ep = self._epoll = select.epoll()
-            self._loop.add_reader(ep.fileno(), self._on_exits)
-        ep.register(pidfd, select.EPOLLIN)
         return proc
 
     def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
@@ -289,6 +345,9 @@ class ProcessSpawner:
         try:
             await self._shutdown(timeout)
         finally:
+            if self._guard is not None and not self._procs:
+                self._guard.close()         # every task has ended: the guard leaves
+                self._guard = None
             if self._devnull is not None:
                 os.close(self._devnull)
                 self._devnull = None
@@ -316,6 +375,24 @@ class ProcessSpawner:
                 self._signal(proc, signal.SIGKILL)
 
     # ------------------------------------------------------------ internals
+    def _guard_note(self, started: bool, pid: int) -> None:
+        """Tell the orphan guard (once per loop turn, in one write) which task groups live."""
+        guard = self._guard
+        if guard is None:
+            guard = self._guard = OrphanGuard(self._kill_grace)    # spawning again after a shutdown
+        if started:
+            guard.started(pid)
+        else:
+            guard.reaped(pid)
+        if not self._guard_flush:
+            self._guard_flush = True
+            self._loop.call_soon(self._flush_guard)
+
+    def _flush_guard(self) -> None:
+        self._guard_flush = False
+        if self._guard is not None:
+            self._guard.flush()
+
     def _fail(self, key, on_exit, started, reason):
         _log.warning("spawn of %r failed: %s", key, reason)
         ev = ProcessExit(None, reason, started, time.time(), None, None)
@@ -460,6 +537,8 @@ class ProcessSpawner:
         if proc.kill_handle is not None:
             proc.kill_handle.cancel()
         del self._procs[proc.key]
+        if self._guard is not None:
+            self._guard_note(False, proc.pid)
         if status is None:
             code, reason = None, "exit status lost (reaped by someone else)"
         else:

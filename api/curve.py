@@ -46,7 +46,12 @@ def load_pair(directory: str, name: str) -> tuple[bytes, bytes]:
             read_key(os.path.join(directory, f"{name}.key_secret")))
 
 
+HANDSHAKE_MS = 5000    # a connection that has not completed its handshake by then is dropped (libzmq: 30 s)
+
+
 def make_server(sock: zmq.Socket, secret: bytes) -> None:
+    # anybody who can reach the port holds a descriptor per connection until the handshake fails: not long
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
     sock.curve_server = True
     sock.curve_secretkey = secret
 

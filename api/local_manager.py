@@ -54,8 +54,11 @@ class LocalManager(Manager):
     The service runs `python -m qcg.pilotjob.service --net --wd <wd> --id <id>
     <server_args>` (`--wd` and `--id` only when not in `server_args`); its aux
     dir is `<wd>/.qcgpjm-service-<id>`, from which the address and the CURVE
-    keys are read. `finish()` asks it to finish and waits for the process
-    (killed after 10 s); leaving a `with` block does the same.
+    keys are read (an aux dir of another user is refused). With
+    `--insecure-no-curve` in `server_args` the service has no keys and the
+    client talks plain text to it: that option is the explicit opt-in.
+    `finish()` asks it to finish and waits for the process (killed after
+    10 s); leaving a `with` block does the same.
     """
 
     FINISH_WAIT = 10.0
@@ -75,6 +78,8 @@ class LocalManager(Manager):
             args = ["--id", instance_id, *args]
         if not any(a == "--net" or a.startswith("--net-port") for a in args):
             args = ["--net", *args]
+        # a service without CURVE is reached in plain text: asking for it is the explicit opt-in
+        self._plain_service = "--insecure-no-curve" in args
         self.wd = os.path.abspath(wd)
         self.instance_id = instance_id
         self.aux_dir = os.path.join(self.wd, transport.AUX_DIR_PREFIX + instance_id)
@@ -94,6 +99,8 @@ class LocalManager(Manager):
         try:
             address, keys_dir = self._wait_for_service(init_timeout)
             client_cfg.setdefault("aux_dir", self.aux_dir)
+            if self._plain_service:
+                client_cfg["insecure_no_curve"] = True
             super().__init__(address, client_cfg, keys=keys_dir)
         except BaseException:
             self.kill_manager_process()
@@ -128,6 +135,11 @@ class LocalManager(Manager):
             # address is there, keys present means CURVE, keys absent means the plain-text opt-out
             address = transport.read_aux_address(self.aux_dir)
             if address is not None:
+                # an aux dir someone else made in a shared wd is not our service's (its keys are refused too)
+                foreign = transport.foreign_owner(self.aux_dir)
+                if foreign:
+                    raise errors.ServiceError(f"the aux dir {self.aux_dir} is {foreign}: refusing its address "
+                                              f"and keys (another user's service, or an impostor)")
                 keys = transport.load_keys(self.aux_dir)
                 return address, (keys.source if keys is not None else None)
             if time.monotonic() >= deadline:

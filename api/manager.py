@@ -35,12 +35,23 @@ Configuration (`cfg`):
   `log_level` (`info` by default, or `debug`), `wdir` (default `.`);
 * `keys`: directory with the CURVE client keys (see `transport`), or
   pass `keys=` to `Manager`; `aux_dir`: the service's aux dir, from which
-  both the address and the keys are read.
+  both the address and the keys are read;
+* `insecure_no_curve` (default False): with no keys found, talk plain text
+  (a service started with `--insecure-no-curve`); the environment variable
+  `QCG_PM_INSECURE_NO_CURVE=1` does the same. Logged as a warning.
+
+Secure by default (DESIGN.md principle 5): without keys and without that
+opt-in, `Manager` raises `ConnectionError` at once, saying where it looked,
+and sends nothing. Only the user's own keys are used: keys (and their
+directory) that another user owns, or that group/others may change (or read,
+for the secret key), are refused; aux dirs of other users in the current
+directory are skipped (`transport.scan_aux_dirs`).
 
 Where the address comes from when `address` is None: the environment
 variable `QCG_PM_ZMQ_ADDRESS`, then `cfg["aux_dir"]`, then the newest aux dir
-(`.qcgpjm-service-*` with an `address` file) in the current directory, then
-`tcp://127.0.0.1:5555` (reference 22.1.4). `address` may also name an aux dir.
+of this user (`.qcgpjm-service-*` with an `address` file) in the current
+directory, then `tcp://127.0.0.1:5555` (reference 22.1.4). `address` may
+also name an aux dir.
 """
 
 from __future__ import annotations
@@ -232,19 +243,50 @@ class Manager:
             address = transport.read_aux_address(aux_dir)
             if address is None:
                 raise errors.ConnectionError(f"no service address in {aux_dir}/{transport.ADDRESS_FILE}")
+        skipped: list[str] = []        # aux dirs of other users passed over
+        scanned = False                # whether the current directory was searched for an aux dir
         if address is None:
-            found = transport.find_aux_dir(".")
-            if found is not None:
-                aux_dir = found
-                address = transport.read_aux_address(found)
+            mine, skipped = transport.scan_aux_dirs(".")
+            scanned = True
+            if mine:
+                aux_dir = mine[0]
+                address = transport.read_aux_address(aux_dir)
         if address is None:
             address = self.DEFAULT_ADDRESS
         self._address = self._parse_address(address)
-        if aux_dir is None and not keys and not client_cfg.get("keys") and not os.environ.get(protocol.KEYS_ENV):
-            aux_dir = self._aux_dir_serving(self._address)
+        explicit = keys or client_cfg.get("keys")
+        # a LocalManager of its own --insecure-no-curve service looks for no keys (it knows there are none)
+        search = bool(explicit) or not getattr(self, "_plain_service", False)
+        if search and aux_dir is None and not explicit and not os.environ.get(protocol.KEYS_ENV):
+            aux_dir, more = self._aux_dir_serving(self._address)
+            skipped += more
+            scanned = True
         self._aux_dir = aux_dir
-        self._keys = transport.find_keys(keys or client_cfg.get("keys"), aux_dir)
+        self._keys, looked = transport.locate_keys(explicit, aux_dir) if search else (None, [])
+        self._insecure = False
+        if self._keys is None:
+            self._insecure, by = transport.insecure_opt_in(client_cfg)
+            if not self._insecure:
+                raise transport.NoKeysFound(self._no_keys_message(looked, skipped, scanned))
+            _logger.warning("connecting to %s in PLAIN TEXT, without CURVE (opted in by %s): whoever can reach "
+                            "or take over this address can read and forge every request, job environments "
+                            "included", self._address, by)
         self._connect()
+
+    def _no_keys_message(self, looked: list[str], skipped: list[str], scanned: bool) -> str:
+        """One message: no keys for the address, where the client looked, how to give them, the opt-in."""
+        looked = list(looked)
+        if scanned:
+            looked.append(f"no aux dir {transport.AUX_DIR_PREFIX}* of yours serving it in {os.getcwd()}")
+        looked += list(dict.fromkeys(skipped))
+        env = os.environ.get(protocol.INSECURE_ENV)
+        ignored = f" (${protocol.INSECURE_ENV}={env!r} is not an opt-in: use 1)" if env else ""
+        return (f"no CURVE keys found for {self._address}; looked: {'; '.join(looked)}. Nothing was sent. "
+                f"Give the keys with cfg {{'keys': DIR}} (or keys=DIR), the environment variable "
+                f"{protocol.KEYS_ENV}=DIR, or the service's aux dir as the address (or cfg 'aux_dir'); DIR is "
+                f"the aux dir <wd>/{transport.AUX_DIR_PREFIX}<id> or its {protocol.KEYS_DIR}/ directory. "
+                f"A service started with --insecure-no-curve is reached in plain text only with the explicit "
+                f"opt-in: cfg {{'insecure_no_curve': True}} or {protocol.INSECURE_ENV}=1{ignored}")
 
     # ------------------------------------------------------------ connection
 
@@ -259,13 +301,14 @@ class Manager:
         return address
 
     @staticmethod
-    def _aux_dir_serving(address: str) -> str | None:
-        """An aux dir in the current directory whose `address` file names `address` (to find its keys)."""
-        import glob
-        for cand in glob.glob(transport.AUX_DIR_PREFIX + "*"):
+    def _aux_dir_serving(address: str) -> tuple[str | None, list[str]]:
+        """An aux dir of this user in the current directory whose `address` file names `address` (to find
+        its keys), and the aux dirs of other users skipped."""
+        mine, skipped = transport.scan_aux_dirs(".")
+        for cand in mine:
             if transport.read_aux_address(cand) == address:
-                return cand
-        return None
+                return cand, skipped
+        return None, skipped
 
     def _alive(self) -> bool:
         return True
@@ -277,7 +320,7 @@ class Manager:
         try:
             self._conn = transport.ServiceConnection(
                 self._address, self._keys, timeout=self.request_timeout,
-                alive=None if type(self)._alive is Manager._alive else self._alive)
+                alive=None if type(self)._alive is Manager._alive else self._alive, insecure=self._insecure)
         except Exception as exc:
             raise errors.ConnectionError(f"Failed to connect to {self._address} - {exc}") from exc
         system = self.system_status().get("System", {})

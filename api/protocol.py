@@ -35,6 +35,7 @@ CLIENT_SECRET = "client.key_secret"
 ADDRESS_FILE = "address"              # in the aux dir: the request endpoint, written when ready
 PUB_ADDRESS_FILE = "pub_address"      # in the aux dir: the event publisher endpoint
 KEYS_ENV = "QCG_PM_KEYS"              # directory with the key files (or an aux dir holding `keys/`)
+INSECURE_ENV = "QCG_PM_INSECURE_NO_CURVE"   # "1": a client without keys may talk plain text (legacy services)
 ADDRESS_ENV = "QCG_PM_ZMQ_ADDRESS"
 
 
@@ -55,13 +56,19 @@ def decode(frame: bytes) -> tuple[dict[str, Any], bool]:
     if frame[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
         try:
             msg = json.loads(frame.decode("utf-8"))
+        except RecursionError:
+            raise ProtocolError("malformed JSON request: nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(f"malformed JSON request: {exc}") from None
+        except Exception as exc:  # anything else the decoder raises is bad input as well, never a crash
+            raise ProtocolError(f"malformed JSON request: {type(exc).__name__}") from None
         if not isinstance(msg, dict):
             raise ProtocolError("a JSON request must be an object")
         return msg, True
     try:
         msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except (msgpack.StackError, RecursionError):
+        raise ProtocolError("malformed msgpack message: nested too deeply") from None
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise ProtocolError(f"malformed msgpack message: {type(exc).__name__}") from None
     if not isinstance(msg, dict):

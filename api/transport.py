@@ -17,8 +17,20 @@ them, in this order, in
    address was read from).
 
 Each key file holds one z85-encoded key (40 characters), or a ZeroMQ
-certificate file (`public-key = "..."`). Without keys the client connects in
-plain text (only a service started with the legacy opt-out answers).
+certificate file (`public-key = "..."`).
+
+Only the user's own keys are trusted: the key directory and the key files
+must be owned by the effective uid and not writable by group or others, and
+the secret key file not accessible to them (the service writes 0600 files
+into a 0700 directory, `governor/keys.py`); other keys are refused with a
+`KeysRefused` error naming the path, its owner and mode. The checks are made
+on the opened directory and files (no window between check and read). Aux
+dirs searched for (`scan_aux_dirs`) that belong to another user are skipped.
+
+Without keys there is no connection (`NoKeysFound`): plain text, which only
+a service started with the legacy `--insecure-no-curve` answers, needs the
+explicit opt-in (`insecure=True` here; `Manager`: cfg `insecure_no_curve`
+or the environment variable `QCG_PM_INSECURE_NO_CURVE=1`).
 
 Every call has a timeout: a service that is dead or unreachable raises
 `ConnectionError` (of `qcg.pilotjob.api.errors`) once the timeout has passed.
@@ -30,7 +42,9 @@ import glob
 import itertools
 import json
 import os
+import pwd
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -44,8 +58,9 @@ import zmq.utils.monitor
 from qcg.pilotjob.api import errors, protocol
 
 __all__ = [
-    "CurveKeys", "find_keys", "load_keys", "find_aux_dir", "read_aux_address", "ServiceConnection",
-    "RequestFailed", "ServiceUnreachable", "DEFAULT_REQUEST_TIMEOUT",
+    "CurveKeys", "find_keys", "locate_keys", "load_keys", "find_aux_dir", "scan_aux_dirs", "read_aux_address",
+    "insecure_opt_in", "ServiceConnection", "RequestFailed", "ServiceUnreachable", "KeysRefused", "NoKeysFound",
+    "DEFAULT_REQUEST_TIMEOUT",
 ]
 
 DEFAULT_REQUEST_TIMEOUT = 60.0
@@ -71,6 +86,14 @@ class ServiceUnreachable(errors.ConnectionError):
     """The service did not answer within the timeout, or its process is gone."""
 
 
+class KeysRefused(errors.ConnectionError):
+    """Keys (or their directory) that someone other than this user owns or may change or read."""
+
+
+class NoKeysFound(errors.ConnectionError):
+    """No CURVE keys anywhere the client looks, and no opt-in to plain text."""
+
+
 class RequestFailed(errors.ConnectionError):
     """The service answered with an error (code != 0); the reference raises ConnectionError for it."""
 
@@ -90,9 +113,50 @@ class CurveKeys:
 # ------------------------------------------------------------------ keys and addresses
 
 
-def _read_key(path: str) -> bytes:
-    with open(path, encoding="ascii") as handle:
-        text = handle.read().strip()
+_KEY_NAMES = (protocol.SERVER_PUBLIC, protocol.CLIENT_PUBLIC, protocol.CLIENT_SECRET)
+_MAX_KEY_FILE = 64 * 1024   # a certificate file is a few hundred bytes
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _not_yours(st: os.stat_result) -> str:
+    return f"owned by {_user(st.st_uid)}, not by you ({_user(os.geteuid())})"
+
+
+def foreign_owner(path: str) -> str | None:
+    """Why `path` is not this user's ("owned by uid N (name), not by you (...)"); None if it is (or is gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return None if st.st_uid == os.geteuid() else _not_yours(st)
+
+
+def _untrusted(st: os.stat_result, path: str, what: str, forbidden: int) -> str | None:
+    """Why `path` (stat `st`) cannot be trusted: not ours, or with a mode bit of `forbidden`; None if fine."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        return (f"{what} {path} is {_not_yours(st)}: keys another user "
+                f"controls may be an impostor's; use keys of your own (a copy in a directory of yours, "
+                f"mode 0700, files 0600)")
+    mode = stat.S_IMODE(st.st_mode)
+    bad = mode & forbidden
+    if bad:
+        if forbidden == 0o077:
+            why, fix = "readable or writable by group/others", "0600"
+        else:
+            why, fix = "writable by group/others", "0700" if stat.S_ISDIR(st.st_mode) else "0600"
+        return f"{what} {path} has mode {mode:04o}: {why} (chmod {fix} {path})"
+    return None
+
+
+def _parse_key(text: str, path: str) -> bytes:
+    text = text.strip()
     if _Z85_KEY.match(text):
         return text.encode("ascii")
     # a ZeroMQ certificate file (zmq.auth format)
@@ -103,45 +167,140 @@ def _read_key(path: str) -> bytes:
     raise errors.ConnectionError(f"key file {path} does not hold a z85 key")
 
 
-def load_keys(directory: str) -> CurveKeys | None:
-    """Keys from `directory` (a keys dir, or an aux dir with `keys/`); None if the files are not there."""
+def _refuse(reason: str) -> KeysRefused:
+    return KeysRefused(f"refusing the CURVE keys: {reason}")
+
+
+def _read_trusted_keys(directory: str) -> CurveKeys:
+    """The three keys of `directory`, each checked on the opened directory and file (see the module doc)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise errors.ConnectionError(f"key directory {directory}: {exc.strerror or exc}") from None
+    try:
+        reason = _untrusted(os.fstat(dir_fd), directory, "key directory", 0o022)
+        if reason:
+            raise _refuse(reason)
+        values: list[bytes] = []
+        for name in _KEY_NAMES:
+            path = os.path.join(directory, name)
+            secret = name.endswith("_secret")
+            try:
+                # O_NONBLOCK: a FIFO put in place of a key must not block the open
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError as exc:
+                raise errors.ConnectionError(f"key file {path}: {exc.strerror or exc}") from None
+            with os.fdopen(fd, "rb") as handle:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise _refuse(f"key file {path} is not a regular file")
+                reason = _untrusted(st, path, "secret key file" if secret else "key file",
+                                    0o077 if secret else 0o022)
+                if reason:
+                    raise _refuse(reason)
+                data = handle.read(_MAX_KEY_FILE)
+            try:
+                text = data.decode("ascii")
+            except UnicodeDecodeError:
+                raise errors.ConnectionError(f"key file {path} does not hold a z85 key") from None
+            values.append(_parse_key(text, path))
+        return CurveKeys(values[0], values[1], values[2], directory)
+    finally:
+        os.close(dir_fd)
+
+
+def _keys_dir_in(directory: str) -> str | None:
+    """`directory` itself or its `keys/`: the first holding the three key files; None if neither does."""
     directory = os.path.abspath(os.path.expanduser(directory))
-    candidates = [directory, os.path.join(directory, protocol.KEYS_DIR)]
-    for cand in candidates:
-        paths = [os.path.join(cand, name) for name in
-                 (protocol.SERVER_PUBLIC, protocol.CLIENT_PUBLIC, protocol.CLIENT_SECRET)]
-        if all(os.path.isfile(p) for p in paths):
-            server_public, client_public, client_secret = (_read_key(p) for p in paths)
-            return CurveKeys(server_public, client_public, client_secret, cand)
+    for cand in (directory, os.path.join(directory, protocol.KEYS_DIR)):
+        if all(os.path.isfile(os.path.join(cand, name)) for name in _KEY_NAMES):
+            return cand
     return None
 
 
-def find_keys(explicit: str | None = None, aux_dir: str | None = None) -> CurveKeys | None:
-    """Look for client keys as described in the module documentation; None when there are none."""
+def load_keys(directory: str) -> CurveKeys | None:
+    """Keys from `directory` (a keys dir, or an aux dir with `keys/`); None if the files are not there.
+
+    Raises KeysRefused when they are there but not the user's own (see the module documentation).
+    """
+    cand = _keys_dir_in(directory)
+    return None if cand is None else _read_trusted_keys(cand)
+
+
+def locate_keys(explicit: str | None = None, aux_dir: str | None = None) -> tuple[CurveKeys | None, list[str]]:
+    """Look for client keys as described in the module documentation: (keys or None, where it looked).
+
+    An explicit directory without keys raises ConnectionError; keys found but not trusted raise KeysRefused.
+    """
+    looked: list[str] = []
     if explicit:
         keys = load_keys(explicit)
         if keys is None:
             raise errors.ConnectionError(
-                f"no CURVE keys in {explicit} (expected {protocol.SERVER_PUBLIC}, {protocol.CLIENT_PUBLIC}, "
-                f"{protocol.CLIENT_SECRET} there or in its {protocol.KEYS_DIR}/)")
-        return keys
+                f"no CURVE keys in {explicit} (expected {', '.join(_KEY_NAMES)} there or in its "
+                f"{protocol.KEYS_DIR}/)")
+        return keys, looked
+    looked.append("no keys argument or cfg 'keys'")
     env = os.environ.get(protocol.KEYS_ENV)
     if env:
         keys = load_keys(env)
         if keys is not None:
-            return keys
+            return keys, looked
+        looked.append(f"no key files in ${protocol.KEYS_ENV}={env} (nor in its {protocol.KEYS_DIR}/)")
+    else:
+        looked.append(f"${protocol.KEYS_ENV} not set")
     if aux_dir:
-        return load_keys(aux_dir)
-    return None
+        keys = load_keys(aux_dir)
+        if keys is not None:
+            return keys, looked
+        looked.append(f"no key files in the aux dir {os.path.abspath(aux_dir)}/{protocol.KEYS_DIR}/")
+    return None, looked
+
+
+def find_keys(explicit: str | None = None, aux_dir: str | None = None) -> CurveKeys | None:
+    """Look for client keys as described in the module documentation; None when there are none."""
+    return locate_keys(explicit, aux_dir)[0]
+
+
+def scan_aux_dirs(directory: str = ".") -> tuple[list[str], list[str]]:
+    """(the user's own `.qcgpjm-service-*` dirs of `directory` that hold an `address` file, newest first;
+    why the other ones were skipped). A dir owned by another user is skipped, whatever its mtime."""
+    uid = os.geteuid()
+    mine: list[tuple[float, str]] = []
+    skipped: list[str] = []
+    for cand in glob.glob(os.path.join(glob.escape(directory), AUX_DIR_PREFIX + "*")):
+        try:
+            st = os.stat(cand)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or not os.path.isfile(os.path.join(cand, ADDRESS_FILE)):
+            continue
+        if st.st_uid != uid:
+            skipped.append(f"skipped {os.path.abspath(cand)}: {_not_yours(st)}")
+            continue
+        mine.append((st.st_mtime, cand))
+    mine.sort(reverse=True)
+    return [cand for _, cand in mine], skipped
 
 
 def find_aux_dir(directory: str = ".") -> str | None:
-    """The newest `.qcgpjm-service-*` dir in `directory` that holds an `address` file."""
-    cands = [d for d in glob.glob(os.path.join(glob.escape(directory), AUX_DIR_PREFIX + "*"))
-             if os.path.isfile(os.path.join(d, ADDRESS_FILE))]
-    if not cands:
-        return None
-    return max(cands, key=lambda d: os.stat(d).st_mtime)
+    """The newest `.qcgpjm-service-*` dir of this user in `directory` that holds an `address` file."""
+    mine, _ = scan_aux_dirs(directory)
+    return mine[0] if mine else None
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def insecure_opt_in(cfg: dict | None = None) -> tuple[bool, str]:
+    """Whether plain text was opted in (cfg `insecure_no_curve`, or `QCG_PM_INSECURE_NO_CURVE=1`); by what."""
+    value = (cfg or {}).get("insecure_no_curve")
+    if value is True or (isinstance(value, str) and value.strip().lower() in _TRUE):
+        return True, "cfg insecure_no_curve"
+    env = os.environ.get(protocol.INSECURE_ENV, "")
+    if env.strip().lower() in _TRUE:
+        return True, f"{protocol.INSECURE_ENV}={env}"
+    return False, ""
 
 
 def read_aux_address(aux_dir: str, name: str = ADDRESS_FILE) -> str | None:
@@ -166,13 +325,20 @@ class ServiceConnection:
     `alive` is an optional callable checked while waiting for an answer
     (e.g. "is the service process still running?"), so a local service that
     died is reported at once instead of after the whole timeout.
+
+    `keys=None` (plain text) needs `insecure=True`, the caller's explicit
+    opt-in (DESIGN.md principle 5); without it nothing is sent (`NoKeysFound`).
     """
 
     #: how often (seconds) `alive` is consulted while waiting for an answer
     ALIVE_CHECK = 0.25
 
     def __init__(self, address: str, keys: CurveKeys | None, *, timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 alive: Callable[[], bool] | None = None, context: zmq.Context | None = None) -> None:
+                 alive: Callable[[], bool] | None = None, context: zmq.Context | None = None,
+                 insecure: bool = False) -> None:
+        if keys is None and not insecure:
+            raise NoKeysFound(f"no CURVE keys for {address}: a connection in plain text needs the explicit "
+                              f"opt-in (insecure=True)")
         self.address = address
         self.keys = keys
         self.timeout = float(timeout)
@@ -339,17 +505,20 @@ class ServiceConnection:
     def _handshake_refused(self, event: int) -> ServiceUnreachable:
         where = f"the service at {self.address}"
         if self.keys is None:
-            why = (f"{where} requires CURVE keys and none were found: set QCG_PM_KEYS to the service's aux dir, "
-                   f"or pass it (see qcg.pilotjob.api.transport)")
+            why = (f"{where} requires CURVE keys and none were found (this client talks plain text, as opted "
+                   f"in): set {protocol.KEYS_ENV} to the service's aux dir or keys directory, or pass it "
+                   f"(see qcg.pilotjob.api.transport)")
         elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            why = f"{where} does not use CURVE (started with --insecure-no-curve?): connect without keys"
+            why = (f"{where} does not use CURVE (started with --insecure-no-curve?): it is reached in plain "
+                   f"text only without keys and with the explicit opt-in (cfg insecure_no_curve: True or "
+                   f"{protocol.INSECURE_ENV}=1)")
         else:
             why = f"{where} refused this client's keys (keys of another run?)"
         return ServiceUnreachable(why)
 
     def _unreachable(self, limit: float, what: str = "no answer from") -> ServiceUnreachable:
         hint = "" if self.keys is not None else \
-            " (no CURVE keys found: set QCG_PM_KEYS or pass the aux dir; see qcg.pilotjob.api.transport)"
+            f" (plain text, no CURVE keys: set {protocol.KEYS_ENV} or pass the aux dir if the service uses CURVE)"
         return ServiceUnreachable(f"{what} the service at {self.address} within {limit:g} s{hint}")
 
     @staticmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -231,7 +232,20 @@ def find_aux_dir(path: str) -> str:
     if os.path.isdir(path):
         cands = [os.path.join(path, e) for e in os.listdir(path)
                  if e.startswith(".qcgpjm-service-") and os.path.isfile(os.path.join(path, e, REQS_FILE))]
+        # only this user's own runs: another user's directory (its mtime set to the future, say) is no candidate
+        own = [c for c in cands if _own_dir(c)]
+        if own:
+            return max(own, key=os.path.getmtime)
         if cands:
-            return max(cands, key=os.path.getmtime)
+            raise FileNotFoundError(f"--resume {path}: the aux directories with a journal there are not this "
+                                    f"user's own real directories: {', '.join(sorted(cands))}")
     raise FileNotFoundError(f"--resume {path}: no QCG-PilotJob aux directory with a journal "
                             f"({REQS_FILE}) there")
+
+
+def _own_dir(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()

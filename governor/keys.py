@@ -12,6 +12,7 @@ same trust boundary as the aux dir itself (DESIGN.md principle 5, issue 4
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +64,12 @@ def load_keys(path: str) -> RunKeys:
             and os.path.isdir(os.path.join(path, protocol.KEYS_DIR)):
         directory = os.path.join(path, protocol.KEYS_DIR)
     values: list[bytes] = []
+    _check_own(directory, "key directory", 0o022)
     for name in (protocol.SERVER_PUBLIC, protocol.SERVER_SECRET, protocol.CLIENT_PUBLIC, protocol.CLIENT_SECRET):
         file = os.path.join(directory, name)
+        # keys somebody else can write (or read, for secrets) are not the run's: a partition manager
+        # would serve, and hand the jobs' environments to, whoever planted them
+        _check_own(file, "key file", 0o077 if name.endswith("_secret") else 0o022)
         try:
             values.append(curve.read_key(file))
         except OSError as exc:
@@ -74,8 +79,21 @@ def load_keys(path: str) -> RunKeys:
     return RunKeys(directory, *values)
 
 
+def _check_own(path: str, what: str, forbidden: int) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise KeysError(f"{what} '{path}': {exc.strerror or exc}") from None
+    if st.st_uid != os.geteuid():
+        raise KeysError(f"{what} '{path}' belongs to another user (uid {st.st_uid}): refused")
+    if st.st_mode & forbidden:
+        raise KeysError(f"{what} '{path}' is open to others (mode {stat.S_IMODE(st.st_mode):o}): refused; "
+                        f"'chmod {'600' if forbidden == 0o077 else 'go-w'}' it to use it")
+
+
 def make_server(sock: zmq.Socket, keys: RunKeys) -> None:
     """Make `sock` a CURVE server with the run's server key (before bind)."""
+    sock.setsockopt(zmq.HANDSHAKE_IVL, curve.HANDSHAKE_MS)      # connections that never authenticate go soon
     sock.curve_secretkey = keys.server_secret
     sock.curve_publickey = keys.server_public
     sock.curve_server = True

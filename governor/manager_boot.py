@@ -34,8 +34,10 @@ def _start_agents_early(argv: list[str]) -> None:
 
         # srun put this manager on the first node of its group: that node's agent is forked, not started
         own = os.environ.get("SLURMD_NODENAME") if method == "slurm" else None
+        # --enable-proc-stats: the agents write their ptrace files into the run's working directory
+        stats_dir = os.path.abspath(_value(argv, "--wd") or ".") if "--enable-proc-stats" in argv else None
         start_early(nodes, start_method=method, keys_dir=os.path.join(aux_dir, "agent-keys"), err_dir=aux_dir,
-                    own_node=own)
+                    own_node=own, proc_stats_dir=stats_dir)
     except Exception as exc:  # noqa: BLE001 - any failure here has the normal start as its fallback
         # the manager starts its agents the usual way (and reports what is wrong with its input)
         print(f"early agent start skipped: {exc}", file=sys.stderr)

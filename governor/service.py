@@ -12,9 +12,7 @@ import asyncio
 import gc
 import json
 import os
-import random
 import signal
-import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +22,7 @@ import structlog
 
 from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor import logs
 from qcg.pilotjob.partition.launcher import LocalLauncher
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
@@ -101,7 +100,7 @@ class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.started = datetime.now()
-        self.instance_id = config.id or f"{socket.gethostname()}.{random.randint(0, 9999)}"
+        self.instance_id = config.id or aux_dirs.new_instance_id()     # a new run's: see aux_dirs.make_new
         self.requests: list[Any] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -163,15 +162,23 @@ class Service:
                 self.resources = local_resources(cfg.nodes, cfg.system_core)
         except ValueError as exc:
             raise StartError(f"{'Slurm allocation' if self.slurm_mode else '--nodes'}: {exc}") from None
-        if resume_aux:
-            self.aux_dir = resume_aux
-            self.instance_id = os.path.basename(self.aux_dir)[len(".qcgpjm-service-"):]
-        elif cfg.aux_dir:
-            self.aux_dir = os.path.abspath(cfg.aux_dir)
-        else:
-            self.aux_dir = os.path.join(self.wd, f".qcgpjm-service-{self.instance_id}")
         try:
+            aux_dirs.check_wd(self.wd)
+            if resume_aux:
+                aux_dirs.check_own_dir(resume_aux, "--resume: aux directory")
+                aux_dirs.check_own_files(resume_aux, (journal_mod.REQS_FILE, journal_mod.STATES_FILE),
+                                         "--resume: journal")
+                self.aux_dir = resume_aux
+                self.instance_id = os.path.basename(self.aux_dir)[len(aux_dirs.PREFIX):]
+            elif cfg.aux_dir or cfg.id:
+                self.aux_dir = os.path.abspath(cfg.aux_dir) if cfg.aux_dir else \
+                    os.path.join(self.wd, aux_dirs.PREFIX + self.instance_id)
+                aux_dirs.make_or_reuse(self.aux_dir)
+            else:
+                self.instance_id, self.aux_dir = aux_dirs.make_new(self.wd)
             os.makedirs(os.path.join(self.aux_dir, "tmp"), exist_ok=True)
+        except aux_dirs.AuxDirError as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"aux directory '{self.aux_dir}' cannot be created: {exc.strerror}") from None
         if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
@@ -276,7 +283,10 @@ class Service:
         if not cfg.governor_mode:
             return Partition(self.loop, self.resources, PartitionConfig(  # type: ignore[arg-type]
                 root_wd=self.wd, scratch_dir=os.path.join(self.aux_dir, "tmp"), local=not self.slurm_mode,
-                envschema=cfg.envschema, zmq_address=self.zmq_address), events=None)  # type: ignore[arg-type]
+                envschema=cfg.envschema, zmq_address=self.zmq_address,
+                # in a Slurm allocation the launcher is replaced (_start_launcher) and gathers them itself
+                proc_stats_dir=self.wd if cfg.enable_proc_stats and not self.slurm_mode else None),
+                events=None)  # type: ignore[arg-type]
         from qcg.pilotjob.governor.partition_server import PartitionServer
         from qcg.pilotjob.governor.partition_set import PartitionSet
 
@@ -351,14 +361,16 @@ class Service:
 
         cfg = self.config
         part = self.partition
+        stats_dir = self.wd if cfg.enable_proc_stats else None     # ptrace_*.log files (reference 16)
         if cfg.disable_nl:
-            part.attach_launcher(SrunLauncher(self.loop, part._launched, part._exited))  # type: ignore[arg-type]
+            part.attach_launcher(SrunLauncher(self.loop, part._launched, part._exited,  # type: ignore[arg-type]
+                                              proc_stats_dir=stats_dir))
             return
         launcher = AgentLauncher(
             self.loop, [n.name for n in self.resources.nodes], part._launched, part._exited,  # type: ignore[arg-type]
             keys_dir=os.path.join(self.aux_dir, "agent-keys"), start_method=cfg.nl_start_method,
             init_timeout=cfg.nl_init_timeout, ready_threshold=cfg.nl_ready_threshold,
-            on_node_state=part.node_state)
+            on_node_state=part.node_state, proc_stats_dir=stats_dir)
         part.attach_launcher(launcher)
         from qcg.pilotjob.partition import early_agents
 

@@ -14,9 +14,11 @@ DEFAULT_SSH = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
 
 
 def agent_command(start_method: str, node: str, address: str | None, keys_dir: str,
-                  ssh_command: list[str] | None = None, address_file: str | None = None) -> list[str]:
+                  ssh_command: list[str] | None = None, address_file: str | None = None,
+                  proc_stats_dir: str | None = None) -> list[str]:
     """The agent's argv; with `address_file` (and no address) it waits for the address in that file."""
-    agent = [sys.executable, "-m", "qcg.pilotjob.agent", *agent_args(node, address, keys_dir, address_file)]
+    agent = [sys.executable, "-m", "qcg.pilotjob.agent",
+             *agent_args(node, address, keys_dir, address_file, proc_stats_dir)]
     if start_method == "slurm":
         return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
                 "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *agent]
@@ -26,7 +28,13 @@ def agent_command(start_method: str, node: str, address: str | None, keys_dir: s
     return agent
 
 
-def agent_args(node: str, address: str | None, keys_dir: str, address_file: str | None = None) -> list[str]:
-    """The agent's own options (`qcg.pilotjob.agent.agent.main` takes them as its argv)."""
+def agent_args(node: str, address: str | None, keys_dir: str, address_file: str | None = None,
+               proc_stats_dir: str | None = None) -> list[str]:
+    """The agent's own options (`qcg.pilotjob.agent.agent.main` takes them as its argv).
+
+    `proc_stats_dir` (`--enable-proc-stats`): the agent records its tasks' processes and writes its
+    ptrace file there when it ends.
+    """
     where = ["--address", address] if address else ["--address-file", str(address_file)]
-    return [*where, "--node", node, "--keys", keys_dir, "--heartbeat", str(AGENT_HEARTBEAT)]
+    stats = ["--proc-stats-dir", proc_stats_dir] if proc_stats_dir else []
+    return [*where, "--node", node, "--keys", keys_dir, "--heartbeat", str(AGENT_HEARTBEAT), *stats]

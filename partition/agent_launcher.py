@@ -64,7 +64,7 @@ class AgentLauncher:
                  init_timeout: float = 600.0, ready_threshold: float = 1.0,
                  on_node_state: Callable[[str, bool], None] | None = None,
                  ssh_command: list[str] | None = None, bind_host: str | None = None,
-                 agent_env: dict[str, str] | None = None) -> None:
+                 agent_env: dict[str, str] | None = None, proc_stats_dir: str | None = None) -> None:
         self.loop = loop
         self.nodes = list(nodes)
         self._on_started = on_started
@@ -77,6 +77,7 @@ class AgentLauncher:
         self.ssh_command = ssh_command or DEFAULT_SSH
         self.bind_host = bind_host
         self.agent_env = agent_env or {}
+        self.proc_stats_dir = proc_stats_dir       # --enable-proc-stats: each agent writes its ptrace file there
         self.agents = {n: _AgentState(n) for n in self.nodes}
         self._task_node: dict[str, str] = {}
         self._procs = ProcessSpawner(loop, kill_grace=2.0)
@@ -143,7 +144,8 @@ class AgentLauncher:
             log.warning("early start of a node agent failed; starting it again", node=node, error=why)
 
     def _agent_argv(self, node: str) -> list[str]:
-        return agent_command(self.start_method, node, self.address, self.keys_dir, self.ssh_command)
+        return agent_command(self.start_method, node, self.address, self.keys_dir, self.ssh_command,
+                             proc_stats_dir=self.proc_stats_dir)
 
     def _stderr_path(self, node: str) -> str:
         """Where an agent's stderr goes (early agents write theirs to the same place)."""
@@ -228,10 +230,14 @@ class AgentLauncher:
         state.last_seen = time.monotonic()
         state.heard += 1
         kind = msg.get("type")
-        if kind == "events":
-            self._events(state, msg.get("events") or [])
-        elif kind == "ready":
-            self._ready(state, msg)
+        try:
+            if kind == "events":
+                self._events(state, msg.get("events") or [])
+            elif kind == "ready":
+                self._ready(state, msg)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            # one bad message must not end the receiving loop (every agent's messages would go unread)
+            log.warning("malformed agent message dropped", node=node, type=kind, error=str(exc))
 
     def _ready(self, state: _AgentState, msg: dict[str, Any]) -> None:
         state.cpus = list(msg.get("cpus") or [])
@@ -244,7 +250,18 @@ class AgentLauncher:
             self._on_node_state(state.node, True)
 
     def _events(self, state: _AgentState, events: list[list[Any]]) -> None:
+        if state.lost:
+            # its tasks were ended (or sent elsewhere) when it was lost: a late word from it changes nothing
+            log.warning("events of a lost node dropped", node=state.node, count=len(events))
+            return
         for ev in events:
+            task = ev[1]
+            if task not in state.tasks:
+                # only the agent a task was sent to speaks of it (a holder of the agent key posing as
+                # another node cannot end, or start, somebody else's task)
+                log.warning("event for a task not on this node dropped", node=state.node, task=str(task)[:100],
+                            event=str(ev[0])[:20])
+                continue
             if ev[0] == "started":
                 _, task, pid, started = ev
                 self._on_started(task, pid, started)

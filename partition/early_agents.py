@@ -55,10 +55,12 @@ class EarlyAgents:
 
 
 def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: str,
-                bind_host: str = "0.0.0.0", own_node: str | None = None) -> EarlyAgents:
+                bind_host: str = "0.0.0.0", own_node: str | None = None,
+                proc_stats_dir: str | None = None) -> EarlyAgents:
     """Spawn every agent, then bind their socket and publish its address; kept for `take` (one per process).
 
     The agent of `own_node` (one of `nodes`: where this process runs) is forked from this process.
+    With `proc_stats_dir` the agents record their tasks' processes (`--enable-proc-stats`).
     """
     global _PENDING
     os.makedirs(keys_dir, mode=0o700, exist_ok=True)
@@ -69,11 +71,11 @@ def start_early(nodes: list[str], *, start_method: str, keys_dir: str, err_dir: 
         pass
     own = own_node if own_node in nodes else None
     processes, errors = _spawn_agents([n for n in nodes if n != own], start_method, keys_dir, err_dir,
-                                      address_file)
+                                      address_file, proc_stats_dir)
     try:
         if own is not None:
             try:
-                processes[own] = _fork_agent(own, keys_dir, err_dir, address_file)
+                processes[own] = _fork_agent(own, keys_dir, err_dir, address_file, proc_stats_dir)
             except (OSError, ImportError) as exc:      # that agent alone starts the usual way
                 errors[own] = f"cannot fork it: {exc}"
         early = _listen(keys_dir, start_method, bind_host, address_file, processes, errors)
@@ -114,13 +116,14 @@ def _listen(keys_dir: str, start_method: str, bind_host: str, address_file: str,
     return EarlyAgents(ctx, sock, address, auth, keys_dir, start_method, processes, errors)
 
 
-def _spawn_agents(nodes: list[str], start_method: str, keys_dir: str, err_dir: str,
-                  address_file: str) -> tuple[dict[str, tuple[int, float]], dict[str, str]]:
+def _spawn_agents(nodes: list[str], start_method: str, keys_dir: str, err_dir: str, address_file: str,
+                  proc_stats_dir: str | None = None) -> tuple[dict[str, tuple[int, float]], dict[str, str]]:
     processes: dict[str, tuple[int, float]] = {}
     errors: dict[str, str] = {}
     env = dict(os.environ)
     for node in nodes:
-        argv = agent_command(start_method, node, None, keys_dir, address_file=address_file)
+        argv = agent_command(start_method, node, None, keys_dir, address_file=address_file,
+                             proc_stats_dir=proc_stats_dir)
         err = os.path.join(err_dir, f"agent-{node}.err")
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -143,7 +146,8 @@ def stop_signal(node: str, forked: str | None) -> int:
     return PARENT_GONE if node == forked else signal.SIGTERM
 
 
-def _fork_agent(node: str, keys_dir: str, err_dir: str, address_file: str) -> tuple[int, float]:
+def _fork_agent(node: str, keys_dir: str, err_dir: str, address_file: str,
+                proc_stats_dir: str | None = None) -> tuple[int, float]:
     """Fork the agent of this process's own node; call before any thread or ZMQ context exists.
 
     Slurm signals a step as a whole (`scancel --signal`, srun passing on a
@@ -155,7 +159,7 @@ def _fork_agent(node: str, keys_dir: str, err_dir: str, address_file: str) -> tu
     """
     from qcg.pilotjob.agent import agent as agent_module
 
-    argv = agent_args(node, None, keys_dir, address_file)
+    argv = agent_args(node, None, keys_dir, address_file, proc_stats_dir)
     err = os.path.join(err_dir, f"agent-{node}.err")
     parent = os.getpid()
     sys.stdout.flush()

@@ -13,9 +13,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.agent.process_stats import ProcessStats
 
 
 @dataclass(slots=True)
@@ -64,14 +67,25 @@ def exit_description(code: int | None) -> str:
 
 
 class LocalLauncher:
-    """Runs every task as a child of this process (flat local mode)."""
+    """Runs every task as a child of this process (flat local mode).
+
+    With `proc_stats_dir` (`--enable-proc-stats`) a `ProcessStats` thread
+    records the tasks' process trees and writes its ptrace file there at
+    `shutdown`; the spawn path is the same with or without it.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_started: StartedCallback, on_exit: ExitCallback,
-                 kill_grace: float = 3.0) -> None:
-        self._spawner = ProcessSpawner(loop, kill_grace=kill_grace)
+                 kill_grace: float = 3.0, proc_stats_dir: str | None = None) -> None:
+        self._spawner = ProcessSpawner(loop, kill_grace=kill_grace, orphan_guard=True)
         self._on_started = on_started
         self._on_exit = on_exit
         self._base_env = dict(os.environ)
+        self._stats: ProcessStats | None = None
+        if proc_stats_dir is not None:
+            from qcg.pilotjob.agent.process_stats import start_collector
+
+            # every task of a local run is on this host: the file is named after it
+            self._stats = start_collector(proc_stats_dir, os.uname().nodename)
 
     @property
     def running(self) -> int:
@@ -100,6 +114,9 @@ class LocalLauncher:
         self._spawner.cancel(task_id)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
+        if self._stats is not None:
+            # before the tasks still running are ended: its last poll sees them as they were
+            self._stats.stop()
         await self._spawner.shutdown(timeout)
 
 

@@ -49,6 +49,7 @@ class PartitionConfig:
     envschema: str = "auto"
     zmq_address: str | None = None
     queue_factor: int = 2             # tasks held per core, beyond running ones
+    proc_stats_dir: str | None = None  # --enable-proc-stats in a local run: where the ptrace file goes
 
 
 class Partition:
@@ -60,7 +61,8 @@ class Partition:
         self.events = events
         self.scheduler = Scheduler(resources)
         self.running: dict[str, _Running] = {}
-        self.launcher: Launcher = launcher or LocalLauncher(loop, self._launched, self._exited)
+        self.launcher: Launcher = launcher or LocalLauncher(loop, self._launched, self._exited,
+                                                            proc_stats_dir=config.proc_stats_dir)
         self._pass_pending = False
         self._deferring = False          # inside an exit callback: run the pass at its end
         self._closing = False
@@ -166,17 +168,27 @@ class Partition:
             cmd = build_launch(execution, allocation, local=cfg.local, scratch_dir=cfg.scratch_dir,
                                name=task.task_id)
         except ModelError as exc:
-            self.resources.release(allocation)
-            self._report_later(TaskFinished(task.task_id, "FAILED", message=str(exc), allocation=allocation))
+            self._not_started(task, allocation, str(exc))
             return
         env = self._environment(execution.env, allocation)
         if cmd.env_extra:
             env.update(cmd.env_extra)
         self.running[task.task_id] = _Running(task, allocation, wd, scheduled_at, cmd.files)
-        self.launcher.launch(LaunchRequest(
-            task_id=task.task_id, node=allocation.nodes[0][0], argv=cmd.argv, env=env, cwd=wd,
-            stdin=in_wd(execution.stdin), stdout=in_wd(execution.stdout), stderr=in_wd(execution.stderr),
-            cpus=cmd.cpus, walltime=task.walltime))
+        try:
+            self.launcher.launch(LaunchRequest(
+                task_id=task.task_id, node=allocation.nodes[0][0], argv=cmd.argv, env=env, cwd=wd,
+                stdin=in_wd(execution.stdin), stdout=in_wd(execution.stdout), stderr=in_wd(execution.stderr),
+                cpus=cmd.cpus, walltime=task.walltime))
+        except Exception as exc:  # noqa: BLE001 - a launcher fault fails this task, not the scheduling pass
+            log.exception("launch failed", task=task.task_id)
+            del self.running[task.task_id]
+            self._not_started(task, allocation, f"cannot start: {exc}")
+
+    def _not_started(self, task: TaskSpec, allocation: Allocation, why: str) -> None:
+        """The task FAILED before it started: its cores go to the queue at once (another pass)."""
+        self.resources.release(allocation)
+        self._report_later(TaskFinished(task.task_id, "FAILED", message=why, allocation=allocation))
+        self._request_pass()
 
     def _environment(self, job_env: dict[str, str], allocation: Allocation) -> dict[str, str]:
         """Task variables; all but the step id depend only on the allocation and job env (cached)."""

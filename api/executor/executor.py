@@ -79,7 +79,7 @@ class _Watcher(threading.Thread):
         self._reset_recheck = False
         self._error: BaseException | None = None
         self._conn = transport.ServiceConnection(manager.address, manager._keys, timeout=manager.request_timeout,
-                                                 alive=manager._alive)
+                                                 alive=manager._alive, insecure=manager._insecure)
         if manager._publisher_address:
             self._conn.subscribe(manager._publisher_address)
         ctx = self._conn.context

@@ -151,7 +151,8 @@ def test_agent_not_registered_in_time_is_named_with_its_stderr(tmp_path):
 
 
 def test_killed_agent_marks_node_lost(tmp_path, fake_ssh):
-    """Issue 5: kill -9 of an agent -> its tasks end with reason "node lost" (re-queued once), no hang."""
+    """Issue 5: kill -9 of an agent -> its tasks end with reason "node lost" (re-queued once), no hang; the
+    task it left running is ended by its orphan guard."""
     async def main():
         gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
         gov.requeue_limit = 0
@@ -162,8 +163,13 @@ def test_killed_agent_marks_node_lost(tmp_path, fake_ssh):
             while gov.registry.get("s").executing_count < 2:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
+            on_b = [r.pid for r in gov.registry.get("s").its.values() if (r.allocation or "").startswith("b")]
+            assert len(on_b) == 1 and on_b[0], on_b
+            task = psutil.Process(on_b[0])
             for pid in _agent_pids("b", tmp_path):
                 os.kill(pid, signal.SIGKILL)
+            # the agent's orphan guard ends the task the killed agent left behind
+            assert psutil.wait_procs([task], timeout=15)[1] == [], "the killed agent's task runs on"
             deadline = time.monotonic() + 20
             job = gov.registry.get("s")
             while job.finished_count < 1:
@@ -208,6 +214,23 @@ def test_silent_agent_is_lost_by_heartbeat(tmp_path, fake_ssh):
     run(main(), timeout=90)
 
 
+async def _long_task_running(gov: Governor) -> str:
+    """Submit `long` (sleep 30) and wait until it runs; the node it runs on."""
+    gov.submit(parse_jobs([{"name": "long", "execution": {"exec": "/bin/sleep", "args": ["30"]}}]))
+    deadline = time.monotonic() + 20
+    while gov.registry.get("long").state.value != "EXECUTING":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    return gov.registry.get("long").record.allocation.split("[")[0]
+
+
+async def _still_running_then_canceled(gov: Governor) -> None:
+    """`long` still runs (the forged messages changed nothing); its real end arrives after a cancel."""
+    assert gov.registry.get("long").state.value == "EXECUTING"
+    gov.cancel(["long"])
+    assert (await _wait_final(gov, "long")).state.value == "CANCELED"
+
+
 def test_peer_without_agent_key_cannot_pose_as_agent(tmp_path, fake_ssh):
     """Issue 5 / DESIGN principle 5: only holders of the run's agent key may speak as a node agent:
     a forged "task exited" for a running task (with a wrong key, or with no CURVE at all) changes nothing."""
@@ -220,12 +243,7 @@ def test_peer_without_agent_key_cannot_pose_as_agent(tmp_path, fake_ssh):
         gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
         ctx = zmq.asyncio.Context()
         try:
-            gov.submit(parse_jobs([{"name": "long", "execution": {"exec": "/bin/sleep", "args": ["30"]}}]))
-            deadline = time.monotonic() + 20
-            while gov.registry.get("long").state.value != "EXECUTING":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
-            node = gov.registry.get("long").record.allocation.split("[")[0]
+            node = await _long_task_running(gov)
             server_pub = curve.read_key(str(tmp_path / "keys" / "partition.key"))
             pub, sec = zmq.curve_keypair()
             for keys in ((pub, sec), None):
@@ -244,9 +262,45 @@ def test_peer_without_agent_key_cannot_pose_as_agent(tmp_path, fake_ssh):
                         pass
                     await asyncio.sleep(0.2)
                 sock.close()
-            assert gov.registry.get("long").state.value == "EXECUTING"
-            gov.cancel(["long"])
-            assert (await _wait_final(gov, "long")).state.value == "CANCELED"
+            await _still_running_then_canceled(gov)
+        finally:
+            ctx.term()
+            await part.shutdown()
+    run(main())
+
+
+def test_agent_key_holder_cannot_speak_for_another_node(tmp_path, fake_ssh):
+    """Security audit F5: the agents share one key, so a node is only the identity its agent gives. A holder
+    of that key posing as the other node could end a task running elsewhere (SUCCEED, exit code 0, while it
+    ran on, its cores handed out again), and one malformed message stopped the launcher reading any agent.
+    Now only the agent a task was sent to may speak of it, and bad messages are dropped one by one."""
+    import zmq
+    import zmq.asyncio
+
+    from qcg.pilotjob.api import curve, protocol
+
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
+        ctx = zmq.asyncio.Context()
+        try:
+            node = await _long_task_running(gov)
+            other = "b" if node == "a" else "a"
+            server_pub = curve.read_key(str(tmp_path / "keys" / "partition.key"))
+            pub, sec = curve.load_pair(str(tmp_path / "keys"), "agent")
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, other.encode())       # the other node's name (its agent is replaced)
+            sock.setsockopt(zmq.LINGER, 0)
+            curve.make_client(sock, pub, sec, server_pub)
+            sock.connect(launcher.address)
+            now = time.time()
+            for msg in ({"type": "events", "events": [["started"]]},           # malformed
+                        {"type": "events", "events": [["exited", "long", 0, None, None, now, now]]},
+                        {"type": "events", "events": [["started", "long", 1, now]]}):
+                await asyncio.wait_for(sock.send(protocol.encode(msg)), 5)
+            await asyncio.sleep(0.5)
+            sock.close()
+            assert res.info()["free_cores"] == 1
+            await _still_running_then_canceled(gov)      # the launcher still reads its agents
         finally:
             ctx.term()
             await part.shutdown()

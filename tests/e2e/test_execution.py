@@ -72,6 +72,35 @@ class _Events(GovernorListener):
         self.changes.append((job.name, iteration, state))
 
 
+def test_a_launcher_fault_fails_its_task_and_the_others_run(tmp_path):
+    """A launcher that raises (as the spawner did when descriptors ran out: security audit F3) fails that
+    task with the reason and frees its cores; the scheduling pass goes on, so the other tasks run, and so
+    do later ones. Before, the exception ended the pass with the cores still taken: every job stayed QUEUED."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        part = Partition(loop, local_resources("1"),
+                         PartitionConfig(root_wd=str(tmp_path), scratch_dir=str(tmp_path / "s")), events=None)
+        gov = Governor(loop, part, [])
+        part.events = gov
+        launch = part.launcher.launch
+
+        def faulty(req):
+            if req.task_id == "bad":
+                raise OSError(24, "Too many open files")
+            launch(req)
+
+        part.launcher.launch = faulty
+        gov.submit(parse_jobs([{"name": n, "execution": {"exec": "/bin/true"}} for n in ("bad", "ok1", "ok2")]))
+        await asyncio.wait_for(gov.wait_all_finished(), 20)
+        assert {n: gov.registry.get(n).state for n in ("bad", "ok1", "ok2")} == {
+            "bad": JobState.FAILED, "ok1": JobState.SUCCEED, "ok2": JobState.SUCCEED}
+        assert "cannot start: [Errno 24] Too many open files" in (gov.registry.get("bad").record.messages or "")
+        assert part.resources.free_cores == 1
+        await part.shutdown()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 async def _wait_for(cond, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

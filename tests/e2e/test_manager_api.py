@@ -199,12 +199,19 @@ def test_client_inside_a_task_uses_task_environment(lm, tmp_path):
 
 @pytest.mark.both_modes
 def test_client_without_keys_is_refused(lm, tmp_path, monkeypatch):
-    """Issue 4 security: a client without the run's keys gets nothing. It is told so when the service
-    refuses its handshake, not after its whole request timeout (60 s here), and told where keys come from."""
+    """Issue 4 security, DESIGN principle 5: a client without the run's keys gets nothing. Without the
+    plain-text opt-in it sends nothing and says at once where keys come from; with the opt-in
+    (QCG_PM_INSECURE_NO_CURVE=1) it is told when the service refuses its handshake, not after its whole
+    request timeout (60 s here)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.delenv("QCG_PM_KEYS", raising=False)
+    monkeypatch.delenv("QCG_PM_INSECURE_NO_CURVE", raising=False)
+    with pytest.raises(errors.ConnectionError, match="no CURVE keys found for .*QCG_PM_KEYS.*"
+                                                     "QCG_PM_INSECURE_NO_CURVE=1"):
+        Manager(lm.address, {"log_file": None, "request_timeout": 60})
+    monkeypatch.setenv("QCG_PM_INSECURE_NO_CURVE", "1")
     with pytest.raises(errors.ConnectionError, match="requires CURVE keys and none were found.*QCG_PM_KEYS"):
         Manager(lm.address, {"log_file": None, "request_timeout": 60})
 
@@ -320,7 +327,10 @@ def test_wait_on_a_dead_service_keeps_its_own_timeout(tmp_path, wait):
 
 def test_unreachable_address_raises_connection_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(errors.ConnectionError):
+    monkeypatch.delenv("QCG_PM_KEYS", raising=False)
+    # opted in to plain text, so that the connection is tried (without keys nothing would be)
+    monkeypatch.setenv("QCG_PM_INSECURE_NO_CURVE", "1")
+    with pytest.raises(errors.ConnectionError, match="tcp://127.0.0.1:9 within 0.5 s"):
         Manager("tcp://127.0.0.1:9", {"log_file": None, "request_timeout": 0.5})
 
 

@@ -422,3 +422,27 @@ def test_parent_without_keys_is_refused_clearly(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "Error: --parent needs the keys of the parent's run: give --keys DIR" in proc.stderr
+
+
+def test_parent_keys_open_to_others_are_refused(tmp_path):
+    """DESIGN principle 5 (a security audit's follow-up to F4): a manager takes --keys only when they are
+    its user's own and closed to others; keys others can write would let them pose as the governor and
+    receive the jobs (with their environments). One clear line, exit code 1, nothing sent."""
+    from qcg.pilotjob.governor.keys import create_keys
+
+    keys = create_keys(str(tmp_path / "aux")).directory
+    os.chmod(keys, 0o777)
+    proc = subprocess.run([*SERVICE, "--parent", "tcp://127.0.0.1:1", "--nodes", "1", "--wd", str(tmp_path / "wd"),
+                           "--keys", keys], cwd=str(tmp_path), capture_output=True, text=True, timeout=WAIT)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"key directory '{keys}' is open to others (mode 777): refused" in proc.stderr, proc.stderr
+    os.chmod(keys, 0o700)
+    secret = os.path.join(keys, os.listdir(keys)[0])
+    for name in os.listdir(keys):
+        if name.endswith("_secret"):
+            secret = os.path.join(keys, name)
+    os.chmod(secret, 0o644)
+    proc = subprocess.run([*SERVICE, "--parent", "tcp://127.0.0.1:1", "--nodes", "1", "--wd", str(tmp_path / "wd"),
+                           "--keys", keys], cwd=str(tmp_path), capture_output=True, text=True, timeout=WAIT)
+    assert proc.returncode == 1 and f"key file '{secret}' is open to others (mode 644)" in proc.stderr, proc.stderr

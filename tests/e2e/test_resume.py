@@ -263,3 +263,42 @@ def test_resume_of_a_resumed_and_killed_run(tmp_path, mode):
     for i in range(n):
         assert after[i] == (1 if i in second else before[i] + 1), f"iteration {i}: {before[i]} -> {after[i]}"
     assert r.report()["gated"]["state"] == "SUCCEED"
+
+
+@pytest.mark.both_modes
+def test_killed_service_leaves_no_task_running(tmp_path, mode):
+    """DESIGN principle 4: after a `kill -9` of the service (as the OOM killer ends it) none of its tasks
+    runs on -- else a `--resume` would run each a second time next to the first. Tasks have process groups
+    of their own, so only the launchers' orphan guard can end them: SIGTERM, then SIGKILL for a task that
+    ignores SIGTERM. In partitioned mode only the governor is killed; its partition managers, left without
+    it, end their tasks too."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    jobs = [{"name": "polite", "execution": {"exec": "/bin/sh", "args": ["-c", f"echo $$ > {pids}/polite; exec sleep 120"]}},
+            {"name": "stubborn",
+             "execution": {"exec": "/bin/sh", "args": ["-c", f"trap '' TERM; echo $$ > {pids}/stubborn; sleep 120"]}}]
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(*jobs)]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(tmp_path / "wd"), "--nodes", NODES,
+                             *mode_args(mode, NODES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
+    tasks: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len([p for p in pids.iterdir() if p.read_text().strip()]) < 2:
+            assert time.monotonic() < deadline, "the tasks did not start"
+            assert proc.poll() is None, "the service ended before it could be killed"
+            time.sleep(0.05)
+        tasks = [psutil.Process(int(p.read_text())) for p in pids.iterdir()]
+        tasks += [c for t in tasks for c in t.children(recursive=True)]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(tasks, timeout=30)
+        assert alive == [], f"tasks left running by the killed service: {[p.cmdline() for p in alive]}"
+    finally:
+        for t in tasks:
+            try:
+                t.kill()
+            except psutil.Error:
+                pass
+        _kill_tree(proc)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 
 import msgpack
+import pytest
 import zmq
 
-from qcg.pilotjob.api.transport import ServiceConnection
+from qcg.pilotjob.api.transport import NoKeysFound, ServiceConnection
 
 
 def _server():
@@ -38,7 +39,7 @@ def _server():
 
 def _finish() -> tuple[dict, list[dict]]:
     address, got, thread = _server()
-    conn = ServiceConnection(address, None, timeout=15.0)
+    conn = ServiceConnection(address, None, timeout=15.0, insecure=True)  # the bare server has no CURVE
     try:
         response = conn.request({"request": "finish"}, ends_service=True)
     finally:
@@ -54,3 +55,12 @@ def test_a_service_that_closes_after_finish_counts_as_answered():
     assert [r["request"] for r in got] == ["finish"]
     assert response == {"code": 0, "message": "the service closed the connection after the request"}
 
+
+def test_no_keys_without_the_opt_in_sends_nothing():
+    """DESIGN.md principle 5: a connection without CURVE keys is made only with the explicit opt-in;
+    without it the constructor raises and the server gets nothing."""
+    address, got, thread = _server()
+    with pytest.raises(NoKeysFound, match="insecure=True"):
+        ServiceConnection(address, None, timeout=15.0)
+    thread.join(0.5)
+    assert got == []

@@ -1,0 +1,106 @@
+"""The run's aux dir (`.qcgpjm-service-<id>` in the working dir): made private, and only ever our own.
+
+Everything of a run lives there: keys, the journal (job descriptions with
+their environment variables, which `--resume` replays), logs, reports. A
+security audit showed what happens when it is not ours: another local user
+who made the directory first (the id used to be one of 10 000 guessable
+numbers, in a shared directory such as /tmp) read the job secrets, made the
+service overwrite a file of the victim's through a planted symlink, and got
+commands run as the victim by appending them to the journal before a resume.
+
+So a new run makes its aux dir itself, mode 0700, under an id nobody can
+guess, and takes another id if the name is taken. An aux dir that must
+already exist (`--resume`, a fixed `--id` or `--aux-dir` used again) is
+accepted only when it is a real directory owned by this user and writable by
+nobody else; it is then closed to others (0700). A working dir that anybody
+may write into without the sticky bit (where others could rename the aux dir
+away) is refused as well; /tmp-like directories have that bit.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import stat
+
+PREFIX = ".qcgpjm-service-"
+_TRIES = 20
+
+
+class AuxDirError(Exception):
+    """The aux dir or the working dir is unsafe or unusable; the message is shown as `Error: ...`."""
+
+
+def new_instance_id() -> str:
+    """`<host>.<number>`, as the original names its runs, from a space too large to plant in advance."""
+    return f"{socket.gethostname()}.{secrets.randbelow(1_000_000_000)}"
+
+
+def check_own_dir(path: str, what: str) -> None:
+    """`path` is a directory of this user that nobody else may write into; closed to others (0700)."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise AuxDirError(f"{what} '{path}': {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise AuxDirError(f"{what} '{path}' is a symbolic link: refused (it must be the run's own directory)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise AuxDirError(f"{what} '{path}' is not a directory")
+    if st.st_uid != os.geteuid():
+        raise AuxDirError(f"{what} '{path}' belongs to another user (uid {st.st_uid}): refused, because its "
+                          f"owner could read the run's secrets and change what it runs")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise AuxDirError(f"{what} '{path}' may be written by others (mode {stat.S_IMODE(st.st_mode):o}): refused, "
+                          f"because they could change what the run reads back; 'chmod 700' it to use it")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def check_own_files(path: str, names: tuple[str, ...], what: str) -> None:
+    """Files the run reads back (the journal) must be this user's, not links planted by somebody else."""
+    for name in names:
+        file = os.path.join(path, name)
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+            raise AuxDirError(f"{what} '{file}' is a link or belongs to another user (uid {st.st_uid}): refused")
+
+
+def check_wd(path: str) -> None:
+    """Refuse a working dir that anybody may write into without the sticky bit."""
+    st = os.stat(path)
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise AuxDirError(f"working directory '{path}' may be written by anybody (mode {stat.S_IMODE(st.st_mode):o}, "
+                          f"no sticky bit), so others could replace the run's files: refused")
+
+
+def make_new(wd: str) -> tuple[str, str]:
+    """(instance id, aux dir) of a new run: a directory made here, mode 0700, under a fresh id."""
+    for _ in range(_TRIES):
+        instance_id = new_instance_id()
+        path = os.path.join(wd, PREFIX + instance_id)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise AuxDirError(f"aux directory '{path}' cannot be created: {exc.strerror}") from None
+        os.chmod(path, 0o700)           # whatever the umask
+        return instance_id, path
+    raise AuxDirError(f"no free aux directory name in '{wd}' after {_TRIES} tries")
+
+
+def make_or_reuse(path: str) -> None:
+    """An aux dir under a fixed name (`--id`, `--aux-dir`): made private, or reused when it is our own."""
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)
+    except FileExistsError:
+        check_own_dir(path, "aux directory")
+    except OSError as exc:
+        raise AuxDirError(f"aux directory '{path}' cannot be created: {exc.strerror}") from None

@@ -1,0 +1,114 @@
+"""The aux dir is the run's own (governor/aux_dir.py; DESIGN principle 5 "Secure by default").
+
+A security audit (finding F1, reproduced as a second local user) showed that a run used an aux dir another
+user had made first -- in a shared directory, under one of 10 000 guessable names -- and so let that user
+read job secrets from the journal, have the service overwrite one of the victim's files through a planted
+`final_status.json` symlink, and get commands run as the victim by appending them to the journal before a
+`--resume`. Finding F2: the journal and logs, holding job environments, were readable by everybody.
+These tests hand a run such directories and check each is refused with one clear line, and that nothing
+was written through them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import job, run_service, submit
+
+NOBODY = 65534
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+
+
+def _ok_run(tmp_path: Path, *args: str, wd: Path | None = None):
+    return run_service(tmp_path, [submit(job("a"))], *args, wd=wd, nodes="1", timeout=60)
+
+
+def test_new_aux_dir_is_private_and_its_name_unguessable(tmp_path):
+    """A new run's aux dir is made by the run, mode 0700 whatever the umask (so the journal and logs, with
+    job environments, are closed to others), named `<host>.<number>` from a space of 10^9 numbers."""
+    r = _ok_run(tmp_path)
+    assert r.rc == 0, r.stderr
+    assert stat.S_IMODE(r.aux.stat().st_mode) == 0o700
+    assert re.fullmatch(r"\.qcgpjm-service-.+\.\d+", r.aux.name)
+    names = {_ok_run(tmp_path).aux.name for _ in range(2)} | {r.aux.name}
+    assert len(names) == 3
+
+
+@root_only
+def test_fixed_id_aux_dir_of_another_user_is_refused(tmp_path):
+    wd = tmp_path / "wd"
+    planted = wd / ".qcgpjm-service-fixed"
+    planted.mkdir(parents=True)
+    target = tmp_path / "precious.txt"
+    target.write_text("the victim's data")
+    (planted / "final_status.json").symlink_to(target)
+    os.chown(planted, NOBODY, NOBODY)
+    planted.chmod(0o777)
+    r = _ok_run(tmp_path, "--id", "fixed", wd=wd)
+    assert r.rc == 1
+    assert f"Error: aux directory '{planted}' belongs to another user (uid {NOBODY})" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert target.read_text() == "the victim's data"
+
+
+def test_aux_dir_that_is_a_link_or_writable_by_others_is_refused(tmp_path):
+    """Our own directory, but one others may write into, or a symlink to one: refused, saying how to fix."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    open_dir = wd / ".qcgpjm-service-open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    r = _ok_run(tmp_path, "--id", "open", wd=wd)
+    assert r.rc == 1 and "may be written by others (mode 777)" in r.stderr and "chmod 700" in r.stderr, r.stderr
+    (wd / ".qcgpjm-service-link").symlink_to(tmp_path)
+    r = _ok_run(tmp_path, "--id", "link", wd=wd)
+    assert r.rc == 1 and "is a symbolic link" in r.stderr, r.stderr
+    # our own, private: reused (and a 0755 one from an older version is closed to others)
+    own = wd / ".qcgpjm-service-own"
+    own.mkdir(mode=0o755)
+    own.chmod(0o755)
+    r = _ok_run(tmp_path, "--id", "own", wd=wd)
+    assert r.rc == 0, r.stderr
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700
+
+
+@root_only
+def test_resume_takes_only_the_users_own_aux_dir(tmp_path):
+    """`--resume WD` picks the newest aux dir of this user; another user's (made newer, with a journal of
+    its own) is passed over, and one that is the only candidate is refused, as is naming it directly."""
+    first = _ok_run(tmp_path, "--id", "mine")
+    assert first.rc == 0, first.stderr
+    wd = first.wd
+    planted = wd / ".qcgpjm-service-zzz"
+    planted.mkdir()
+    (planted / "track.reqs").write_bytes((first.aux / "track.reqs").read_bytes())
+    os.chown(planted, NOBODY, NOBODY)
+    future = first.aux.stat().st_mtime + 3600
+    os.utime(planted, (future, future))
+    r = run_service(tmp_path, None, "--resume", str(wd), wd=wd, nodes="1", timeout=60)
+    assert r.rc == 0, r.stderr
+    assert "resumed" in (first.aux / "service.log").read_text()
+    r = run_service(tmp_path, None, "--resume", str(planted), wd=wd, nodes="1", timeout=60)
+    assert r.rc == 1 and "belongs to another user" in r.stderr, r.stderr
+    (first.aux / "track.reqs").unlink()
+    r = run_service(tmp_path, None, "--resume", str(wd), wd=wd, nodes="1", timeout=60)
+    assert r.rc == 1 and "not this user's own real directories" in r.stderr, r.stderr
+
+
+def test_world_writable_working_dir_without_sticky_bit_is_refused(tmp_path):
+    """Anybody could rename the aux dir away there and put their own in its place; /tmp-like directories
+    (sticky bit: only an entry's owner may rename it) are fine."""
+    wd = tmp_path / "shared"
+    wd.mkdir()
+    wd.chmod(0o777)
+    r = _ok_run(tmp_path, wd=wd)
+    assert r.rc == 1 and f"working directory '{wd}' may be written by anybody (mode 777" in r.stderr, r.stderr
+    assert list(wd.iterdir()) == []
+    wd.chmod(0o1777)
+    r = _ok_run(tmp_path, wd=wd)
+    assert r.rc == 0, r.stderr

@@ -1,0 +1,115 @@
+"""The orphan guard (agent/orphan_guard.py): tasks do not outlive a launcher killed outright.
+
+DESIGN principle 4 ("Nothing lost ... `--resume` replays exactly the unfinished set"): a task left running
+by a killed service would run twice after a resume, next to its own re-run. Tasks have process groups of
+their own, so without the guard a `kill -9` of the launcher (the OOM killer's way) leaves them all running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+LAUNCHER = textwrap.dedent("""
+    import asyncio, os, sys
+    from qcg.pilotjob.agent.spawner import ProcessSpawner, ProcessSpec
+
+    async def main():
+        sp = ProcessSpawner(asyncio.get_running_loop(), kill_grace=0.5, orphan_guard=True)
+        env, cwd = dict(os.environ), os.getcwd()
+        polite = sp.spawn("polite", ProcessSpec(["/bin/sh", "-c", "sleep 60 & wait"], env, cwd), lambda k, e: None)
+        # ignores SIGTERM (the ignored disposition survives exec): only the guard's SIGKILL ends it
+        stubborn = sp.spawn("stubborn", ProcessSpec(["/bin/sh", "-c", "trap '' TERM; sleep 60"], env, cwd),
+                            lambda k, e: None)
+        ended = sp.spawn("ended", ProcessSpec(["/bin/true"], env, cwd), lambda k, e: None)
+        await asyncio.sleep(0.5)            # the notes reach the guard; /bin/true is reaped
+        print(polite, stubborn, ended, sp._guard.pid, flush=True)
+        if sys.argv[1] == "shutdown":
+            await sp.shutdown(timeout=5)
+            print("down", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+""")
+
+
+def _launch(mode: str) -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, mode], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()          # type: ignore[union-attr]
+    assert line, "the launcher did not start its tasks"
+    return proc, [int(x) for x in line.split()]
+
+
+def _gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of a process group (the task's tree)."""
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (OSError, psutil.Error):
+            pass
+    return out
+
+
+def test_tasks_of_a_killed_launcher_are_ended():
+    """kill -9 of the launcher: the guard sends its task groups SIGTERM (the whole tree: the shell and its
+    background sleep), then SIGKILL to what ignores SIGTERM; then the guard itself ends."""
+    proc, (polite, stubborn, _ended, guard) = _launch("stay")
+    tree = _group(polite) + _group(stubborn)
+    try:
+        assert len(tree) >= 3, tree          # sh + sleep of the first, sh/sleep of the second
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert _gone(tree, 10), f"tasks outlived their killed launcher: {[p for p in tree if psutil.pid_exists(p)]}"
+        assert _gone([guard], 10), "the guard did not end after its work"
+    finally:
+        for pgid in (polite, stubborn):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+        proc.kill()
+
+
+def test_guard_leaves_alone_after_an_ordered_shutdown():
+    """An ordered shutdown ends the tasks itself and tells the guard, which leaves at once, killing nothing
+    (a group id it once held may belong to somebody else by then)."""
+    proc, (_polite, _stubborn, _ended, guard) = _launch("shutdown")
+    try:
+        assert proc.stdout.readline().strip() == "down"     # type: ignore[union-attr]
+        assert _gone([guard], 5), "the guard stayed after the launcher's ordered shutdown"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_spawner_without_guard_starts_none():
+    """The guard is for tasks: infrastructure spawners (agents, partition managers) have none, and cost
+    nothing for it."""
+    import asyncio
+
+    from qcg.pilotjob.agent.spawner import ProcessSpawner
+
+    async def main():
+        before = {p.pid for p in psutil.Process().children()}
+        sp = ProcessSpawner(asyncio.get_running_loop())
+        assert sp._guard is None
+        assert {p.pid for p in psutil.Process().children()} == before
+
+    asyncio.run(asyncio.wait_for(main(), 10))
