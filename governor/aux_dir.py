@@ -20,7 +20,6 @@ away) is refused as well; /tmp-like directories have that bit.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import stat
 
@@ -34,7 +33,8 @@ class AuxDirError(Exception):
 
 def new_instance_id() -> str:
     """`<host>.<number>`, as the original names its runs, from a space too large to plant in advance."""
-    return f"{socket.gethostname()}.{secrets.randbelow(1_000_000_000)}"
+    # os.urandom, not `secrets`: that one loads OpenSSL (hmac), half a MiB more for every service process
+    return f"{socket.gethostname()}.{int.from_bytes(os.urandom(8), 'big') % 1_000_000_000}"
 
 
 def check_own_dir(path: str, what: str) -> None:
