@@ -154,9 +154,10 @@ class ProcessSpawner:
         self._loop = loop
         self._kill_grace = kill_grace
         raise_open_files_limit()
-        # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running
+        # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running.
+        # The guard starts with the first task: a launcher that is replaced before it runs any has none.
         self._guarded = orphan_guard
-        self._guard: OrphanGuard | None = OrphanGuard(kill_grace) if orphan_guard else None
+        self._guard: OrphanGuard | None = None
         self._guard_flush = False
         self._procs: dict[Hashable, _Proc] = {}
         self._exe_cache: dict[tuple, str] = {}
@@ -379,7 +380,16 @@ class ProcessSpawner:
         """Tell the orphan guard (once per loop turn, in one write) which task groups live."""
         guard = self._guard
         if guard is None:
-            guard = self._guard = OrphanGuard(self._kill_grace)    # spawning again after a shutdown
+            if not started:
+                return
+            try:
+                guard = self._guard = OrphanGuard(self._kill_grace)
+            except OSError as exc:
+                # a protection, not a condition of the run: without it the tasks run as before
+                _log.warning("orphan guard not started (%s): tasks of a killed launcher will outlive it",
+                             _err_text(exc))
+                self._guarded = False
+                return
         if started:
             guard.started(pid)
         else:

@@ -29,7 +29,9 @@ def _start_agents_early(argv: list[str]) -> None:
     try:
         with open(resources_file, encoding="utf-8") as fh:
             nodes = [n["name"] for n in json.load(fh)["nodes"]]
-        os.makedirs(aux_dir, exist_ok=True)
+        from qcg.pilotjob.governor.aux_dir import make_or_reuse
+
+        make_or_reuse(aux_dir)          # mode 0700 whatever the umask: the normal start checks it
         from qcg.pilotjob.partition.early_agents import start_early
 
         # srun put this manager on the first node of its group: that node's agent is forked, not started

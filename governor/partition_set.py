@@ -35,9 +35,11 @@ REBALANCE_QUIET = 1.0    # seconds a member that gave nothing back is not asked 
 MAX_MOVES = 3            # re-dispatches of one task after losing its partition, then FAILED
 
 
-def _least_cores(request: ResourceRequest) -> int:
-    """The cores a task needs at least (whole nodes count as one core each: their size is not known here)."""
-    return (request.cores_min or 1) * (request.nodes_min or 1)
+def _least_cores(request: ResourceRequest, node_cores: int) -> int:
+    """The cores a task needs at least; a whole node counts as the member's largest node (`node_cores`)."""
+    if request.nodes_min is None:
+        return request.cores_min or 1
+    return (request.cores_min or node_cores) * request.nodes_min
 
 
 class MemberPort(Protocol):
@@ -63,7 +65,7 @@ class Member:
     port: MemberPort
     credit: int
     tags: list[str] = field(default_factory=list)
-    inflight: set[str] = field(default_factory=set)
+    inflight: dict[str, float] = field(default_factory=dict)    # task id -> when it was handed over (loop time)
     running: set[str] = field(default_factory=set)       # of `inflight`: started there
     retracting: set[str] = field(default_factory=set)    # the give-back request waiting for its answer
     quiet_until: float = 0.0           # gave nothing back last time: not asked again before this
@@ -109,6 +111,7 @@ class PartitionSet:
         self._drain_pending = False
         self._rr = 0
         self._rebalance_pending = False
+        self._relook_pending = False
         self._retract_to: dict[str, str] = {}  # donor id -> the member its given-back tasks are for
         self._fits: dict[tuple[str, ResourceRequest], bool] = {}
         self.lost: list[str] = []
@@ -277,7 +280,7 @@ class PartitionSet:
 
     def _place(self, member: Member, spec: TaskSpec, batches: dict[str, list[TaskSpec]]) -> None:
         tid = spec.task_id
-        member.inflight.add(tid)
+        member.inflight[tid] = self.loop.time()
         member.sent += 1
         self._where[tid] = member
         self._specs[tid] = spec
@@ -296,16 +299,28 @@ class PartitionSet:
         self._rebalance_pending = False
         if self._backlog:
             return              # placed first, by `_drain`
+        demand = self._demand
         plan = rebalance.pick(self.members.values(), lambda tid: self._specs[tid].seq,
                               lambda member, tid: self._fits_member(member, self._specs[tid].resources),
-                              lambda tid: _least_cores(self._specs[tid].resources), self.loop.time())
+                              demand, self.loop.time())
         if plan is None:
+            if not self._relook_pending and rebalance.may_move_later(self.members.values(), demand):
+                # queued tasks that may yet turn out stuck (STALE_AFTER) next to idle cores: look again then
+                self._relook_pending = True
+                self.loop.call_later(rebalance.STALE_AFTER, self._relook)
             return
         donor, target, task_ids = plan
         donor.retracting.update(task_ids)
         self._retract_to[donor.id] = target.id
         log.info("queued tasks asked back", partition=donor.id, target=target.id, tasks=len(task_ids))
         donor.port.retract(task_ids)  # type: ignore[attr-defined]
+
+    def _relook(self) -> None:
+        self._relook_pending = False
+        self._request_rebalance()
+
+    def _demand(self, tid: str, node_cores: int) -> int:
+        return _least_cores(self._specs[tid].resources, node_cores)
 
     def retracted(self, member_id: str, task_ids: list[str]) -> None:
         """The member gave back these tasks (not started there); the others it was asked for have started."""
@@ -318,7 +333,7 @@ class PartitionSet:
         for tid in task_ids:
             if tid not in asked or tid not in donor.inflight or tid in donor.running:
                 continue
-            donor.inflight.discard(tid)
+            donor.inflight.pop(tid, None)
             self._where.pop(tid, None)
             spec = self._specs.pop(tid)
             if tid in self._canceling:
@@ -386,7 +401,7 @@ class PartitionSet:
         tid = ev.task_id
         if tid not in member.inflight:
             return            # a late word from a task already moved elsewhere
-        member.inflight.discard(tid)
+        member.inflight.pop(tid, None)
         member.running.discard(tid)
         self._where.pop(tid, None)
         self._specs.pop(tid, None)

@@ -17,32 +17,53 @@ if TYPE_CHECKING:
     from qcg.pilotjob.governor.partition_set import Member
 
 
-def idle_cores(member: "Member", demand: Callable[[str], int]) -> int:
+STALE_AFTER = 1.0      # seconds a task may wait in a member's queue before it counts as stuck there
+
+
+def idle_cores(member: "Member", demand: Callable[[str, int], int]) -> int:
     """Free cores not already promised to tasks queued with it (its last reported numbers); below zero,
     the cores its queue lacks there."""
-    queued = sum(demand(t) for t in member.inflight if t not in member.running)
+    node_cores = member.port.totals()[2]
+    queued = sum(demand(t, node_cores) for t in member.inflight if t not in member.running)
     return int(member.port.info().get("free_cores", 0)) - queued
 
 
+def _excess(member: "Member", demand: Callable[[str, int], int], now: float) -> int:
+    """How many of its queued tasks cannot start there now, as far as the set can tell: those its free
+    cores lack, or at least those waiting there longer than STALE_AFTER (the free cores may be on the wrong
+    nodes, too few on any one node for the task)."""
+    stale = sum(1 for t, since in member.inflight.items() if t not in member.running and now - since > STALE_AFTER)
+    return max(-idle_cores(member, demand), stale)
+
+
+def may_move_later(members: Iterable["Member"], demand: Callable[[str, int], int]) -> bool:
+    """Some member has queued tasks and another idle cores: a task may turn out stuck after STALE_AFTER."""
+    members = list(members)
+    queued = [m for m in members if len(m.inflight) > len(m.running) and hasattr(m.port, "retract")]
+    return bool(queued) and any(m.room > 0 and not m.draining and (len(queued) > 1 or m is not queued[0])
+                                and idle_cores(m, demand) > 0 for m in members)
+
+
 def pick(members: Iterable["Member"], seq_of: Callable[[str], int], fits: Callable[["Member", str], bool],
-         demand: Callable[[str], int], now: float) -> tuple["Member", "Member", list[str]] | None:
+         demand: Callable[[str, int], int], now: float) -> tuple["Member", "Member", list[str]] | None:
     """(donor, target, task ids to take back), or None when nothing is worth moving.
 
-    The donor is the member whose queue lacks the most cores there (`demand`: the cores a task needs at
-    least), with no give-back request unanswered and no empty answer lately: tasks just handed to a member
-    with free cores are on their way to start there, and moving them would only cost round trips. The
-    target is the member that can take tasks with the most idle cores. Half the donor's queue moves, at
-    most as many tasks as the target has idle cores and the donor lacks, only tasks the target can run,
-    the newest first: the oldest stay where they will start next.
+    The donor is the member with the most queued tasks that cannot start there now (`_excess`; `demand`:
+    the cores a task needs at least, given the member's largest node), with no give-back request
+    unanswered and no empty answer lately: tasks just handed to a member with free cores for them are on
+    their way to start there, and moving them would only cost round trips. The target is the member that
+    can take tasks with the most idle cores. Half the donor's queue moves, at most as many tasks as the
+    target has idle cores and the donor has in excess, only tasks the target can run, the newest first:
+    the oldest stay where they will start next.
     """
     members = list(members)
-    donor, most_lacking, most_queued = None, 0, 0
+    donor, most_excess, most_queued = None, 0, 0
     for m in members:
         queued = len(m.inflight) - len(m.running)
         if queued and not m.retracting and m.quiet_until <= now and hasattr(m.port, "retract"):
-            lacking = -idle_cores(m, demand)
-            if lacking > most_lacking:
-                donor, most_lacking, most_queued = m, lacking, queued
+            excess = _excess(m, demand, now)
+            if excess > most_excess:
+                donor, most_excess, most_queued = m, excess, queued
     if donor is None:
         return None
     target, most_idle = None, 0
@@ -54,7 +75,7 @@ def pick(members: Iterable["Member"], seq_of: Callable[[str], int], fits: Callab
                 target, most_idle = m, idle
     if target is None:
         return None
-    count = min(most_idle, most_lacking, max(1, most_queued // 2))
+    count = min(most_idle, most_excess, max(1, most_queued // 2))
     queued_ids = sorted((t for t in donor.inflight if t not in donor.running and fits(target, t)), key=seq_of)
     if not queued_ids:
         return None

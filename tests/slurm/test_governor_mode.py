@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -677,3 +678,19 @@ def test_final_status_resources_are_free_at_the_end(tmp_path: Path, allocs) -> N
     assert [(p["id"], p["used_cores"], p["free_cores"]) for p in sorted(fs["Partitions"], key=lambda p: p["id"])] \
         == [("part-0", 0, 4), ("part-1", 0, 4)], fs["Partitions"]
     assert fs["Resources"] == {"TotalNodes": 4, "TotalCores": 8, "UsedCores": 0, "FreeCores": 8}, fs["Resources"]
+
+
+def test_partitioned_run_with_group_writable_umask(tmp_path: Path, allocs) -> None:
+    """umask 002 (the default of users with their own group): the partition managers' aux dirs, which the
+    early agent start makes before the options are parsed, are still 0700, so the managers' own check
+    accepts them and the run completes (a review found every manager refusing its 0775 aux dir)."""
+    wd = tmp_path / "wd"
+    reqs = write_reqs(tmp_path, [{"name": "x", "iteration": {"stop": 4}, "execution": {"exec": "/bin/true"}}])
+    cmd = governor_cmd(wd, "--file-path", str(reqs), "--slurm-partition-nodes", "1")
+    a = allocs("umask", 2, ["bash", "-c", 'umask 002; exec "$@"', "umask", *cmd])
+    a.ok()
+    aux = aux_dir(wd)
+    assert {k: v["state"] for k, v in report(aux).items()} == {**{f"x:{i}": "SUCCEED" for i in range(4)},
+                                                               "x": "SUCCEED"}
+    for part in (aux, aux / "partitions" / "part-0", aux / "partitions" / "part-1"):
+        assert stat.S_IMODE(part.stat().st_mode) == 0o700, part

@@ -99,17 +99,47 @@ def test_guard_leaves_alone_after_an_ordered_shutdown():
         proc.wait(timeout=10)
 
 
-def test_spawner_without_guard_starts_none():
-    """The guard is for tasks: infrastructure spawners (agents, partition managers) have none, and cost
-    nothing for it."""
+def test_guard_only_for_tasks_and_only_once_one_runs():
+    """The guard is for tasks: infrastructure spawners (agents, partition managers) have none. A task
+    launcher starts its guard with its first task, so one replaced before it runs any (the default launcher
+    of a partition that gets node agents) leaves no guard process behind (a review found one per Slurm
+    service, for the whole run)."""
     import asyncio
 
-    from qcg.pilotjob.agent.spawner import ProcessSpawner
+    from qcg.pilotjob.agent.spawner import ProcessSpawner, ProcessSpec
 
     async def main():
         before = {p.pid for p in psutil.Process().children()}
-        sp = ProcessSpawner(asyncio.get_running_loop())
-        assert sp._guard is None
+        infra = ProcessSpawner(asyncio.get_running_loop())
+        tasks = ProcessSpawner(asyncio.get_running_loop(), orphan_guard=True)
+        assert infra._guard is None and tasks._guard is None
         assert {p.pid for p in psutil.Process().children()} == before
+        done = asyncio.get_running_loop().create_future()
+        tasks.spawn("t", ProcessSpec(["/bin/true"], {}, os.getcwd()), lambda k, e: done.set_result(e))
+        assert (await asyncio.wait_for(done, 10)).exit_code == 0
+        assert tasks._guard is not None
+        await tasks.shutdown()
+        assert tasks._guard is None and {p.pid for p in psutil.Process().children()} == before
 
-    asyncio.run(asyncio.wait_for(main(), 10))
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_tasks_run_when_the_guard_cannot_start(monkeypatch, caplog):
+    """A guard that cannot start (no interpreter at sys.executable, no memory) is a lost protection, not a
+    failed run: the task runs, a warning says what is missing (a review found a traceback instead)."""
+    import asyncio
+
+    from qcg.pilotjob.agent.spawner import ProcessSpawner, ProcessSpec
+
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+
+    async def main():
+        sp = ProcessSpawner(asyncio.get_running_loop(), orphan_guard=True)
+        done = asyncio.get_running_loop().create_future()
+        assert sp.spawn("t", ProcessSpec(["/bin/true"], {}, os.getcwd()), lambda k, e: done.set_result(e))
+        assert (await asyncio.wait_for(done, 10)).exit_code == 0
+        assert sp._guard is None
+        await sp.shutdown()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert "orphan guard not started" in caplog.text

@@ -677,3 +677,34 @@ def test_tasks_a_member_has_cores_for_are_not_asked_back():
         assert c.asked == [["t3", "t4", "t5"]]
 
     run(test)
+
+
+def test_whole_node_and_fragmented_queues_are_given_back():
+    """A review of the "only what the queue lacks cores for" rule found two queues it missed, both of
+    which the rule before it moved. (1) Whole-node tasks count as the member's largest node, not as one
+    core. (2) Free cores on the wrong nodes: two 4-core nodes with 2 cores busy on each have 4 free cores,
+    but no room for a task of 4 cores on one node; such a task is taken for stuck once it has waited
+    STALE_AFTER there, and the set looks again then."""
+    from qcg.pilotjob.governor.rebalance import STALE_AFTER
+
+    async def scenario(world, request, nodes, busy, wait):
+        w = world()
+        a = w.add("A", 10, nodes=nodes, fake=GivingMember(nodes))
+        for r in busy:
+            assert a.resources.allocate(r) is not None
+        w.pset.submit([spec("t0", request, seq=0)])
+        await settle()
+        w.add("B", 10, nodes="4", fake=GivingMember("4"))
+        await asyncio.sleep(REBALANCE_DELAY * 3)
+        early = list(a.asked)
+        await asyncio.sleep(wait)
+        return early, a.asked
+
+    async def test(world):
+        early, late = await scenario(world, ResourceRequest(None, None, 1, 1), "4", [ResourceRequest(1, 1)], 0)
+        assert early == [["t0"]]
+        early, late = await scenario(world, ResourceRequest(4, 4, 1, 1), "4,4",
+                                     [ResourceRequest(2, 2, 1, 1), ResourceRequest(2, 2, 1, 1)], STALE_AFTER + 0.3)
+        assert early == [] and late == [["t0"]]
+
+    run(test)
