@@ -52,10 +52,6 @@ class OrphanGuard:
     def reaped(self, pgid: int) -> None:
         self._pending.append(b"-%d\n" % pgid)
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
     def flush(self) -> None:
         """Hand the notes to the guard; a guard that died makes the launcher go on without one."""
         if not self._pending or self.broken:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from qcg.pilotjob.api import errors, protocol
 
-AUX_DIR_PREFIX = ".qcgpjm-service-"
+AUX_DIR_PREFIX = protocol.AUX_DIR_PREFIX
 ADDRESS_FILE = protocol.ADDRESS_FILE
 
 _Z85_KEY = re.compile(r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")

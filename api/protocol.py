@@ -28,6 +28,7 @@ TOPIC_NO_JOBS = b"nojobs"   # every job is in a final state: {"v", "manager"}
 
 # key files in `<aux dir>/keys/` (z85 text, mode 0600)
 KEYS_DIR = "keys"
+AUX_DIR_PREFIX = ".qcgpjm-service-"    # a run's aux dir in its working dir: <prefix><instance id>
 SERVER_PUBLIC = "server.key"
 SERVER_SECRET = "server.key_secret"
 CLIENT_PUBLIC = "client.key"

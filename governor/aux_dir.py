@@ -23,7 +23,9 @@ import os
 import socket
 import stat
 
-PREFIX = ".qcgpjm-service-"
+from qcg.pilotjob.api import protocol
+
+PREFIX = protocol.AUX_DIR_PREFIX
 _TRIES = 20
 
 

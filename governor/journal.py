@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import msgpack
 import structlog
 
+from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import GovernorListener
@@ -227,11 +228,11 @@ def _records(path: str) -> Iterator[Any]:
 def find_aux_dir(path: str) -> str:
     """The aux dir itself, or the newest `.qcgpjm-service-*` inside a working dir."""
     path = os.path.abspath(path)
-    if os.path.basename(path).startswith(".qcgpjm-service-") and os.path.isfile(os.path.join(path, REQS_FILE)):
+    if os.path.basename(path).startswith(protocol.AUX_DIR_PREFIX) and os.path.isfile(os.path.join(path, REQS_FILE)):
         return path
     if os.path.isdir(path):
         cands = [os.path.join(path, e) for e in os.listdir(path)
-                 if e.startswith(".qcgpjm-service-") and os.path.isfile(os.path.join(path, e, REQS_FILE))]
+                 if e.startswith(protocol.AUX_DIR_PREFIX) and os.path.isfile(os.path.join(path, e, REQS_FILE))]
         # only this user's own runs: another user's directory (its mtime set to the future, say) is no candidate
         own = [c for c in cands if _own_dir(c)]
         if own:

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterator
 
+from qcg.pilotjob.api import protocol
+
 REPORT_FILE = "jobs.report"
 STATUS_FILE = "final_status.json"
-AUX_PREFIX = ".qcgpjm-service-"
+AUX_PREFIX = protocol.AUX_DIR_PREFIX
 _FINAL = frozenset({"SUCCEED", "FAILED", "CANCELED"})
 _EPOCH = datetime(1970, 1, 1)
 

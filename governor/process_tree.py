@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 import msgpack
 
-AUX_PREFIX = ".qcgpjm-service-"
+from qcg.pilotjob.governor.perf_report import ReportError, run_dirs
+
 SHELLS = {"bash", "sh", "dash", "zsh", "ksh", "csh", "tcsh", "fish"}
 START_TOLERANCE = 30.0     # seconds between a job's EXECUTING date and its process's creation
 
@@ -85,16 +86,14 @@ class Traces:
 
 
 def find_aux_dir(path: str) -> str:
-    """`path` itself when it is an aux dir, else its most recently modified `.qcgpjm-service-*`."""
+    """`path` itself when it is an aux dir, else its newest `.qcgpjm-service-*` holding a run (as
+    `qcg-pm-report` picks it: `perf_report.run_dirs`)."""
     if not os.path.isdir(path):
         raise TraceError(f"'{path}' is not a directory")
-    if os.path.basename(os.path.normpath(path)).startswith(AUX_PREFIX) or \
-            os.path.exists(os.path.join(path, "jobs.report")):
-        return os.path.abspath(path)
-    cands = [d for d in glob.glob(os.path.join(path, AUX_PREFIX + "*")) if os.path.isdir(d)]
-    if not cands:
-        raise TraceError(f"no QCG-PilotJob run in '{path}' (no {AUX_PREFIX}* directory)")
-    return os.path.abspath(max(cands, key=os.path.getmtime))
+    try:
+        return os.path.abspath(run_dirs(path)[0])
+    except ReportError as exc:
+        raise TraceError(f"no QCG-PilotJob run in '{path}' ({exc})") from None
 
 
 def trace_dirs(path: str, aux: str) -> list[str]:
