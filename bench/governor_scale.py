@@ -338,7 +338,7 @@ def run_one(p: dict) -> dict:
         listeners: list[Any] = []
         journal = report = flusher = None
         if full:
-            journal = Journal(aux)
+            journal = Journal(aux, flush_soon=loop.call_soon)   # as Service.run
             report = JobReport(os.path.join(aux, "jobs.report"), "json")
             listeners = [journal, report]
         gov = Governor(loop, pset, listeners)

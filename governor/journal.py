@@ -8,8 +8,12 @@ Two append-only files in the aux dir:
   request is answered. msgpack, because a submission is written whole: for
   100 000 jobs JSON took 0.3-0.4 s, msgpack about a quarter of that.
 * `track.states` — JSON lines, the final state of every task and job,
-  buffered and flushed in batches (and always before the service reports
-  success).
+  buffered within the loop turn in which the task ended and written at its
+  end (`flush_soon`), before any later request is answered: a `kill -9` of
+  the service loses at most the states of the turn it interrupts, and
+  `--resume` runs no task a status request reported ended. Written to the
+  OS, not fsync'ed: a crash of the machine itself can lose what the OS had
+  not written back.
 
 Resume replays `track.reqs` and marks exactly the recorded tasks as done,
 whatever order iterations finished in.
@@ -48,12 +52,20 @@ _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as jso
 
 
 class Journal(GovernorListener):
-    def __init__(self, aux_dir: str, batch: int = 512) -> None:
+    """With `flush_soon` (the service's `loop.call_soon`) final states are written once per loop turn.
+
+    Without it they are written per `batch` and by `flush()` only.
+    """
+
+    def __init__(self, aux_dir: str, batch: int = 512,
+                 flush_soon: Callable[[Callable[[], None]], object] | None = None) -> None:
         self._reqs = open(os.path.join(aux_dir, REQS_FILE), "ab")
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8")
         self._buffer: list[str] = []
         self._batch = batch
+        self._flush_soon = flush_soon
+        self._flush_pending = False
         self._replaying = False
         # the governor's `canceled_by_stop`: tasks killed or never started because the service stops
         # (signal, `finish`) are not final for `--resume`, they run again there; a user's cancel is final
@@ -81,17 +93,14 @@ class Journal(GovernorListener):
         if record.state is JobState.CANCELED and self.canceled_by_stop(job.task_id(iteration)):
             return
         it = "null" if iteration is None else iteration
-        self._buffer.append(f'{{"task": {_str(job.task_id(iteration))}, "it": {it}, '
-                            f'"state": "{record.state.value}", "rcnt": {job.rcnt}}}')
-        if len(self._buffer) >= self._batch:
-            self.flush()
+        self._add(f'{{"task": {_str(job.task_id(iteration))}, "it": {it}, '
+                  f'"state": "{record.state.value}", "rcnt": {job.rcnt}}}')
 
     def job_final(self, job: "JobRecord") -> None:
         if job.state is JobState.CANCELED and self.canceled_by_stop(job.name):
             return
         if job.iterative:
-            self._buffer.append(json.dumps({"task": job.name, "it": None, "state": job.state.value,
-                                            "rcnt": job.rcnt}))
+            self._add(json.dumps({"task": job.name, "it": None, "state": job.state.value, "rcnt": job.rcnt}))
 
     def removed(self, names: list[str]) -> None:
         if self._replaying:
@@ -105,11 +114,20 @@ class Journal(GovernorListener):
         self._write_now({"control": command})
 
     # -- files
+    def _add(self, line: str) -> None:
+        self._buffer.append(line)
+        if len(self._buffer) >= self._batch:
+            self.flush()
+        elif not self._flush_pending and self._flush_soon is not None:
+            self._flush_pending = True
+            self._flush_soon(self.flush)
+
     def _write_now(self, rec: dict[str, Any]) -> None:
         self._reqs.write(self._pack(rec))
         self._reqs.flush()
 
     def flush(self) -> None:
+        self._flush_pending = False
         if self._buffer:
             self._states.write("\n".join(self._buffer) + "\n")
             self._buffer.clear()

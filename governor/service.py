@@ -227,7 +227,7 @@ class Service:
         from qcg.pilotjob.governor.requests import RequestHandler
 
         gc.freeze()             # as tune_gc: the modules just loaded are never collected
-        self.journal = Journal(self.aux_dir)
+        self.journal = Journal(self.aux_dir, flush_soon=loop.call_soon)
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format,
                                 rt_stats=cfg.enable_rt_stats)
         listeners: list[Any] = [self.journal, self.report]

@@ -64,7 +64,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 def _sweep(cnt: Path) -> dict:
     # iterations finish out of order: it%3 == 0 at once, others later, and iteration 1 only after the kill
-    # (the journal is flushed once a second; without the long one, a flush could hold exactly 0..7)
+    # (without the long one, the journalled ends could be exactly 0..7)
     sc = f"sleep $(( ${{it}} == 1 ? 4 : 0 )).$(( (${{it}} % 3) * 3 )); echo done >> {cnt}/${{it}}"
     # `bash -c`, not a `script` (login shell): killing a login shell mid-profile can leave stale locks behind
     return submit({"name": "sweep", "execution": {"exec": "bash", "args": ["-c", sc]}, "iteration": {"stop": N}},
@@ -302,3 +302,56 @@ def test_killed_service_leaves_no_task_running(tmp_path, mode):
             except psutil.Error:
                 pass
         _kill_tree(proc)
+
+
+@pytest.mark.both_modes
+def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monkeypatch):
+    """Issue 3 "`--resume` finishes exactly the unfinished tasks": a task a `jobStatus` answer called
+    SUCCEED is in the journal already, so a `kill -9` right after that answer does not make `--resume` run it
+    a second time (the states of the tasks that end are written at the end of each loop turn, before a later
+    request is answered; with a journal flushed once a second, the last second's tasks ran twice)."""
+    from qcg.pilotjob.api import protocol
+    from qcg.pilotjob.api.manager import Manager
+
+    from tests.conftest import client_cfg
+
+    cnt, wd = tmp_path / "cnt", tmp_path / "wd"
+    cnt.mkdir()
+    names = [f"j{i}" for i in range(200)]
+    jobs = [{"name": n, "execution": {"exec": "/bin/sh", "args": ["-c", f"echo ran >> {cnt}/{n}; sleep 0.05"]}}
+            for n in names]
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(*jobs)]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--net", "--wd", str(wd), "--nodes", NODES,
+                             "--id", "k", *mode_args(mode, NODES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
+    aux = wd / ".qcgpjm-service-k"
+    m = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (aux / "address").exists() or not (aux / "address").read_text().strip():
+            assert time.monotonic() < deadline, "the service did not publish its address"
+            assert proc.poll() is None, "the service ended before it could be killed"
+            time.sleep(0.05)
+        monkeypatch.setenv(protocol.KEYS_ENV, str(aux))
+        m = Manager((aux / "address").read_text().strip(), client_cfg(tmp_path))
+        while True:
+            assert time.monotonic() < deadline, "too few tasks ended in time"
+            states = {n: v["data"]["status"] for n, v in m.status(names)["jobs"].items() if "data" in v}
+            reported = {n for n, s in states.items() if s == "SUCCEED"}
+            if len(reported) >= 20:
+                break
+            time.sleep(0.05)
+        _kill_tree(proc)         # at once: tasks ended a moment ago are among `reported`
+    finally:
+        if m is not None:
+            m.close()
+        _kill_tree(proc)
+    assert len(reported) < len(names), "the kill must come mid-run"
+    r = run_service(tmp_path, None, "--resume", str(aux), wd=wd, nodes=NODES, timeout=60, mode=mode)
+    r.check_mode()
+    assert r.rc == 0, r.stderr
+    runs = {n: len((cnt / n).read_text().splitlines()) if (cnt / n).exists() else 0 for n in names}
+    twice = sorted(n for n in reported if runs[n] != 1)
+    assert not twice, f"reported SUCCEED before the kill, yet ran again on resume: {twice}"
+    assert all(runs[n] >= 1 for n in names), {n: c for n, c in runs.items() if c < 1}
