@@ -338,8 +338,9 @@ def run_one(p: dict) -> dict:
         listeners: list[Any] = []
         journal = report = flusher = None
         if full:
-            journal = Journal(aux, flush_soon=loop.call_soon)   # as Service.run
             report = JobReport(os.path.join(aux, "jobs.report"), "json")
+            # as Service.flush_finals: both files written at the end of each loop turn in which tasks ended
+            journal = Journal(aux, on_pending=lambda: loop.call_soon(lambda: (report.flush(), journal.flush())))
             listeners = [journal, report]
         gov = Governor(loop, pset, listeners)
         pset.events = gov

@@ -9,7 +9,7 @@ Two append-only files in the aux dir:
   100 000 jobs JSON took 0.3-0.4 s, msgpack about a quarter of that.
 * `track.states` — JSON lines, the final state of every task and job,
   buffered within the loop turn in which the task ended and written at its
-  end (`flush_soon`), before any later request is answered: a `kill -9` of
+  end (the service's `flush_finals`), before any later request is answered: a `kill -9` of
   the service loses at most the states of the turn it interrupts, and
   `--resume` runs no task a status request reported ended. Written to the
   OS, not fsync'ed: a crash of the machine itself can lose what the OS had
@@ -52,19 +52,18 @@ _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as jso
 
 
 class Journal(GovernorListener):
-    """With `flush_soon` (the service's `loop.call_soon`) final states are written once per loop turn.
-
-    Without it they are written per `batch` and by `flush()` only.
+    """`on_pending` is called when a final state waits in the buffer and none did before: the service
+    then has `flush()` called at the end of the loop turn. Without it states are written per `batch` and
+    by `flush()` only.
     """
 
-    def __init__(self, aux_dir: str, batch: int = 512,
-                 flush_soon: Callable[[Callable[[], None]], object] | None = None) -> None:
+    def __init__(self, aux_dir: str, batch: int = 512, on_pending: Callable[[], object] | None = None) -> None:
         self._reqs = open(os.path.join(aux_dir, REQS_FILE), "ab")
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8")
         self._buffer: list[str] = []
         self._batch = batch
-        self._flush_soon = flush_soon
+        self._on_pending = on_pending
         self._flush_pending = False
         self._replaying = False
         # the governor's `canceled_by_stop`: tasks killed or never started because the service stops
@@ -118,9 +117,9 @@ class Journal(GovernorListener):
         self._buffer.append(line)
         if len(self._buffer) >= self._batch:
             self.flush()
-        elif not self._flush_pending and self._flush_soon is not None:
+        elif not self._flush_pending and self._on_pending is not None:
             self._flush_pending = True
-            self._flush_soon(self.flush)
+            self._on_pending()
 
     def _write_now(self, rec: dict[str, Any]) -> None:
         self._reqs.write(self._pack(rec))

@@ -227,7 +227,7 @@ class Service:
         from qcg.pilotjob.governor.requests import RequestHandler
 
         gc.freeze()             # as tune_gc: the modules just loaded are never collected
-        self.journal = Journal(self.aux_dir, flush_soon=loop.call_soon)
+        self.journal = Journal(self.aux_dir, on_pending=lambda: loop.call_soon(self.flush_finals))
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format,
                                 rt_stats=cfg.enable_rt_stats)
         listeners: list[Any] = [self.journal, self.report]
@@ -525,11 +525,21 @@ class Service:
         assert self._stop is not None
         self._stop.set()
 
+    def flush_finals(self) -> None:
+        """End of a loop turn in which tasks ended: their states to disk, before any later request is answered.
+
+        `jobs.report` first: a final state in the journal always has its report line (the other order
+        could leave a task that `--resume` skips out of the report); a kill between the two writes only
+        makes `--resume` run those tasks again.
+        """
+        self.report.flush()
+        self.journal.flush()
+
     async def _flush_periodically(self) -> None:
+        # report lines that no journal entry brought with it (the cancellations of a stop) within a second
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
-            self.journal.flush()
-            self.report.flush()
+            self.flush_finals()
 
     def _on_signal(self, sig: int) -> None:
         log.warning("signal received, finishing", signal=sig)

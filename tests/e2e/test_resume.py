@@ -355,3 +355,6 @@ def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monk
     twice = sorted(n for n in reported if runs[n] != 1)
     assert not twice, f"reported SUCCEED before the kill, yet ran again on resume: {twice}"
     assert all(runs[n] >= 1 for n in names), {n: c for n, c in runs.items() if c < 1}
+    # one report for the whole run: the tasks the resume skipped have their lines from before the kill
+    reported_lines = {json.loads(x)["name"] for x in (aux / "jobs.report").read_text().splitlines() if x}
+    assert reported_lines == set(names), sorted(set(names) - reported_lines)
