@@ -25,13 +25,28 @@ import sys
 import time
 
 GRACE = 3.0                     # seconds between SIGTERM and SIGKILL, as cancel has
-CLOSE_WAIT = 2.0                # seconds an ordered close waits for the guard to leave
+
+# guards told to leave that had not yet: reaped later (`reap_left`), never waited for -- a guard still
+# starting its interpreter takes ~40 ms to read the word, which a one-task run would spend waiting
+_LEFT: set[int] = set()
+
+
+def reap_left() -> None:
+    """Reap the guards that have left since they were told to (no zombies in a launcher that goes on)."""
+    for pid in list(_LEFT):
+        try:
+            gone = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            gone = True
+        if gone:
+            _LEFT.discard(pid)
 
 
 class OrphanGuard:
     """The launcher's end of the pipe. Writes are batched per loop turn by the caller (`note`/`flush`)."""
 
     def __init__(self, grace: float = GRACE) -> None:
+        reap_left()
         read_end, self._fd = os.pipe()
         os.set_inheritable(self._fd, False)
         try:
@@ -65,24 +80,24 @@ class OrphanGuard:
         except OSError:
             self.broken = True
 
-    def close(self) -> None:
-        """The launcher ends in order (its tasks ended): the guard leaves them all alone."""
+    def close(self) -> int | None:
+        """The launcher ends in order (its tasks ended): the guard leaves them all alone.
+
+        Returns the guard's pid while it has not left yet (the caller may reap it when it ends, else
+        `reap_left` does); it is not waited for.
+        """
         self._pending.append(b".\n")
         self.flush()
         try:
             os.close(self._fd)
         except OSError:
             pass
-        if self.pid is not None:
-            # it leaves as soon as it has read the word (a few ms; more if it is still starting): reaped here,
-            # so no zombie stays behind a launcher that goes on (tests, a service spawning again)
-            deadline = time.monotonic() + CLOSE_WAIT
-            try:
-                while os.waitpid(self.pid, os.WNOHANG)[0] == 0 and time.monotonic() < deadline:
-                    time.sleep(0.005)
-            except ChildProcessError:
-                pass
-            self.pid = None
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return None
+        _LEFT.add(pid)
+        reap_left()
+        return pid if pid in _LEFT else None
 
 
 def _alive(pgid: int) -> bool:

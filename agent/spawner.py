@@ -347,7 +347,7 @@ class ProcessSpawner:
             await self._shutdown(timeout)
         finally:
             if self._guard is not None and not self._procs:
-                self._guard.close()         # every task has ended: the guard leaves
+                self._guard.close()         # every task has ended: the guard leaves (not waited for)
                 self._guard = None
             if self._devnull is not None:
                 os.close(self._devnull)
