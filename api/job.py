@@ -30,7 +30,7 @@ import json
 import uuid
 from typing import Any
 
-from qcg.pilotjob.api.errors import FileError, InvalidJobDescriptionError, JobNotDefinedError
+from qcg.pilotjob.api.errors import FileError, InvalidJobDescriptionError, JobNotDefinedError, WrongArgumentsError
 from qcg.pilotjob.api.jobparse import parse_job
 
 __all__ = ["Jobs", "SIMPLE_ATTRS", "MAX_ITERATIONS"]
@@ -74,6 +74,19 @@ def _merge(job_attrs: dict | None, kw_attrs: dict) -> dict:
     if not isinstance(job_attrs, dict):
         raise InvalidJobDescriptionError(f"job description must be a dict, got {type(job_attrs).__name__}")
     return {**job_attrs, **kw_attrs}
+
+
+def as_job_names(names: Any) -> list[str]:
+    """Job names given as one name, a list of names or a `Jobs` (the forms the client methods take)."""
+    if isinstance(names, str):
+        return [names]
+    if isinstance(names, Jobs):
+        return names.ordered_job_names()
+    try:
+        return list(names)
+    except TypeError:
+        raise WrongArgumentsError(f"job names must be a string or a list of strings, "
+                                  f"got {type(names).__name__}") from None
 
 
 class Jobs:

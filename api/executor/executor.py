@@ -42,7 +42,7 @@ from qcg.pilotjob.api.executor.future import QCGPJFuture
 from qcg.pilotjob.api.executor.templates import TemplateResult, render_template
 from qcg.pilotjob.api.job import Jobs
 from qcg.pilotjob.api.local_manager import LocalManager
-from qcg.pilotjob.api.manager import FINAL_STATES, _event_name
+from qcg.pilotjob.api.job_waits import FINAL_STATES, event_name
 
 __all__ = ["QCGPJExecutor", "ServiceLogLevel", "ClientLogLevel"]
 
@@ -191,7 +191,7 @@ class _Watcher(threading.Thread):
                 while event is not None:
                     topic, data = event
                     if topic in (protocol.TOPIC_JOB, protocol.TOPIC_TASK) and data.get("state") in FINAL_STATES:
-                        name = _event_name(data)
+                        name = event_name(data)
                         if name is not None:
                             with self._lock:
                                 self._finished_job(name, data["state"])
