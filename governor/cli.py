@@ -16,7 +16,8 @@ import click
 from qcg.pilotjob.agent.process_end import run_then_exit
 from qcg.pilotjob.api.protocol import KEYS_ENV
 from qcg.pilotjob.governor.logs import LEVELS
-from qcg.pilotjob.governor.service import EXIT_START_FAILED, ServiceConfig, run
+from qcg.pilotjob.governor.service import run
+from qcg.pilotjob.governor.service_config import EXIT_START_FAILED, ServiceConfig
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

@@ -24,7 +24,8 @@ from qcg.pilotjob.api import protocol
 from qcg.pilotjob.governor import logs
 from qcg.pilotjob.governor.keys import KeysError, load_keys
 from qcg.pilotjob.governor.parent_link import ParentError, ParentLink
-from qcg.pilotjob.governor.service import EXIT_OK, EXIT_START_FAILED, Service, StartError
+from qcg.pilotjob.governor.service import Service
+from qcg.pilotjob.governor.service_config import EXIT_OK, EXIT_START_FAILED, StartError
 
 log = structlog.get_logger("manager")
 

@@ -1,9 +1,11 @@
-"""The service: working and aux dirs, logs, resources, governor + partition, interfaces, shutdown.
+"""The service: logs, governor + partition, interfaces, the run's life until shutdown.
 
 `run(config)` is the whole life of one `qcg-gov` / `qcg-pm-service` run and
 returns its exit code: 0 when every request was served, 2 when some request of
 the request file was refused (bad input; network clients get their errors in
-the replies), 1 when the service could not start, 128+N on signal N.
+the replies), 1 when the service could not start, 128+N on signal N. What it
+is told is `service_config`; where it works (working and aux dirs,
+resources), checked before anything starts, is `service_setup`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,16 @@ from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor import logs
+from qcg.pilotjob.governor.service_config import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_START_FAILED,
+    ServiceConfig,
+    StartError,
+)
+from qcg.pilotjob.governor.service_setup import prepare_run
 from qcg.pilotjob.partition.launcher import LocalLauncher
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
-from qcg.pilotjob.partition.resources import local_resources
 
 if TYPE_CHECKING:
     from qcg.pilotjob.governor.service_network import ServiceNetwork
@@ -36,64 +44,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("service")
 
-EXIT_OK, EXIT_START_FAILED, EXIT_REFUSED = 0, 1, 2
 FLUSH_INTERVAL = 1.0
 REPLY_HEADSTART = 0.001       # seconds a request-triggered launch waits for the replies to leave
-
-
-class StartError(Exception):
-    """The service cannot start; the message is shown to the user as `Error: ...`."""
-
-
-@dataclass
-class ServiceConfig:
-    wd: str | None = None             # None: the current directory (with --resume: the interrupted run's)
-    file_path: str | None = None
-    envschema: str = "auto"
-    resources: str = "auto"
-    report_format: str = "json"
-    report_file: str = "jobs.report"
-    nodes: str | None = None
-    log_level: str = "info"
-    system_core: bool = False
-    show_progress: bool = False
-    enable_proc_stats: bool = False   # ptrace_*.log files of the launched processes (reference 16)
-    enable_rt_stats: bool = False     # runtime.qcg_finish in jobs.report, for qcg-pm-report (reference 14)
-    wrapper_rt_stats: str | None = None
-    id: str | None = None
-    tags: list[str] = field(default_factory=list)
-    resume: str | None = None
-    final_status_file: str = "final_status.json"
-    # network interface (issue 4): --net, --net-port, --net-pub-port, --net-port-min/max, --net-interface
-    net: bool = False
-    net_port: int | None = None
-    net_pub_port: int | None = None
-    net_port_min: int | None = None
-    net_port_max: int | None = None
-    net_interface: str | None = None  # None: loopback, or every interface when partitions run on other nodes
-    disable_pub: bool = False
-    insecure_no_curve: bool = False
-    # Slurm allocations and node agents (issue 5)
-    disable_nl: bool = False
-    nl_init_timeout: float = 600.0
-    nl_ready_threshold: float = 1.0
-    nl_start_method: str = "slurm"
-    nl_task_retries: int = 1
-    slurm_limit_nodes_range_begin: int | None = None
-    slurm_limit_nodes_range_end: int | None = None
-    slurm_resources_file: str | None = None
-    # governor and partition managers (issue 6)
-    governor: bool = False
-    parent: str | None = None
-    slurm_partition_nodes: int | None = None
-    partition_ready_threshold: float = 1.0
-    partition_init_timeout: float = 600.0
-    keys: str | None = None           # the parent run's keys (a manager with --parent); default $QCG_PM_KEYS
-    aux_dir: str | None = None        # where this run keeps its files (partition managers: inside the governor's)
-
-    @property
-    def governor_mode(self) -> bool:
-        return self.governor or self.slurm_partition_nodes is not None
 
 
 class Service:
@@ -120,74 +72,10 @@ class Service:
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
-        """Everything that can fail on bad input, before any process starts."""
-        cfg = self.config
-        if cfg.file_path is not None:
-            from qcg.pilotjob.governor.file_interface import RequestFileError, load_requests
-
-            try:
-                self.requests = load_requests(cfg.file_path)
-            except RequestFileError as exc:
-                raise StartError(str(exc)) from None
-        resume_aux = None
-        if cfg.resume:
-            from qcg.pilotjob.governor import journal as journal_mod
-
-            try:
-                resume_aux = journal_mod.find_aux_dir(cfg.resume)
-            except FileNotFoundError as exc:
-                raise StartError(str(exc)) from None
-        # a resumed run works where the interrupted one did, unless told otherwise
-        wd = cfg.wd or (os.path.dirname(resume_aux) if resume_aux else ".")
-        self.wd = os.path.abspath(wd)
-        try:
-            os.makedirs(self.wd, exist_ok=True)
-        except OSError as exc:
-            raise StartError(f"working directory '{self.wd}' cannot be created: {exc.strerror}") from None
-        if not os.access(self.wd, os.W_OK | os.X_OK):
-            raise StartError(f"working directory '{self.wd}' is not writable")
-        self.slurm_mode = not cfg.nodes and (
-            cfg.resources == "slurm" or cfg.slurm_resources_file is not None
-            or (cfg.resources == "auto" and bool(os.environ.get("SLURM_JOB_CPUS_PER_NODE"))
-                and _in_slurm_allocation()))
-        try:
-            if self.slurm_mode:
-                from qcg.pilotjob.partition.slurm_resources import slurm_resources
-
-                self.resources = slurm_resources(
-                    os.environ, limit_begin=cfg.slurm_limit_nodes_range_begin,
-                    limit_end=cfg.slurm_limit_nodes_range_end, resources_file=cfg.slurm_resources_file,
-                    system_core=cfg.system_core)
-            else:
-                self.resources = local_resources(cfg.nodes, cfg.system_core)
-        except ValueError as exc:
-            raise StartError(f"{'Slurm allocation' if self.slurm_mode else '--nodes'}: {exc}") from None
-        try:
-            aux_dirs.check_wd(self.wd)
-            if resume_aux:
-                aux_dirs.check_own_dir(resume_aux, "--resume: aux directory")
-                aux_dirs.check_own_files(resume_aux, (journal_mod.REQS_FILE, journal_mod.STATES_FILE),
-                                         "--resume: journal")
-                self.aux_dir = resume_aux
-                self.instance_id = os.path.basename(self.aux_dir)[len(aux_dirs.PREFIX):]
-            elif cfg.aux_dir or cfg.id:
-                self.aux_dir = os.path.abspath(cfg.aux_dir) if cfg.aux_dir else \
-                    os.path.join(self.wd, aux_dirs.PREFIX + self.instance_id)
-                aux_dirs.make_or_reuse(self.aux_dir)
-            else:
-                self.instance_id, self.aux_dir = aux_dirs.make_new(self.wd)
-            os.makedirs(os.path.join(self.aux_dir, "tmp"), exist_ok=True)
-        except aux_dirs.AuxDirError as exc:
-            raise StartError(str(exc)) from None
-        except OSError as exc:
-            raise StartError(f"aux directory '{self.aux_dir}' cannot be created: {exc.strerror}") from None
-        if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
-            report = os.path.join(self.aux_dir, cfg.report_file)
-            try:
-                open(report, "a").close()
-            except OSError as exc:
-                raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
-                                 f"{exc.strerror}") from None
+        """Everything that can fail on bad input, before any process starts (StartError)."""
+        place = prepare_run(self.config, self.instance_id)
+        self.requests, self.wd, self.aux_dir = place.requests, place.wd, place.aux_dir
+        self.instance_id, self.resources, self.slurm_mode = place.instance_id, place.resources, place.slurm_mode
 
     async def run(self) -> int:
         cfg = self.config
@@ -586,12 +474,6 @@ def _brief(response: dict[str, Any], limit: int = 2000) -> str:
     """A response as one log value; a submit of 100 000 jobs would otherwise log every name."""
     text = json.dumps(response, default=str, separators=(",", ":"))
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _in_slurm_allocation() -> bool:
-    from qcg.pilotjob.partition.slurm_resources import in_slurm_allocation
-
-    return in_slurm_allocation(os.environ)
 
 
 def tune_gc() -> None:

@@ -1,0 +1,107 @@
+"""Where and with what a run works, checked before any process starts: request file, working dir, resources,
+aux dir, report file.
+
+Everything here can fail on bad input; each failure is one `StartError`
+message for the user (issue 3, "Bad input"). A resumed run works in the
+interrupted run's aux dir (and working directory, unless `--wd` says
+otherwise); a new run makes its own aux dir (see `aux_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from qcg.pilotjob.governor import aux_dir as aux_dirs
+from qcg.pilotjob.governor.service_config import ServiceConfig, StartError
+from qcg.pilotjob.partition.resources import Resources, local_resources
+
+
+@dataclass
+class RunPlace:
+    requests: list[Any]          # of the request file (`--file-path`), in order
+    wd: str
+    aux_dir: str
+    instance_id: str
+    resources: Resources
+    slurm_mode: bool             # the resources are a Slurm allocation's (node agents start with srun)
+
+
+def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
+    """The run's place; `instance_id` is the new run's id (a resumed run keeps the interrupted one's)."""
+    requests: list[Any] = []
+    if cfg.file_path is not None:
+        from qcg.pilotjob.governor.file_interface import RequestFileError, load_requests
+
+        try:
+            requests = load_requests(cfg.file_path)
+        except RequestFileError as exc:
+            raise StartError(str(exc)) from None
+    resume_aux = None
+    if cfg.resume:
+        from qcg.pilotjob.governor import journal as journal_mod
+
+        try:
+            resume_aux = journal_mod.find_aux_dir(cfg.resume)
+        except FileNotFoundError as exc:
+            raise StartError(str(exc)) from None
+    # a resumed run works where the interrupted one did, unless told otherwise
+    wd = os.path.abspath(cfg.wd or (os.path.dirname(resume_aux) if resume_aux else "."))
+    try:
+        os.makedirs(wd, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"working directory '{wd}' cannot be created: {exc.strerror}") from None
+    if not os.access(wd, os.W_OK | os.X_OK):
+        raise StartError(f"working directory '{wd}' is not writable")
+    slurm_mode = not cfg.nodes and (
+        cfg.resources == "slurm" or cfg.slurm_resources_file is not None
+        or (cfg.resources == "auto" and bool(os.environ.get("SLURM_JOB_CPUS_PER_NODE"))
+            and _in_slurm_allocation()))
+    try:
+        if slurm_mode:
+            from qcg.pilotjob.partition.slurm_resources import slurm_resources
+
+            resources = slurm_resources(
+                os.environ, limit_begin=cfg.slurm_limit_nodes_range_begin,
+                limit_end=cfg.slurm_limit_nodes_range_end, resources_file=cfg.slurm_resources_file,
+                system_core=cfg.system_core)
+        else:
+            resources = local_resources(cfg.nodes, cfg.system_core)
+    except ValueError as exc:
+        raise StartError(f"{'Slurm allocation' if slurm_mode else '--nodes'}: {exc}") from None
+    aux_dir = ""
+    try:
+        aux_dirs.check_wd(wd)
+        if resume_aux:
+            aux_dirs.check_own_dir(resume_aux, "--resume: aux directory")
+            aux_dirs.check_own_files(resume_aux, (journal_mod.REQS_FILE, journal_mod.STATES_FILE),
+                                     "--resume: journal")
+            aux_dir = resume_aux
+            instance_id = os.path.basename(aux_dir)[len(aux_dirs.PREFIX):]
+        elif cfg.aux_dir or cfg.id:
+            aux_dir = os.path.abspath(cfg.aux_dir) if cfg.aux_dir else \
+                os.path.join(wd, aux_dirs.PREFIX + instance_id)
+            aux_dirs.make_or_reuse(aux_dir)
+        else:
+            instance_id, aux_dir = aux_dirs.make_new(wd)
+        os.makedirs(os.path.join(aux_dir, "tmp"), exist_ok=True)
+    except aux_dirs.AuxDirError as exc:
+        raise StartError(str(exc)) from None
+    except OSError as exc:
+        where = f"'{aux_dir}'" if aux_dir else f"in '{wd}'"
+        raise StartError(f"aux directory {where} cannot be created: {exc.strerror}") from None
+    if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
+        report = os.path.join(aux_dir, cfg.report_file)
+        try:
+            open(report, "a").close()
+        except OSError as exc:
+            raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
+                             f"{exc.strerror}") from None
+    return RunPlace(requests, wd, aux_dir, instance_id, resources, slurm_mode)
+
+
+def _in_slurm_allocation() -> bool:
+    from qcg.pilotjob.partition.slurm_resources import in_slurm_allocation
+
+    return in_slurm_allocation(os.environ)
