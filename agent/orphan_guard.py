@@ -26,20 +26,22 @@ import time
 
 GRACE = 3.0                     # seconds between SIGTERM and SIGKILL, as cancel has
 
-# guards told to leave that had not yet: reaped later (`reap_left`), never waited for -- a guard still
-# starting its interpreter takes ~40 ms to read the word, which a one-task run would spend waiting
-_LEFT: set[int] = set()
+# guards told to leave that had not yet, by pidfd (a pid could be reused once someone else reaped it):
+# reaped later (`reap_left`), never waited for -- a guard still starting its interpreter takes ~40 ms to
+# read the word, which a one-task run would spend waiting
+_LEFT: dict[int, int] = {}      # pidfd -> pid
 
 
 def reap_left() -> None:
     """Reap the guards that have left since they were told to (no zombies in a launcher that goes on)."""
-    for pid in list(_LEFT):
+    for fd in list(_LEFT):
         try:
-            gone = os.waitpid(pid, os.WNOHANG)[0] != 0
+            gone = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG) is not None
         except ChildProcessError:
-            gone = True
+            gone = True             # reaped by someone else
         if gone:
-            _LEFT.discard(pid)
+            del _LEFT[fd]
+            os.close(fd)
 
 
 class OrphanGuard:
@@ -80,12 +82,8 @@ class OrphanGuard:
         except OSError:
             self.broken = True
 
-    def close(self) -> int | None:
-        """The launcher ends in order (its tasks ended): the guard leaves them all alone.
-
-        Returns the guard's pid while it has not left yet (the caller may reap it when it ends, else
-        `reap_left` does); it is not waited for.
-        """
+    def close(self) -> None:
+        """The launcher ends in order (its tasks ended): the guard leaves them all alone (not waited for)."""
         self._pending.append(b".\n")
         self.flush()
         try:
@@ -94,10 +92,12 @@ class OrphanGuard:
             pass
         pid, self.pid = self.pid, None
         if pid is None:
-            return None
-        _LEFT.add(pid)
+            return
+        try:
+            _LEFT[os.pidfd_open(pid)] = pid
+        except OSError:
+            return                  # no descriptor left: it stays a zombie until this process ends
         reap_left()
-        return pid if pid in _LEFT else None
 
 
 def _alive(pgid: int) -> bool:

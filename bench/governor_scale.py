@@ -340,7 +340,19 @@ def run_one(p: dict) -> dict:
         if full:
             report = JobReport(os.path.join(aux, "jobs.report"), "json")
             # as Service.flush_finals: both files written at the end of each loop turn in which tasks ended
-            journal = Journal(aux, on_pending=lambda: loop.call_soon(lambda: (report.flush(), journal.flush())))
+            due: list[bool] = []
+
+            def flush_finals() -> None:
+                due.clear()
+                report.flush()
+                journal.flush()
+
+            def on_pending() -> None:
+                if not due:
+                    due.append(True)
+                    loop.call_soon(flush_finals)
+
+            journal = Journal(aux, on_pending=on_pending)
             listeners = [journal, report]
         gov = Governor(loop, pset, listeners)
         pset.events = gov

@@ -9,11 +9,11 @@ Two append-only files in the aux dir:
   100 000 jobs JSON took 0.3-0.4 s, msgpack about a quarter of that.
 * `track.states` — JSON lines, the final state of every task and job,
   buffered within the loop turn in which the task ended and written at its
-  end (the service's `flush_finals`), before any later request is answered: a `kill -9` of
-  the service loses at most the states of the turn it interrupts, and
-  `--resume` runs no task a status request reported ended. Written to the
-  OS, not fsync'ed: a crash of the machine itself can lose what the OS had
-  not written back.
+  end (the service's `flush_finals`), before any request is answered and
+  before the events announcing them are published: a `kill -9` of the
+  service loses at most the states of the turn it interrupts, and `--resume`
+  runs no task a client was told had ended. Written to the OS, not fsync'ed:
+  a crash of the machine itself can lose what the OS had not written back.
 
 Resume replays `track.reqs` and marks exactly the recorded tasks as done,
 whatever order iterations finished in.
@@ -52,9 +52,9 @@ _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as jso
 
 
 class Journal(GovernorListener):
-    """`on_pending` is called when a final state waits in the buffer and none did before: the service
-    then has `flush()` called at the end of the loop turn. Without it states are written per `batch` and
-    by `flush()` only.
+    """`on_pending` is called for every final state put in the buffer: the service then has `flush()`
+    called at the end of the loop turn (and before it answers a request). Without it states are
+    written per `batch` and by `flush()` only.
     """
 
     def __init__(self, aux_dir: str, batch: int = 512, on_pending: Callable[[], object] | None = None) -> None:
@@ -64,7 +64,6 @@ class Journal(GovernorListener):
         self._buffer: list[str] = []
         self._batch = batch
         self._on_pending = on_pending
-        self._flush_pending = False
         self._replaying = False
         # the governor's `canceled_by_stop`: tasks killed or never started because the service stops
         # (signal, `finish`) are not final for `--resume`, they run again there; a user's cancel is final
@@ -115,18 +114,17 @@ class Journal(GovernorListener):
     # -- files
     def _add(self, line: str) -> None:
         self._buffer.append(line)
-        if len(self._buffer) >= self._batch:
-            self.flush()
-        elif not self._flush_pending and self._on_pending is not None:
-            self._flush_pending = True
+        if self._on_pending is not None:
+            # not written here even when the buffer is long: the service writes jobs.report first
             self._on_pending()
+        elif len(self._buffer) >= self._batch:
+            self.flush()
 
     def _write_now(self, rec: dict[str, Any]) -> None:
         self._reqs.write(self._pack(rec))
         self._reqs.flush()
 
     def flush(self) -> None:
-        self._flush_pending = False
         if self._buffer:
             self._states.write("\n".join(self._buffer) + "\n")
             self._buffer.clear()

@@ -1,8 +1,10 @@
 """The event publisher: task and job state changes on a PUB socket (issue 4, "Service side").
 
 A `GovernorListener`: every state change the governor announces (EXECUTING
-and the final states) leaves at once as two frames, topic and msgpack map
-(`api/protocol.py`):
+and the final states) leaves as two frames, topic and msgpack map
+(`api/protocol.py`), at the end of the loop turn in which it happened, in
+order, once the final states of that turn are on disk (the service's
+`flush_finals`; without `on_pending` set, at once):
 
 * `TOPIC_JOB`  `{"v", "manager", "job", "state"}` -- a job (or an iterative job's parent);
 * `TOPIC_TASK` `{"v", "manager", "job", "it", "state"}` -- one iteration of an iterative job;
@@ -16,7 +18,7 @@ never block (a subscriber beyond its high-water mark loses events, counted).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 import structlog
@@ -48,6 +50,9 @@ class EventPublisher(GovernorListener):
         self.sock: zmq.Socket = zmq.Context.shadow(context.underlying).socket(zmq.PUB)
         self.address: str | None = None
         self.governor: Any = None            # set by the service; needed for TOPIC_NO_JOBS
+        # set by the service: events wait in `_pending` until its `flush_finals` calls `flush`
+        self.on_pending: Callable[[], object] | None = None
+        self._pending: list[tuple[bytes, bytes]] = []
         self.published = 0
         self.dropped = 0
         self._closed = False
@@ -73,6 +78,7 @@ class EventPublisher(GovernorListener):
     def close(self) -> None:
         if self._closed:
             return
+        self.flush()
         self._closed = True
         self.sock.close(linger=PUB_LINGER_MS)
         log.info("publisher closed", address=self.address, published=self.published, dropped=self.dropped)
@@ -92,8 +98,23 @@ class EventPublisher(GovernorListener):
                                              "it": iteration, "state": state.value})
 
     def _send(self, topic: bytes, body: dict[str, Any]) -> None:
+        if self.on_pending is None:
+            self._send_now(topic, self._pack(body))
+            return
+        self._pending.append((topic, self._pack(body)))
+        self.on_pending()
+
+    def flush(self) -> None:
+        """Send the events held back (their final states are on disk now)."""
+        if not self._pending or self._closed:
+            return
+        pending, self._pending = self._pending, []
+        for topic, payload in pending:
+            self._send_now(topic, payload)
+
+    def _send_now(self, topic: bytes, payload: bytes) -> None:
         try:
-            self.sock.send_multipart((topic, self._pack(body)), zmq.NOBLOCK)
+            self.sock.send_multipart((topic, payload), zmq.NOBLOCK)
             self.published += 1
         except zmq.ZMQError as exc:
             self.dropped += 1

@@ -69,6 +69,7 @@ class Service:
         self.partitions: Any = None       # PartitionServer in governor mode
         self.starter: Any = None          # PartitionStarter with --slurm-partition-nodes
         self._launch_error: ValueError | None = None     # the allocation could not be split
+        self._turn_end_pending = False    # flush_finals is due at the end of this loop turn
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
@@ -115,7 +116,7 @@ class Service:
         from qcg.pilotjob.governor.requests import RequestHandler
 
         gc.freeze()             # as tune_gc: the modules just loaded are never collected
-        self.journal = Journal(self.aux_dir, on_pending=lambda: loop.call_soon(self.flush_finals))
+        self.journal = Journal(self.aux_dir, on_pending=self._schedule_turn_end)
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format,
                                 rt_stats=cfg.enable_rt_stats)
         listeners: list[Any] = [self.journal, self.report]
@@ -128,6 +129,7 @@ class Service:
         self.journal.canceled_by_stop = self.governor.canceled_by_stop
         if self.publisher is not None:
             self.publisher.governor = self.governor
+            self.publisher.on_pending = self._schedule_turn_end
         self.partition.events = self.governor
         self.governor.requeue_limit = cfg.nl_task_retries
         self.governor.eager_dispatch = not cfg.governor_mode
@@ -148,7 +150,7 @@ class Service:
             if self.zmq is not None and not self._finish_requested:
                 # the file (if any) is done; network clients are served until `finish`,
                 # `control finishAfterAllTasksDone` or a signal
-                self.zmq.start(loop, self.handler.handle, self._replied)
+                self.zmq.start(loop, self.handle_request, self._replied)
                 self._serve_requests_first()
                 self._publish_address()
             if not cfg.net and not self._finish_requested:
@@ -290,7 +292,7 @@ class Service:
 
     def _serve_file(self) -> None:
         for i, request in enumerate(self.requests, 1):
-            response = self.handler.handle(request)
+            response = self.handle_request(request)
             if response["code"] != 0:
                 name = request.get("request") if isinstance(request, dict) else None
                 print(f"Error: request #{i} ({name or 'invalid'}): {response.get('message')}", file=sys.stderr)
@@ -321,7 +323,7 @@ class Service:
             self.zmq.stop_accepting()
         # what this cancels is interrupted, not decided: `--resume` runs it again (Governor.canceled_by_stop);
         # what ended before is on disk before the stop begins
-        self.journal.flush()
+        self.flush_finals()
         self.governor.cancel_everything()
         assert self._stop is not None
         self._stop.set()
@@ -413,15 +415,39 @@ class Service:
         assert self._stop is not None
         self._stop.set()
 
-    def flush_finals(self) -> None:
-        """End of a loop turn in which tasks ended: their states to disk, before any later request is answered.
+    def _schedule_turn_end(self) -> None:
+        if not self._turn_end_pending:
+            self._turn_end_pending = True
+            self.loop.call_soon(self.flush_finals)  # type: ignore[union-attr]
 
-        `jobs.report` first: a final state in the journal always has its report line (the other order
-        could leave a task that `--resume` skips out of the report); a kill between the two writes only
-        makes `--resume` run those tasks again.
+    def flush_finals(self) -> None:
+        """Final states to disk, then the events that announce them; at the end of a loop turn in which
+        tasks ended, and before any request is answered (`handle_request`).
+
+        `jobs.report` first: a final state in the journal always has its report line (a kill between
+        the two writes only makes `--resume` run those tasks again). The journal before the events: a
+        client that hears of an end (`wait4_any_job_finish`, an Executor future) never sees that task
+        run again after a `kill -9` and `--resume`.
         """
-        self.report.flush()
-        self.journal.flush()
+        self._turn_end_pending = False
+        try:
+            self.report.flush()
+        finally:
+            try:
+                self.journal.flush()
+            finally:
+                if self.publisher is not None:
+                    self.publisher.flush()
+
+    def handle_request(self, request: Any) -> dict[str, Any]:
+        """A request of a client or the request file, answered with what is on disk: ends handled earlier
+        in this loop turn are written before, ends the request itself made (`cancelJob`) before its answer."""
+        if self._turn_end_pending:
+            self.flush_finals()
+        response = self.handler.handle(request)
+        if self._turn_end_pending:
+            self.flush_finals()
+        return response
 
     async def _flush_periodically(self) -> None:
         # report lines that no journal entry brought with it (the cancellations of a stop) within a second
@@ -436,7 +462,7 @@ class Service:
 
     async def _shutdown(self) -> None:
         if not self.governor.all_finished:
-            self.journal.flush()
+            self.flush_finals()
             self.governor.cancel_everything()
         if self.partitions is not None and not self.governor.all_finished and self.partition.members:
             # let canceled tasks report their ends from the partitions (bounded)

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -304,17 +305,27 @@ def test_killed_service_leaves_no_task_running(tmp_path, mode):
         _kill_tree(proc)
 
 
+def _client_of(proc: subprocess.Popen, aux: Path, tmp_path: Path, monkeypatch, deadline: float):
+    """A `Manager` of the `--net` service `proc` (aux dir `aux`), once it has published its address."""
+    from qcg.pilotjob.api import protocol
+    from qcg.pilotjob.api.manager import Manager
+
+    from tests.conftest import client_cfg
+
+    while not (aux / "address").exists() or not (aux / "address").read_text().strip():
+        assert time.monotonic() < deadline, "the service did not publish its address"
+        assert proc.poll() is None, "the service ended before it was reached"
+        time.sleep(0.05)
+    monkeypatch.setenv(protocol.KEYS_ENV, str(aux))
+    return Manager((aux / "address").read_text().strip(), client_cfg(tmp_path))
+
+
 @pytest.mark.both_modes
 def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monkeypatch):
     """Issue 3 "`--resume` finishes exactly the unfinished tasks": a task a `jobStatus` answer called
     SUCCEED is in the journal already, so a `kill -9` right after that answer does not make `--resume` run it
     a second time (the states of the tasks that end are written at the end of each loop turn, before a later
     request is answered; with a journal flushed once a second, the last second's tasks ran twice)."""
-    from qcg.pilotjob.api import protocol
-    from qcg.pilotjob.api.manager import Manager
-
-    from tests.conftest import client_cfg
-
     cnt, wd = tmp_path / "cnt", tmp_path / "wd"
     cnt.mkdir()
     names = [f"j{i}" for i in range(200)]
@@ -329,12 +340,7 @@ def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monk
     m = None
     try:
         deadline = time.monotonic() + 30
-        while not (aux / "address").exists() or not (aux / "address").read_text().strip():
-            assert time.monotonic() < deadline, "the service did not publish its address"
-            assert proc.poll() is None, "the service ended before it could be killed"
-            time.sleep(0.05)
-        monkeypatch.setenv(protocol.KEYS_ENV, str(aux))
-        m = Manager((aux / "address").read_text().strip(), client_cfg(tmp_path))
+        m = _client_of(proc, aux, tmp_path, monkeypatch, deadline)
         while True:
             assert time.monotonic() < deadline, "too few tasks ended in time"
             states = {n: v["data"]["status"] for n, v in m.status(names)["jobs"].items() if "data" in v}
@@ -358,3 +364,104 @@ def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monk
     # one report for the whole run: the tasks the resume skipped have their lines from before the kill
     reported_lines = {json.loads(x)["name"] for x in (aux / "jobs.report").read_text().splitlines() if x}
     assert reported_lines == set(names), sorted(set(names) - reported_lines)
+
+
+_ORDER_PROBE = r'''
+import json, sys
+from qcg.pilotjob.governor import journal as J, publisher as P, zmq_interface as Z
+
+FINAL = ("SUCCEED", "FAILED", "CANCELED", "OMITTED")
+out = open(sys.argv[1], "a")
+journals = []
+init = J.Journal.__init__
+
+
+def journal_init(self, *a, **k):
+    init(self, *a, **k)
+    journals.append(self)
+
+
+def buffered():
+    return {json.loads(line)["task"] for j in journals for line in j._buffer}
+
+
+def report(kind, names):
+    if names:
+        out.write(json.dumps([kind, sorted(names)]) + "\n")
+        out.flush()
+
+
+start = Z.ZmqInterface.start
+
+
+def probed_start(self, loop, handle, replied=None):
+    def probed(msg):
+        resp = handle(msg)
+        if isinstance(msg, dict) and msg.get("request") == "jobStatus":
+            ended = {n for n, e in (resp.get("data") or {}).get("jobs", {}).items()
+                     if (e.get("data") or {}).get("status") in FINAL}
+            report("answer", ended & buffered())
+        return resp
+    return start(self, loop, probed, replied)
+
+
+send_now = P.EventPublisher._send_now
+unpack = __import__("msgpack").unpackb
+
+
+def probed_send(self, topic, payload):
+    ev = unpack(payload)
+    if ev.get("state") in FINAL:
+        task = ev["job"] if ev.get("it") is None else f"{ev['job']}:{ev['it']}"
+        report("event", {task} & buffered())
+    send_now(self, topic, payload)
+
+
+J.Journal.__init__ = journal_init
+Z.ZmqInterface.start = probed_start
+P.EventPublisher._send_now = probed_send
+sys.argv = ["qcg-gov"] + sys.argv[2:]
+from qcg.pilotjob.governor.cli import program
+program()
+'''
+
+
+@pytest.mark.both_modes
+def test_no_client_hears_of_an_end_before_it_is_on_disk(tmp_path, mode, monkeypatch):
+    """What `--resume` skips is exactly what any client was told had ended: every jobStatus answer and every
+    published event with a final state leaves only after that state is in `track.states` (a review found
+    answers and events given from the journal's buffer, within one loop turn, in both modes). A probe in the
+    service checks each answer and event as it leaves, while a client polls 1 500 short tasks."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(_ORDER_PROBE)
+    found = tmp_path / "early.jsonl"
+    found.write_text("")
+    wd = tmp_path / "wd"
+    names = [f"j{i}" for i in range(1500)]
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(*[{"name": n, "execution": {"exec": "/bin/true"}} for n in names])]))
+    proc = subprocess.Popen([sys.executable, str(probe), str(found), "--file-path", str(reqs), "--net", "--wd",
+                             str(wd), "--nodes", NODES, "--id", "o", *mode_args(mode, NODES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
+    aux = wd / ".qcgpjm-service-o"
+    m = None
+    try:
+        deadline = time.monotonic() + 60
+        m = _client_of(proc, aux, tmp_path, monkeypatch, deadline)
+        answers = 0
+        while True:
+            assert time.monotonic() < deadline, "the tasks did not end in time"
+            states = m.status(names)["jobs"]
+            answers += 1
+            if all((v.get("data") or {}).get("status") == "SUCCEED" for v in states.values()):
+                break
+        m.finish()
+        m = None
+        proc.wait(timeout=30)
+    finally:
+        if m is not None:
+            m.close()
+        _kill_tree(proc)
+    assert answers > 5, "too few answers during the run to check anything"
+    early = [json.loads(line) for line in found.read_text().splitlines()]
+    assert not early, f"told of ends not yet in track.states: {early[:5]}"
