@@ -78,10 +78,12 @@ class EventPublisher(GovernorListener):
     def close(self) -> None:
         if self._closed:
             return
-        self.flush()
+        # what is still held back announces states that could not be written (the service flushed the rest)
+        held, self._pending = len(self._pending), []
         self._closed = True
         self.sock.close(linger=PUB_LINGER_MS)
-        log.info("publisher closed", address=self.address, published=self.published, dropped=self.dropped)
+        log.info("publisher closed", address=self.address, published=self.published, dropped=self.dropped,
+                 held_back=held)
         self.address = None
 
     # ------------------------------------------------------------ listener

@@ -70,6 +70,7 @@ class Service:
         self.starter: Any = None          # PartitionStarter with --slurm-partition-nodes
         self._launch_error: ValueError | None = None     # the allocation could not be split
         self._turn_end_pending = False    # flush_finals is due at the end of this loop turn
+        self._write_failures = 0          # flush_finals that could not write jobs.report or track.states
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
@@ -432,12 +433,17 @@ class Service:
         self._turn_end_pending = False
         try:
             self.report.flush()
-        finally:
-            try:
-                self.journal.flush()
-            finally:
-                if self.publisher is not None:
-                    self.publisher.flush()
+            self.journal.flush()
+        except OSError as exc:
+            # a full disk, a quota: the run goes on and answers; what is not written stays buffered and is
+            # tried again (each turn with ends, each second), and its events wait for it
+            self._write_failures += 1
+            if self._write_failures == 1 or self._write_failures % 1000 == 0:
+                log.error("final states not written; their events are held back", error=str(exc),
+                          failures=self._write_failures)
+            return
+        if self.publisher is not None:
+            self.publisher.flush()
 
     def handle_request(self, request: Any) -> dict[str, Any]:
         """A request of a client or the request file, answered with what is on disk: ends handled earlier
@@ -473,15 +479,21 @@ class Service:
         await self._stop_workers()
         # tasks killed at shutdown report their ends through the loop; let them land
         await asyncio.sleep(0)
-        # the publisher is stopped before the final status is written (StatusPublisher null in it)
+        # the last ends on disk before their events leave; the publisher is stopped before the final
+        # status is written (StatusPublisher null in it)
+        self.flush_finals()
         self._close_network()
         if self.progress:
             self.progress.close()
-        self.report.close()
-        self.journal.close()
         status = self.status_data()
-        with open(os.path.join(self.aux_dir, self.config.final_status_file), "w") as f:
-            json.dump(status, f, indent=2)
+        try:
+            self.report.close()
+            self.journal.close()
+            with open(os.path.join(self.aux_dir, self.config.final_status_file), "w") as f:
+                json.dump(status, f, indent=2)
+        except OSError as exc:
+            print(f"Error: the run's files in {self.aux_dir} could not be written: {exc}", file=sys.stderr)
+            log.error("run files not written", error=str(exc))
         log.info("service finished", uptime=status["System"]["Uptime"], refused=self.handler.refused)
         for c in self._closers:
             c.close()

@@ -465,3 +465,52 @@ def test_no_client_hears_of_an_end_before_it_is_on_disk(tmp_path, mode, monkeypa
     assert answers > 5, "too few answers during the run to check anything"
     early = [json.loads(line) for line in found.read_text().splitlines()]
     assert not early, f"told of ends not yet in track.states: {early[:5]}"
+
+
+def test_full_disk_holds_back_events_and_the_service_still_stops(tmp_path, monkeypatch):
+    """Bad conditions, not bad input: when `jobs.report` and `track.states` cannot be written (a full disk, a
+    quota; here `ulimit -f`), the service goes on answering but announces no end that is not on disk, and
+    SIGTERM still stops it with a clear message (a review found events leaking past the failed write,
+    dropped replies, and SIGTERM ignored)."""
+    import resource
+
+    from qcg.pilotjob.api import errors
+    from qcg.pilotjob.api.job import Jobs
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen([*SERVICE, "--net", "--wd", str(wd), "--nodes", NODES, "--id", "f"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path),
+                            preexec_fn=small_files)
+    aux = wd / ".qcgpjm-service-f"
+    heard: list[str] = []
+    m = None
+    try:
+        m = _client_of(proc, aux, tmp_path, monkeypatch, time.monotonic() + 60)
+        jobs = Jobs()
+        for i in range(3000):
+            jobs.add(name=f"j{i}", exec="/bin/true")
+        m.submit(jobs)
+        with pytest.raises(errors.TimeoutElapsed):
+            while len(heard) < 3000:
+                heard.append(m.wait4_any_job_finish(3)[0])
+        assert m.status(["j0"])["jobs"]["j0"]["data"]["status"] == "SUCCEED"    # still answering
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if m is not None:
+            m.close()
+        _kill_tree(proc)
+    assert "could not be written" in proc.stderr.read().decode()
+    assert 0 < len(heard) < 3000, "the file limit must stop the writes mid-run"
+    on_disk = {s["task"] for s in _states(aux)}
+    reported = set()
+    for line in (aux / "jobs.report").read_text().splitlines():
+        try:
+            reported.add(json.loads(line)["name"])
+        except ValueError:
+            pass          # the line cut by the limit
+    assert set(heard) <= on_disk, sorted(set(heard) - on_disk)[:5]
+    assert on_disk <= reported, sorted(on_disk - reported)[:5]
