@@ -305,6 +305,19 @@ def test_killed_service_leaves_no_task_running(tmp_path, mode):
         _kill_tree(proc)
 
 
+def _start_net_run(tmp_path: Path, program: list[str], jobs: list[dict], run_id: str,
+                   mode: str) -> tuple[subprocess.Popen, Path, Path]:
+    """`program` (the service's command line) with `--net` and a request file submitting `jobs`; returns the
+    process, its working dir and its aux dir (id `run_id`)."""
+    wd = tmp_path / "wd"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(*jobs)]))
+    proc = subprocess.Popen([*program, "--file-path", str(reqs), "--net", "--wd", str(wd), "--nodes", NODES,
+                             "--id", run_id, *mode_args(mode, NODES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
+    return proc, wd, wd / f".qcgpjm-service-{run_id}"
+
+
 def _client_of(proc: subprocess.Popen, aux: Path, tmp_path: Path, monkeypatch, deadline: float):
     """A `Manager` of the `--net` service `proc` (aux dir `aux`), once it has published its address."""
     from qcg.pilotjob.api import protocol
@@ -326,17 +339,12 @@ def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monk
     SUCCEED is in the journal already, so a `kill -9` right after that answer does not make `--resume` run it
     a second time (the states of the tasks that end are written at the end of each loop turn, before a later
     request is answered; with a journal flushed once a second, the last second's tasks ran twice)."""
-    cnt, wd = tmp_path / "cnt", tmp_path / "wd"
+    cnt = tmp_path / "cnt"
     cnt.mkdir()
     names = [f"j{i}" for i in range(200)]
     jobs = [{"name": n, "execution": {"exec": "/bin/sh", "args": ["-c", f"echo ran >> {cnt}/{n}; sleep 0.05"]}}
             for n in names]
-    reqs = tmp_path / "reqs.json"
-    reqs.write_text(json.dumps([submit(*jobs)]))
-    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--net", "--wd", str(wd), "--nodes", NODES,
-                             "--id", "k", *mode_args(mode, NODES)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
-    aux = wd / ".qcgpjm-service-k"
+    proc, wd, aux = _start_net_run(tmp_path, SERVICE, jobs, "k", mode)
     m = None
     try:
         deadline = time.monotonic() + 30
@@ -436,14 +444,9 @@ def test_no_client_hears_of_an_end_before_it_is_on_disk(tmp_path, mode, monkeypa
     probe.write_text(_ORDER_PROBE)
     found = tmp_path / "early.jsonl"
     found.write_text("")
-    wd = tmp_path / "wd"
     names = [f"j{i}" for i in range(1500)]
-    reqs = tmp_path / "reqs.json"
-    reqs.write_text(json.dumps([submit(*[{"name": n, "execution": {"exec": "/bin/true"}} for n in names])]))
-    proc = subprocess.Popen([sys.executable, str(probe), str(found), "--file-path", str(reqs), "--net", "--wd",
-                             str(wd), "--nodes", NODES, "--id", "o", *mode_args(mode, NODES)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
-    aux = wd / ".qcgpjm-service-o"
+    proc, _, aux = _start_net_run(tmp_path, [sys.executable, str(probe), str(found)],
+                                  [{"name": n, "execution": {"exec": "/bin/true"}} for n in names], "o", mode)
     m = None
     try:
         deadline = time.monotonic() + 60
