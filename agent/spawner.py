@@ -158,7 +158,6 @@ class ProcessSpawner:
         # The guard starts with the first task: a launcher that is replaced before it runs any has none.
         self._guarded = orphan_guard
         self._guard: OrphanGuard | None = None
-        self._guard_flush = False
         self._procs: dict[Hashable, _Proc] = {}
         self._exe_cache: dict[tuple, str] = {}
         try:
@@ -377,7 +376,7 @@ class ProcessSpawner:
 
     # ------------------------------------------------------------ internals
     def _guard_note(self, started: bool, pid: int) -> None:
-        """Tell the orphan guard (once per loop turn, in one write) which task groups live."""
+        """Tell the orphan guard which task groups live (a store into the memory it shares)."""
         guard = self._guard
         if guard is None:
             if not started:
@@ -394,14 +393,6 @@ class ProcessSpawner:
             guard.started(pid)
         else:
             guard.reaped(pid)
-        if not self._guard_flush:
-            self._guard_flush = True
-            self._loop.call_soon(self._flush_guard)
-
-    def _flush_guard(self) -> None:
-        self._guard_flush = False
-        if self._guard is not None:
-            self._guard.flush()
 
     def _fail(self, key, on_exit, started, reason):
         _log.warning("spawn of %r failed: %s", key, reason)

@@ -28,7 +28,7 @@ LAUNCHER = textwrap.dedent("""
         stubborn = sp.spawn("stubborn", ProcessSpec(["/bin/sh", "-c", "trap '' TERM; sleep 60"], env, cwd),
                             lambda k, e: None)
         ended = sp.spawn("ended", ProcessSpec(["/bin/true"], env, cwd), lambda k, e: None)
-        await asyncio.sleep(0.5)            # the notes reach the guard; /bin/true is reaped
+        await asyncio.sleep(0.5)            # /bin/true is reaped (its slot in the guard's table cleared)
         print(polite, stubborn, ended, sp._guard.pid, flush=True)
         if sys.argv[1] == "shutdown":
             await sp.shutdown(timeout=5)
@@ -150,3 +150,38 @@ def test_tasks_run_when_the_guard_cannot_start(monkeypatch, caplog):
 
     asyncio.run(asyncio.wait_for(main(), 20))
     assert "orphan guard not started" in caplog.text
+
+
+GROWN = textwrap.dedent("""
+    import os, subprocess, sys
+    from qcg.pilotjob.agent.orphan_guard import OrphanGuard
+
+    guard = OrphanGuard(grace=0.5)
+    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    fake = [pid_max + 1 + i for i in range(3000)]      # no such group: the guard's signal finds nobody
+    for pgid in fake[:1500]:
+        guard.started(pgid)
+    for pgid in fake[:1000]:
+        guard.reaped(pgid)                               # slots given back and taken again below
+    for pgid in fake[1500:]:
+        guard.started(pgid)
+    task = subprocess.Popen(["sleep", "60"], process_group=0)
+    guard.started(task.pid)                              # in a slot past the first table's 1024
+    print(task.pid, guard.pid, flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_guard_table_grows_with_the_groups_running_at_once():
+    """More groups at once than the first table holds (1 024): the table grows, and a group written past
+    its first size is still ended when the launcher is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", GROWN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        task, guard = (int(x) for x in proc.stdout.readline().split())   # type: ignore[union-attr]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert _gone([task], 10), "a group in the grown part of the table outlived its killed launcher"
+        assert _gone([guard], 10), "the guard did not end after its work"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
