@@ -3,10 +3,9 @@
 Used in-process for local runs and inside the node agent. The hot path is a
 handful of system calls on top of the spawn itself:
 
-* the executable is resolved here against the PATH of the *task's*
-  environment (``posix_spawnp`` would use the PATH of this process), with a
-  cache keyed by ``(name, PATH, cwd)`` (cwd only matters for relative PATH
-  entries);
+* the executable is resolved against the PATH of the *task's* environment,
+  with a cache (spawn_args.py, which also builds the file actions and the
+  effective CPU set);
 * the working directory is set with ``os.chdir()`` before the spawn and
   restored afterwards, because ``os.posix_spawn`` in Python 3.11 has no chdir
   file action. **Consequence: spawn() must always be called from one thread
@@ -45,37 +44,20 @@ import logging
 import os
 import select
 import signal
-import stat
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 from qcg.pilotjob.agent.orphan_guard import OrphanGuard
+from qcg.pilotjob.agent.spawn_args import ProcessSpec, SpawnArgs, err_text
 
 _log = logging.getLogger(__name__)
 
-_DEVNULL = os.devnull
-_OPEN = os.POSIX_SPAWN_OPEN
-_DUP2 = os.POSIX_SPAWN_DUP2
-_RD = os.O_RDONLY
-_WR = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 # Ignored dispositions survive exec, so the child gets the defaults back: Python ignores SIGPIPE and
 # SIGXFSZ (subprocess's restore_signals resets those), and an agent forked by its manager ignores SIGINT
 # and SIGTERM, which a task must not inherit: cancel and walltime begin with SIGTERM.
 _SIGDEF = tuple(s for s in (getattr(signal, name, None) for name in (
     "SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")) if s)
-
-
-@dataclass(slots=True)
-class ProcessSpec:
-    argv: list[str]
-    env: dict[str, str]                 # the complete environment of the child
-    cwd: str                            # absolute; created with parents if missing
-    stdin: str | None = None            # absolute paths; None -> /dev/null
-    stdout: str | None = None
-    stderr: str | None = None
-    cpus: list[int] | None = None       # CPU affinity; None = no binding
-    walltime: float | None = None       # seconds
 
 
 @dataclass(slots=True)
@@ -108,20 +90,6 @@ class _Proc:
         self.term_signal = signal.SIGTERM      # the polite signal before SIGKILL
 
 
-def _err_text(exc: OSError) -> str:
-    if exc.errno is not None and exc.strerror:
-        return f"[Errno {exc.errno}] {exc.strerror}"
-    return str(exc)
-
-
-def _is_exe(path: str) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
-
-
 FD_SOFT_LIMIT = 65536      # the open-files soft limit a launcher raises itself to (at most the hard limit)
 
 
@@ -148,8 +116,6 @@ def raise_open_files_limit(target: int = FD_SOFT_LIMIT) -> None:
 class ProcessSpawner:
     """Starts processes and reports their exits through callbacks on `loop`."""
 
-    _EXE_CACHE_MAX = 4096
-
     def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0, orphan_guard: bool = False) -> None:
         self._loop = loop
         self._kill_grace = kill_grace
@@ -159,14 +125,8 @@ class ProcessSpawner:
         self._guarded = orphan_guard
         self._guard: OrphanGuard | None = None
         self._procs: dict[Hashable, _Proc] = {}
-        self._exe_cache: dict[tuple, str] = {}
-        try:
-            self._base_cpus: frozenset[int] | None = frozenset(os.sched_getaffinity(0))
-        except (AttributeError, OSError):   # pragma: no cover - non-Linux
-            self._base_cpus = None
-        self._cpu_cache: dict[tuple[int, ...], frozenset[int] | None] = {}
+        self._args = SpawnArgs()
         self._idle: asyncio.Future | None = None
-        self._devnull: int | None = None
         self.last_effective_cpus: list[int] | None = None
         self._epoll: select.epoll | None = None
         self._by_fd: dict[int, _Proc] = {}
@@ -183,7 +143,7 @@ class ProcessSpawner:
     @property
     def available_cpus(self) -> list[int] | None:
         """CPUs this process may use (what binding is clamped to)."""
-        return sorted(self._base_cpus) if self._base_cpus is not None else None
+        return sorted(self._args.base_cpus) if self._args.base_cpus is not None else None
 
     def spawn(self, key: Hashable, spec: ProcessSpec,
               on_exit: Callable[[Hashable, ProcessExit], None]) -> int | None:
@@ -200,22 +160,22 @@ class ProcessSpawner:
         if not argv:
             return self._fail(key, on_exit, started, "cannot start task: empty command line")
         try:
-            fa = self._file_actions(spec)
+            fa = self._args.file_actions(spec)
         except OSError as exc:      # no descriptor left for /dev/null (EMFILE): this task fails, not the caller
-            return self._fail(key, on_exit, started, f"cannot start {argv[0]!r}: {_err_text(exc)}")
+            return self._fail(key, on_exit, started, f"cannot start {argv[0]!r}: {err_text(exc)}")
 
         name = argv[0]
         cwd = spec.cwd
         env = spec.env
         try:
-            exe = self._resolve(name, env.get("PATH", os.defpath), cwd)
+            exe = self._args.resolve(name, env.get("PATH", os.defpath), cwd)
         except OSError as exc:
-            return self._fail(key, on_exit, started, f"cannot start {name!r}: {_err_text(exc)}")
+            return self._fail(key, on_exit, started, f"cannot start {name!r}: {err_text(exc)}")
 
         # --- affinity
         cpus = None
         if spec.cpus is not None:
-            cpus = self._effective_cpus(spec.cpus)
+            cpus = self._args.effective_cpus(spec.cpus)
 
         # --- cwd
         prev_cwd = self._cwd
@@ -229,12 +189,12 @@ class ProcessSpawner:
                 os.chdir(cwd)
             except OSError as exc:
                 return self._fail(key, on_exit, started,
-                                  f"cannot create working directory {cwd!r}: {_err_text(exc)}")
+                                  f"cannot create working directory {cwd!r}: {err_text(exc)}")
         except OSError as exc:
             return self._fail(key, on_exit, started,
-                              f"cannot enter working directory {cwd!r}: {_err_text(exc)}")
+                              f"cannot enter working directory {cwd!r}: {err_text(exc)}")
         try:
-            bind = cpus is not None and cpus is not self._base_cpus
+            bind = cpus is not None and cpus is not self._args.base_cpus
             if bind:
                 os.sched_setaffinity(0, cpus)
             try:
@@ -242,11 +202,11 @@ class ProcessSpawner:
                                      setsigdef=_SIGDEF, setsigmask=())
             finally:
                 if bind:
-                    os.sched_setaffinity(0, self._base_cpus)
+                    os.sched_setaffinity(0, self._args.base_cpus)
         except OSError as exc:
-            reason = self._diagnose(spec, exe, exc)
+            reason = self._args.diagnose(spec, exe, exc)
             if exc.errno == errno.ENOENT:
-                self._forget(name)
+                self._args.forget(name)
             return self._fail(key, on_exit, started, reason)
         finally:
             if not same_dir:
@@ -263,7 +223,7 @@ class ProcessSpawner:
             # started but cannot be watched (no descriptor left for its pidfd): an unwatched task would hold
             # its cores for ever, so it is ended here and fails with the reason
             self._end_unwatched(pid)
-            return self._fail(key, on_exit, started, f"cannot watch the started process {pid}: {_err_text(exc)}")
+            return self._fail(key, on_exit, started, f"cannot watch the started process {pid}: {err_text(exc)}")
         if self._guarded:
             self._guard_note(True, pid)
         if spec.walltime is not None and spec.walltime > 0:
@@ -348,9 +308,7 @@ class ProcessSpawner:
             if self._guard is not None and not self._procs:
                 self._guard.close()         # every task has ended: the guard leaves (not waited for)
                 self._guard = None
-            if self._devnull is not None:
-                os.close(self._devnull)
-                self._devnull = None
+            self._args.close()
             if self._epoll is not None and not self._procs:
                 self._loop.remove_reader(self._epoll.fileno())
                 self._epoll.close()
@@ -386,7 +344,7 @@ class ProcessSpawner:
             except OSError as exc:
                 # a protection, not a condition of the run: without it the tasks run as before
                 _log.warning("orphan guard not started (%s): tasks of a killed launcher will outlive it",
-                             _err_text(exc))
+                             err_text(exc))
                 self._guarded = False
                 return
         if started:
@@ -406,80 +364,6 @@ class ProcessSpawner:
             cb(key, ev)
         except Exception:  # a broken callback must not break the spawner
             _log.exception("on_exit callback for %r failed", key)
-
-    def _file_actions(self, spec: ProcessSpec) -> list[tuple]:
-        # /dev/null comes from one descriptor kept open here (O_CLOEXEC; dup2
-        # clears the flag on the child's copy): cheaper than three opens in
-        # the child while the parent is suspended in vfork.
-        dn = self._devnull
-        if dn is None:
-            dn = self._devnull = os.open(_DEVNULL, os.O_RDWR | os.O_CLOEXEC)
-        out, err = spec.stdout, spec.stderr
-        fa: list[tuple] = [(_OPEN, 0, spec.stdin, _RD, 0) if spec.stdin else (_DUP2, dn, 0)]
-        fa.append((_OPEN, 1, out, _WR, 0o666) if out else (_DUP2, dn, 1))
-        if err and err == out:
-            fa.append((_DUP2, 1, 2))
-        else:
-            fa.append((_OPEN, 2, err, _WR, 0o666) if err else (_DUP2, dn, 2))
-        return fa
-
-    def _resolve(self, name: str, path: str, cwd: str) -> str:
-        if "/" in name:
-            return name              # relative to cwd: we chdir() there before spawning
-        relative = any(not d or not d.startswith("/") for d in path.split(":"))
-        ck = (name, path, cwd) if relative else (name, path)
-        exe = self._exe_cache.get(ck)
-        if exe is not None:
-            return exe
-        for d in path.split(":"):
-            d = d or "."
-            cand = os.path.join(d if d.startswith("/") else os.path.join(cwd, d), name)
-            if _is_exe(cand):
-                if len(self._exe_cache) >= self._EXE_CACHE_MAX:
-                    self._exe_cache.clear()
-                self._exe_cache[ck] = cand
-                return cand
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
-
-    def _forget(self, name: str) -> None:
-        for ck in [k for k in self._exe_cache if k[0] == name]:
-            del self._exe_cache[ck]
-
-    def _effective_cpus(self, wanted: list[int]) -> frozenset[int] | None:
-        tk = tuple(wanted)
-        if tk in self._cpu_cache:
-            return self._cpu_cache[tk]
-        req = frozenset(wanted)
-        base = self._base_cpus
-        if base is None:
-            eff = None
-        else:
-            eff = req & base
-            if not eff:
-                _log.warning("none of the requested CPUs %s exist here (available %s): not binding",
-                             sorted(req), sorted(base))
-                eff = None
-            elif eff != req:
-                _log.warning("requested CPUs %s not all available here: binding to %s",
-                             sorted(req), sorted(eff))
-            if eff == base:
-                eff = base          # identity: no affinity change needed at spawn
-        if len(self._cpu_cache) < 4096:
-            self._cpu_cache[tk] = eff
-        return eff
-
-    def _diagnose(self, spec: ProcessSpec, exe: str, exc: OSError) -> str:
-        """Explain a failed posix_spawn (slow path only)."""
-        for label, p, write in (("stdin", spec.stdin, False), ("stdout", spec.stdout, True),
-                                ("stderr", spec.stderr, True)):
-            if not p:
-                continue
-            try:
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND if write else os.O_RDONLY, 0o666)
-                os.close(fd)
-            except OSError as e:
-                return f"cannot open {label} {p!r}: {_err_text(e)}"
-        return f"cannot start {spec.argv[0]!r}: {_err_text(exc)}"
 
     def _signal(self, proc: _Proc, sig: int) -> None:
         try:
