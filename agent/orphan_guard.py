@@ -25,6 +25,7 @@ a batch system, so that it outlives the launcher long enough to clean up.
 from __future__ import annotations
 
 import array
+import errno
 import mmap
 import os
 import signal
@@ -57,13 +58,10 @@ _FIRST_SLOTS = 1024                   # grown by doubling when more tasks run at
 
 def _table_file() -> int:
     """A descriptor of a file that lives in memory only and goes when both processes close it."""
-    try:
-        return os.memfd_create("qcg-orphan-guard", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):        # no memfd (old kernel): an unlinked file of the temp dir
-        import tempfile     # here: the guard process imports this file and never needs it
-
-        with tempfile.TemporaryFile() as tmp:
-            return os.dup(tmp.fileno())
+    create = getattr(os, "memfd_create", None)
+    if create is None:      # not Linux: no guard (the launcher warns and runs without it)
+        raise OSError(errno.ENOSYS, "memfd_create is not available")
+    return create("qcg-orphan-guard", os.MFD_CLOEXEC)
 
 
 def _not_below(fd: int, lowest: int) -> int:
@@ -85,12 +83,22 @@ class OrphanGuard:
         try:
             os.ftruncate(table, _FIRST_SLOTS * _SLOT)
             self._map = mmap.mmap(table, _FIRST_SLOTS * _SLOT)
-            read_end, self._fd = os.pipe()
         except OSError:
             os.close(table)
             raise
-        read_end = _not_below(read_end, 4)
-        os.set_inheritable(self._fd, False)
+        try:
+            read_end, self._fd = os.pipe()
+        except OSError:
+            os.close(table)
+            self._map.close()
+            raise
+        try:
+            read_end = _not_below(read_end, 4)
+        except OSError:
+            for fd in (table, self._fd):
+                os.close(fd)
+            self._map.close()
+            raise
         try:
             self.pid: int | None = os.posix_spawn(
                 sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), str(grace)], os.environ,
@@ -124,14 +132,19 @@ class OrphanGuard:
             self._free.append(slot)
 
     def _grow(self) -> None:
+        """Double the table (OSError when it cannot: the table stays as it was, still usable)."""
         n = len(self._slots)
         self._slots.release()
-        self._map.resize(2 * n * _SLOT)     # the file grows with it: the guard reads its whole size
-        self._slots = memoryview(self._map).cast("i")
+        try:
+            self._map.resize(2 * n * _SLOT)     # the file grows with it: the guard reads its whole size
+        finally:
+            self._slots = memoryview(self._map).cast("i")
         self._free.extend(range(2 * n - 1, n - 1, -1))
 
     def close(self) -> None:
         """The launcher ends in order (its tasks ended): the guard leaves them all alone (not waited for)."""
+        if self._fd < 0:
+            return                  # closed already
         try:
             os.write(self._fd, b".")
         except OSError:
@@ -140,6 +153,7 @@ class OrphanGuard:
             os.close(self._fd)
         except OSError:
             pass
+        self._fd = -1
         self._slots.release()
         self._map.close()
         pid, self.pid = self.pid, None

@@ -336,21 +336,23 @@ class ProcessSpawner:
     def _guard_note(self, started: bool, pid: int) -> None:
         """Tell the orphan guard which task groups live (a store into the memory it shares)."""
         guard = self._guard
-        if guard is None:
-            if not started:
-                return
-            try:
+        try:
+            if guard is None:
+                if not started:
+                    return
                 guard = self._guard = OrphanGuard(self._kill_grace)
-            except OSError as exc:
-                # a protection, not a condition of the run: without it the tasks run as before
-                _log.warning("orphan guard not started (%s): tasks of a killed launcher will outlive it",
-                             err_text(exc))
-                self._guarded = False
-                return
-        if started:
-            guard.started(pid)
-        else:
-            guard.reaped(pid)
+            if started:
+                guard.started(pid)
+            else:
+                guard.reaped(pid)
+        except OSError as exc:
+            # a protection, not a condition of the run: without it the tasks run as before
+            _log.warning("orphan guard not started or given up (%s): tasks of a killed launcher will "
+                         "outlive it", err_text(exc))
+            self._guarded = False
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
 
     def _fail(self, key, on_exit, started, reason):
         _log.warning("spawn of %r failed: %s", key, reason)

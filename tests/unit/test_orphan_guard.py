@@ -67,13 +67,25 @@ def _group(pgid: int) -> list[int]:
     return out
 
 
+def _table(guard: int) -> set[int]:
+    """The group ids the guard would end now: its shared table (its fd 3)."""
+    import array
+
+    table = array.array("i")
+    with open(f"/proc/{guard}/fd/3", "rb") as f:
+        table.frombytes(f.read())
+    return {g for g in table if g > 0}
+
+
 def test_tasks_of_a_killed_launcher_are_ended():
     """kill -9 of the launcher: the guard sends its task groups SIGTERM (the whole tree: the shell and its
-    background sleep), then SIGKILL to what ignores SIGTERM; then the guard itself ends."""
-    proc, (polite, stubborn, _ended, guard) = _launch("stay")
+    background sleep), then SIGKILL to what ignores SIGTERM; then the guard itself ends. Until then the
+    table it reads holds the live groups and not the reaped one (whose id may be reused)."""
+    proc, (polite, stubborn, ended, guard) = _launch("stay")
     tree = _group(polite) + _group(stubborn)
     try:
         assert len(tree) >= 3, tree          # sh + sleep of the first, sh/sleep of the second
+        assert _table(guard) == {polite, stubborn}, (_table(guard), ended)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert _gone(tree, 10), f"tasks outlived their killed launcher: {[p for p in tree if psutil.pid_exists(p)]}"
@@ -176,6 +188,7 @@ def test_guard_table_grows_with_the_groups_running_at_once():
     """More groups at once than the first table holds (1 024): the table grows, and a group written past
     its first size is still ended when the launcher is killed."""
     proc = subprocess.Popen([sys.executable, "-c", GROWN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    task = None
     try:
         task, guard = (int(x) for x in proc.stdout.readline().split())   # type: ignore[union-attr]
         proc.send_signal(signal.SIGKILL)
@@ -185,3 +198,44 @@ def test_guard_table_grows_with_the_groups_running_at_once():
     finally:
         proc.kill()
         proc.wait(timeout=10)
+        if task is not None:
+            try:
+                os.killpg(task, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+NO_ROOM = textwrap.dedent("""
+    import asyncio, os, resource
+    from qcg.pilotjob.agent.spawner import ProcessSpawner, ProcessSpec
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop, orphan_guard=True)
+        ends = {}
+        env, cwd = dict(os.environ), os.getcwd()
+        spec = lambda: ProcessSpec(["/bin/sh", "-c", "sleep 0.3"], env, cwd)
+        sp.spawn("first", spec(), lambda k, e: ends.__setitem__(k, e.exit_code))
+        pid_max = int(open("/proc/sys/kernel/pid_max").read())
+        while sp._guard._free:                      # the first table is full
+            sp._guard.started(pid_max + 1 + len(sp._guard._slot_of))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))   # it cannot grow
+        sp.spawn("second", spec(), lambda k, e: ends.__setitem__(k, e.exit_code))
+        for _ in range(200):
+            if len(ends) == 2:
+                break
+            await asyncio.sleep(0.05)
+        print(sorted(ends.items()), sp._guard is None, flush=True)
+
+    asyncio.run(main())
+""")
+
+
+def test_a_table_that_cannot_grow_costs_the_guard_not_the_run():
+    """The guard's table cannot grow (no memory, a file-size limit): the launcher gives the guard up with
+    a warning; the task that needed the slot runs, and every task's end is still reported (a review found
+    the ends lost and the spawner broken)."""
+    out = subprocess.run([sys.executable, "-c", NO_ROOM], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[('first', 0), ('second', 0)] True", (out.stdout, out.stderr)
+    assert "orphan guard not started or given up" in out.stderr
