@@ -78,28 +78,20 @@ class OrphanGuard:
     """The launcher's end: the shared table of live task groups, and the pipe whose end tells of its death."""
 
     def __init__(self, grace: float = GRACE) -> None:
+        from contextlib import ExitStack    # here: the guard process imports this file and never needs it
+
         reap_left()
-        table = _not_below(_table_file(), 4)
-        try:
-            os.ftruncate(table, _FIRST_SLOTS * _SLOT)
-            self._map = mmap.mmap(table, _FIRST_SLOTS * _SLOT)
-        except OSError:
-            os.close(table)
-            raise
-        try:
+        size = _FIRST_SLOTS * _SLOT
+        with ExitStack() as done, ExitStack() as failed:
+            table = _not_below(_table_file(), 4)
+            done.callback(os.close, table)      # the mapping keeps the file; the guard gets its own descriptor
+            os.ftruncate(table, size)
+            self._map = mmap.mmap(table, size)
+            failed.callback(self._map.close)
             read_end, self._fd = os.pipe()
-        except OSError:
-            os.close(table)
-            self._map.close()
-            raise
-        try:
+            failed.callback(os.close, self._fd)
             read_end = _not_below(read_end, 4)
-        except OSError:
-            for fd in (table, self._fd):
-                os.close(fd)
-            self._map.close()
-            raise
-        try:
+            done.callback(os.close, read_end)
             self.pid: int | None = os.posix_spawn(
                 sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), str(grace)], os.environ,
                 # not the launcher's stdout/stderr: a reader waiting for their end must not wait for the guard
@@ -107,13 +99,7 @@ class OrphanGuard:
                               (os.POSIX_SPAWN_DUP2, table, 3),
                               (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                               (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)], setsid=True)
-        except OSError:
-            os.close(self._fd)
-            self._map.close()
-            raise
-        finally:
-            os.close(read_end)
-            os.close(table)             # the mapping keeps the file; the guard holds its own descriptor
+            failed.pop_all()                    # started: the map and the write end stay
         self._slots = memoryview(self._map).cast("i")
         self._free = list(range(_FIRST_SLOTS - 1, -1, -1))
         self._slot_of: dict[int, int] = {}
@@ -166,6 +152,13 @@ class OrphanGuard:
         reap_left()
 
 
+def live_groups(table_fd: int) -> set[int]:
+    """The group ids in the shared table behind `table_fd` (free slots hold 0)."""
+    table = array.array("i")
+    table.frombytes(os.pread(table_fd, os.fstat(table_fd).st_size, 0))
+    return {pgid for pgid in table if pgid > 0}
+
+
 def _alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -204,9 +197,7 @@ def main(argv: list[str]) -> int:
             break
         clean = clean or b"." in chunk
     if not clean:
-        table = array.array("i")
-        table.frombytes(os.pread(3, os.fstat(3).st_size, 0))
-        groups = {pgid for pgid in table if pgid > 0}
+        groups = live_groups(3)
         if groups:
             _end(groups, grace)
     return 0
