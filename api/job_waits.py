@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger("qcg.pilotjob.api")
 
-FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
+FINAL_STATES = frozenset(protocol.FINAL_STATE_NAMES)
 
 
 def event_name(data: dict[str, Any]) -> str | None:
@@ -129,7 +129,7 @@ class JobWaits:
             while event is not None:
                 out.append(event)
                 topic, data = event
-                if topic in (protocol.TOPIC_JOB, protocol.TOPIC_TASK) and data.get("state") in FINAL_STATES:
+                if protocol.is_state_event(topic) and data.get("state") in FINAL_STATES:
                     name = event_name(data)
                     if name is not None:
                         self._finished_events.append((name, data["state"]))

@@ -21,10 +21,27 @@ import msgpack
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# publisher topics
+# publisher topics. A state change leaves under `<kind>.<STATE>` (`event_topic`), so a subscriber
+# chooses by prefix: `job` takes every job event, `job.SUCCEED` only those; the client API subscribes
+# to the final states only (`FINAL_EVENT_TOPICS`), and the PUB socket drops the rest unsent.
 TOPIC_JOB = b"job"          # a job changed state: {"v", "job", "state", "manager"}
 TOPIC_TASK = b"task"        # an iteration changed state: {"v", "job", "it", "state", "manager"}
 TOPIC_NO_JOBS = b"nojobs"   # every job is in a final state: {"v", "manager"}
+FINAL_STATE_NAMES = ("SUCCEED", "FAILED", "CANCELED", "OMITTED")
+
+
+def event_topic(kind: bytes, state: str) -> bytes:
+    """The topic of a state change of a job (`TOPIC_JOB`) or an iteration (`TOPIC_TASK`)."""
+    return kind + b"." + state.encode()
+
+
+def is_state_event(topic: bytes) -> bool:
+    """Whether `topic` announces a state change (of a job or an iteration), not `nojobs`."""
+    return topic.startswith((TOPIC_JOB + b".", TOPIC_TASK + b"."))
+
+
+FINAL_EVENT_TOPICS = tuple(event_topic(kind, state) for kind in (TOPIC_JOB, TOPIC_TASK)
+                           for state in FINAL_STATE_NAMES) + (TOPIC_NO_JOBS,)
 
 # key files in `<aux dir>/keys/` (z85 text, mode 0600)
 KEYS_DIR = "keys"

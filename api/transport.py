@@ -301,9 +301,12 @@ class ServiceConnection:
 
     # ------------------------------------------------------------------ events
 
-    def subscribe(self, pub_address: str, topics: tuple[bytes, ...] = (protocol.TOPIC_JOB, protocol.TOPIC_TASK,
-                                                                       protocol.TOPIC_NO_JOBS)) -> None:
-        """Connect the SUB socket to the publisher (done once, early: a subscription takes a moment to work)."""
+    def subscribe(self, pub_address: str, topics: tuple[bytes, ...] = protocol.FINAL_EVENT_TOPICS) -> None:
+        """Connect the SUB socket to the publisher (done once, early: a subscription takes a moment to work).
+
+        The waits need final states only: the publisher does not even send the EXECUTING events to this
+        socket, which halves what the client's I/O thread decrypts while many tasks start.
+        """
         with self._lock:
             if self._sub is not None:
                 return

@@ -6,9 +6,13 @@ and the final states) leaves as two frames, topic and msgpack map
 order, once the final states of that turn are on disk (the service's
 `flush_finals`; without `on_pending` set, at once):
 
-* `TOPIC_JOB`  `{"v", "manager", "job", "state"}` -- a job (or an iterative job's parent);
-* `TOPIC_TASK` `{"v", "manager", "job", "it", "state"}` -- one iteration of an iterative job;
-* `TOPIC_NO_JOBS` `{"v", "manager"}` -- right after the event that left no job unfinished.
+* `job.<STATE>`  `{"v", "manager", "job", "state"}` -- a job (or an iterative job's parent);
+* `task.<STATE>` `{"v", "manager", "job", "it", "state"}` -- one iteration of an iterative job;
+* `nojobs` `{"v", "manager"}` -- right after the event that left no job unfinished.
+
+The state is in the topic (`protocol.event_topic`) so that a subscriber gets only what it waits
+for: the PUB socket filters by prefix before anything is queued or encrypted, and the client API
+subscribes to the final states only -- as the original's client takes its `*_FINISHED` topics only.
 
 Clients wait on these instead of polling (DESIGN.md principle 1); the
 reference's publisher (facts section 17) is the model, `--disable-pub`
@@ -58,6 +62,8 @@ class EventPublisher(GovernorListener):
         self._closed = False
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._v = protocol.PROTOCOL_VERSION
+        self._topics = {(kind, state): protocol.event_topic(kind, state.value)
+                        for kind in (protocol.TOPIC_JOB, protocol.TOPIC_TASK) for state in JobState}
 
     def bind(self) -> str:
         sock = self.sock
@@ -91,13 +97,14 @@ class EventPublisher(GovernorListener):
         if self._closed:
             return
         if iteration is None:
-            self._send(protocol.TOPIC_JOB, {"v": self._v, "manager": self.manager_id, "job": job.name,
-                                            "state": state.value})
+            self._send(self._topics[protocol.TOPIC_JOB, state], {"v": self._v, "manager": self.manager_id,
+                                                                 "job": job.name, "state": state.value})
             if state in FINAL_STATES and self.governor is not None and self.governor.unfinished == 0:
                 self._send(protocol.TOPIC_NO_JOBS, {"v": self._v, "manager": self.manager_id})
         else:
-            self._send(protocol.TOPIC_TASK, {"v": self._v, "manager": self.manager_id, "job": job.name,
-                                             "it": iteration, "state": state.value})
+            self._send(self._topics[protocol.TOPIC_TASK, state], {"v": self._v, "manager": self.manager_id,
+                                                                  "job": job.name, "it": iteration,
+                                                                  "state": state.value})
 
     def _send(self, topic: bytes, body: dict[str, Any]) -> None:
         if self.on_pending is None:

@@ -190,7 +190,7 @@ class _Watcher(threading.Thread):
                         break
                 while event is not None:
                     topic, data = event
-                    if topic in (protocol.TOPIC_JOB, protocol.TOPIC_TASK) and data.get("state") in FINAL_STATES:
+                    if protocol.is_state_event(topic) and data.get("state") in FINAL_STATES:
                         name = event_name(data)
                         if name is not None:
                             with self._lock:

@@ -405,10 +405,15 @@ def test_concurrent_clients_none_lost(net_service) -> None:
 
 # --------------------------------------------------------------------------- events
 def test_pub_events_executing_and_succeed(net_service, tmp_path: Path) -> None:
-    """PUB events for a submitted job, EXECUTING included, then SUCCEED, then `nojobs` (facts 17)."""
+    """PUB events for a submitted job, EXECUTING included, then SUCCEED, then `nojobs` (reference 22.1.4:
+    the waits are driven by the status publisher). The state is in the topic: a second subscriber with
+    the client API's topics gets the final states and `nojobs` only, in the same order."""
     svc = net_service()
     sub = svc.socket(zmq.SUB, address=svc.pub_address)
     sub.subscribe(b"")
+    finals = svc.socket(zmq.SUB, address=svc.pub_address)
+    for topic in protocol.FINAL_EVENT_TOPICS:
+        finals.subscribe(topic)
     dealer = svc.socket(zmq.DEALER)
     # a SUB socket joins asynchronously: probe with tiny jobs until events flow
     deadline = time.monotonic() + START_TIMEOUT
@@ -425,21 +430,30 @@ def test_pub_events_executing_and_succeed(net_service, tmp_path: Path) -> None:
         if topic == protocol.TOPIC_NO_JOBS and ask(dealer, {"request": "status", "options": {
                 "allJobsFinished": True}})["data"]["AllJobsFinished"]:
             break
-    while not nothing_arrives(sub, 0.2):
-        sub.recv_multipart()
+    for s in (sub, finals):
+        while not nothing_arrives(s, 0.2):
+            s.recv_multipart()
 
     assert ask(dealer, {"request": "submit", "jobs": [
         {"name": "watched", "execution": {"exec": "/bin/sh", "args": ["-c", "sleep 0.2"]}},
         {"name": "iter", "iteration": {"stop": 2}, "execution": {"exec": "/bin/true"}},
     ]})["code"] == 0
-    events: list[tuple[bytes, dict[str, Any]]] = []
-    while True:
-        topic, body = recv(sub)
-        events.append((topic, msgpack.unpackb(body)))
-        if topic == protocol.TOPIC_NO_JOBS:
-            break
-    job_states = [(e["job"], e["state"]) for t, e in events if t == protocol.TOPIC_JOB]
-    task_states = [(e["job"], e["it"], e["state"]) for t, e in events if t == protocol.TOPIC_TASK]
+
+    def until_nojobs(s: zmq.Socket) -> list[tuple[bytes, dict[str, Any]]]:
+        events = []
+        while True:
+            topic, body = recv(s)
+            events.append((topic, msgpack.unpackb(body)))
+            if topic == protocol.TOPIC_NO_JOBS:
+                return events
+
+    events = until_nojobs(sub)
+    assert all(t == protocol.event_topic(t.split(b".")[0], e["state"]) for t, e in events[:-1])
+    job_states = [(e["job"], e["state"]) for t, e in events if t.startswith(protocol.TOPIC_JOB + b".")]
+    task_states = [(e["job"], e["it"], e["state"]) for t, e in events if t.startswith(protocol.TOPIC_TASK + b".")]
+    final_events = until_nojobs(finals)
+    assert final_events == [(t, e) for t, e in events if e.get("state") != "EXECUTING"]
+    assert nothing_arrives(finals, 0.2)
     assert job_states.index(("watched", "EXECUTING")) < job_states.index(("watched", "SUCCEED"))
     assert ("iter", "SUCCEED") in job_states
     for it in (0, 1):
