@@ -5,7 +5,8 @@ returns its exit code: 0 when every request was served, 2 when some request of
 the request file was refused (bad input; network clients get their errors in
 the replies), 1 when the service could not start, 128+N on signal N. What it
 is told is `service_config`; where it works (working and aux dirs,
-resources), checked before anything starts, is `service_setup`.
+resources), checked before anything starts, is `service_setup`; who runs its
+tasks (its own partition, node agents, partition managers) is `service_workers`.
 """
 
 from __future__ import annotations
@@ -33,22 +34,17 @@ from qcg.pilotjob.governor.service_config import (
     StartError,
 )
 from qcg.pilotjob.governor.service_setup import prepare_run
-from qcg.pilotjob.partition.launcher import LocalLauncher
-from qcg.pilotjob.partition.partition import Partition, PartitionConfig
+from qcg.pilotjob.governor.service_workers import Workers
 
 if TYPE_CHECKING:
     from qcg.pilotjob.governor.service_network import ServiceNetwork
 
-# Slurm and node-agent modules (tenacity, zmq.asyncio, python-hostlist) are imported only in a
-# Slurm allocation: a local file run should not pay for them at start-up.
-
 log = structlog.get_logger("service")
 
 FLUSH_INTERVAL = 1.0
-REPLY_HEADSTART = 0.001       # seconds a request-triggered launch waits for the replies to leave
 
 
-class Service:
+class Service(Workers):
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.started = datetime.now()
@@ -168,106 +164,6 @@ class Service:
             return 128 + self._signal
         return EXIT_REFUSED if self._file_refused else EXIT_OK
 
-    def _make_partition(self) -> Any:
-        """The governor's partition: one in-process partition, or the set of partition managers."""
-        cfg = self.config
-        if not cfg.governor_mode:
-            return Partition(self.loop, self.resources, PartitionConfig(  # type: ignore[arg-type]
-                root_wd=self.wd, scratch_dir=os.path.join(self.aux_dir, "tmp"), local=not self.slurm_mode,
-                envschema=cfg.envschema, zmq_address=self.zmq_address,
-                # in a Slurm allocation the launcher is replaced (_start_launcher) and gathers them itself
-                proc_stats_dir=self.wd if cfg.enable_proc_stats and not self.slurm_mode else None),
-                events=None)  # type: ignore[arg-type]
-        from qcg.pilotjob.governor.partition_server import PartitionServer
-        from qcg.pilotjob.governor.partition_set import PartitionSet
-
-        pset = PartitionSet(self.loop, wait_for_members=cfg.slurm_partition_nodes is None)  # type: ignore[arg-type]
-        self.partitions = PartitionServer(self.loop, pset, self.zmq.send_peer)  # type: ignore[arg-type]
-        self.zmq.serve_peers(self.loop, self.partitions.handle)
-        self.partitions.start()
-        return pset
-
-    async def _start_workers(self) -> bool:
-        """Node agents (Slurm) or partition managers (governor mode); False when too few came up."""
-        if self.config.governor_mode:
-            from qcg.pilotjob.governor.partition_starter import PartitionStartError
-
-            try:
-                if self._launch_error is not None:
-                    raise self._launch_error
-                if self.starter is None and self.config.slurm_partition_nodes is not None:
-                    self._launch_partitions()       # a nested governor (its own run) launches here
-                if self.starter is not None:
-                    await self.starter.wait_ready()
-            except (PartitionStartError, ValueError) as exc:
-                print(f"Error: {exc}", file=sys.stderr)
-                log.error("partition managers not started", error=str(exc))
-                return False
-            # attaching managers (--parent) find the governor here
-            self._publish_address()
-            return True
-        if not self.slurm_mode:
-            return True
-        from qcg.pilotjob.partition.agent_launcher import AgentStartError
-
-        try:
-            await self._start_launcher()
-        except AgentStartError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            log.error("node agents not started", error=str(exc))
-            return False
-        return True
-
-    def _launch_partitions(self) -> None:
-        """Split the allocation and spawn one manager per group (`_start_workers` waits for them)."""
-        from qcg.pilotjob.governor.partition_starter import PartitionStarter, split_nodes
-
-        cfg = self.config
-        groups = split_nodes(self.resources, cfg.slurm_partition_nodes)  # type: ignore[arg-type]
-        method = cfg.nl_start_method if self.slurm_mode else "local"
-        self.starter = PartitionStarter(self.loop, self.partitions, start_method=method,  # type: ignore[arg-type]
-                                        ready_threshold=cfg.partition_ready_threshold,
-                                        init_timeout=cfg.partition_init_timeout)
-        base = ["--parent", self.zmq_address or "", "--wd", self.wd, "--log", cfg.log_level,
-                "--envschema", cfg.envschema, "--nl-start-method", cfg.nl_start_method,
-                "--nl-init-timeout", str(cfg.nl_init_timeout), "--nl-ready-threshold", str(cfg.nl_ready_threshold),
-                "--nl-task-retries", str(cfg.nl_task_retries)]
-        base += ["--keys", self.keys.directory] if self.keys is not None else ["--insecure-no-curve"]
-        if cfg.disable_nl:
-            base.append("--disable-nl")
-        if cfg.system_core:
-            base.append("--system-core")
-        if cfg.enable_proc_stats:
-            base.append("--enable-proc-stats")
-        self.starter.plan(groups, base_args=base, work_dir=os.path.join(self.aux_dir, "partitions"),
-                          slurm=self.slurm_mode)
-        log.info("starting partition managers", partitions=len(groups), nodes_per_partition=cfg.slurm_partition_nodes,
-                 method=method)
-        self.starter.launch()
-
-    async def _start_launcher(self) -> None:
-        """Slurm allocation: node agents (srun or ssh), or one srun step per task with --disable-nl."""
-        from qcg.pilotjob.partition.agent_launcher import AgentLauncher
-        from qcg.pilotjob.partition.launcher import SrunLauncher
-
-        cfg = self.config
-        part = self.partition
-        stats_dir = self.wd if cfg.enable_proc_stats else None     # ptrace_*.log files (reference 16)
-        if cfg.disable_nl:
-            part.attach_launcher(SrunLauncher(self.loop, part._launched, part._exited,  # type: ignore[arg-type]
-                                              proc_stats_dir=stats_dir))
-            return
-        launcher = AgentLauncher(
-            self.loop, [n.name for n in self.resources.nodes], part._launched, part._exited,  # type: ignore[arg-type]
-            keys_dir=os.path.join(self.aux_dir, "agent-keys"), start_method=cfg.nl_start_method,
-            init_timeout=cfg.nl_init_timeout, ready_threshold=cfg.nl_ready_threshold,
-            on_node_state=part.node_state, proc_stats_dir=stats_dir)
-        part.attach_launcher(launcher)
-        from qcg.pilotjob.partition import early_agents
-
-        early = early_agents.take()
-        await launcher.start(early if early is not None and early.start_method == cfg.nl_start_method else None)
-
     def _replay(self) -> None:
         from qcg.pilotjob.governor import journal as journal_mod
 
@@ -371,18 +267,6 @@ class Service:
             # tasks inherit the service's environment (LocalLauncher copies it when created)
             os.environ[protocol.KEYS_ENV] = net.keys.directory
 
-    def _serve_requests_first(self) -> None:
-        # flat mode: a loop turn that handles task exits launches the next tasks at once (vfork, ~0.5 ms
-        # each); requests that came meanwhile are answered before that, not after
-        part = self.partition
-        if isinstance(part, Partition) and isinstance(part.launcher, LocalLauncher):
-            part.launcher.before_exits(self.zmq.serve_pending)  # type: ignore[union-attr]
-
-    def _replied(self) -> None:
-        # flat mode launches in this process: give the replies a head start (Partition.hold_launches)
-        if isinstance(self.partition, Partition):
-            self.partition.hold_launches(REPLY_HEADSTART)
-
     def _default_host(self) -> str:
         """Loopback, unless partition managers started here run on other nodes (srun, ssh)."""
         cfg = self.config
@@ -401,15 +285,6 @@ class Service:
     def _check_done(self) -> None:
         if self._finish_after_all:
             self.loop.create_task(self._wait_all_then_stop())  # type: ignore[union-attr]
-
-    async def _stop_workers(self) -> None:
-        """Tell the partition managers to exit and wait for those we started; or stop our own partition."""
-        if self.partitions is not None:
-            await self.partitions.shutdown()
-            if self.starter is not None:
-                await self.starter.shutdown(timeout=10.0)
-        else:
-            await self.partition.shutdown(timeout=10.0)
 
     async def _wait_all_then_stop(self) -> None:
         await self.governor.wait_all_finished()
