@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -186,15 +186,25 @@ def targets(root: Proc, program: str | None) -> tuple[list[Proc], str]:
 def job_task(aux: str, name: str) -> JobTask:
     """The task `name` ("job" or "job:iteration") from the run's jobs.report."""
     report = os.path.join(aux, "jobs.report")
-    lines = _report_lines(report)
     base = name.split(":", 1)[0]
     entry = None
     desc = None
     iterations = False
-    for rec in lines:
+    named = False
+    # a line is decoded only when it holds the name or the job's name as a JSON string; to tell a job
+    # with iterations, lines holding an iteration's name until the first one is seen
+    exact = _json_texts(name) | _json_texts(base)
+    any_iteration = {text[:-1] for text in _json_texts(base + ":")} if name == base else set()
+
+    def wanted(line: str) -> bool:
+        return any(k in line for k in exact) or (not iterations and any(k in line for k in any_iteration))
+
+    for rec in _report_records(report, wanted):
         rname = rec.get("name")
-        if rname == name and (rec.get("runtime") or {}).get("pid"):
-            entry = rec                        # the last run counts (a task run again after a lost node)
+        if rname == name:
+            named = True
+            if (rec.get("runtime") or {}).get("pid"):
+                entry = rec                    # the last run counts (a task run again after a lost node)
         if rname == base and rec.get("execution"):
             desc = rec
         if isinstance(rname, str) and rname.startswith(base + ":"):
@@ -202,7 +212,7 @@ def job_task(aux: str, name: str) -> JobTask:
     if entry is None:
         if name == base and iterations:
             raise TraceError(f"job '{name}' has iterations: name one, e.g. '{name}:0'")
-        if any(rec.get("name") == name for rec in lines):
+        if named:
             raise TraceError(f"job '{name}' has no process in {report} (it never started)")
         raise TraceError(f"job '{name}' is not in {report}")
     runtime = entry["runtime"]
@@ -222,25 +232,38 @@ def job_task(aux: str, name: str) -> JobTask:
     return JobTask(name, pid, node, started, _program(execution))
 
 
-def _report_lines(path: str) -> list[dict[str, Any]]:
+def _json_texts(name: str) -> set[str]:
+    """`name` as a JSON string, escaped to ASCII and not (a report may be written either way)."""
+    return {json.dumps(name), json.dumps(name, ensure_ascii=False)}
+
+
+def _report_records(path: str, wanted: Callable[[str], bool]) -> Iterator[dict[str, Any]]:
+    """The report's lines that `wanted` picks, decoded, read one at a time.
+
+    The report of a run of a million iterations is hundreds of megabytes, and one task is asked
+    for: the lines are neither held nor decoded, but the one that `wanted` picks -- and the first,
+    which tells a report in text from one in JSON lines.
+    """
+    first = True
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip() or not (first or wanted(line)):
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    if first:
+                        raise TraceError(f"{path} is not in JSON lines (a run with --report-format text?)") \
+                            from None
+                    continue                     # a line cut short by a kill while it was written
+                first = False
+                if isinstance(rec, dict):
+                    yield rec
     except FileNotFoundError:
         raise TraceError(f"no jobs.report in {os.path.dirname(path)} (a run with --report-format none?)") from None
     except OSError as exc:
         raise TraceError(f"cannot read {path}: {exc.strerror}") from None
-    lines = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise TraceError(f"{path} is not in JSON lines (a run with --report-format text?)") from None
-        if isinstance(rec, dict):
-            lines.append(rec)
-    return lines
 
 
 def _first_node(allocation: str) -> str | None:

@@ -150,3 +150,30 @@ def test_an_aux_dir_is_accepted_and_the_newest_run_is_taken(run: Path) -> None:
     _report(newer, _task("other", 1, "n1[0]", T0))
     assert pt.find_aux_dir(str(run)) == str(newer)
     assert str(run) in pt.trace_dirs(str(newer), str(newer))
+
+
+def test_only_the_lines_of_the_job_are_decoded(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big run's report is read line by line, and only lines naming the job are decoded; a name
+    outside ASCII is found whether the report escapes it or not; a last line cut short by a kill
+    does not hide the rest."""
+    aux = run / ".qcgpjm-service-h.1"
+    others = [_task(f"other{i}", 1000 + i, "n1[0]", T0) for i in range(500)]
+    others += [_task(f"sweep:{i}", 2000 + i, "n1[0]", T0) for i in range(500)]
+    lines = [json.dumps(line) for line in others]
+    lines.append(json.dumps(_task("żuk", 100, "n1[0:1]", T0, {"exec": "/opt/app/solver"}), ensure_ascii=False))
+    lines.append(json.dumps(_task("mpi", 100, "n1[0:1]", T0, {"exec": "/opt/app/solver"})))
+    (aux / "jobs.report").write_text("\n".join(lines) + '\n{"name": "mpi", "state": "SUCC', encoding="utf-8")
+    decoded: list[str] = []
+    real_loads = json.loads
+    monkeypatch.setattr(pt.json, "loads", lambda text, *a, **k: decoded.append(text) or real_loads(text, *a, **k))
+    task = pt.job_task(str(aux), "mpi")
+    assert task.pid == 100 and task.program == "solver"
+    assert len(decoded) == 3          # the first line (is it JSON?), the job's line, the cut one
+    decoded.clear()
+    assert pt.job_task(str(aux), "żuk").program == "solver" and len(decoded) == 2
+    decoded.clear()
+    assert pt.job_task(str(aux), "sweep:7").pid == 2007 and len(decoded) == 2
+    decoded.clear()
+    with pytest.raises(pt.TraceError, match="job 'sweep' has iterations"):
+        pt.job_task(str(aux), "sweep")
+    assert len(decoded) == 2          # the first line, the first iteration's
