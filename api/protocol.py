@@ -18,7 +18,9 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+# 2: state changes are published under `<kind>.<STATE>` (was: `job`, `task`); a client and a service of
+# different versions refuse each other's requests at once instead of missing each other's events
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # publisher topics. A state change leaves under `<kind>.<STATE>` (`event_topic`), so a subscriber

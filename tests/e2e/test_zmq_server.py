@@ -205,7 +205,7 @@ def test_task_environment_has_address_and_keys(net_service, tmp_path: Path) -> N
         "s.curve_serverkey = rd('server.key'); s.curve_publickey = rd('client.key')\n"
         "s.curve_secretkey = rd('client.key_secret')\n"
         "s.connect(os.environ['QCG_PM_ZMQ_ADDRESS'])\n"
-        "s.send(msgpack.packb({'v': 1, 'request': 'resourcesInfo'}))\n"
+        f"s.send(msgpack.packb({{'v': {protocol.PROTOCOL_VERSION}, 'request': 'resourcesInfo'}}))\n"
         "assert s.poll(10000), 'no reply'\n"
         "r = msgpack.unpackb(s.recv())\n"
         f"open({str(out)!r}, 'w').write(os.environ['QCG_PM_ZMQ_ADDRESS'] + ' ' + k + ' ' + str(r['code']))\n")
@@ -422,7 +422,7 @@ def test_pub_events_executing_and_succeed(net_service, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "no event ever reached the subscriber"
         ask(dealer, {"request": "submit", "jobs": [{"name": f"probe{probe}", "execution": {"exec": "/bin/true"}}]})
         probe += 1
-        if sub.poll(1000):
+        if sub.poll(1000) and finals.poll(1000):
             break
     # let the probes finish (their nojobs event marks it), drain their events
     while True:

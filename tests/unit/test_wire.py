@@ -295,3 +295,19 @@ def test_partition_server_register_events_and_bad_messages():
         assert pset.members == {} and pset.lost == ["p0"]
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_the_client_subscribes_to_every_final_state_the_governor_has():
+    """The client API knows the final states by name (api/ does not import the governor): a final state
+    added on one side only would leave waits without their event, or `wait4` without its end."""
+    from qcg.pilotjob.governor.states import FINAL_STATES, JobState
+
+    assert set(protocol.FINAL_STATE_NAMES) == {s.value for s in FINAL_STATES}
+    assert set(protocol.FINAL_EVENT_TOPICS) == {
+        protocol.event_topic(kind, s.value) for kind in (protocol.TOPIC_JOB, protocol.TOPIC_TASK)
+        for s in FINAL_STATES} | {protocol.TOPIC_NO_JOBS}
+    topics = [protocol.event_topic(kind, s.value) for kind in (protocol.TOPIC_JOB, protocol.TOPIC_TASK)
+              for s in JobState]
+    # ZMQ subscriptions match by prefix: no state's topic may start another's
+    assert not [(a, b) for a in topics for b in topics if a != b and b.startswith(a)]
+    assert all(protocol.is_state_event(t) for t in topics) and not protocol.is_state_event(protocol.TOPIC_NO_JOBS)
