@@ -99,6 +99,8 @@ class OrphanGuard:
                               (os.POSIX_SPAWN_DUP2, table, 3),
                               (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                               (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)], setsid=True)
+            # watched by the launcher: a guard killed by someone is replaced (ProcessSpawner._guard_ended)
+            self.pidfd = os.pidfd_open(self.pid)
             failed.pop_all()                    # started: the map and the write end stay
         self._slots = memoryview(self._map).cast("i")
         self._free = list(range(_FIRST_SLOTS - 1, -1, -1))
@@ -127,6 +129,18 @@ class OrphanGuard:
             self._slots = memoryview(self._map).cast("i")
         self._free.extend(range(2 * n - 1, n - 1, -1))
 
+    def ended_how(self) -> str:
+        """How the guard process ended ("killed by signal 9 (SIGKILL)", "exit status 1"); reaps it."""
+        try:
+            res = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return "ended"              # reaped by someone else
+        if res is None:
+            return "still running"
+        if res.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+            return f"killed by signal {res.si_status} ({signal.Signals(res.si_status).name})"
+        return f"exit status {res.si_status}"
+
     def close(self) -> None:
         """The launcher ends in order (its tasks ended): the guard leaves them all alone (not waited for)."""
         if self._fd < 0:
@@ -145,10 +159,7 @@ class OrphanGuard:
         pid, self.pid = self.pid, None
         if pid is None:
             return
-        try:
-            _LEFT[os.pidfd_open(pid)] = pid
-        except OSError:
-            return                  # no descriptor left: it stays a zombie until this process ends
+        _LEFT[self.pidfd] = pid
         reap_left()
 
 

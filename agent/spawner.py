@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from qcg.pilotjob.agent.orphan_guard import OrphanGuard
+from qcg.pilotjob.agent.guard_keeper import GuardKeeper
 from qcg.pilotjob.agent.spawn_args import ProcessSpec, SpawnArgs, err_text
 
 _log = logging.getLogger(__name__)
@@ -122,9 +122,9 @@ class ProcessSpawner:
         raise_open_files_limit()
         # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running.
         # The guard starts with the first task: a launcher that is replaced before it runs any has none.
-        self._guarded = orphan_guard
-        self._guard: OrphanGuard | None = None
         self._procs: dict[Hashable, _Proc] = {}
+        self._guard = GuardKeeper(loop, kill_grace, lambda: [p.pid for p in self._procs.values()],
+                                  describe=err_text) if orphan_guard else None
         self._args = SpawnArgs()
         self._idle: asyncio.Future | None = None
         self.last_effective_cpus: list[int] | None = None
@@ -224,8 +224,8 @@ class ProcessSpawner:
             # its cores for ever, so it is ended here and fails with the reason
             self._end_unwatched(pid)
             return self._fail(key, on_exit, started, f"cannot watch the started process {pid}: {err_text(exc)}")
-        if self._guarded:
-            self._guard_note(True, pid)
+        if self._guard is not None:
+            self._guard.started(pid)        # its own group: setpgroup=0
         if spec.walltime is not None and spec.walltime > 0:
             proc.wt_handle = self._loop.call_later(spec.walltime, self._walltime, proc, spec.walltime)
         return pid
@@ -306,8 +306,7 @@ class ProcessSpawner:
             await self._shutdown(timeout)
         finally:
             if self._guard is not None and not self._procs:
-                self._guard.close()         # every task has ended: the guard leaves (not waited for)
-                self._guard = None
+                self._guard.stop()          # every task has ended: the guard leaves (not waited for)
             self._args.close()
             if self._epoll is not None and not self._procs:
                 self._loop.remove_reader(self._epoll.fileno())
@@ -333,27 +332,6 @@ class ProcessSpawner:
                 self._signal(proc, signal.SIGKILL)
 
     # ------------------------------------------------------------ internals
-    def _guard_note(self, started: bool, pid: int) -> None:
-        """Tell the orphan guard which task groups live (a store into the memory it shares)."""
-        guard = self._guard
-        try:
-            if guard is None:
-                if not started:
-                    return
-                guard = self._guard = OrphanGuard(self._kill_grace)
-            if started:
-                guard.started(pid)
-            else:
-                guard.reaped(pid)
-        except OSError as exc:
-            # a protection, not a condition of the run: without it the tasks run as before
-            _log.warning("orphan guard not started or given up (%s): tasks of a killed launcher will "
-                         "outlive it", err_text(exc))
-            self._guarded = False
-            if self._guard is not None:
-                self._guard.close()
-                self._guard = None
-
     def _fail(self, key, on_exit, started, reason):
         _log.warning("spawn of %r failed: %s", key, reason)
         ev = ProcessExit(None, reason, started, time.time(), None, None)
@@ -425,7 +403,7 @@ class ProcessSpawner:
             proc.kill_handle.cancel()
         del self._procs[proc.key]
         if self._guard is not None:
-            self._guard_note(False, proc.pid)
+            self._guard.reaped(proc.pid)
         if status is None:
             code, reason = None, "exit status lost (reaped by someone else)"
         else:

@@ -29,7 +29,7 @@ LAUNCHER = textwrap.dedent("""
                             lambda k, e: None)
         ended = sp.spawn("ended", ProcessSpec(["/bin/true"], env, cwd), lambda k, e: None)
         await asyncio.sleep(0.5)            # /bin/true is reaped (its slot in the guard's table cleared)
-        print(polite, stubborn, ended, sp._guard.pid, flush=True)
+        print(polite, stubborn, ended, sp._guard.current.pid, flush=True)
         if sys.argv[1] == "shutdown":
             await sp.shutdown(timeout=5)
             print("down", flush=True)
@@ -123,14 +123,14 @@ def test_guard_only_for_tasks_and_only_once_one_runs():
         before = {p.pid for p in psutil.Process().children()}
         infra = ProcessSpawner(asyncio.get_running_loop())
         tasks = ProcessSpawner(asyncio.get_running_loop(), orphan_guard=True)
-        assert infra._guard is None and tasks._guard is None
+        assert infra._guard is None and tasks._guard.current is None
         assert {p.pid for p in psutil.Process().children()} == before
         done = asyncio.get_running_loop().create_future()
         tasks.spawn("t", ProcessSpec(["/bin/true"], {}, os.getcwd()), lambda k, e: done.set_result(e))
         assert (await asyncio.wait_for(done, 10)).exit_code == 0
-        assert tasks._guard is not None
+        assert tasks._guard.current is not None
         await tasks.shutdown()
-        assert tasks._guard is None
+        assert tasks._guard.current is None
         # the guard leaves on its own (shutdown does not wait for it); a launcher that goes on reaps it
         deadline = time.monotonic() + 10
         while {p.pid for p in psutil.Process().children()} != before:
@@ -155,7 +155,7 @@ def test_tasks_run_when_the_guard_cannot_start(monkeypatch, caplog):
         done = asyncio.get_running_loop().create_future()
         assert sp.spawn("t", ProcessSpec(["/bin/true"], {}, os.getcwd()), lambda k, e: done.set_result(e))
         assert (await asyncio.wait_for(done, 10)).exit_code == 0
-        assert sp._guard is None
+        assert sp._guard.current is None and not sp._guard.active
         await sp.shutdown()
 
     asyncio.run(asyncio.wait_for(main(), 20))
@@ -215,15 +215,16 @@ NO_ROOM = textwrap.dedent("""
         spec = lambda: ProcessSpec(["/bin/sh", "-c", "sleep 0.3"], env, cwd)
         sp.spawn("first", spec(), lambda k, e: ends.__setitem__(k, e.exit_code))
         pid_max = int(open("/proc/sys/kernel/pid_max").read())
-        while sp._guard._free:                      # the first table is full
-            sp._guard.started(pid_max + 1 + len(sp._guard._slot_of))
+        guard = sp._guard.current
+        while guard._free:                          # the first table is full
+            guard.started(pid_max + 1 + len(guard._slot_of))
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))   # it cannot grow
         sp.spawn("second", spec(), lambda k, e: ends.__setitem__(k, e.exit_code))
         for _ in range(200):
             if len(ends) == 2:
                 break
             await asyncio.sleep(0.05)
-        print(sorted(ends.items()), sp._guard is None, flush=True)
+        print(sorted(ends.items()), sp._guard.current is None, flush=True)
 
     asyncio.run(main())
 """)
@@ -237,3 +238,79 @@ def test_a_table_that_cannot_grow_costs_the_guard_not_the_run():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[('first', 0), ('second', 0)] True", (out.stdout, out.stderr)
     assert "orphan guard not started or given up" in out.stderr
+
+
+GUARD_KILLED = textwrap.dedent("""
+    import asyncio, logging, os, signal, sys
+    from qcg.pilotjob.agent.spawner import ProcessSpawner, ProcessSpec
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+
+    async def main(kills):
+        sp = ProcessSpawner(asyncio.get_running_loop(), kill_grace=0.5, orphan_guard=True)
+        task = sp.spawn("t", ProcessSpec(["/bin/sleep", "60"], dict(os.environ), os.getcwd()), lambda k, e: None)
+        guards = []
+        for _ in range(kills):
+            guard = sp._guard.current.pid
+            guards.append(guard)
+            os.kill(guard, signal.SIGKILL)                      # somebody kills the guard
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if sp._guard.current is None or sp._guard.current.pid != guard:
+                    break
+        now = sp._guard.current
+        print(task, now.pid if now else 0, sp._guard.active, *guards, flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main(int(sys.argv[1])))
+""")
+
+
+def test_a_killed_guard_is_replaced_and_the_new_one_ends_the_tasks():
+    """Somebody kills the guard while tasks run: the launcher says so, reaps it, and a new guard takes over
+    the live groups -- a kill -9 of the launcher afterwards still ends its task. Guards that keep dying are
+    given up with a warning (after `REPLACEMENTS`), and the run goes on."""
+    from qcg.pilotjob.agent.guard_keeper import REPLACEMENTS
+
+    proc = subprocess.Popen([sys.executable, "-c", GUARD_KILLED, "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    task = None
+    try:
+        task, guard, active, killed = proc.stdout.readline().split()   # type: ignore[union-attr]
+        task, guard, killed = int(task), int(guard), int(killed)
+        assert guard not in (0, killed) and active == "True"
+        assert _table(guard) == {task}, "the new guard does not know the running task"
+        assert not psutil.pid_exists(killed), "the killed guard was not reaped"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert _gone([task], 10), "the task outlived its killed launcher after its guard was replaced"
+        assert "orphan guard ended (killed by signal 9 (SIGKILL)); a new one takes over 1 task group(s)" \
+            in proc.stderr.read()                                             # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if task is not None:
+            try:
+                os.killpg(task, signal.SIGKILL)
+            except OSError:
+                pass
+
+    proc = subprocess.Popen([sys.executable, "-c", GUARD_KILLED, str(REPLACEMENTS + 1)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    task = None
+    try:
+        task, guard, active, *killed = proc.stdout.readline().split()   # type: ignore[union-attr]
+        task = int(task)
+        assert guard == "0" and active == "False" and len(set(killed)) == REPLACEMENTS + 1
+        assert psutil.Process(task).status() != psutil.STATUS_ZOMBIE      # the task runs on, unguarded
+        proc.kill()
+        proc.wait(timeout=10)
+        assert f"{REPLACEMENTS + 1} guards ended, the last killed by signal 9" in proc.stderr.read()  # type: ignore
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if task is not None:
+            try:
+                os.killpg(task, signal.SIGKILL)
+            except OSError:
+                pass
