@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +112,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _helper_file(scratch_dir: str, name: str, suffix: str, lines: list[str]) -> str:
+    import tempfile     # here: it loads shutil, bz2, lzma and random (4 ms, 0.6 MB), and few runs need it
+
     os.makedirs(scratch_dir, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix=f"{_SAFE.sub('_', name)[:64]}.", suffix=suffix, dir=scratch_dir)
     with os.fdopen(fd, "w") as f:
