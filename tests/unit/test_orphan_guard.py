@@ -46,6 +46,18 @@ def _launch(mode: str) -> tuple[subprocess.Popen, list[int]]:
     return proc, [int(x) for x in line.split()]
 
 
+def _clean_up(proc: subprocess.Popen, *groups: int | None) -> None:
+    """Whatever a failed test left: the launcher, and the task groups it had."""
+    proc.kill()
+    proc.wait(timeout=10)
+    for pgid in groups:
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def _gone(pids: list[int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -89,12 +101,7 @@ def test_tasks_of_a_killed_launcher_are_ended():
         assert _gone(tree, 10), f"tasks outlived their killed launcher: {[p for p in tree if psutil.pid_exists(p)]}"
         assert _gone([guard], 10), "the guard did not end after its work"
     finally:
-        for pgid in (polite, stubborn):
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except OSError:
-                pass
-        proc.kill()
+        _clean_up(proc, polite, stubborn)
 
 
 def test_guard_leaves_alone_after_an_ordered_shutdown():
@@ -194,13 +201,7 @@ def test_guard_table_grows_with_the_groups_running_at_once():
         assert _gone([task], 10), "a group in the grown part of the table outlived its killed launcher"
         assert _gone([guard], 10), "the guard did not end after its work"
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        if task is not None:
-            try:
-                os.killpg(task, signal.SIGKILL)
-            except OSError:
-                pass
+        _clean_up(proc, task)
 
 
 NO_ROOM = textwrap.dedent("""
@@ -287,13 +288,7 @@ def test_a_killed_guard_is_replaced_and_the_new_one_ends_the_tasks():
         assert "orphan guard ended (killed by signal 9 (SIGKILL)); a new one takes over 1 task group(s)" \
             in proc.stderr.read()                                             # type: ignore[union-attr]
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        if task is not None:
-            try:
-                os.killpg(task, signal.SIGKILL)
-            except OSError:
-                pass
+        _clean_up(proc, task)
 
     proc = subprocess.Popen([sys.executable, "-c", GUARD_KILLED, str(REPLACEMENTS + 1)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -307,10 +302,4 @@ def test_a_killed_guard_is_replaced_and_the_new_one_ends_the_tasks():
         proc.wait(timeout=10)
         assert f"{REPLACEMENTS + 1} guards ended, the last killed by signal 9" in proc.stderr.read()  # type: ignore
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        if task is not None:
-            try:
-                os.killpg(task, signal.SIGKILL)
-            except OSError:
-                pass
+        _clean_up(proc, task)
