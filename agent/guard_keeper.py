@@ -7,7 +7,7 @@ task group started and reaped, and watches its pidfd: a guard that dies while
 the launcher lives (somebody killed it) would leave the tasks unguarded
 without a word, so a new one takes over the live groups -- up to
 `REPLACEMENTS` times, then the launcher goes on without one, with a warning,
-as when a guard cannot start at all. The guard is a protection, not a
+as when a guard cannot start at all (the count is for the launcher's life). The guard is a protection, not a
 condition of the run: no failure of it fails a task.
 """
 
@@ -70,13 +70,19 @@ class GuardKeeper:
         launcher. A new guard takes over the live groups, unless guards keep dying."""
         if guard is not self.current:
             return
-        how = guard.ended_how()
-        self.stop()
+        try:
+            how = guard.ended_how()
+        except Exception as exc:  # noqa: BLE001 - the cause is for the log only; the guard is gone either way
+            how = f"cause unknown: {exc}"
+        self.stop()                 # no longer watched: this runs once per guard
         self.deaths += 1
         if self.deaths > REPLACEMENTS:
             self._give_up(f"{self.deaths} guards ended, the last {how}")
             return
         groups = list(self._live_groups())
+        if not groups:
+            _log.warning("orphan guard ended (%s); the next task starts a new one", how)
+            return
         _log.warning("orphan guard ended (%s); a new one takes over %d task group(s)", how, len(groups))
-        for pgid in groups:         # none: the next task starts one
+        for pgid in groups:
             self.started(pgid)

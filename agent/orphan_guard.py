@@ -99,7 +99,8 @@ class OrphanGuard:
                               (os.POSIX_SPAWN_DUP2, table, 3),
                               (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                               (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)], setsid=True)
-            # watched by the launcher: a guard killed by someone is replaced (ProcessSpawner._guard_ended)
+            failed.callback(_end_now, self.pid)     # not watched: no guard left behind as a zombie
+            # watched by the launcher: a guard killed by someone is replaced (guard_keeper)
             self.pidfd = os.pidfd_open(self.pid)
             failed.pop_all()                    # started: the map and the write end stay
         self._slots = memoryview(self._map).cast("i")
@@ -138,7 +139,12 @@ class OrphanGuard:
         if res is None:
             return "still running"
         if res.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-            return f"killed by signal {res.si_status} ({signal.Signals(res.si_status).name})"
+            try:
+                name = signal.Signals(res.si_status).name
+            except ValueError:          # a real-time signal (or one the C library keeps): no name
+                rt = res.si_status - signal.SIGRTMIN
+                name = f"SIGRTMIN+{rt}" if rt > 0 else "unnamed"
+            return f"killed by signal {res.si_status} ({name})"
         return f"exit status {res.si_status}"
 
     def close(self) -> None:
@@ -161,6 +167,14 @@ class OrphanGuard:
             return
         _LEFT[self.pidfd] = pid
         reap_left()
+
+
+def _end_now(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)          # at once: SIGKILL cannot be ignored
+    except OSError:
+        pass
 
 
 def live_groups(table_fd: int) -> set[int]:

@@ -8,6 +8,7 @@ their own, so without the guard a `kill -9` of the launcher (the OOM killer's wa
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -267,39 +268,77 @@ GUARD_KILLED = textwrap.dedent("""
 """)
 
 
-def test_a_killed_guard_is_replaced_and_the_new_one_ends_the_tasks():
+def _killing_guards(kills: int, log) -> tuple[subprocess.Popen, list[str]]:
+    """The launcher of GUARD_KILLED and its report line (read with a deadline: a launcher that hangs or
+    spins must fail the test, not hang it); its log goes to the file `log`, never a pipe left unread."""
+    proc = subprocess.Popen([sys.executable, "-c", GUARD_KILLED, str(kills)], stdout=subprocess.PIPE,
+                            stderr=log, text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""                     # type: ignore[union-attr]
+    if not line:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise AssertionError("the launcher did not report its guards")
+    return proc, line.split()
+
+
+def test_a_killed_guard_is_replaced_and_the_new_one_ends_the_tasks(tmp_path):
     """Somebody kills the guard while tasks run: the launcher says so, reaps it, and a new guard takes over
     the live groups -- a kill -9 of the launcher afterwards still ends its task. Guards that keep dying are
     given up with a warning (after `REPLACEMENTS`), and the run goes on."""
     from qcg.pilotjob.agent.guard_keeper import REPLACEMENTS
 
-    proc = subprocess.Popen([sys.executable, "-c", GUARD_KILLED, "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    task = None
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as err:
+        proc, (task, guard, active, killed) = _killing_guards(1, err)
+    task_pid = int(task)
     try:
-        task, guard, active, killed = proc.stdout.readline().split()   # type: ignore[union-attr]
-        task, guard, killed = int(task), int(guard), int(killed)
-        assert guard not in (0, killed) and active == "True"
-        assert _table(guard) == {task}, "the new guard does not know the running task"
-        assert not psutil.pid_exists(killed), "the killed guard was not reaped"
+        assert int(guard) not in (0, int(killed)) and active == "True"
+        assert _table(int(guard)) == {task_pid}, "the new guard does not know the running task"
+        assert not psutil.pid_exists(int(killed)), "the killed guard was not reaped"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert _gone([task], 10), "the task outlived its killed launcher after its guard was replaced"
+        assert _gone([task_pid], 10), "the task outlived its killed launcher after its guard was replaced"
         assert "orphan guard ended (killed by signal 9 (SIGKILL)); a new one takes over 1 task group(s)" \
-            in proc.stderr.read()                                             # type: ignore[union-attr]
+            in log.read_text()
     finally:
-        _clean_up(proc, task)
+        _clean_up(proc, task_pid)
 
-    proc = subprocess.Popen([sys.executable, "-c", GUARD_KILLED, str(REPLACEMENTS + 1)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    task = None
+    with open(log, "w") as err:
+        proc, (task, guard, active, *killed) = _killing_guards(REPLACEMENTS + 1, err)
+    task_pid = int(task)
     try:
-        task, guard, active, *killed = proc.stdout.readline().split()   # type: ignore[union-attr]
-        task = int(task)
         assert guard == "0" and active == "False" and len(set(killed)) == REPLACEMENTS + 1
-        assert psutil.Process(task).status() != psutil.STATUS_ZOMBIE      # the task runs on, unguarded
+        assert psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE      # the task runs on, unguarded
         proc.kill()
         proc.wait(timeout=10)
-        assert f"{REPLACEMENTS + 1} guards ended, the last killed by signal 9" in proc.stderr.read()  # type: ignore
+        assert f"{REPLACEMENTS + 1} guards ended, the last killed by signal 9" in log.read_text()
     finally:
-        _clean_up(proc, task)
+        _clean_up(proc, task_pid)
+
+
+def test_how_a_guard_ended_is_told_and_a_guard_that_cannot_be_watched_is_not_left_behind(monkeypatch):
+    """The launcher's log names the signal that ended its guard, a real-time one too (a review found a
+    traceback instead); a guard started but not watchable (no descriptor left for its pidfd) is ended and
+    reaped at once, not left a zombie."""
+    from qcg.pilotjob.agent.orphan_guard import OrphanGuard
+
+    guard = OrphanGuard(grace=0.5)
+    os.kill(guard.pid, signal.SIGRTMIN + 1)       # type: ignore[arg-type]
+    os.waitid(os.P_PIDFD, guard.pidfd, os.WEXITED | os.WNOWAIT)          # ended (not reaped yet)
+    assert guard.ended_how() == f"killed by signal {signal.SIGRTMIN + 1} (SIGRTMIN+1)"
+    guard.close()
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(24, "Too many open files")
+
+    before = {p.pid for p in psutil.Process().children()}
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    try:
+        OrphanGuard(grace=0.5)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a guard that cannot be watched was kept")
+    monkeypatch.undo()
+    assert {p.pid for p in psutil.Process().children()} == before, "the unwatched guard was left behind"
