@@ -15,7 +15,8 @@ from typing import Any
 
 from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor.service_config import ServiceConfig, StartError
-from qcg.pilotjob.partition.resources import Resources, local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
+from qcg.pilotjob.partition.resources import Resources
 
 
 @dataclass

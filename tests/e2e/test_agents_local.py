@@ -20,7 +20,7 @@ from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor
 from qcg.pilotjob.partition.agent_launcher import AgentLauncher, AgentStartError
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 
 FAKE_SSH = """#!/bin/bash
 # fake ssh: ssh [options] NODE COMMAND -> run COMMAND here; node 'bad' is unreachable

@@ -29,7 +29,7 @@ import zmq
 
 from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.job import Jobs
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.slurm_resources import resources_to_dict
 from tests.conftest import SERVICE, client_cfg, job, local_manager, submit
 

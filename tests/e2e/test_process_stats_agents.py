@@ -23,7 +23,7 @@ from qcg.pilotjob.governor.governor import Governor
 from qcg.pilotjob.partition.agent_command import agent_args
 from qcg.pilotjob.partition.agent_launcher import AgentLauncher
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 
 FAKE_SSH = """#!/bin/bash
 while [[ "$1" == -* ]]; do shift 2; done

@@ -17,7 +17,7 @@ from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor, GovernorListener
 from qcg.pilotjob.governor.states import JobState
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.task import Allocation, TaskFinished, TaskStarted
 
 S = JobState

@@ -14,7 +14,7 @@ from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.jobdesc import Execution
 from qcg.pilotjob.governor.parent_link import ParentLink
 from qcg.pilotjob.partition import wire
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.task import ResourceRequest, TaskSpec
 
 TIMEOUT = 20.0

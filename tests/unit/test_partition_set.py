@@ -18,7 +18,7 @@ from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor, GovernorListener
 from qcg.pilotjob.governor.partition_set import MAX_MOVES, REBALANCE_DELAY, MemberEvents, PartitionSet
 from qcg.pilotjob.governor.states import JobState
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
 
 ONE = ResourceRequest(1, 1)

@@ -13,7 +13,7 @@ import pytest
 
 from qcg.pilotjob.governor.partition_starter import PartitionStarter, PartitionStartError, split_nodes
 from qcg.pilotjob.partition import retries
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 
 
 class FakeServer:

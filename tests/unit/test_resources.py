@@ -12,7 +12,8 @@ import socket
 
 import pytest
 
-from qcg.pilotjob.partition.resources import Node, Resources, local_resources, parse_nodes_spec
+from qcg.pilotjob.partition.local_nodes import local_resources, parse_nodes_spec
+from qcg.pilotjob.partition.resources import Node, Resources
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest as R
 
 

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.scheduler import Scheduler
 from qcg.pilotjob.partition.task import ResourceRequest as R, TaskSpec
 

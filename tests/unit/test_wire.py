@@ -18,7 +18,7 @@ from qcg.pilotjob.governor import partition_server
 from qcg.pilotjob.governor.partition_server import PartitionServer
 from qcg.pilotjob.governor.partition_set import PartitionSet
 from qcg.pilotjob.partition import wire
-from qcg.pilotjob.partition.resources import local_resources
+from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.slurm_resources import resources_to_dict
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
 
