@@ -32,6 +32,7 @@ from qcg.pilotjob.api import errors, protocol
 from qcg.pilotjob.api.client_keys import (
     AUX_DIR_PREFIX, CurveKeys, KeysRefused, NoKeysFound, find_aux_dir, find_keys, foreign_owner, insecure_opt_in,
     load_keys, locate_keys, read_aux_address, scan_aux_dirs)
+from qcg.pilotjob.api.event_drain import EventDrain
 
 __all__ = [
     "CurveKeys", "find_keys", "locate_keys", "load_keys", "find_aux_dir", "scan_aux_dirs", "read_aux_address",
@@ -110,7 +111,7 @@ class ServiceConnection:
         self._link_up = False
         self._link_lost = False              # a connection that had completed its handshake went down
         self._sock.connect(address)
-        self._sub: zmq.Socket | None = None
+        self._drain: EventDrain | None = None    # the SUB socket of the events, once subscribed
         self.pub_address: str | None = None
         self._closed = False
         self._lock = threading.RLock()
@@ -308,7 +309,7 @@ class ServiceConnection:
         socket, which halves what the client's I/O thread decrypts while many tasks start.
         """
         with self._lock:
-            if self._sub is not None:
+            if self._drain is not None:
                 return
             sub = self._socket(zmq.SUB)
             sub.setsockopt(zmq.RCVHWM, 0)  # never drop an event on our side
@@ -317,10 +318,9 @@ class ServiceConnection:
             monitor = _monitor(sub, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            subscribed = False
             try:
                 sub.connect(pub_address)
-                self._sub = sub
-                self.pub_address = pub_address
                 # A subscription works only once the connection is up: wait for the handshake, so that
                 # events of jobs submitted right after connecting are not lost (the "slow joiner").
                 deadline = time.monotonic() + min(self.timeout, 10.0)
@@ -334,13 +334,18 @@ class ServiceConnection:
                     if event["event"] & (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                          | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                         break
+                subscribed = True
             finally:
                 sub.disable_monitor()
                 monitor.close(linger=0)
+                if not subscribed:
+                    sub.close(linger=0)         # the error goes on to the caller
+            self._drain = EventDrain(sub)
+            self.pub_address = pub_address
 
     @property
     def has_events(self) -> bool:
-        return self._sub is not None
+        return self._drain is not None
 
     @property
     def context(self) -> zmq.Context:
@@ -352,32 +357,21 @@ class ServiceConnection:
         With `wake` (a socket of this connection's context), the wait also
         ends, returning None, as soon as `wake` is readable (the caller reads it).
         """
-        sub = self._sub
+        drain = self._drain
         ms = None if timeout is None else timeout * 1000.0
-        if sub is None:
+        if drain is None:
             if wake is not None:
                 wake.poll(ms, zmq.POLLIN)
             elif timeout:
                 time.sleep(timeout)
             return None
-        try:
-            if timeout != 0:
-                if wake is None:
-                    if not sub.poll(ms, zmq.POLLIN):
-                        return None
-                else:
-                    poller = zmq.Poller()
-                    poller.register(sub, zmq.POLLIN)
-                    poller.register(wake, zmq.POLLIN)
-                    ready = dict(poller.poll(ms))
-                    if sub not in ready:
-                        return None
-            try:
-                frames = sub.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return None
-        except zmq.ZMQError as exc:
-            raise errors.ConnectionError(f"event channel of {self.address} failed: {exc}") from exc
+        with drain.lock:
+            if drain.kept:
+                frames = drain.kept.popleft()
+            else:
+                frames = self._receive(drain.sub, ms, wake)
+                if frames is None:
+                    return None
         if len(frames) < 2:
             return frames[0] if frames else b"", {}
         try:
@@ -387,6 +381,25 @@ class ServiceConnection:
         if not isinstance(data, dict):
             data = {}
         return frames[0], data
+
+    def _receive(self, sub: zmq.Socket, ms: float | None, wake: zmq.Socket | None) -> list[bytes] | None:
+        try:
+            if ms != 0:
+                if wake is None:
+                    if not sub.poll(ms, zmq.POLLIN):
+                        return None
+                else:
+                    poller = zmq.Poller()
+                    poller.register(sub, zmq.POLLIN)
+                    poller.register(wake, zmq.POLLIN)
+                    if sub not in dict(poller.poll(ms)):
+                        return None
+            try:
+                return sub.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+        except zmq.ZMQError as exc:
+            raise errors.ConnectionError(f"event channel of {self.address} failed: {exc}") from exc
 
     # ------------------------------------------------------------------- close
 
@@ -400,13 +413,13 @@ class ServiceConnection:
             except zmq.ZMQError:
                 pass
             self._events.close(linger=0)
-            for sock in (self._sock, self._sub):
-                if sock is not None:
-                    try:
-                        sock.close(linger=0)
-                    except zmq.ZMQError:
-                        pass
-            self._sub = None
+            try:
+                self._sock.close(linger=0)
+            except zmq.ZMQError:
+                pass
+            if self._drain is not None:
+                self._drain.close()
+                self._drain = None
             if self._own_context:
                 try:
                     self._ctx.term()

@@ -25,7 +25,10 @@ What is measured (every service gets `--nodes 2 --wd <tmp>`, local mode):
                 original's event-driven wait4all can miss its event and then
                 never returns, whatever its timeout_secs);
 * finish     -- `finish()` until it returns (the service process has ended);
-                measured before the wait4all series, which uses a new service.
+                measured before the wait4all series, which uses a new service;
+* unread     -- then, on that service, a sweep of 10 000 `/bin/true` watched
+                only with `status()`: how much the client's RSS grew while
+                the finish events it did not read arrived.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ MEASURE = textwrap.dedent(r'''
     from qcg.pilotjob.api.job import Jobs
 
     wd, idle_n, lat_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    UNREAD_N = 10000
     out = {}
 
     t = time.perf_counter()
@@ -116,6 +120,20 @@ MEASURE = textwrap.dedent(r'''
             lats.append(now - float(f.read()))
     out["wait4all"] = lats
     out["wait4all_hangs"] = hangs
+
+    # unread events: a sweep watched only with status(); the client's memory afterwards
+    def rss_mib():
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+    if not hangs:
+        before = rss_mib()
+        m.submit(Jobs().add(name="unread", exec="/bin/true", iteration=UNREAD_N))
+        deadline = time.monotonic() + 300
+        while m.status(["unread"])["jobs"]["unread"]["data"]["status"] not in ("SUCCEED", "FAILED") \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        out["unread_rss"] = rss_mib() - before
     print("RESULT " + json.dumps(out), flush=True)
     if hangs:
         # the stuck waiter holds a socket: finish() would block in the context's term; kill instead
@@ -164,6 +182,8 @@ def rows(res: dict) -> dict[str, str]:
             f"{statistics.median(res['wait4all']) * ms:.1f} ms" if res["wait4all"] else "n/a")
             + (f" (run {len(res['wait4all']) + 1}: no return in 10 s)" if res.get("wait4all_hangs") else ""),
         "finish()": f"{res['finish']:.3f} s",
+        "client RSS after 10 000 unread finishes": (
+            f"+{res['unread_rss']:.1f} MiB" if "unread_rss" in res else "n/a"),
     }
 
 

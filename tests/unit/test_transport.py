@@ -4,6 +4,7 @@ or unreachable service ... never hang"; reference 22.1.4 `finish`)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import msgpack
 import pytest
@@ -64,3 +65,52 @@ def test_no_keys_without_the_opt_in_sends_nothing():
         ServiceConnection(address, None, timeout=15.0)
     thread.join(0.5)
     assert got == []
+
+
+def test_unread_events_are_drained_in_order_and_the_drain_stops_with_the_connection(monkeypatch):
+    """Events nobody reads are copied out of the SUB socket by a thread of the connection (api/event_drain.py:
+    unread, they kept libzmq's 8 KiB read buffers, one each); a reader gets the drained ones first, then
+    the socket's, all in order; the drain's thread ends with the connection."""
+    from qcg.pilotjob.api import event_drain
+
+    monkeypatch.setattr(event_drain, "DRAIN_INTERVAL", 0.05)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    conn = ServiceConnection(f"tcp://127.0.0.1:{port + 1}", None, timeout=15.0, insecure=True)
+    try:
+        conn.subscribe(f"tcp://127.0.0.1:{port}", topics=(b"task.",))
+        drain = conn._drain
+        assert drain is not None and drain._thread.is_alive()
+        body = msgpack.packb({"job": "j", "it": -1, "state": "SUCCEED"})
+        for _ in range(200):                  # the subscription reaches the publisher a moment later
+            pub.send_multipart([b"task.probe", body])
+            if conn.next_event(0.05) is not None:
+                break
+        else:
+            raise AssertionError("no event ever came through")
+        while conn.next_event(0.2) is not None:
+            pass
+
+        def send(first: int, last: int) -> None:
+            for i in range(first, last):
+                pub.send_multipart([b"task.SUCCEED", msgpack.packb({"job": "j", "it": i, "state": "SUCCEED"})])
+                if i % 100 == 0:
+                    time.sleep(0.001)         # events one at a time, as a service sends them
+
+        send(0, 1000)
+        deadline = time.monotonic() + 10
+        while len(drain.kept) < 1000:         # nobody reads: the drain takes them all out
+            assert time.monotonic() < deadline, f"the drain took {len(drain.kept)} of 1000 events"
+            time.sleep(0.05)
+        send(1000, 2000)                      # these stay in the socket until read
+        pub.send_multipart([b"other", b"x"])  # not subscribed: never seen
+        got = []
+        while (event := conn.next_event(2.0)) is not None:
+            got.append(event)
+        assert [(t, d["it"]) for t, d in got] == [(b"task.SUCCEED", i) for i in range(2000)]
+    finally:
+        conn.close()
+        pub.close(linger=0)
+        ctx.term()
+    assert not drain._thread.is_alive(), "the drain outlived its connection"
