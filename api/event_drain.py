@@ -1,4 +1,4 @@
-"""Takes the events nobody is reading out of the SUB socket, once a second, in a thread of the client.
+"""Takes the events nobody is reading out of the SUB socket, ten times a second, in a thread of the client.
 
 libzmq reads a TCP connection into 8 KiB buffers and hands out the messages
 it decodes as views into them: a buffer is freed only when every message
@@ -15,18 +15,22 @@ waiting on it is never robbed of an event. Nothing is dropped.
 A thread that forwarded every event as it came (tried first) cost the
 client's requests time while many tasks ended: a one-job submit while 1 000
 tasks start took 1.13 ms against 0.91 ms without it (medians of 4 alternating
-runs). Draining once a second made no difference there (0.88 against 0.96 ms).
+runs). Draining ten times a second, 16 events per hold of the interpreter,
+made no difference there (1.01 against 1.06 ms; p99 1.57-2.17 against
+1.68-2.29 ms), and the client of the 20 000 tasks above grew by 7 MiB.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 
 import zmq
 
-DRAIN_INTERVAL = 1.0      # seconds between two looks at the socket
+DRAIN_INTERVAL = 0.1      # seconds between two looks at the socket
+BATCH = 16                # events taken out per hold of the lock (and of the interpreter)
 STOP_TIMEOUT = 5.0        # seconds `close` waits for the drain's thread
 _ids = itertools.count()
 
@@ -42,17 +46,25 @@ class EventDrain:
 
     def _run(self) -> None:
         while not self._stop.wait(DRAIN_INTERVAL):
-            if not self.lock.acquire(blocking=False):
-                continue                # a reader is on the socket: it takes the events itself
             try:
-                while True:
-                    self.kept.append(self.sub.recv_multipart(zmq.NOBLOCK))    # a copy: the buffer goes
-            except zmq.Again:
-                pass
+                while self._take(BATCH) == BATCH:
+                    time.sleep(0)       # let the client's own thread in between
             except zmq.ZMQError:
                 return                  # the socket or its context is closed
-            finally:
-                self.lock.release()
+
+    def _take(self, most: int) -> int:
+        """Up to `most` events out of the socket (none while a reader holds it: it takes them itself)."""
+        if not self.lock.acquire(blocking=False):
+            return 0
+        try:
+            for n in range(most):
+                try:
+                    self.kept.append(self.sub.recv_multipart(zmq.NOBLOCK))    # a copy: the buffer goes
+                except zmq.Again:
+                    return n
+            return most
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         """Stop the thread, then close the socket (as the connection closed it before: without the lock,
