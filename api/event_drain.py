@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from collections import deque
 
 import zmq
@@ -41,16 +42,11 @@ class EventDrain:
         self.lock = threading.Lock()                  # held by whoever uses `sub`
         self.kept: deque[list[bytes]] = deque()       # events taken out, oldest first
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"qcgpj-event-drain-{next(_ids)}", daemon=True)
+        # the thread holds the drain weakly: a connection dropped without close() is collected (and its
+        # socket closed by pyzmq) as before, and the thread then ends
+        self._thread = threading.Thread(target=_run, args=(weakref.ref(self), self._stop),
+                                        name=f"qcgpj-event-drain-{next(_ids)}", daemon=True)
         self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(DRAIN_INTERVAL):
-            try:
-                while self._take(BATCH) == BATCH:
-                    time.sleep(0)       # let the client's own thread in between
-            except zmq.ZMQError:
-                return                  # the socket or its context is closed
 
     def _take(self, most: int) -> int:
         """Up to `most` events out of the socket (none while a reader holds it: it takes them itself)."""
@@ -75,3 +71,17 @@ class EventDrain:
             self.sub.close(linger=0)
         except zmq.ZMQError:
             pass
+
+
+def _run(ref: "weakref.ref[EventDrain]", stop: threading.Event) -> None:
+    while not stop.wait(DRAIN_INTERVAL):
+        drain = ref()
+        if drain is None:
+            return
+        try:
+            while drain._take(BATCH) == BATCH and not stop.is_set():
+                time.sleep(0)           # let the client's own thread in between
+        except zmq.ZMQError:
+            return                      # the socket or its context is closed
+        finally:
+            drain = None

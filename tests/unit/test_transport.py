@@ -76,6 +76,7 @@ def test_unread_events_are_drained_in_order_and_the_drain_stops_with_the_connect
     monkeypatch.setattr(event_drain, "DRAIN_INTERVAL", 0.05)
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     conn = ServiceConnection(f"tcp://127.0.0.1:{port + 1}", None, timeout=15.0, insecure=True)
     try:
@@ -98,19 +99,45 @@ def test_unread_events_are_drained_in_order_and_the_drain_stops_with_the_connect
                 if i % 100 == 0:
                     time.sleep(0.001)         # events one at a time, as a service sends them
 
-        send(0, 1000)
+        with drain.lock:                      # as a reader waiting on the socket: the drain keeps off
+            send(0, 500)
+            time.sleep(0.3)
+            assert not drain.kept, "the drain took events from under a reader"
+        send(500, 1000)
         deadline = time.monotonic() + 10
         while len(drain.kept) < 1000:         # nobody reads: the drain takes them all out
             assert time.monotonic() < deadline, f"the drain took {len(drain.kept)} of 1000 events"
             time.sleep(0.05)
-        send(1000, 2000)                      # these stay in the socket until read
+        send(1000, 2000)                      # in the socket, or taken out while the reader below reads
         pub.send_multipart([b"other", b"x"])  # not subscribed: never seen
         got = []
         while (event := conn.next_event(2.0)) is not None:
             got.append(event)
-        assert [(t, d["it"]) for t, d in got] == [(b"task.SUCCEED", i) for i in range(2000)]
+        got = [(t, d["it"]) for t, d in got if t != b"task.probe"]
+        assert got == [(b"task.SUCCEED", i) for i in range(2000)]
     finally:
         conn.close()
         pub.close(linger=0)
         ctx.term()
     assert not drain._thread.is_alive(), "the drain outlived its connection"
+
+
+def test_the_drain_of_a_connection_dropped_unclosed_ends():
+    """A connection dropped without close() (a Manager never finished) is collected as before the drain
+    existed: its thread holds it weakly, and ends."""
+    import gc
+
+    conn = ServiceConnection("tcp://127.0.0.1:9", None, timeout=15.0, insecure=True)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        conn.subscribe(f"tcp://127.0.0.1:{port}")
+        thread = conn._drain._thread          # type: ignore[union-attr]
+        del conn
+        gc.collect()
+        thread.join(5)
+        assert not thread.is_alive(), "the drain of a dropped connection runs on"
+    finally:
+        pub.close(linger=0)
+        ctx.term()
