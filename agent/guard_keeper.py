@@ -6,9 +6,9 @@ that is replaced before it runs any task has none. The keeper tells it of each
 task group started and reaped, and watches its pidfd: a guard that dies while
 the launcher lives (somebody killed it) would leave the tasks unguarded
 without a word, so a new one takes over the live groups -- up to
-`REPLACEMENTS` times, then the launcher goes on without one, with a warning,
-as when a guard cannot start at all (the count is for the launcher's life). The guard is a protection, not a
-condition of the run: no failure of it fails a task.
+`REPLACEMENTS` times in the launcher's life, then the launcher goes on
+without one, with a warning, as when a guard cannot start at all. The guard
+is a protection, not a condition of the run: no failure of it fails a task.
 """
 
 from __future__ import annotations

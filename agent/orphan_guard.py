@@ -78,7 +78,10 @@ class OrphanGuard:
     """The launcher's end: the shared table of live task groups, and the pipe whose end tells of its death."""
 
     def __init__(self, grace: float = GRACE) -> None:
-        from contextlib import ExitStack    # here: the guard process imports this file and never needs it
+        # here: the guard process imports this file and never needs them (nor could it import the package)
+        from contextlib import ExitStack
+
+        from qcg.pilotjob.agent.spawner import end_unwatched
 
         reap_left()
         size = _FIRST_SLOTS * _SLOT
@@ -99,7 +102,7 @@ class OrphanGuard:
                               (os.POSIX_SPAWN_DUP2, table, 3),
                               (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                               (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)], setsid=True)
-            failed.callback(_end_now, self.pid)     # not watched: no guard left behind as a zombie
+            failed.callback(end_unwatched, self.pid)    # its own group (setsid); no zombie left
             # watched by the launcher: a guard killed by someone is replaced (guard_keeper)
             self.pidfd = os.pidfd_open(self.pid)
             failed.pop_all()                    # started: the map and the write end stay
@@ -167,14 +170,6 @@ class OrphanGuard:
             return
         _LEFT[self.pidfd] = pid
         reap_left()
-
-
-def _end_now(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)          # at once: SIGKILL cannot be ignored
-    except OSError:
-        pass
 
 
 def live_groups(table_fd: int) -> set[int]:

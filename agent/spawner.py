@@ -113,6 +113,18 @@ def raise_open_files_limit(target: int = FD_SOFT_LIMIT) -> None:
         pass
 
 
+def end_unwatched(pid: int) -> None:
+    """End a child that leads its own process group and that nothing will watch, and reap it at once."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        os.waitpid(pid, 0)      # at once: SIGKILL cannot be ignored
+    except ChildProcessError:
+        pass
+
+
 class ProcessSpawner:
     """Starts processes and reports their exits through callbacks on `loop`."""
 
@@ -222,7 +234,7 @@ class ProcessSpawner:
         except OSError as exc:
             # started but cannot be watched (no descriptor left for its pidfd): an unwatched task would hold
             # its cores for ever, so it is ended here and fails with the reason
-            self._end_unwatched(pid)
+            end_unwatched(pid)
             return self._fail(key, on_exit, started, f"cannot watch the started process {pid}: {err_text(exc)}")
         if self._guard is not None:
             self._guard.started(pid)        # its own group: setpgroup=0
@@ -240,17 +252,6 @@ class ProcessSpawner:
             raise ValueError(f"process key {key!r} is already running")
         self._watch(key, pid, on_exit, started, None).term_signal = term_signal
         return pid
-
-    @staticmethod
-    def _end_unwatched(pid: int) -> None:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            os.waitpid(pid, 0)      # at once: SIGKILL cannot be ignored
-        except ChildProcessError:
-            pass
 
     def _watch(self, key: Hashable, pid: int, on_exit: Callable[[Hashable, ProcessExit], None], started: float,
                cpus: list[int] | None) -> "_Proc":
