@@ -377,6 +377,22 @@ def test_fuzz_random_frames_then_normal_request(net_service) -> None:
     assert "Traceback" not in svc.stderr()
 
 
+def test_a_client_of_another_protocol_version_is_refused(net_service) -> None:
+    """A client of another protocol version (1: events under `job`/`task`) gets an error naming both
+    versions at its first request, instead of a service whose events it would silently miss; a client of
+    this version is served on."""
+    svc = net_service()
+    dealer = svc.socket(zmq.DEALER)
+    dealer.send(msgpack.packb({"v": protocol.PROTOCOL_VERSION - 1, "request": "resourcesInfo"}))
+    resp = msgpack.unpackb(recv(dealer)[-1])
+    assert resp["code"] != 0
+    assert f"unsupported protocol version {protocol.PROTOCOL_VERSION - 1}" in resp["message"]
+    assert f"speaks {protocol.PROTOCOL_VERSION}" in resp["message"]
+    assert ask(dealer, {"request": "resourcesInfo"})["code"] == 0
+    ask(dealer, {"request": "finish"})
+    assert svc.wait_exit() == 0
+
+
 def test_concurrent_clients_none_lost(net_service) -> None:
     """Many clients at once on one ROUTER socket; `control finishAfterAllTasksDone` ends the run after all."""
     svc = net_service("--net", nodes="2")

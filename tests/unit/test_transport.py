@@ -141,3 +141,33 @@ def test_the_drain_of_a_connection_dropped_unclosed_ends():
     finally:
         pub.close(linger=0)
         ctx.term()
+
+
+def test_a_reply_of_another_protocol_version_is_refused():
+    """A service of another protocol version answers: the client raises, naming both versions, rather than
+    go on with a service whose events it would miss (api/protocol.py PROTOCOL_VERSION)."""
+    from qcg.pilotjob.api import errors, protocol
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def serve() -> None:
+        if router.poll(20_000, zmq.POLLIN):
+            ident, *rest = router.recv_multipart()
+            request = msgpack.unpackb(rest[-1], raw=False)
+            router.send_multipart([ident, b"", msgpack.packb({"v": protocol.PROTOCOL_VERSION - 1,
+                                                               "id": request["id"], "code": 0})])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    conn = ServiceConnection(f"tcp://127.0.0.1:{port}", None, timeout=15.0, insecure=True)
+    try:
+        with pytest.raises(errors.InternalError, match=f"protocol version {protocol.PROTOCOL_VERSION - 1}, "
+                                                       f"this client speaks {protocol.PROTOCOL_VERSION}"):
+            conn.request({"request": "resourcesInfo"})
+    finally:
+        conn.close()
+        thread.join(5)
+        router.close(linger=0)
+        ctx.term()
