@@ -31,6 +31,10 @@ handful of system calls on top of the spawn itself:
   threads.
 * ``chdir`` is skipped when the task runs in the spawner's own current
   directory (the service runs in its working directory, the default wd).
+* the spawning thread asks for a short CPU time slice (process_setup.py):
+  the child of a vfork-based spawn is still exec'ing on the spawner's CPU
+  when the spawn returns, and with the default slice the spawner waited
+  behind it while the other cores were busy.
 
 The exit code follows `subprocess`: the exit status, or the negative signal
 number when the process was killed by a signal.
@@ -49,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 from qcg.pilotjob.agent.guard_keeper import GuardKeeper
+from qcg.pilotjob.agent.process_setup import ask_for_short_slices, raise_open_files_limit
 from qcg.pilotjob.agent.spawn_args import ProcessSpec, SpawnArgs, err_text
 
 _log = logging.getLogger(__name__)
@@ -90,29 +95,6 @@ class _Proc:
         self.term_signal = signal.SIGTERM      # the polite signal before SIGKILL
 
 
-FD_SOFT_LIMIT = 65536      # the open-files soft limit a launcher raises itself to (at most the hard limit)
-
-
-def raise_open_files_limit(target: int = FD_SOFT_LIMIT) -> None:
-    """Raise this process's soft RLIMIT_NOFILE towards `target`.
-
-    Every running task holds a pidfd here, and a service also holds one
-    descriptor per client connection -- connections anybody on the host can
-    open before the CURVE handshake refuses them. The common soft limit of
-    1024 is soon reached that way. Capped, because tasks inherit the limit,
-    and some programs walk every descriptor number up to it.
-    """
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = target if hard == resource.RLIM_INFINITY else min(target, hard)
-        if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ImportError, ValueError, OSError):  # pragma: no cover - a platform without it, or not allowed
-        pass
-
-
 def end_unwatched(pid: int) -> None:
     """End a child that leads its own process group and that nothing will watch, and reap it at once."""
     try:
@@ -132,6 +114,8 @@ class ProcessSpawner:
         self._loop = loop
         self._kill_grace = kill_grace
         raise_open_files_limit()
+        # spawn() runs in this thread: it must not wait behind the tasks it starts (process_setup)
+        _log.debug("short CPU time slices for the launcher: %s", ask_for_short_slices())
         # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running.
         # The guard starts with the first task: a launcher that is replaced before it runs any has none.
         self._procs: dict[Hashable, _Proc] = {}

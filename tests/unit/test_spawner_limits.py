@@ -49,7 +49,8 @@ EXHAUSTED = textwrap.dedent("""
 
 RAISED = textwrap.dedent("""
     import asyncio, resource
-    from qcg.pilotjob.agent.spawner import FD_SOFT_LIMIT, ProcessSpawner
+    from qcg.pilotjob.agent.process_setup import FD_SOFT_LIMIT
+    from qcg.pilotjob.agent.spawner import ProcessSpawner
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
