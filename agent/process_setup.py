@@ -1,6 +1,8 @@
 """Settings a task-launching process gives itself before its first task.
 
-Both are per-process requests to the kernel that need no privilege; each one
+Both are requests to the kernel that need no privilege: the open-files limit
+is the process's, the time slice the launching thread's (in flat mode the
+service's event-loop thread, which also does the governor's work). Each one
 is skipped quietly where the platform does not have it, because a launcher
 that cannot tune itself still launches correctly, only slower.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 
 _log = logging.getLogger(__name__)
 
@@ -60,16 +63,24 @@ def ask_for_short_slices(slice_ns: int = SHORT_SLICE_NS) -> bool:
     Tasks keep the default slice: the flag resets it on fork. Left as it is:
     a thread with a real-time or idle policy or a negative nice (somebody
     chose its scheduling on purpose; the reset would also undo a negative
-    nice for the tasks). Older kernels accept the request and ignore the
-    slice; kernels without `sched_setattr` and other machines are skipped.
+    nice for the tasks), and a kernel without per-task slices (it reports no
+    slice; it would accept the request, ignore the slice and keep the flag).
+    Skipped: kernels without `sched_setattr`, machines not in the table and
+    32-bit Pythons (the table holds the 64-bit call numbers; on a 32-bit ABI
+    they name other calls). Never raises: a launcher works without it.
     """
     calls = _SCHED_ATTR_CALLS.get(platform.machine())
-    if calls is None:
+    if calls is None or sys.maxsize <= 2 ** 32:
         return False
     try:
-        import ctypes
-    except ImportError:  # pragma: no cover - a Python built without ctypes
+        return _set_slice(calls, slice_ns)
+    except Exception as exc:  # noqa: BLE001 - e.g. ctypes refused by an audit hook, no libc symbol
+        _log.debug("no short slices: %s", exc)
         return False
+
+
+def _set_slice(calls: tuple[int, int], slice_ns: int) -> bool:
+    import ctypes
 
     class SchedAttr(ctypes.Structure):      # struct sched_attr, SCHED_ATTR_SIZE_VER0
         _fields_ = [("size", ctypes.c_uint32), ("policy", ctypes.c_uint32), ("flags", ctypes.c_uint64),
@@ -82,7 +93,8 @@ def ask_for_short_slices(slice_ns: int = SHORT_SLICE_NS) -> bool:
     if libc.syscall(get_call, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
         _log.debug("sched_getattr: %s", os.strerror(ctypes.get_errno()))
         return False
-    if attr.policy not in _FAIR_POLICIES or attr.nice < 0:
+    # a kernel with per-task slices reports the current one (Linux 6.12+); older ones report 0
+    if attr.policy not in _FAIR_POLICIES or attr.nice < 0 or attr.runtime == 0:
         return False
     want = SchedAttr(ctypes.sizeof(SchedAttr), attr.policy, _RESET_ON_FORK, attr.nice, 0, slice_ns, 0, 0)
     if libc.syscall(set_call, 0, ctypes.byref(want), 0) != 0:
