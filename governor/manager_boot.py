@@ -55,5 +55,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     from qcg.pilotjob.agent.process_end import run_then_exit
+    from qcg.pilotjob.agent.process_setup import keep_tls_out
+
+    keep_tls_out()      # before the early agents and the manager load asyncio (and with it OpenSSL)
 
     run_then_exit(main)

@@ -1,5 +1,4 @@
-from qcg.pilotjob.agent.process_end import run_then_exit
-from qcg.pilotjob.governor.cli import main
+from qcg.pilotjob.service import program
 
 if __name__ == "__main__":
-    run_then_exit(main)
+    program()

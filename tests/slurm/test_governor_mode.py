@@ -243,11 +243,14 @@ def test_partitioned_file_run_covers_every_node_and_leaves_no_stray_files(tmp_pa
     """`--slurm-partition-nodes 2` in a 4-node allocation: an iterative job and a dependant run on both
     partitions and on every node of each; one report and one final status (the governor's); only
     the aux dir and the tasks' outputs in the working directory (the original left `.<task>.hostfile`).
-    The agent of the node a manager runs on is forked by the manager; the other agents are srun steps."""
+    The agent of the node a manager runs on is forked by the manager; the other agents are srun steps.
+    No agent has OpenSSL loaded."""
     wd = tmp_path / "wd"
     n = 16
-    # each task: its node, and what started its agent (the task's parent)
-    who = "echo $SLURMD_NODENAME $(ps -o comm= -p $(ps -o ppid= -p $PPID)); sleep 0.5"
+    # each task: its node, what started its agent (the task's parent), and how many of the agent's
+    # mappings are OpenSSL's (our processes keep it out: agent/process_setup.py keep_tls_out)
+    who = "echo $SLURMD_NODENAME $(ps -o comm= -p $(ps -o ppid= -p $PPID)) " \
+          "$(grep -c -e libssl -e _ssl /proc/$PPID/maps); sleep 0.5"
     jobs = [{"name": "it", "iteration": {"stop": n}, "execution": {"script": who, "stdout": "it.${it}"}},
             {"name": "dep", "execution": {"exec": "/bin/echo", "args": ["after all"], "stdout": "dep.out"},
              "dependencies": {"after": ["it"]}}]
@@ -270,7 +273,9 @@ def test_partitioned_file_run_covers_every_node_and_leaves_no_stray_files(tmp_pa
     assert per_part["part-0"].isdisjoint(per_part["part-1"]), per_part
     assert per_part["part-0"] | per_part["part-1"] == nodes, (per_part, nodes)
     # what the tasks saw agrees with the report
-    seen = dict((wd / f"it.{i}").read_text().split() for i in range(n))
+    lines = [(wd / f"it.{i}").read_text().split() for i in range(n)]
+    assert {line[2] for line in lines} == {"0"}, lines          # forked and srun-started agents alike
+    seen = {line[0]: line[1] for line in lines}
     assert set(seen) == nodes
     for part, part_nodes in per_part.items():
         starters = sorted(seen[node] for node in part_nodes)
