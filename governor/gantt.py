@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from qcg.pilotjob.governor.perf_report import ReportError, RunData, merged
+from qcg.pilotjob.governor.perf_report import merged
+from qcg.pilotjob.governor.run_reader import ReportError, RunData
 
 FORMATS = {".pdf": "pdf", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg"}
 MATPLOTLIB_HINT = "pip install matplotlib (or the gantt extra: pip install 'qcg-pilotjob[gantt]')"

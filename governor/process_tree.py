@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import msgpack
 
-from qcg.pilotjob.governor.perf_report import ReportError, run_dirs
+from qcg.pilotjob.governor.run_reader import ReportError, run_dirs
 
 SHELLS = {"bash", "sh", "dash", "zsh", "ksh", "csh", "tcsh", "fish"}
 START_TOLERANCE = 30.0     # seconds between a job's EXECUTING date and its process's creation
@@ -87,7 +87,7 @@ class Traces:
 
 def find_aux_dir(path: str) -> str:
     """`path` itself when it is an aux dir, else its newest `.qcgpjm-service-*` holding a run (as
-    `qcg-pm-report` picks it: `perf_report.run_dirs`)."""
+    `qcg-pm-report` picks it: `run_reader.run_dirs`)."""
     if not os.path.isdir(path):
         raise TraceError(f"'{path}' is not a directory")
     try:

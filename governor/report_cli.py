@@ -15,6 +15,7 @@ from typing import Callable
 import click
 
 from qcg.pilotjob.governor import perf_report as pr
+from qcg.pilotjob.governor import run_reader as rr
 
 EXIT_ERROR = 1
 
@@ -32,11 +33,11 @@ def _note(text: str) -> None:
     click.echo(f"note: {text}", err=True)
 
 
-def _load(wd: str, report_file: str) -> pr.RunData:
-    dirs = pr.run_dirs(wd, report_file)
+def _load(wd: str, report_file: str) -> rr.RunData:
+    dirs = rr.run_dirs(wd, report_file)
     if len(dirs) > 1:
         _note(f"{wd} holds {len(dirs)} runs; analysing the newest: {os.path.basename(dirs[0])}")
-    run = pr.read_run(dirs[0], report_file)
+    run = rr.read_run(dirs[0], report_file)
     if run.torn_last_line:
         _note(f"the last line of {report_file} is cut short (the run was killed while writing it); left out")
     if run.earlier:
@@ -48,7 +49,7 @@ def _load(wd: str, report_file: str) -> pr.RunData:
 def _wd_command(name: str, help_text: str) -> Callable:
     """A command taking WD and --report-file, with the common data description in its help."""
     def wrap(fn: Callable) -> Callable:
-        fn = click.option("--report-file", default=pr.REPORT_FILE, show_default=True, metavar="NAME",
+        fn = click.option("--report-file", default=rr.REPORT_FILE, show_default=True, metavar="NAME",
                           help="name of the job report in the aux dir (qcg-gov --report-file)")(fn)
         fn = click.argument("wd", metavar="WD")(fn)
         return cli.command(name, help=help_text + _TIMES)(fn)
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run one command; a bad run directory is one `Error:` line and exit 1, never a traceback."""
     try:
         code = cli.main(args=argv, prog_name="qcg-pm-report", standalone_mode=False)
-    except pr.ReportError as exc:
+    except rr.ReportError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
     except click.ClickException as exc:

@@ -1,4 +1,4 @@
-"""qcg-pm-report's analysis (governor/perf_report.py) on hand-written runs with exactly known figures.
+"""qcg-pm-report's analysis (governor/run_reader.py, perf_report.py) on hand-written runs with exactly known figures.
 
 Reference 14.2: stats (14.2.1), launch-stats (14.2.2), gantt / gantt-gaps data (14.2.3, 14.2.4),
 rusage (14.2.5), efficiency (14.2.6). The run of `write_run` (times in seconds since the service start;
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from qcg.pilotjob.governor import perf_report as pr
+from qcg.pilotjob.governor import run_reader as rr
 from qcg.pilotjob.governor import report_cli
 
 BASE = datetime(2024, 1, 1, 10, 0, 0)
@@ -88,7 +89,7 @@ def aux(tmp_path: Path) -> Path:
 
 def test_stats_figures(aux):
     """Reference 14.2.1: counts, service times, init/finish/total overhead, ratio, core-hours."""
-    s = pr.stats(pr.read_run(str(aux)))
+    s = pr.stats(rr.read_run(str(aux)))
     assert (s.total_jobs, s.failed_jobs, s.total_cores, s.total_nodes) == (5, 1, 4, 2)
     assert s.service_started == "2024-01-01 10:00:00" and s.service_finished == "2024-01-01 10:00:10"
     assert s.service_runtime == pytest.approx(10.0)
@@ -101,7 +102,7 @@ def test_stats_figures(aux):
 
 def test_launch_stats_with_rt_stats(aux):
     """Reference 14.2.2 with --enable-rt-stats: start = EXECUTING - SCHEDULED, finish = qcg_finish - end."""
-    ls = pr.launch_stats(pr.read_run(str(aux)))
+    ls = pr.launch_stats(rr.read_run(str(aux)))
     assert ls.rt_stats and ls.jobs == 4 and ls.without_qcg_finish == 0
     assert ls.total_start == pytest.approx(1.25)
     assert ls.total_finish == pytest.approx(0.95)
@@ -116,7 +117,7 @@ def test_launch_stats_with_rt_stats(aux):
 
 def test_launch_stats_without_rt_stats(tmp_path):
     """Reference 14.2.2: without qcg_finish only the start figures exist; the rest stays unknown (None)."""
-    ls = pr.launch_stats(pr.read_run(str(write_run(tmp_path, run_entries(rt=False)))))
+    ls = pr.launch_stats(rr.read_run(str(write_run(tmp_path, run_entries(rt=False)))))
     assert not ls.rt_stats and ls.jobs == 4
     assert ls.total_start == pytest.approx(1.25) and ls.avg_start == pytest.approx(0.3125)
     assert ls.avg_real_runtime == pytest.approx(2.5)
@@ -125,7 +126,7 @@ def test_launch_stats_without_rt_stats(tmp_path):
 
 def test_rusage_figures(aux):
     """Reference 14.2.5: used cores, mean of busy / service runtime over used cores, per-core unused time."""
-    u = pr.rusage(pr.read_run(str(aux)))
+    u = pr.rusage(rr.read_run(str(aux)))
     assert u.used_cores == 3 and u.total_cores == 4
     per = {(c.node, c.core): (round(c.utilization, 6), round(c.unused, 6)) for c in u.cores}
     assert per == {("n1", "0"): (60.0, 4.0), ("n1", "1"): (50.0, 5.0), ("n2", "0"): (10.0, 9.0)}
@@ -136,7 +137,7 @@ def test_rusage_figures(aux):
 
 def test_efficiency_figures(aux):
     """Reference 14.2.6: each core judged from its first task's start to its last task's end."""
-    u = pr.efficiency(pr.read_run(str(aux)))
+    u = pr.efficiency(rr.read_run(str(aux)))
     per = {(c.node, c.core): (c.utilization, c.unused) for c in u.cores}
     assert per[("n1", "0")] == pytest.approx((80.0, 1.5))
     assert per[("n1", "1")] == pytest.approx((500 / 6.75, 1.75))
@@ -148,7 +149,7 @@ def test_efficiency_figures(aux):
 def test_gantt_lanes(aux):
     """Reference 14.2.3/14.2.4: one lane per used core, tasks and idle gaps in seconds since the start."""
     from qcg.pilotjob.governor.gantt import lanes
-    rows, runtime = lanes(pr.read_run(str(aux)))
+    rows, runtime = lanes(rr.read_run(str(aux)))
     assert runtime == pytest.approx(10.0)
     assert [r.label for r in rows] == ["n1:0", "n1:1", "n2:0"]
     assert [r.first_of_node for r in rows] == [True, False, True]
@@ -167,27 +168,27 @@ def test_gantt_lanes(aux):
 ])
 def test_parse_allocation(text, expected):
     """Every form Allocation.describe writes (`node[c:c],node2[c]`) -- reference 14.2.5 needs the cores."""
-    assert pr.parse_allocation(text) == expected
+    assert rr.parse_allocation(text) == expected
 
 
 @pytest.mark.parametrize("bad", ["a", "a[]", "[0]", "a[0", "a[0],"])
 def test_parse_allocation_refuses(bad):
     with pytest.raises(ValueError):
-        pr.parse_allocation(bad)
+        rr.parse_allocation(bad)
 
 
 def test_overlapping_tasks_on_a_core_count_once(tmp_path):
     """Reference 14.2.5: busy time is the union of the intervals (a task run twice after a lost node)."""
     entries = [task("x:0", "n1[0]", 0.0, 1.0, 5.0), task("x:1", "n1[0]", 3.0, 3.0, 6.0),
                task("x:2", "n1[0]", 6.0, 6.0, 6.0)]
-    u = pr.rusage(pr.read_run(str(write_run(tmp_path, entries))))
+    u = pr.rusage(rr.read_run(str(write_run(tmp_path, entries))))
     assert u.cores[0].busy == pytest.approx(5.0)
     assert u.avg_utilization == pytest.approx(50.0)
 
 
 def test_core_only_with_zero_length_tasks_counts_full(tmp_path):
     """Reference 14.2.6 as documented here: a core that ran only zero-length tasks lost nothing."""
-    u = pr.efficiency(pr.read_run(str(write_run(tmp_path, [task("z", "n1[3]", 1.0, 2.0, 2.0, job=True)]))))
+    u = pr.efficiency(rr.read_run(str(write_run(tmp_path, [task("z", "n1[3]", 1.0, 2.0, 2.0, job=True)]))))
     assert u.used_cores == 1 and u.avg_utilization == 100.0
 
 
@@ -196,7 +197,7 @@ def test_task_reported_again_counts_once_and_earlier_run_left_out(tmp_path):
     final_status.json's start) are left out of the time figures but counted by launch-stats."""
     entries = [task("b:0", "n1[0]", -20.0, -19.0, -18.0, "CANCELED"), task("b:0", "n1[0]", 1.0, 2.0, 4.0),
                task("b:1", "n1[1]", 1.0, 1.0, 3.0)]
-    run = pr.read_run(str(write_run(tmp_path, entries)))
+    run = rr.read_run(str(write_run(tmp_path, entries)))
     assert (run.total_jobs, run.ran, run.earlier) == (2, 3, 1)
     s = pr.stats(run)
     assert s.init_overhead == pytest.approx(1.0) and s.finish_overhead == pytest.approx(6.0)
@@ -213,12 +214,12 @@ def test_run_dirs_newest_first_and_aux_dir_directly(tmp_path):
     now = time.time()
     os.utime(old, (now - 100, now - 100))
     os.utime(new, (now - 50, now - 50))
-    assert pr.run_dirs(str(wd)) == [str(new), str(old)]
+    assert rr.run_dirs(str(wd)) == [str(new), str(old)]
     os.utime(old, (now, now))
-    assert pr.run_dirs(str(wd))[0] == str(old)
-    assert pr.run_dirs(str(new)) == [str(new)]
+    assert rr.run_dirs(str(wd))[0] == str(old)
+    assert rr.run_dirs(str(new)) == [str(new)]
     custom = write_run(tmp_path / "my-aux")           # qcg-gov --aux-dir
-    assert pr.run_dirs(str(custom)) == [str(custom)]
+    assert rr.run_dirs(str(custom)) == [str(custom)]
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -235,8 +236,8 @@ def test_run_dirs_errors(tmp_path, setup, message):
         path.mkdir()
     elif setup == "empty-aux":
         (path / ".qcgpjm-service-h.1").mkdir(parents=True)
-    with pytest.raises(pr.ReportError, match=message):
-        pr.run_dirs(str(path))
+    with pytest.raises(rr.ReportError, match=message):
+        rr.run_dirs(str(path))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -250,23 +251,23 @@ def test_run_dirs_errors(tmp_path, setup, message):
 ])
 def test_read_run_refuses(tmp_path, text, message):
     """Bad or empty reports are one clear ReportError, never an exception from deep inside."""
-    with pytest.raises(pr.ReportError, match=message):
-        pr.read_run(str(write_run(tmp_path, text=text)))
+    with pytest.raises(rr.ReportError, match=message):
+        rr.read_run(str(write_run(tmp_path, text=text)))
 
 
 def test_torn_last_line_is_left_out(tmp_path):
     """A run killed while writing its last batch: the cut line is skipped, the rest analysed."""
     text = json.dumps(task("a", "n1[0]", 1.0, 1.5, 2.0)) + "\n" + '{"name": "b", "sta'
-    run = pr.read_run(str(write_run(tmp_path, text=text)))
+    run = rr.read_run(str(write_run(tmp_path, text=text)))
     assert run.torn_last_line and run.total_jobs == 1
 
 
 def test_missing_final_status(tmp_path):
     """Without final_status.json (killed run) service figures are refused; per-task ones still work."""
-    run = pr.read_run(str(write_run(tmp_path, status=False)))
-    with pytest.raises(pr.ReportError, match="final_status.json: missing"):
+    run = rr.read_run(str(write_run(tmp_path, status=False)))
+    with pytest.raises(rr.ReportError, match="final_status.json: missing"):
         pr.stats(run)
-    with pytest.raises(pr.ReportError, match="final_status.json: missing"):
+    with pytest.raises(rr.ReportError, match="final_status.json: missing"):
         pr.rusage(run)
     assert pr.launch_stats(run).jobs == 4
     assert pr.efficiency(run).used_cores == 3
@@ -275,8 +276,8 @@ def test_missing_final_status(tmp_path):
 def test_bad_final_status(tmp_path):
     aux = write_run(tmp_path)
     (aux / "final_status.json").write_text('{"System": {}}')
-    with pytest.raises(pr.ReportError, match="not a final status"):
-        pr.read_run(str(aux))
+    with pytest.raises(rr.ReportError, match="not a final status"):
+        rr.read_run(str(aux))
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -361,7 +362,7 @@ def test_linear_in_tasks(tmp_path):
             t += 0.5
     aux = write_run(tmp_path, text="\n".join(lines) + "\n", runtime=t + 2)
     began = time.monotonic()
-    run = pr.read_run(str(aux))
+    run = rr.read_run(str(aux))
     assert pr.stats(run).total_jobs == 100_000
     assert pr.rusage(run).used_cores == 64
     assert pr.efficiency(run).avg_utilization > 99.0
