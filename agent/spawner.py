@@ -115,7 +115,8 @@ class ProcessSpawner:
         self._kill_grace = kill_grace
         raise_open_files_limit()
         # spawn() runs in this thread: it must not wait behind the tasks it starts (process_setup)
-        _log.debug("short CPU time slices for the launcher: %s", ask_for_short_slices())
+        short_slices = ask_for_short_slices()
+        _log.debug("short CPU time slices for the launcher: %s", short_slices)
         # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running.
         # The guard starts with the first task: a launcher that is replaced before it runs any has none.
         self._procs: dict[Hashable, _Proc] = {}

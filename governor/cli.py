@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def program() -> None:
-    """The console scripts (`qcg-gov`, `qcg-pm-service`): `main`, then the process ends at once."""
+    """`main`, then the process ends at once.
+
+    The console scripts and `python -m qcg.pilotjob.service` come here through
+    `qcg.pilotjob.service.program`, which first keeps ssl out of the process.
+    """
     run_then_exit(main)
 
 

@@ -1,7 +1,8 @@
-"""`python -m qcg.pilotjob.service`: the documented entry point, a thin re-export of the governor CLI.
+"""`python -m qcg.pilotjob.service`: the documented entry point of the governor CLI.
 
-`main` is imported on first use, so that `program` (and `python -m`) can set up
-the process before the governor's imports run.
+More than a re-export, because this is where our service process starts:
+`program` sets the process up (no ssl: agent/process_setup.py) before the
+governor's imports run, so `main` is imported on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ __all__ = ["main", "program"]
 
 
 def program() -> None:
-    """The service's own process (`python -m qcg.pilotjob.service`, `qcg-gov`, `qcg-pm-service`)."""
+    """Run the service as this process (`python -m qcg.pilotjob.service`, `qcg-gov`, `qcg-pm-service`).
+
+    Only for a process that is the service: it marks ssl absent for the whole process.
+    """
     from qcg.pilotjob.agent.process_setup import keep_tls_out
 
     keep_tls_out()

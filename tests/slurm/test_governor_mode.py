@@ -250,7 +250,7 @@ def test_partitioned_file_run_covers_every_node_and_leaves_no_stray_files(tmp_pa
     # each task: its node, what started its agent (the task's parent), and how many of the agent's
     # mappings are OpenSSL's (our processes keep it out: agent/process_setup.py keep_tls_out)
     who = "echo $SLURMD_NODENAME $(ps -o comm= -p $(ps -o ppid= -p $PPID)) " \
-          "$(grep -c -e libssl -e _ssl /proc/$PPID/maps); sleep 0.5"
+          "$(grep -c -e libssl -e '/_ssl\\.' /proc/$PPID/maps); sleep 0.5"
     jobs = [{"name": "it", "iteration": {"stop": n}, "execution": {"script": who, "stdout": "it.${it}"}},
             {"name": "dep", "execution": {"exec": "/bin/echo", "args": ["after all"], "stdout": "dep.out"},
              "dependencies": {"after": ["it"]}}]
