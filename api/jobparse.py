@@ -2,7 +2,8 @@
 
 `parse_job` / `parse_jobs` turn the reference's "standard" JSON job
 description into the immutable objects of `qcg.pilotjob.api.jobdesc`; the
-`resources` element is checked in `resources_parse`.
+`execution` element is checked in `execution_parse`, the `resources`
+element in `resources_parse`.
 
 Validation collects every problem of every job instead of stopping at the
 first one; each problem names the job, the dotted field path and the reason:
@@ -23,8 +24,6 @@ Choices where the original implementation is lax or inconsistent:
   serialisation writes `"exec": null`, `"script": null`, ...).
 * `resources` without `numCores` and `numNodes` (e.g. only `wt`) means one
   core, like a missing `resources` element (the original refused it).
-* `env` together with `script` is allowed (the reference only makes `script`
-  exclusive with `exec` and `args`; the original also refused `env`).
 * Counts must be positive integers (the original accepted 0 and floats).
 * An unknown iteration scheduler name is an error (the original silently
   used `maximum-iters`). A bare string is accepted as the scheduler name,
@@ -42,18 +41,15 @@ from typing import Any, Callable
 import msgpack
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from qcg.pilotjob.api.execution_parse import parse_execution
 from qcg.pilotjob.api.jobdesc import (
-    EXEC_STR_KEYS,
-    MODELS,
-    Execution,
     Iteration,
     JobDescription,
-    new_execution,
     new_iteration,
     new_job,
     type_name,
 )
-from qcg.pilotjob.api.parse_problems import Problems, key_repr
+from qcg.pilotjob.api.parse_problems import Problems, str_list
 from qcg.pilotjob.api.resources_parse import parse_resources
 
 __all__ = ["parse_job", "parse_jobs"]
@@ -63,11 +59,8 @@ __all__ = ["parse_job", "parse_jobs"]
 _NAME_FORBIDDEN = frozenset("$:{}()'\"")
 
 _TOP_KEYS = frozenset({"name", "execution", "resources", "iteration", "dependencies", "attributes"})
-_EXEC_KEYS = frozenset({"exec", "args", "script", "env", "stdin", "stdout", "stderr", "wd",
-                        "modules", "venv", "model", "model_opts"})
 _ITER_KEYS = frozenset({"start", "stop", "values"})
 _DEPS_KEYS = frozenset({"after"})
-_MODEL_OPTS_KEYS = frozenset({"mpirun", "mpirun_args", "srun_args"})
 
 _NAME_BAD = re.compile(r"[\s$:{}()'\"]")
 
@@ -86,148 +79,6 @@ def _name_problem(name: object) -> str | None:
     if not name.isprintable() or any(c.isspace() for c in name):
         shown.append("whitespace or control characters")
     return f"must not contain {', '.join(shown)}"
-
-
-def _str_list(value: object, path: str, p: Problems, convert_numbers: bool,
-              allow_single: bool = False) -> tuple[str, ...] | None:
-    cls = value.__class__
-    if cls is list or cls is tuple:
-        for item in value:  # type: ignore[attr-defined]
-            if item.__class__ is not str:
-                break
-        else:
-            return tuple(value)  # type: ignore[arg-type]  # the common case: all strings
-    elif allow_single and isinstance(value, str):
-        return (value,)
-    elif not isinstance(value, list | tuple):
-        p.add(path, f"must be a list of strings, got {type_name(value)}")
-        return None
-    ok = True
-    out = []
-    for i, item in enumerate(value):  # type: ignore[arg-type]
-        if isinstance(item, str):
-            out.append(item)
-        elif convert_numbers and isinstance(item, (int, float)) and not isinstance(item, bool):
-            out.append(str(item))  # as the original does: str(arg)
-        else:
-            what = "a string or a number" if convert_numbers else "a string"
-            p.add(f"{path}[{i}]", f"must be {what}, got {type_name(item)}")
-            ok = False
-    return tuple(out) if ok else None
-
-
-def _parse_env(raw: object, p: Problems) -> dict[str, str]:
-    env: dict[str, str] = {}
-    if not isinstance(raw, dict):
-        p.add("execution.env", f"must be a dict of strings, got {type_name(raw)}")
-        return env
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            p.add(f"execution.env.{key_repr(key)}",
-                  "variable name must be a non-empty string without '='")
-        elif isinstance(value, str):
-            env[key] = value
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            env[key] = str(value)
-        else:
-            p.add(f"execution.env.{key}", f"must be a string, got {type_name(value)}")
-    return env
-
-
-def _parse_model_opts(raw: object, p: Problems) -> dict:
-    model_opts: dict = {}
-    if not isinstance(raw, dict):
-        p.add("execution.model_opts", f"must be a dict, got {type_name(raw)}")
-        return model_opts
-    p.unknown_keys(raw, _MODEL_OPTS_KEYS, "execution.model_opts.")
-    value = raw.get("mpirun")
-    if value is not None:
-        if isinstance(value, str) and value:
-            model_opts["mpirun"] = value
-        else:
-            p.add("execution.model_opts.mpirun",
-                  f"must be a non-empty string, got {type_name(value)!s}"
-                  if not isinstance(value, str) else "must not be empty")
-    for key in ("mpirun_args", "srun_args"):
-        value = raw.get(key)
-        if value is not None:
-            lst = _str_list(value, f"execution.model_opts.{key}", p, convert_numbers=True)
-            if lst is not None:
-                model_opts[key] = list(lst)
-    return model_opts
-
-
-def _parse_execution(data: object, p: Problems) -> Execution | None:
-    if data.__class__ is not dict:
-        if data is None:
-            p.add("execution", "is required")
-            return None
-        if not isinstance(data, dict):
-            p.add("execution", f"must be a dict, got {type_name(data)}")
-            return None
-    start = len(p.items)
-    exe = script = None
-    args: tuple[str, ...] = ()
-    modules: tuple[str, ...] = ()
-    env: dict[str, str] = {}
-    model_opts: dict = {}
-    model = "default"
-    strs: dict[str, str] = {}
-    # one pass over the keys present (most jobs give two or three)
-    for key, value in data.items():  # type: ignore[union-attr]
-        if value is None:
-            continue  # null means "not given"
-        if key == "exec":
-            if value.__class__ is str or isinstance(value, str):
-                exe = value
-            else:
-                p.add("execution.exec", f"must be a string, got {type_name(value)}")
-        elif key == "args":
-            args = _str_list(value, "execution.args", p, convert_numbers=True) or ()
-        elif key == "script":
-            if isinstance(value, str):
-                script = value
-            else:
-                p.add("execution.script", f"must be a string, got {type_name(value)}")
-        elif key in EXEC_STR_KEYS:
-            if isinstance(value, str):
-                strs[key] = value
-            else:
-                p.add(f"execution.{key}", f"must be a string, got {type_name(value)}")
-        elif key == "env":
-            env = _parse_env(value, p)
-        elif key == "modules":
-            modules = _str_list(value, "execution.modules", p, convert_numbers=False,
-                                allow_single=True) or ()
-        elif key == "model":
-            if not isinstance(value, str):
-                p.add("execution.model", f"must be one of {', '.join(MODELS)}, got {type_name(value)}")
-            else:
-                model = value.lower()  # case-insensitive, as in the original
-                if model not in MODELS:
-                    p.add("execution.model", f"must be one of {', '.join(MODELS)}, got {value!r}")
-        elif key == "model_opts":
-            model_opts = _parse_model_opts(value, p)
-        else:
-            p.add(f"execution.{key_repr(key)}", f"unknown key (allowed: {', '.join(sorted(_EXEC_KEYS))})")
-
-    if exe:
-        if script:
-            p.add("execution", "'exec' and 'script' are mutually exclusive")
-    elif not script:
-        if exe is None and script is None:
-            if "exec" not in data and "script" not in data:  # type: ignore[operator]
-                p.add("execution", "one of 'exec' or 'script' is required")
-        else:
-            p.add("execution.exec" if exe is not None else "execution.script", "must not be empty")
-    elif args:
-        p.add("execution.args", "not allowed with 'script'")
-
-    if len(p.items) != start:
-        return None
-    get = strs.get
-    return new_execution(exe or None, args, script or None, env, get("stdin"), get("stdout"),
-                          get("stderr"), get("wd"), modules, get("venv"), model, model_opts)
 
 
 def _int(value: object, path: str, p: Problems) -> int | None:
@@ -251,7 +102,7 @@ def _parse_iteration(data: object, p: Problems) -> Iteration | None:
         if raw_start is not None and (raw_start.__class__ is not int or raw_start != 0):
             p.add("iteration.start", "not allowed with 'values'")
             return None
-        values = _str_list(raw_values, "iteration.values", p, convert_numbers=True)
+        values = str_list(raw_values, "iteration.values", p, convert_numbers=True)
         if values is None:
             return None
         if not values:
@@ -279,7 +130,7 @@ def _parse_after(data: object, p: Problems) -> tuple[str, ...] | None:
     raw = data.get("after")
     if raw is None:
         return ()
-    after = _str_list(raw, "dependencies.after", p, convert_numbers=False)
+    after = str_list(raw, "dependencies.after", p, convert_numbers=False)
     if after is None:
         return None
     for i, name in enumerate(after):
@@ -311,7 +162,7 @@ class _SharedParts:
         if data.__class__ is not dict:
             return parse(data, p)
         try:
-            key = self._pack(data) + (b"e" if parse is _parse_execution else b"r")
+            key = self._pack(data) + (b"e" if parse is parse_execution else b"r")
         except Exception:  # not msgpack-encodable: parsing reports what is wrong with it
             return parse(data, p)
         hit = self._seen.get(key)
@@ -341,10 +192,10 @@ def _parse(data: object, position: int, problems: list[str],
         p.unknown_keys(data, _TOP_KEYS, "")
 
     if shared is None:
-        execution = _parse_execution(data.get("execution"), p)
+        execution = parse_execution(data.get("execution"), p)
         resources = parse_resources(data.get("resources"), p)
     else:
-        execution = shared.get(data.get("execution"), _parse_execution, p)
+        execution = shared.get(data.get("execution"), parse_execution, p)
         resources = shared.get(data.get("resources"), parse_resources, p)
     raw = data.get("iteration")
     iteration = None if raw is None else _parse_iteration(raw, p)

@@ -1,10 +1,13 @@
 """How job validation reports its problems: every problem of a job, each naming the field and the reason.
 
-Shared by `jobparse` (the job description) and `resources_parse` (its
-`resources` element); see `jobparse` for the message format.
+Shared by `jobparse` (the job description), `execution_parse` and
+`resources_parse` (its `execution` and `resources` elements); see `jobparse`
+for the message format.
 """
 
 from __future__ import annotations
+
+from qcg.pilotjob.api.jobdesc import type_name
 
 
 def key_repr(key: object) -> str:
@@ -28,3 +31,33 @@ class Problems:
             if key not in allowed:
                 self.add(f"{prefix}{key_repr(key)}",
                          f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def str_list(value: object, path: str, p: Problems, convert_numbers: bool,
+             allow_single: bool = False) -> tuple[str, ...] | None:
+    """A list of strings at `path` as a tuple, or None with its problems added (numbers become strings
+    where the original accepts them: `convert_numbers`)."""
+    cls = value.__class__
+    if cls is list or cls is tuple:
+        for item in value:  # type: ignore[attr-defined]
+            if item.__class__ is not str:
+                break
+        else:
+            return tuple(value)  # type: ignore[arg-type]  # the common case: all strings
+    elif allow_single and isinstance(value, str):
+        return (value,)
+    elif not isinstance(value, list | tuple):
+        p.add(path, f"must be a list of strings, got {type_name(value)}")
+        return None
+    ok = True
+    out = []
+    for i, item in enumerate(value):  # type: ignore[arg-type]
+        if isinstance(item, str):
+            out.append(item)
+        elif convert_numbers and isinstance(item, (int, float)) and not isinstance(item, bool):
+            out.append(str(item))  # as the original does: str(arg)
+        else:
+            what = "a string or a number" if convert_numbers else "a string"
+            p.add(f"{path}[{i}]", f"must be {what}, got {type_name(item)}")
+            ok = False
+    return tuple(out) if ok else None
