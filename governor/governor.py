@@ -5,8 +5,9 @@ It talks to its partition through four calls (`submit`, `cancel`,
 `task_finished`; in flat mode those are plain method calls. Everything per
 event is O(1) plus O(dependants): a heap of runnable jobs keyed by
 submission order, an index of waiters per target, and a cursor per
-iterative job. Cancel and remove are in cancellation.py (a base class of
-`Governor`).
+iterative job. Cancel and remove are in cancellation.py; final states
+(ending jobs and iterations, releasing or omitting their dependants, waiting
+for all jobs to end) in final_states.py; both are base classes of `Governor`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import structlog
 from qcg.pilotjob.governor.admission import Admission, SizingPort
 from qcg.pilotjob.governor.cancellation import STOPPED, Cancellation
 from qcg.pilotjob.governor.dependencies import WaiterIndex, resolve_template
+from qcg.pilotjob.governor.final_states import FinalStates
 from qcg.pilotjob.governor.registry import (
     IterationRecord, JobRecord, Registry,
 )
-from qcg.pilotjob.governor.states import BLOCKING_STATES, FINAL_STATES, STATE_OF, JobState
+from qcg.pilotjob.governor.states import BLOCKING_STATES, STATE_OF, JobState
 from qcg.pilotjob.governor.tasks import make_task, request_variables
 from qcg.pilotjob.partition.task import Allocation, TaskFinished, TaskSpec, TaskStarted
 
@@ -54,7 +56,7 @@ class GovernorListener:
     def removed(self, names: list[str]) -> None: ...
 
 
-class Governor(Cancellation):
+class Governor(Cancellation, FinalStates):
     def __init__(self, loop: asyncio.AbstractEventLoop, partition: PartitionPort,
                  listeners: Iterable[GovernorListener] = ()) -> None:
         self.loop = loop
@@ -95,6 +97,10 @@ class Governor(Cancellation):
         # most listeners (report, journal) ignore state changes: three calls per task saved
         if type(listener).state_changed is not GovernorListener.state_changed:
             self._on_state.append(listener.state_changed)
+
+    def _notify_state(self, job: JobRecord, it: int | None, state: JobState) -> None:
+        for callback in self._on_state:
+            callback(job, it, state)
 
     # ------------------------------------------------------------------ submit
     def submit(self, descs: list["JobDescription"], *, rcnt: int | None = None, when: datetime | None = None,
@@ -342,114 +348,3 @@ class Governor(Cancellation):
         """A partition joined, left or changed its credit: more (or fewer) tasks may be handed out."""
         self.admission.forget_sizes()
         self._request_dispatch()
-
-    # ----------------------------------------------------------- final states
-    def _finish_iteration(self, job: JobRecord, it: int, rec: IterationRecord, state: JobState) -> None:
-        job.count_final(state)
-        for lst in self._listeners:
-            lst.task_final(job, it, rec)
-        self._notify_state(job, it, state)
-        self._finals.append((job.name, it, state))
-        self._maybe_complete(job)
-
-    def _maybe_complete(self, job: JobRecord) -> None:
-        if job.is_final or job.finished_count < job.total:
-            return
-        self._finish_job(job, job.final_state_from_iterations())
-
-    def _finish_job(self, job: JobRecord, state: JobState, notify: bool = True, when: float | None = None) -> None:
-        if job.is_final:
-            return
-        job.record.set_state(state, when)
-        self.unfinished -= 1
-        if notify:
-            for lst in self._listeners:
-                if not job.iterative:
-                    lst.task_final(job, None, job.record)
-                lst.job_final(job)
-            self._notify_state(job, None, state)
-        self._finals.append((job.name, None, state))
-        if self.unfinished == 0:
-            self._wake_idle()
-
-    def _end_unstarted(self, job: JobRecord, state: JobState, reason: str) -> None:
-        """A whole job ends before any of its tasks is handed out."""
-        if job.is_final:
-            return
-        job.record.add_message(reason)
-        if job.indices is not None:
-            # its iterations end with it (and read its state): counted so, none is left "in schedule"
-            job.cursor = len(job.indices)
-            left = job.total - job.finished_count
-            job.finished_count += left
-            job.bad_count += left
-        self._finish_job(job, state)
-
-    def _omit(self, job: JobRecord, it: int | None, reason: str) -> None:
-        if it is None:
-            self._end_unstarted(job, JobState.OMITTED, reason)
-            return
-        job.parked.pop(it, None)
-        rec = IterationRecord(JobState.OMITTED)
-        rec.add_message(reason)
-        job.its[it] = rec
-        self._finish_iteration(job, it, rec, JobState.OMITTED)
-
-    def _propagate(self) -> None:
-        """Release or omit the dependants of everything that just ended (worklist, no recursion)."""
-        if self._propagating:
-            return
-        self._propagating = True
-        try:
-            jobs = self.registry.jobs
-            while self._finals:
-                name, it, state = self._finals.popleft()
-                for wjob, wit in self.waiters.pop((name, it)):
-                    if jobs.get(wjob.name) is not wjob or wjob.record.state in FINAL_STATES:
-                        continue
-                    if wit is None:
-                        if state is JobState.SUCCEED:
-                            wjob.waiting_for -= 1
-                            if wjob.waiting_for == 0:
-                                self._make_runnable(wjob)
-                        else:
-                            self._omit(wjob, None, _ended(name, it, state))
-                    elif wit in wjob.parked:
-                        if state is JobState.SUCCEED:
-                            wjob.parked[wit] -= 1
-                            if wjob.parked[wit] == 0:
-                                del wjob.parked[wit]
-                                wjob.released.append(wit)
-                                self._make_runnable(wjob)
-                        else:
-                            self._omit(wjob, wit, _ended(name, it, state))
-        finally:
-            self._propagating = False
-
-    def _notify_state(self, job: JobRecord, it: int | None, state: JobState) -> None:
-        for callback in self._on_state:
-            callback(job, it, state)
-
-    # ------------------------------------------------------------- waiting
-    @property
-    def all_finished(self) -> bool:
-        return self.unfinished == 0
-
-    async def wait_all_finished(self) -> None:
-        if self.unfinished == 0:
-            return
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self._idle_waiters.append(fut)
-        await fut
-
-    def _wake_idle(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-
-def _ended(name: str, it: int | None, state: JobState) -> str:
-    """Why a dependant is omitted."""
-    target = name if it is None else f"{name}:{it}"
-    return f"dependency '{target}' ended {state.value}"
