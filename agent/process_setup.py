@@ -102,18 +102,21 @@ def _set_slice(calls: tuple[int, int], slice_ns: int) -> bool:
 
     set_call, get_call = calls
     libc = ctypes.CDLL(None, use_errno=True)
-    attr = SchedAttr()
-    if libc.syscall(get_call, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-        _log.debug("sched_getattr: %s", os.strerror(ctypes.get_errno()))
-        return False
+
+    def current() -> SchedAttr | None:
+        attr = SchedAttr()
+        if libc.syscall(get_call, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+            _log.debug("sched_getattr: %s", os.strerror(ctypes.get_errno()))
+            return None
+        return attr
+
+    attr = current()
     # a kernel with per-task slices reports the current one (Linux 6.12+); older ones report 0
-    if attr.policy not in _FAIR_POLICIES or attr.nice < 0 or attr.runtime == 0:
+    if attr is None or attr.policy not in _FAIR_POLICIES or attr.nice < 0 or attr.runtime == 0:
         return False
     want = SchedAttr(ctypes.sizeof(SchedAttr), attr.policy, _RESET_ON_FORK, attr.nice, 0, slice_ns, 0, 0)
     if libc.syscall(set_call, 0, ctypes.byref(want), 0) != 0:
         _log.debug("sched_setattr: %s", os.strerror(ctypes.get_errno()))
         return False
-    got = SchedAttr()
-    if libc.syscall(get_call, 0, ctypes.byref(got), ctypes.sizeof(got), 0) != 0:
-        return False
-    return got.runtime == slice_ns
+    got = current()
+    return got is not None and got.runtime == slice_ns

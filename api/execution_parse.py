@@ -22,7 +22,6 @@ _EXEC_KEYS = frozenset({"exec", "args", "script", "env", "stdin", "stdout", "std
 _MODEL_OPTS_KEYS = frozenset({"mpirun", "mpirun_args", "srun_args"})
 
 
-# also checks `iteration.values` and `dependencies.after` for `jobparse`
 def _parse_env(raw: object, p: Problems) -> dict[str, str]:
     env: dict[str, str] = {}
     if not isinstance(raw, dict):
