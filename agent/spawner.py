@@ -60,9 +60,10 @@ _log = logging.getLogger(__name__)
 
 # Ignored dispositions survive exec, so the child gets the defaults back: Python ignores SIGPIPE and
 # SIGXFSZ (subprocess's restore_signals resets those), and an agent forked by its manager ignores SIGINT
-# and SIGTERM, which a task must not inherit: cancel and walltime begin with SIGTERM.
-_SIGDEF = tuple(s for s in (getattr(signal, name, None) for name in (
-    "SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")) if s)
+# and SIGTERM, which a task must not inherit: cancel and walltime begin with SIGTERM. Every signal, not
+# only those: glibc's child (the parent waits in vfork meanwhile) then sets each once instead of reading
+# and setting it, 64 system calls instead of 120, about 10 us of every spawn.
+_SIGDEF = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
 
 
 @dataclass(slots=True)

@@ -9,11 +9,12 @@ Two append-only files in the aux dir:
   100 000 jobs JSON took 0.3-0.4 s, msgpack about a quarter of that.
 * `track.states` — JSON lines, the final state of every task and job,
   buffered within the loop turn in which the task ended and written at its
-  end (the service's `flush_finals`), before any request is answered and
-  before the events announcing them are published: a `kill -9` of the
-  service loses at most the states of the turn it interrupts, and `--resume`
-  runs no task a client was told had ended. Written to the OS, not fsync'ed:
-  a crash of the machine itself can lose what the OS had not written back.
+  end (the service's `flush_finals`; with no event publisher, within 50 ms),
+  before any request is answered and before the events announcing them are
+  published: a `kill -9` of the service loses at most the states of that
+  turn (or those 50 ms), and `--resume` runs no task a client was told had
+  ended. Written to the OS, not fsync'ed: a crash of the machine itself can
+  lose what the OS had not written back.
 
 Resume replays `track.reqs` and marks exactly the recorded tasks as done,
 whatever order iterations finished in.
@@ -53,8 +54,8 @@ _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as jso
 
 class Journal(GovernorListener):
     """`on_pending` is called for every final state put in the buffer: the service then has `flush()`
-    called at the end of the loop turn (and before it answers a request). Without it states are
-    written per `batch` and by `flush()` only.
+    called at the end of the loop turn, or within 50 ms when it publishes no events (and always before
+    it answers a request). Without it states are written per `batch` and by `flush()` only.
     """
 
     def __init__(self, aux_dir: str, batch: int = 512, on_pending: Callable[[], object] | None = None) -> None:

@@ -306,14 +306,14 @@ def test_killed_service_leaves_no_task_running(tmp_path, mode):
 
 
 def _start_net_run(tmp_path: Path, program: list[str], jobs: list[dict], run_id: str,
-                   mode: str) -> tuple[subprocess.Popen, Path, Path]:
-    """`program` (the service's command line) with `--net` and a request file submitting `jobs`; returns the
-    process, its working dir and its aux dir (id `run_id`)."""
+                   mode: str, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+    """`program` (the service's command line) with `--net`, `extra` and a request file submitting `jobs`;
+    returns the process, its working dir and its aux dir (id `run_id`)."""
     wd = tmp_path / "wd"
     reqs = tmp_path / "reqs.json"
     reqs.write_text(json.dumps([submit(*jobs)]))
     proc = subprocess.Popen([*program, "--file-path", str(reqs), "--net", "--wd", str(wd), "--nodes", NODES,
-                             "--id", run_id, *mode_args(mode, NODES)],
+                             "--id", run_id, *extra, *mode_args(mode, NODES)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
     return proc, wd, wd / f".qcgpjm-service-{run_id}"
 
@@ -339,12 +339,23 @@ def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monk
     SUCCEED is in the journal already, so a `kill -9` right after that answer does not make `--resume` run it
     a second time (the states of the tasks that end are written at the end of each loop turn, before a later
     request is answered; with a journal flushed once a second, the last second's tasks ran twice)."""
+    _answered_ends_never_run_again(tmp_path, mode, monkeypatch)
+
+
+def test_without_publisher_an_answered_end_never_runs_again(tmp_path, monkeypatch):
+    """As above with `--disable-pub`: with no event to hold back, final states are written in batches
+    (UNPUBLISHED_FINALS_DELAY), not at the end of every loop turn, yet each is written before an answer
+    tells of it."""
+    _answered_ends_never_run_again(tmp_path, "flat", monkeypatch, "--disable-pub")
+
+
+def _answered_ends_never_run_again(tmp_path: Path, mode: str, monkeypatch, *extra: str) -> None:
     cnt = tmp_path / "cnt"
     cnt.mkdir()
     names = [f"j{i}" for i in range(200)]
     jobs = [{"name": n, "execution": {"exec": "/bin/sh", "args": ["-c", f"echo ran >> {cnt}/{n}; sleep 0.05"]}}
             for n in names]
-    proc, wd, aux = _start_net_run(tmp_path, SERVICE, jobs, "k", mode)
+    proc, wd, aux = _start_net_run(tmp_path, SERVICE, jobs, "k", mode, *extra)
     m = None
     try:
         deadline = time.monotonic() + 30
@@ -517,3 +528,33 @@ def test_full_disk_holds_back_events_and_the_service_still_stops(tmp_path, monke
             pass          # the line cut by the limit
     assert set(heard) <= on_disk, sorted(set(heard) - on_disk)[:5]
     assert on_disk <= reported, sorted(on_disk - reported)[:5]
+
+
+def test_file_run_writes_final_states_while_it_runs(tmp_path):
+    """Reference 13.1 (the journal behind `--resume`) + issue 3 "written in batches": with `--file` alone
+    (no event publisher) final states are batched, yet a task's end reaches `jobs.report` and then
+    `track.states` while the run goes on, not only when it stops, so a `kill -9` later does not run it again."""
+    gate = tmp_path / "gate"
+    wait = f"for i in $(seq 600); do [ -e {gate} ] && exit 0; sleep 0.05; done; exit 1"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit({"name": "quick", "execution": {"exec": "/bin/true"}},
+                                       {"name": "slow", "execution": {"exec": "/bin/sh", "args": ["-c", wait]}})]))
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen([*SERVICE, "--file", "--file-path", str(reqs), "--wd", str(wd), "--nodes", "2",
+                             "--id", "b"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    aux = wd / ".qcgpjm-service-b"
+    try:
+        deadline = time.monotonic() + 20
+        while "quick" not in {s["task"] for s in _states(aux)}:
+            assert time.monotonic() < deadline, "the quick task's end was not written during the run"
+            assert proc.poll() is None, "the run ended before the slow task was let go"
+            time.sleep(0.02)
+        assert proc.poll() is None
+        report = [json.loads(x)["name"] for x in (aux / "jobs.report").read_text().splitlines() if x]
+        assert report == ["quick"], report
+        gate.write_text("")
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        _kill_tree(proc)
+    assert {s["task"]: s["state"] for s in _states(aux)} == {"quick": "SUCCEED", "slow": "SUCCEED"}

@@ -333,7 +333,9 @@ def test_cpu_binding_drops_cpus_that_do_not_exist(tmp_path, caplog):
 def test_ignored_signals_are_not_inherited(tmp_path):
     """Python ignores SIGPIPE, and an agent forked by its partition manager ignores SIGINT and SIGTERM
     (early_agents); a task must get the default dispositions back: cancel and walltime begin with SIGTERM
-    (issue 3 "cancel and walltime kill the whole process group (TERM, then KILL)")."""
+    (issue 3 "cancel and walltime kill the whole process group (TERM, then KILL)"). Any other signal the
+    launcher ignores is not passed on either (SIGUSR1, SIGWINCH, a real-time one)."""
+    others = (signal.SIGUSR1, signal.SIGWINCH, signal.SIGRTMIN + 3)
     async def main():
         loop = asyncio.get_running_loop()
         sp = ProcessSpawner(loop)
@@ -342,11 +344,12 @@ def test_ignored_signals_are_not_inherited(tmp_path):
                                 stdout=str(tmp_path / "o")), col)
         await col.wait(1)
         ign = int((tmp_path / "o").read_text().split()[1], 16)
-        for sig in (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *others):
             assert not ign & (1 << (sig - 1)), sig
         await sp.shutdown()
 
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    saved = {sig: signal.signal(sig, signal.SIG_IGN)
+             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *others)}
     try:
         run(main())
     finally:
