@@ -9,7 +9,7 @@ Two append-only files in the aux dir:
   100 000 jobs JSON took 0.3-0.4 s, msgpack about a quarter of that.
 * `track.states` — JSON lines, the final state of every task and job,
   buffered within the loop turn in which the task ended and written at its
-  end (the service's `flush_finals`; with no event publisher, within 50 ms),
+  end (the service's `FinalsWriter`; with no event publisher, within 50 ms),
   before any request is answered and before the events announcing them are
   published: a `kill -9` of the service loses at most the states of that
   turn (or those 50 ms), and `--resume` runs no task a client was told had

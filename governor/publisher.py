@@ -4,7 +4,7 @@ A `GovernorListener`: every state change the governor announces (EXECUTING
 and the final states) leaves as two frames, topic and msgpack map
 (`api/protocol.py`), at the end of the loop turn in which it happened, in
 order, once the final states of that turn are on disk (the service's
-`flush_finals`; without `on_pending` set, at once):
+`FinalsWriter.flush`; without `on_pending` set, at once):
 
 * `job.<STATE>`  `{"v", "manager", "job", "state"}` -- a job (or an iterative job's parent);
 * `task.<STATE>` `{"v", "manager", "job", "it", "state"}` -- one iteration of an iterative job;
@@ -54,7 +54,7 @@ class EventPublisher(GovernorListener):
         self.sock: zmq.Socket = zmq.Context.shadow(context.underlying).socket(zmq.PUB)
         self.address: str | None = None
         self.governor: Any = None            # set by the service; needed for TOPIC_NO_JOBS
-        # set by the service: events wait in `_pending` until its `flush_finals` calls `flush`
+        # set by the service: events wait in `_pending` until its FinalsWriter calls `flush`
         self.on_pending: Callable[[], object] | None = None
         self._pending: list[tuple[bytes, bytes]] = []
         self.published = 0

@@ -27,6 +27,7 @@ from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor import logs
+from qcg.pilotjob.governor.finals_writer import FinalsWriter
 from qcg.pilotjob.governor.service_config import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -41,12 +42,6 @@ if TYPE_CHECKING:
     from qcg.pilotjob.governor.service_network import ServiceNetwork
 
 log = structlog.get_logger("service")
-
-FLUSH_INTERVAL = 1.0
-# with no event publisher, nothing waits for final states but `--resume` and a reader of jobs.report: they
-# are written in batches at most this late, not at the end of every loop turn (two writes a task when two
-# tasks run, about 5 % of a fan-out of 2000 short tasks)
-UNPUBLISHED_FINALS_DELAY = 0.05
 
 
 class Service(Workers):
@@ -70,9 +65,6 @@ class Service(Workers):
         self.partitions: Any = None       # PartitionServer in governor mode
         self.starter: Any = None          # PartitionStarter with --slurm-partition-nodes
         self._launch_error: ValueError | None = None     # the allocation could not be split
-        self._turn_end_pending = False    # flush_finals is due (end of this loop turn, or a timer)
-        self._turn_end_timer: asyncio.TimerHandle | None = None
-        self._write_failures = 0          # flush_finals that could not write jobs.report or track.states
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
@@ -119,9 +111,10 @@ class Service(Workers):
         from qcg.pilotjob.governor.requests import RequestHandler
 
         gc.freeze()             # as tune_gc: the modules just loaded are never collected
-        self.journal = Journal(self.aux_dir, on_pending=self._schedule_turn_end)
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format,
                                 rt_stats=cfg.enable_rt_stats)
+        self.finals = FinalsWriter(loop, self.report, self.publisher)
+        self.journal = self.finals.journal = Journal(self.aux_dir, on_pending=self.finals.due)
         listeners: list[Any] = [self.journal, self.report]
         self.progress = Progress(loop) if cfg.show_progress else None
         if self.progress:
@@ -132,14 +125,14 @@ class Service(Workers):
         self.journal.canceled_by_stop = self.governor.canceled_by_stop
         if self.publisher is not None:
             self.publisher.governor = self.governor
-            self.publisher.on_pending = self._schedule_turn_end
+            self.publisher.on_pending = self.finals.due
         self.partition.events = self.governor
         self.governor.requeue_limit = cfg.nl_task_retries
         self.governor.eager_dispatch = not cfg.governor_mode
         self.handler = RequestHandler(self.governor, self)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        flusher = loop.create_task(self._flush_periodically())
+        flusher = loop.create_task(self.finals.flush_periodically())
         start_failed = False
         try:
             if not await self._start_workers():
@@ -226,7 +219,7 @@ class Service(Workers):
             self.zmq.stop_accepting()
         # what this cancels is interrupted, not decided: `--resume` runs it again (Governor.canceled_by_stop);
         # what ended before is on disk before the stop begins
-        self.flush_finals()
+        self.finals.flush()
         self.governor.cancel_everything()
         assert self._stop is not None
         self._stop.set()
@@ -297,59 +290,13 @@ class Service(Workers):
         assert self._stop is not None
         self._stop.set()
 
-    def _schedule_turn_end(self) -> None:
-        if self._turn_end_pending:
-            return
-        self._turn_end_pending = True
-        assert self.loop is not None
-        if self.publisher is None:
-            self._turn_end_timer = self.loop.call_later(UNPUBLISHED_FINALS_DELAY, self.flush_finals)
-        else:
-            self.loop.call_soon(self.flush_finals)
-
-    def flush_finals(self) -> None:
-        """Final states to disk, then the events that announce them; at the end of a loop turn in which
-        tasks ended (without a publisher: within UNPUBLISHED_FINALS_DELAY), and before any request is
-        answered (`handle_request`).
-
-        `jobs.report` first: a final state in the journal always has its report line (a kill between
-        the two writes only makes `--resume` run those tasks again). The journal before the events: a
-        client that hears of an end (`wait4_any_job_finish`, an Executor future) never sees that task
-        run again after a `kill -9` and `--resume`.
-        """
-        self._turn_end_pending = False
-        if self._turn_end_timer is not None:
-            self._turn_end_timer.cancel()
-            self._turn_end_timer = None
-        try:
-            self.report.flush()
-            self.journal.flush()
-        except OSError as exc:
-            # a full disk, a quota: the run goes on and answers; what is not written stays buffered and is
-            # tried again (each turn with ends, each second), and its events wait for it
-            self._write_failures += 1
-            if self._write_failures == 1 or self._write_failures % 1000 == 0:
-                log.error("final states not written; their events are held back", error=str(exc),
-                          failures=self._write_failures)
-            return
-        if self.publisher is not None:
-            self.publisher.flush()
-
     def handle_request(self, request: Any) -> dict[str, Any]:
         """A request of a client or the request file, answered with what is on disk: ends handled earlier
         in this loop turn are written before, ends the request itself made (`cancelJob`) before its answer."""
-        if self._turn_end_pending:
-            self.flush_finals()
+        self.finals.flush_if_due()
         response = self.handler.handle(request)
-        if self._turn_end_pending:
-            self.flush_finals()
+        self.finals.flush_if_due()
         return response
-
-    async def _flush_periodically(self) -> None:
-        # report lines that no journal entry brought with it (the cancellations of a stop) within a second
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            self.flush_finals()
 
     def _on_signal(self, sig: int) -> None:
         log.warning("signal received, finishing", signal=sig)
@@ -358,7 +305,7 @@ class Service(Workers):
 
     async def _shutdown(self) -> None:
         if not self.governor.all_finished:
-            self.flush_finals()
+            self.finals.flush()
             self.governor.cancel_everything()
         if self.partitions is not None and not self.governor.all_finished and self.partition.members:
             # let canceled tasks report their ends from the partitions (bounded)
@@ -371,7 +318,7 @@ class Service(Workers):
         await asyncio.sleep(0)
         # the last ends on disk before their events leave; the publisher is stopped before the final
         # status is written (StatusPublisher null in it)
-        self.flush_finals()
+        self.finals.flush()
         self._close_network()
         if self.progress:
             self.progress.close()

@@ -344,8 +344,8 @@ def test_task_reported_ended_never_runs_again_after_sigkill(tmp_path, mode, monk
 
 def test_without_publisher_an_answered_end_never_runs_again(tmp_path, monkeypatch):
     """As above with `--disable-pub`: with no event to hold back, final states are written in batches
-    (UNPUBLISHED_FINALS_DELAY), not at the end of every loop turn, yet each is written before an answer
-    tells of it."""
+    (finals_writer.UNPUBLISHED_FINALS_DELAY), not at the end of every loop turn, yet each is written
+    before an answer tells of it."""
     _answered_ends_never_run_again(tmp_path, "flat", monkeypatch, "--disable-pub")
 
 

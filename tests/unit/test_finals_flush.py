@@ -1,5 +1,5 @@
 """When the service writes final states (issue 3: the journal is "written in batches and flushed before the
-run reports success"; reference 13.1, the files behind `--resume`).
+run reports success"; reference 13.1, the files behind `--resume`): governor/finals_writer.py.
 
 With an event publisher, the states of a loop turn are written at its end, before their events leave.
 Without one (no `--net`, or `--disable-pub`) nothing waits for them but `--resume` and a reader of
@@ -12,17 +12,14 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from qcg.pilotjob.governor.service import UNPUBLISHED_FINALS_DELAY, Service
-from qcg.pilotjob.governor.service_config import ServiceConfig
+from qcg.pilotjob.governor.finals_writer import UNPUBLISHED_FINALS_DELAY, FinalsWriter
 
 
-def _service(loop: asyncio.AbstractEventLoop, writes: list[str], publisher: bool) -> Service:
-    svc = Service(ServiceConfig())
-    svc.loop = loop
-    svc.report = SimpleNamespace(flush=lambda: writes.append("report"))
-    svc.journal = SimpleNamespace(flush=lambda: writes.append("journal"))
-    svc.publisher = SimpleNamespace(flush=lambda: writes.append("events")) if publisher else None
-    return svc
+def _writer(writes: list[str], publisher: bool) -> FinalsWriter:
+    events = SimpleNamespace(flush=lambda: writes.append("events")) if publisher else None
+    w = FinalsWriter(asyncio.get_running_loop(), SimpleNamespace(flush=lambda: writes.append("report")), events)
+    w.journal = SimpleNamespace(flush=lambda: writes.append("journal"))
+    return w
 
 
 async def _until(cond, limit: float = 10.0) -> None:
@@ -36,30 +33,30 @@ def test_without_publisher_one_timer_writes_the_batch():
     async def main():
         loop = asyncio.get_running_loop()
         writes: list[str] = []
-        svc = _service(loop, writes, publisher=False)
+        w = _writer(writes, publisher=False)
         t0 = loop.time()
-        svc._schedule_turn_end()
-        timer = svc._turn_end_timer
+        w.due()
+        timer = w._timer
         assert timer is not None and timer.when() >= t0 + UNPUBLISHED_FINALS_DELAY
-        svc._schedule_turn_end()                  # more ends meanwhile: the same timer
-        assert svc._turn_end_timer is timer
+        w.due()                                   # more ends meanwhile: the same timer
+        assert w._timer is timer
         await _until(lambda: writes)
         assert writes == ["report", "journal"]    # the report first: a journalled end has its report line
         assert loop.time() >= t0 + UNPUBLISHED_FINALS_DELAY - 0.001
-        assert svc._turn_end_timer is None and not svc._turn_end_pending
+        assert w._timer is None and not w._due
 
     asyncio.run(main())
 
 
 def test_a_flush_before_the_timer_cancels_it():
     async def main():
-        loop = asyncio.get_running_loop()
         writes: list[str] = []
-        svc = _service(loop, writes, publisher=False)
-        svc._schedule_turn_end()
-        timer = svc._turn_end_timer
-        svc.flush_finals()                        # as handle_request does before an answer
+        w = _writer(writes, publisher=False)
+        w.due()
+        timer = w._timer
+        w.flush_if_due()                          # as the service does before an answer
         assert writes == ["report", "journal"] and timer.cancelled()
+        w.flush_if_due()                          # nothing due: nothing written
         await asyncio.sleep(UNPUBLISHED_FINALS_DELAY * 3)
         assert writes == ["report", "journal"]
 
@@ -68,12 +65,34 @@ def test_a_flush_before_the_timer_cancels_it():
 
 def test_with_publisher_the_turn_end_writes_then_publishes():
     async def main():
-        loop = asyncio.get_running_loop()
         writes: list[str] = []
-        svc = _service(loop, writes, publisher=True)
-        svc._schedule_turn_end()
-        assert svc._turn_end_timer is None
+        w = _writer(writes, publisher=True)
+        w.due()
+        assert w._timer is None
         await asyncio.sleep(0)                    # the end of this loop turn
         assert writes == ["report", "journal", "events"]
+
+    asyncio.run(main())
+
+
+def test_a_failed_write_holds_the_events_back_and_is_tried_again():
+    """A full disk: nothing is published while the states are not on disk; the next flush tries again."""
+    async def main():
+        writes: list[str] = []
+        w = _writer(writes, publisher=True)
+        full = [True]
+
+        def journal_flush() -> None:
+            if full[0]:
+                raise OSError(28, "No space left on device")
+            writes.append("journal")
+
+        w.journal = SimpleNamespace(flush=journal_flush)
+        w.due()
+        await asyncio.sleep(0)
+        assert writes == ["report"] and w.write_failures == 1
+        full[0] = False
+        w.flush()
+        assert writes == ["report", "report", "journal", "events"]
 
     asyncio.run(main())
