@@ -1,4 +1,5 @@
-"""Takes the events nobody is reading out of the SUB socket, ten times a second, in a thread of the client.
+"""The SUB side of a client connection: events read as they come, or taken out of the socket ten times a
+second by a thread of the client when nobody reads them.
 
 libzmq reads a TCP connection into 8 KiB buffers and hands out the messages
 it decodes as views into them: a buffer is freed only when every message
@@ -7,10 +8,11 @@ buffer of its own -- 8.5 KiB per event, measured: a client that submitted
 20 000 tasks and looked at them only with `status` grew by 122 MiB. Every
 `DRAIN_INTERVAL` the drain copies the waiting events into a queue of bytes
 (about their size each) -- unless a reader holds the socket, which then
-takes the events itself as they come. A reader (`ServiceConnection.next_event`)
-takes the queue first, then the socket, holding `lock` all the while: the
-socket is used by one thread at a time, as libzmq requires, and a reader
-waiting on it is never robbed of an event. Nothing is dropped.
+takes the events itself as they come. A reader (`next`, called by
+`ServiceConnection.next_event`) takes the queue first, then the socket,
+holding `lock` all the while: the socket is used by one thread at a time,
+as libzmq requires, and a reader waiting on it is never robbed of an event.
+Nothing is dropped.
 
 A thread that forwarded every event as it came (tried first) cost the
 client's requests time while many tasks ended: a one-job submit while 1 000
@@ -61,6 +63,29 @@ class EventDrain:
             return most
         finally:
             self.lock.release()
+
+    def next(self, ms: float | None, wake: zmq.Socket | None = None) -> list[bytes] | None:
+        """The oldest event's frames: one taken out already, else one from the socket within `ms`
+        milliseconds (None: no limit; 0: no wait), a readable `wake` ending the wait early (None then).
+        ZMQError (a closed socket or context) goes to the caller."""
+        with self.lock:
+            if self.kept:
+                return self.kept.popleft()
+            sub = self.sub
+            if ms != 0:
+                if wake is None:
+                    if not sub.poll(ms, zmq.POLLIN):
+                        return None
+                else:
+                    poller = zmq.Poller()
+                    poller.register(sub, zmq.POLLIN)
+                    poller.register(wake, zmq.POLLIN)
+                    if sub not in dict(poller.poll(ms)):
+                        return None
+            try:
+                return sub.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return None
 
     def close(self) -> None:
         """Stop the thread, then close the socket (as the connection closed it before: without the lock,

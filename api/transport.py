@@ -365,13 +365,12 @@ class ServiceConnection:
             elif timeout:
                 time.sleep(timeout)
             return None
-        with drain.lock:
-            if drain.kept:
-                frames = drain.kept.popleft()
-            else:
-                frames = self._receive(drain.sub, ms, wake)
-                if frames is None:
-                    return None
+        try:
+            frames = drain.next(ms, wake)
+        except zmq.ZMQError as exc:
+            raise errors.ConnectionError(f"event channel of {self.address} failed: {exc}") from exc
+        if frames is None:
+            return None
         if len(frames) < 2:
             return frames[0] if frames else b"", {}
         try:
@@ -381,25 +380,6 @@ class ServiceConnection:
         if not isinstance(data, dict):
             data = {}
         return frames[0], data
-
-    def _receive(self, sub: zmq.Socket, ms: float | None, wake: zmq.Socket | None) -> list[bytes] | None:
-        try:
-            if ms != 0:
-                if wake is None:
-                    if not sub.poll(ms, zmq.POLLIN):
-                        return None
-                else:
-                    poller = zmq.Poller()
-                    poller.register(sub, zmq.POLLIN)
-                    poller.register(wake, zmq.POLLIN)
-                    if sub not in dict(poller.poll(ms)):
-                        return None
-            try:
-                return sub.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return None
-        except zmq.ZMQError as exc:
-            raise errors.ConnectionError(f"event channel of {self.address} failed: {exc}") from exc
 
     # ------------------------------------------------------------------- close
 
