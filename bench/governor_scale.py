@@ -339,7 +339,8 @@ def run_one(p: dict) -> dict:
         journal = report = flusher = None
         if full:
             report = JobReport(os.path.join(aux, "jobs.report"), "json")
-            # as Service.flush_finals: both files written at the end of each loop turn in which tasks ended
+            # as FinalsWriter.flush with an event publisher: both files written at the end of each loop turn in
+            # which tasks ended (the heavier case; without a publisher the service writes them every 50 ms)
             due: list[bool] = []
 
             def flush_finals() -> None:
@@ -385,7 +386,7 @@ def run_one(p: dict) -> dict:
         await asyncio.sleep(0)           # let the joins' call_soon run, as before a real first request
 
         if full:
-            async def flush_periodically() -> None:     # Service._flush_periodically
+            async def flush_periodically() -> None:     # FinalsWriter.flush_periodically
                 while True:
                     await asyncio.sleep(1.0)
                     journal.flush()
