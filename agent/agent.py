@@ -52,6 +52,9 @@ class Agent:
         self._flush_pending = False
         self._last_heard = time.monotonic()
         self._done: asyncio.Event | None = None
+        # the tasks' environment: the agent's own, read once (`dict(os.environ)` decodes every variable
+        # again: 67 us for the ~100 of a Slurm step, per task, against 0.3 us for a copy of this)
+        self._base_env = dict(os.environ)
 
     async def run(self) -> int:
         stats = None
@@ -128,7 +131,7 @@ class Agent:
 
     def _run(self, msg: dict[str, Any]) -> None:
         task = msg["task"]
-        env = dict(os.environ)
+        env = self._base_env.copy()
         env.update(msg.get("env") or {})
         spec = ProcessSpec(argv=list(msg["argv"]), env=env, cwd=msg["cwd"], stdin=msg.get("stdin"),
                            stdout=msg.get("stdout"), stderr=msg.get("stderr"), cpus=msg.get("cpus"),
