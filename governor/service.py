@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import json
 import os
 import signal
@@ -39,6 +38,11 @@ from qcg.pilotjob.governor.service_setup import prepare_run
 from qcg.pilotjob.governor.service_workers import Workers
 
 if TYPE_CHECKING:
+    from qcg.pilotjob.governor.governor import Governor
+    from qcg.pilotjob.governor.journal import Journal
+    from qcg.pilotjob.governor.progress import Progress
+    from qcg.pilotjob.governor.reports import JobReport
+    from qcg.pilotjob.governor.requests import RequestHandler
     from qcg.pilotjob.governor.service_network import ServiceNetwork
 
 log = structlog.get_logger("service")
@@ -103,12 +107,7 @@ class Service(Workers):
                 self._launch_partitions()
             except ValueError as exc:
                 self._launch_error = exc
-        # the governor's own parts: a partition manager (a subclass) never loads them
-        from qcg.pilotjob.governor.governor import Governor
-        from qcg.pilotjob.governor.journal import Journal
-        from qcg.pilotjob.governor.progress import Progress
-        from qcg.pilotjob.governor.reports import JobReport
-        from qcg.pilotjob.governor.requests import RequestHandler
+        Governor, Journal, Progress, JobReport, RequestHandler = governor_parts()
 
         gc.freeze()             # as tune_gc: the modules just loaded are never collected
         self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format,
@@ -359,13 +358,22 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _load_governor_parts() -> None:
-    """Load the governor's own modules (Service.run imports them where a partition manager never does)
-    before the service's clock starts: `started`, the origin of `Uptime`, is stamped once its code is
-    loaded, as the original stamps it. About 25 ms that Uptime counted before; the whole run is as long.
-    Not when it starts partition managers: Service.run loads them while those start up."""
-    for name in ("governor", "journal", "progress", "reports", "requests"):
-        importlib.import_module(f"qcg.pilotjob.governor.{name}")
+def governor_parts() -> tuple[type[Governor], type[Journal], type[Progress], type[JobReport],
+                              type[RequestHandler]]:
+    """The governor's own classes, imported on first use: a partition manager (a Service subclass)
+    never loads them.
+
+    `run` loads them before the service's clock starts: `started`, the origin of `Uptime`, is stamped
+    once its code is loaded, as the original stamps it (about 25 ms that Uptime counted before; the
+    whole run is as long). Not when it starts partition managers: Service.run loads them while those
+    start up."""
+    from qcg.pilotjob.governor.governor import Governor
+    from qcg.pilotjob.governor.journal import Journal
+    from qcg.pilotjob.governor.progress import Progress
+    from qcg.pilotjob.governor.reports import JobReport
+    from qcg.pilotjob.governor.requests import RequestHandler
+
+    return Governor, Journal, Progress, JobReport, RequestHandler
 
 
 def run(config: ServiceConfig) -> int:
@@ -375,7 +383,7 @@ def run(config: ServiceConfig) -> int:
         service: Service = ManagerService(config)
     else:
         if config.slurm_partition_nodes is None:
-            _load_governor_parts()
+            governor_parts()
         service = Service(config)
     try:
         service.prepare()
