@@ -125,7 +125,9 @@ class PartitionServer:
             if kind == "register":
                 self._register(ident, msg)
             elif peer is None:
-                log.warning("partition message from an unregistered peer dropped", type=kind)
+                # after shutdown() forgot every manager, their last heartbeats and events still arrive
+                (log.debug if self._closing else log.warning)(
+                    "partition message from an unregistered peer dropped", type=kind)
             elif kind == "events":
                 self._events(peer, msg)
             elif kind == "hb":

@@ -311,3 +311,25 @@ def test_the_client_subscribes_to_every_final_state_the_governor_has():
     # ZMQ subscriptions match by prefix: no state's topic may start another's
     assert not [(a, b) for a in topics for b in topics if a != b and b.startswith(a)]
     assert all(protocol.is_state_event(t) for t in topics) and not protocol.is_state_event(protocol.TOPIC_NO_JOBS)
+
+
+def test_messages_after_the_governor_shut_down_are_dropped_quietly():
+    """After `shutdown` forgot the managers, a heartbeat already on its way is not a warning in
+    service.log (every normal governor run ended with one); before it, a stranger's message is."""
+    from structlog.testing import capture_logs
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = PartitionServer(loop, PartitionSet(loop), lambda ident, frame: True)
+        server.handle(b"id0", _register("p0"))
+        with capture_logs() as before:
+            server.handle(b"stranger", {"type": "hb"})
+        await server.shutdown()
+        with capture_logs() as after:
+            server.handle(b"id0", {"type": "hb"})
+            server.handle(b"id0", {"type": "events", "finished": []})
+        return before, after
+
+    before, after = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [e["log_level"] for e in before] == ["warning"]
+    assert [e["log_level"] for e in after] == ["debug", "debug"]
