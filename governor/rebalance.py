@@ -1,4 +1,4 @@
-"""Which queued tasks to take back from a partition so that an idle one runs them.
+"""Moving queued tasks from a busy partition to an idle one: which tasks (`pick`), and how (`Rebalancing`).
 
 A partition holds up to its credit of tasks, running or queued, so that it
 never waits for the governor between two short tasks. The price: tasks
@@ -11,13 +11,29 @@ one.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Callable, Iterable
+
+import structlog
+
+from qcg.pilotjob.partition.task import ResourceRequest, TaskFinished, TaskSpec
 
 if TYPE_CHECKING:
     from qcg.pilotjob.governor.partition_set import Member
 
+log = structlog.get_logger("dispatch")
 
 STALE_AFTER = 1.0      # seconds a task may wait in a member's queue before it counts as stuck there
+REBALANCE_DELAY = 0.05   # seconds between two looks for an idle member next to a busy one
+REBALANCE_QUIET = 1.0    # seconds a member that gave nothing back is not asked again
+
+
+def _least_cores(request: ResourceRequest, node_cores: int) -> int:
+    """The cores a task needs at least; a whole node counts as the member's largest node (`node_cores`)."""
+    if request.nodes_min is None:
+        return request.cores_min or 1
+    return (request.cores_min or node_cores) * request.nodes_min
 
 
 def idle_cores(member: "Member", demand: Callable[[str, int], int]) -> int:
@@ -80,3 +96,101 @@ def pick(members: Iterable["Member"], seq_of: Callable[[str], int], fits: Callab
     if not queued_ids:
         return None
     return donor, target, queued_ids[-count:]
+
+
+class Rebalancing:
+    """The `PartitionSet`'s side of moving tasks: asking the donor `pick` chose, placing what it gave back.
+
+    A mixin of `PartitionSet`, whose bookkeeping (members, the specs of the
+    tasks it handed out, its backlog) both sides share; these are the
+    attributes and methods of the set it uses.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    members: dict[str, "Member"]
+    _where: dict[str, "Member"]
+    _specs: dict[str, TaskSpec]
+    _backlog: deque[TaskSpec]
+    _canceling: set[str]
+    _fits_member: Callable[["Member", ResourceRequest], bool]
+    _place: Callable[["Member", TaskSpec, dict[str, list[TaskSpec]]], None]
+    _report_later: Callable[[TaskFinished], None]
+    _request_drain: Callable[[], None]
+    _maybe_drained: Callable[["Member"], None]
+
+    def _init_rebalancing(self) -> None:
+        self._rebalance_pending = False
+        self._relook_pending = False
+        self._retract_to: dict[str, str] = {}  # donor id -> the member its given-back tasks are for
+
+    def _request_rebalance(self) -> None:
+        if not self._rebalance_pending and len(self.members) > 1:
+            self._rebalance_pending = True
+            # a look over every member, at most every REBALANCE_DELAY: runs of short dependent tasks empty
+            # some queue at almost every end, and tasks worth moving last longer than that
+            self.loop.call_later(REBALANCE_DELAY, self._rebalance)
+
+    def _rebalance(self) -> None:
+        """Ask the busiest member to give back part of its queue for a member with idle cores."""
+        self._rebalance_pending = False
+        if self._backlog:
+            return              # placed first, by `_drain`
+        demand = self._demand
+        plan = pick(self.members.values(), lambda tid: self._specs[tid].seq,
+                    lambda member, tid: self._fits_member(member, self._specs[tid].resources),
+                    demand, self.loop.time())
+        if plan is None:
+            if not self._relook_pending and may_move_later(self.members.values(), demand):
+                # queued tasks that may yet turn out stuck (STALE_AFTER) next to idle cores: look again then
+                self._relook_pending = True
+                self.loop.call_later(STALE_AFTER, self._relook)
+            return
+        donor, target, task_ids = plan
+        donor.retracting.update(task_ids)
+        self._retract_to[donor.id] = target.id
+        log.info("queued tasks asked back", partition=donor.id, target=target.id, tasks=len(task_ids))
+        donor.port.retract(task_ids)  # type: ignore[attr-defined]
+
+    def _relook(self) -> None:
+        self._relook_pending = False
+        self._request_rebalance()
+
+    def _demand(self, tid: str, node_cores: int) -> int:
+        return _least_cores(self._specs[tid].resources, node_cores)
+
+    def retracted(self, member_id: str, task_ids: list[str]) -> None:
+        """The member gave back these tasks (not started there); the others it was asked for have started."""
+        donor = self.members.get(member_id)
+        if donor is None:
+            return
+        target = self.members.get(self._retract_to.pop(member_id, ""))
+        asked, donor.retracting = donor.retracting, set()
+        back: list[TaskSpec] = []
+        for tid in task_ids:
+            if tid not in asked or tid not in donor.inflight or tid in donor.running:
+                continue
+            donor.inflight.pop(tid, None)
+            self._where.pop(tid, None)
+            spec = self._specs.pop(tid)
+            if tid in self._canceling:
+                self._canceling.discard(tid)
+                self._report_later(TaskFinished(tid, "CANCELED", message="canceled by user"))
+            else:
+                back.append(spec)
+        if not back:
+            # nothing was still queued there (a nested governor keeps its queue with its own members)
+            donor.quiet_until = self.loop.time() + REBALANCE_QUIET
+        back.sort(key=lambda spec: spec.seq)
+        batch: dict[str, list[TaskSpec]] = {}
+        rest: list[TaskSpec] = []
+        for spec in back:
+            if target is not None and target.room > 0 and self._fits_member(target, spec.resources):
+                self._place(target, spec, batch)
+            else:
+                rest.append(spec)
+        if batch and target is not None:
+            target.port.submit(batch[target.id])
+            self._request_rebalance()       # more may move on the next look; only after progress
+        self._backlog.extendleft(reversed(rest))
+        self._request_drain()
+        self._maybe_drained(donor)

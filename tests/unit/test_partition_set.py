@@ -16,7 +16,8 @@ import pytest
 from qcg.pilotjob.api.jobdesc import Execution
 from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor, GovernorListener
-from qcg.pilotjob.governor.partition_set import MAX_MOVES, REBALANCE_DELAY, MemberEvents, PartitionSet
+from qcg.pilotjob.governor.partition_set import MAX_MOVES, MemberEvents, PartitionSet
+from qcg.pilotjob.governor.rebalance import REBALANCE_DELAY, STALE_AFTER
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
@@ -685,7 +686,6 @@ def test_whole_node_and_fragmented_queues_are_given_back():
     core. (2) Free cores on the wrong nodes: two 4-core nodes with 2 cores busy on each have 4 free cores,
     but no room for a task of 4 cores on one node; such a task is taken for stuck once it has waited
     STALE_AFTER there, and the set looks again then."""
-    from qcg.pilotjob.governor.rebalance import STALE_AFTER
 
     async def scenario(world, request, nodes, busy, wait):
         w = world()
