@@ -70,7 +70,8 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         else:
             resources = local_resources(cfg.nodes, cfg.system_core)
     except ValueError as exc:
-        raise StartError(f"{'Slurm allocation' if slurm_mode else '--nodes'}: {exc}") from None
+        # parse_nodes_spec names `--nodes` and the item itself
+        raise StartError(f"Slurm allocation: {exc}" if slurm_mode else str(exc)) from None
     aux_dir = ""
     try:
         aux_dirs.check_wd(wd)

@@ -137,7 +137,8 @@ def test_bad_nodes_string(service, nodes):
     """Issue 3 "bad --nodes string": one clear line mentioning --nodes; exit non-zero."""
     r = service([submit(job("a"))], nodes=nodes)
     assert r.rc != 0
-    assert "--nodes" in one_error_line(r)
+    line = one_error_line(r)
+    assert line.startswith(f"Error: --nodes {nodes!r}") and line.count("--nodes") == 1, line
 
 
 @contextlib.contextmanager
