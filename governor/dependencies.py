@@ -144,20 +144,40 @@ def _find_cycle(names: list[str], edges: dict[str, set[str]]) -> list[str] | Non
 
 
 class WaiterIndex:
-    """target -> dependants waiting for it to finish."""
+    """target -> dependants waiting for it to finish.
+
+    Also which iterations of a job are waited for: a job that ends as a
+    whole (omitted, canceled while queued) ends the iterations that never
+    ran, and no end of their own will come for those.
+    """
 
     def __init__(self) -> None:
         self._waiters: dict[Target, list[Waiter]] = {}
+        self._iterations: dict[str, set[int]] = {}   # job name -> its iterations in `_waiters`
 
     def add(self, target: Target, waiter: Waiter) -> None:
         lst = self._waiters.get(target)
         if lst is None:
             self._waiters[target] = [waiter]
+            name, it = target
+            if it is not None:
+                self._iterations.setdefault(name, set()).add(it)
         else:
             lst.append(waiter)
 
     def pop(self, target: Target) -> list[Waiter] | tuple[()]:
-        return self._waiters.pop(target, ())
+        lst = self._waiters.pop(target, ())
+        if lst and target[1] is not None:
+            its = self._iterations[target[0]]
+            its.discard(target[1])
+            if not its:
+                del self._iterations[target[0]]
+        return lst
+
+    def iterations(self, name: str) -> list[int]:
+        """The iterations of job `name` somebody waits for, in order."""
+        its = self._iterations.get(name)
+        return sorted(its) if its else []
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._waiters.values())

@@ -102,6 +102,8 @@ class FinalStates:
             jobs = self.registry.jobs
             while self._finals:
                 name, it, state = self._finals.popleft()
+                if it is None:
+                    self._iterations_ended_with(name)
                 for wjob, wit in self.waiters.pop((name, it)):
                     if jobs.get(wjob.name) is not wjob or wjob.record.state in FINAL_STATES:
                         continue
@@ -123,6 +125,17 @@ class FinalStates:
                             self._omit(wjob, wit, _ended(name, it, state))
         finally:
             self._propagating = False
+
+    def _iterations_ended_with(self, name: str) -> None:
+        """Queue the ends of the waited-for iterations that ended with their job, unrun (`after: ["b:1"]`
+        of a job omitted or canceled before b:1 started); a running one still ends on its own."""
+        job = self.registry.jobs.get(name)
+        if job is None:
+            return
+        for it in self.waiters.iterations(name):
+            state = job.iteration_state(it)
+            if state in FINAL_STATES:
+                self._finals.append((name, it, state))
 
     # ------------------------------------------------------------- waiting
     @property

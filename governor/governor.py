@@ -227,8 +227,15 @@ class Governor(Cancellation, FinalStates):
             tid = job.task_id(it)
             self.inflight[tid] = (job, it)
             assert job.request is not None and job.indices is not None
-            request = self.admission.request_of(job.desc, it - job.indices.start) if job.sized_per_iteration \
-                else job.request
+            if not job.sized_per_iteration:
+                return make_task(job, it, job.request)
+            try:
+                request = self.admission.request_of(job.desc, it - job.indices.start)
+            except ValueError as exc:
+                # an iteration scheduler gave this iteration a size no node has (the submit checked the
+                # first): it can never run, so it FAILS (reference 7.2) and the others go on
+                self.loop.call_soon(self.task_finished, TaskFinished(tid, "FAILED", message=f"resources: {exc}"))
+                continue
             return make_task(job, it, request)
 
     def _iteration_deps_met(self, job: JobRecord, it: int) -> bool:

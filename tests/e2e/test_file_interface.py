@@ -350,6 +350,27 @@ def test_dependencies_and_omitted_in_report(service):
 
 
 @pytest.mark.both_modes
+def test_iteration_dependency_on_a_job_that_ended_unrun(service):
+    """Reference 7.2 "Jobs for which dependency constraints can not be met, due to failure or cancellation of
+    at least one job which they depend on, are marked as OMITTED": `after: ["b:1"]` where b ended as a whole
+    before b:1 ran -- omitted itself, or canceled while queued -- is OMITTED too (it waited for ever)."""
+    reqs = [submit(
+        job("a", "/bin/false"),
+        job("b", "/bin/true", iteration={"stop": 2}, dependencies={"after": ["a"]}),
+        job("c", "/bin/true", dependencies={"after": ["b:1"]}),
+        job("held", "/bin/true", iteration={"stop": 2}, dependencies={"after": ["c"]}),
+        job("d", "/bin/true", dependencies={"after": ["held:0"]}),
+    ), {"request": "cancelJob", "jobNames": ["held"]}]
+    r = service(reqs, timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["b"]["state"] == "OMITTED" and rep["held"]["state"] in ("CANCELED", "OMITTED")
+    assert rep["c"]["state"] == "OMITTED" and "'b:1' ended OMITTED" in rep["c"]["messages"]
+    assert rep["d"]["state"] == "OMITTED" and "'held:0' ended" in rep["d"]["messages"]
+
+
+@pytest.mark.both_modes
 def test_omitted_chain_3000(service):
     """Issue 3 "dependants of a FAILED ... job become OMITTED" through a 3000-job chain, end to end."""
     n = 3000
@@ -419,6 +440,23 @@ def test_iteration_schedulers(service):
     for i in range(2):
         alloc = rep[f"s:{i}"]["runtime"]["allocation"]
         assert len(alloc.split("[")[1].rstrip("]").split(":")) == 2
+
+
+def test_iteration_sized_beyond_every_node_fails_alone(service):
+    """Reference 7.2 (a task whose minimum exceeds the resources is FAILED) with reference 12.1: maximum-iters
+    sizes the last of 3 iterations 4 cores, more than any 2-core node has on one node. That iteration
+    FAILS with the reason; the others and the next request run (the dispatch stopped on it before)."""
+    reqs = [submit(job("z", "/bin/true", iteration={"stop": 3},
+                       resources={"numNodes": {"exact": 1},
+                                  "numCores": {"min": 2, "scheduler": {"name": "maximum-iters"}}})),
+            submit(job("ok", "/bin/true"))]
+    r = service(reqs, nodes="a:2,b:2", timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["z:0"]["state"] == "SUCCEED" and rep["z:1"]["state"] == "SUCCEED"
+    assert rep["z:2"]["state"] == "FAILED" and "4 cores per node" in rep["z:2"]["messages"]
+    assert rep["z"]["state"] == "FAILED" and rep["ok"]["state"] == "SUCCEED"
 
 
 @pytest.mark.both_modes

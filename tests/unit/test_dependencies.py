@@ -127,3 +127,20 @@ def test_waiter_index():
     assert idx.pop(("a", None)) == [("w1", None), ("w2", 3)]
     assert not idx.pop(("a", None))
     assert len(idx) == 1
+
+
+def test_waiter_index_knows_the_waited_for_iterations_of_a_job():
+    """A job that ends as a whole ends its unrun iterations (final_states._iterations_ended_with): the index
+    says which iterations of it are waited for, and forgets each once popped."""
+    idx = WaiterIndex()
+    idx.add(("b", 3), ("w1", None))
+    idx.add(("b", 1), ("w2", None))
+    idx.add(("b", 1), ("w3", 0))
+    idx.add(("b", None), ("w4", None))
+    idx.add(("c", 0), ("w5", None))
+    assert idx.iterations("b") == [1, 3] and idx.iterations("c") == [0] and idx.iterations("x") == []
+    assert idx.pop(("b", 1)) == [("w2", None), ("w3", 0)]
+    assert idx.iterations("b") == [3]
+    idx.pop(("b", 3))
+    idx.pop(("b", None))
+    assert idx.iterations("b") == [] and len(idx) == 1
