@@ -42,8 +42,8 @@ def make_task(job: "JobRecord", iteration: int | None, request: "ResourceRequest
             values["uniq"] = uuid.uuid4().hex
         if iteration is not None:
             assert desc.iteration is not None
+            # ${jname} stays the job's name, as in the original (substituted at submit): the iteration is ${it}
             values.update(desc.iteration.substitutions(iteration))
-            values["jname"] = f"{desc.name}:{iteration}"
         execution = substitute_fields(execution, values, template)
         # the partition substitutes again only what it alone knows, or what a value brought in or completed
         runtime = not names.isdisjoint(RUNTIME_PLACEHOLDERS) or template.partial or any(

@@ -235,7 +235,7 @@ def test_placeholders(service, tmp_path):
             job("p", "/bin/echo", ["${jname}|${rcnt}|${root_wd}|${ncores}|${nnodes}|${nlist}",
                                    "$$HOME", 'q"uote\'s', "back\\slash"],
                 stdout="p.${ncores}.out", resources={"numCores": {"exact": 3}}),
-            job("i", "/bin/echo", ["it=${it}"], stdout="i.${it}.out", iteration={"start": 2, "stop": 4}),
+            job("i", "/bin/echo", ["it=${it} ${jname}"], stdout="i.${it}.out", iteration={"start": 2, "stop": 4}),
             job("v", "/bin/echo", ["${itval}"], stdout="v.${it}.out", iteration={"values": ["x y", "z"]}),
             job("u", "/bin/echo", ["${uniq}"], stdout="u.${it}.out", iteration={"stop": 2}),
             # run-time names that a value brings in or completes are substituted at launch
@@ -254,8 +254,10 @@ def test_placeholders(service, tmp_path):
     assert root_wd == str(r.wd)
     assert ncores == "3" and nnodes == "2" and nlist in ("n0,n1", "n2,n3")
     assert rest == "$$HOME q\"uote's back\\slash"
-    assert (r.wd / "i.2.out").read_text() == "it=2\n"
-    assert (r.wd / "i.3.out").read_text() == "it=3\n"
+    # "jname - a final job name after substitution of all other used variables": the job's name in every
+    # iteration too, as the original substitutes it at submit
+    assert (r.wd / "i.2.out").read_text() == "it=2 i\n"
+    assert (r.wd / "i.3.out").read_text() == "it=3 i\n"
     assert (r.wd / "v.0.out").read_text() == "x y\n"
     assert (r.wd / "v.1.out").read_text() == "z\n"
     assert (r.wd / "w.0.out").read_text() == "1 ${n1}\n"

@@ -97,7 +97,7 @@ def test_partition_substitutes_only_when_something_is_left_for_it(gov):
     assert {tid: t.templated for tid, t in tasks.items()} == {
         "plain": False, "req:0": False, "shell": False, "run": True, "val:0": True, "nest:0": True}
     assert {tid: _launched(t).args or _launched(t).script for tid, t in tasks.items()} == {
-        "plain": None, "req:0": ("0", "req:0"), "shell": "echo ${HOME}", "run": ("3", "${it}"),
+        "plain": None, "req:0": ("0", "req"), "shell": "echo ${HOME}", "run": ("3", "${it}"),
         "val:0": ("n0",), "nest:0": ("3",)}
     assert field_template(tasks["shell"].execution) is None or not field_template(tasks["shell"].execution).partial
 
