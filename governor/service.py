@@ -198,7 +198,13 @@ class Service(Workers):
                 data = response.get("data")
                 if isinstance(data, dict) and data.get("failed"):
                     _print_failed_at_submit(i, data["failed"])
-            if self._finish_requested:
+            if self._stop is not None and self._stop.is_set():
+                # `finish`: what follows is not served. After `control finishAfterAllTasksDone` the rest of
+                # the file is, as the original's file listener reads on (that control may come first)
+                if i < len(self.requests):
+                    print(f"Warning: requests #{i + 1}-#{len(self.requests)} come after 'finish' (#{i}) and were "
+                          f"not served", file=sys.stderr)
+                    log.warning("requests after finish not served", first=i + 1, last=len(self.requests))
                 break
 
     # ------------------------------------------------------- ServiceControl

@@ -114,6 +114,25 @@ def test_finish_request_kills_running(service):
 
 
 @pytest.mark.both_modes
+def test_requests_after_finish_after_all_tasks_done_are_served(service):
+    """Reference 10.3.8 control `finishAfterAllTasksDone`: the service ends once every job has finished.
+    The original's file listener reads the whole file, so the command may come first and the jobs after it;
+    after `finish` (10.3.9) nothing more is served, and stderr says so."""
+    r = service([{"request": "control", "command": "finishAfterAllTasksDone"},
+                 submit(job("a", "/bin/sleep", ["0.3"])), submit(job("b", dependencies={"after": ["a"]}))],
+                timeout=30)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["a"]["state"] == "SUCCEED" and rep["b"]["state"] == "SUCCEED"
+    r = service([submit(job("c")), {"request": "finish"}, submit(job("d")), {"request": "listJobs"}],
+                timeout=30)
+    assert r.rc == 0, r.stderr
+    assert "d" not in r.report()
+    assert "requests #3-#4 come after 'finish' (#2) and were not served" in r.stderr
+
+
+@pytest.mark.both_modes
 def test_report_format_text(service):
     """Reference 6 `--report-format text`: one block per finished entity: `name (STATE) msg`, history, runtime."""
     r = service([submit(job("t", "/bin/false", iteration={"stop": 1}))], "--report-format", "text")
