@@ -49,7 +49,7 @@ from qcg.pilotjob.api.jobdesc import (
     new_job,
     type_name,
 )
-from qcg.pilotjob.api.parse_problems import Problems, str_list
+from qcg.pilotjob.api.parse_problems import Problems, int_in_range, str_list
 from qcg.pilotjob.api.resources_parse import parse_resources
 
 __all__ = ["parse_job", "parse_jobs"]
@@ -83,7 +83,7 @@ def _name_problem(name: object) -> str | None:
 
 def _int(value: object, path: str, p: Problems) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return int_in_range(value, path, p)
     p.add(path, f"must be an integer, got {type_name(value)}")
     return None
 

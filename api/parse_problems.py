@@ -10,6 +10,20 @@ from __future__ import annotations
 from qcg.pilotjob.api.jobdesc import type_name
 
 
+LARGEST_INT = 2 ** 53 - 1
+"""The largest integer a job description may hold (core and node counts, iteration bounds): the largest
+every JSON reader keeps exact. Python itself has no limit, so a bigger number used to reach `range` and
+the journal's msgpack and fail there (OverflowError) instead of here, with a message."""
+
+
+def int_in_range(value: int, path: str, p: "Problems", low: int = -LARGEST_INT) -> int | None:
+    """`value`, or None with a problem added when it is outside `low`..LARGEST_INT."""
+    if low <= value <= LARGEST_INT:
+        return value
+    p.add(path, f"must be between {low} and {LARGEST_INT}, got {value if abs(value) < 10 ** 30 else 'more'}")
+    return None
+
+
 def key_repr(key: object) -> str:
     return key if isinstance(key, str) else repr(key)
 

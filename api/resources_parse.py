@@ -21,7 +21,7 @@ from qcg.pilotjob.api.jobdesc import (
     parse_walltime,
     type_name,
 )
-from qcg.pilotjob.api.parse_problems import Problems, key_repr
+from qcg.pilotjob.api.parse_problems import LARGEST_INT, Problems, int_in_range, key_repr
 
 _SCHEDULER_ALIASES = {
     "maximum-iters": "maximum-iters",
@@ -45,7 +45,7 @@ _SCHED_KEYS = frozenset({"name", "params"})
 def _positive_int(value: object, path: str, p: Problems) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         if value >= 1:
-            return value
+            return int_in_range(value, path, p, low=1)
         p.add(path, f"must be a positive integer, got {value}")
     else:
         p.add(path, f"must be a positive integer, got {type_name(value)}")
@@ -117,7 +117,7 @@ def _parse_size(data: object, path: str, p: Problems) -> ResourceSize | None:
     cls = data.__class__
     if cls is dict and len(data) == 1:  # type: ignore[arg-type]
         exact = data.get("exact")  # type: ignore[union-attr]
-        if exact.__class__ is int and exact > 0:
+        if exact.__class__ is int and 0 < exact <= LARGEST_INT:
             return _exact_size(exact)  # fast path: {"exact": N}
     elif cls is int:
         # shorthand of {"exact": N}, as the original accepts

@@ -23,6 +23,10 @@ def load_requests(path: str) -> list[Any]:
     except json.JSONDecodeError as exc:
         raise RequestFileError(f"request file '{path}': malformed JSON at line {exc.lineno} column {exc.colno}: "
                                f"{exc.msg}") from None
+    except RecursionError:
+        raise RequestFileError(f"request file '{path}': JSON nested too deeply") from None
+    except ValueError as exc:     # e.g. an integer of more digits than Python converts (4 300)
+        raise RequestFileError(f"request file '{path}': malformed JSON: {str(exc).split('; use sys.')[0]}") from None
     if isinstance(data, dict) and "request" in data:
         data = [data]
     if not isinstance(data, list):

@@ -289,7 +289,9 @@ def read_resources_file(path: str) -> Resources:
         raise ValueError(f"{opt}: cannot read: {exc.strerror or exc}") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise ValueError(f"{opt}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:     # JSONDecodeError, or an integer of more digits than Python converts
         raise ValueError(f"{opt}: not valid JSON: {exc}") from None
     try:
         return resources_from_dict(data)

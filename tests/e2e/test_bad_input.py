@@ -32,6 +32,31 @@ def test_malformed_json_file(service):
     assert "reqs.json" in line and "JSON" in line
 
 
+def test_json_file_nested_too_deeply(service):
+    """Issue 3 "malformed JSON file" / "never a traceback": a file nested deeper than the JSON decoder
+    recurses (Python's RecursionError) is one clear line too."""
+    r = service("[" * 5000 + "]" * 5000)
+    assert r.rc == 1
+    line = one_error_line(r)
+    assert "reqs.json" in line and "nested too deeply" in line
+
+
+def test_numbers_too_big_are_refused_with_their_field(service):
+    """Issue 3 "wrong field types ... a clear message naming the job, field and reason": an integer beyond
+    2**53 is refused at submit (it failed later, in range() or the journal's msgpack, as "internal error");
+    one of more digits than Python converts makes the file malformed."""
+    r = service([submit(job("big", iteration={"stop": 10 ** 23})), submit(job("fine"))])
+    assert r.rc == 2
+    line = one_error_line(r)
+    assert "'big'" in line and "iteration.stop" in line and "9007199254740991" in line
+    assert "internal error" not in r.log() and r.report()["fine"]["state"] == "SUCCEED"
+    r = service('[{"request": "submit", "jobs": [{"name": "x", "execution": {"exec": "/bin/true"}, '
+                '"iteration": {"stop": ' + "1" * 5000 + '}}]}]')
+    assert r.rc == 1
+    line = one_error_line(r)
+    assert "reqs.json" in line and "malformed JSON" in line and "set_int_max_str_digits" not in line
+
+
 def test_not_a_list(service):
     """Facts 15: a file that is not a list of requests is refused."""
     r = service('"hello"')

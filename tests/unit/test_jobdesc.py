@@ -294,6 +294,17 @@ def test_bad_wall_time_in_job():
     (job(iteration={"start": 3, "stop": 3}),
      "job 'j': field 'iteration': 'start' (3) must be less than 'stop' (3)"),
     (job(iteration={"stop": "3"}), "job 'j': field 'iteration.stop': must be an integer, got str"),
+    # numbers beyond what JSON readers keep exact used to fail later, in range() or the journal's msgpack
+    (job(resources={"numCores": {"exact": 10 ** 23}}),
+     "job 'j': field 'resources.numCores.exact': must be between 1 and 9007199254740991, got "
+     "100000000000000000000000"),
+    (job(resources={"numNodes": 2 ** 53}),
+     "job 'j': field 'resources.numNodes': must be between 1 and 9007199254740991, got 9007199254740992"),
+    (job(iteration={"stop": 10 ** 40}),
+     "job 'j': field 'iteration.stop': must be between -9007199254740991 and 9007199254740991, got more"),
+    (job(iteration={"start": -(2 ** 53), "stop": 2}),
+     "job 'j': field 'iteration.start': must be between -9007199254740991 and 9007199254740991, got "
+     "-9007199254740992"),
     (job(iteration={"stop": 3, "values": ["a"]}),
      "job 'j': field 'iteration': 'stop' and 'values' are mutually exclusive"),
     (job(iteration={"values": []}), "job 'j': field 'iteration.values': must not be empty"),
