@@ -38,8 +38,8 @@ class ProcessSpec:
     walltime: float | None = None       # seconds
 
 
-def err_text(exc: OSError) -> str:
-    if exc.errno is not None and exc.strerror:
+def err_text(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
         return f"[Errno {exc.errno}] {exc.strerror}"
     return str(exc)
 

@@ -188,7 +188,7 @@ class ProcessSpawner:
             except OSError as exc:
                 return self._fail(key, on_exit, started,
                                   f"cannot create working directory {cwd!r}: {err_text(exc)}")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:      # ValueError: a NUL character in the path
             return self._fail(key, on_exit, started,
                               f"cannot enter working directory {cwd!r}: {err_text(exc)}")
         try:
@@ -206,6 +206,8 @@ class ProcessSpawner:
             if exc.errno == errno.ENOENT:
                 self._args.forget(name)
             return self._fail(key, on_exit, started, reason)
+        except ValueError as exc:   # a NUL character in an argument, a variable or a path: bad input, not a fault
+            return self._fail(key, on_exit, started, f"cannot start {name!r}: {exc}")
         finally:
             if not same_dir:
                 try:

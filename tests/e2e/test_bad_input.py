@@ -207,6 +207,23 @@ def test_wd_is_a_file(service, tmp_path):
 
 
 @pytest.mark.both_modes
+def test_nul_character_fails_the_task_with_the_reason(service):
+    """Issue 3 bad input, "other tasks unaffected": a NUL character in an argument, a variable, an output
+    path or the working directory (JSON allows it, exec() does not) makes that task FAILED with the reason;
+    no traceback in service.log (the spawner raised ValueError past its OSError handling)."""
+    r = service([submit(job("arg", "/bin/echo", ["a\0b"]), job("var", "/bin/echo", env={"X": "a\0b"}),
+                        job("out", "/bin/echo", stdout="o\0x"), job("dir", "/bin/echo", wd="d\0e"),
+                        job("ok", "/bin/echo", ["fine"], stdout="o"))])
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    for name in ("arg", "var", "out", "dir"):
+        assert rep[name]["state"] == "FAILED" and "embedded null byte" in rep[name]["messages"], rep[name]
+    assert "working directory" in rep["dir"]["messages"]
+    assert rep["ok"]["state"] == "SUCCEED" and "Traceback" not in r.log()
+
+
+@pytest.mark.both_modes
 def test_missing_executable_fails_task_only(service):
     """Issue 3 "missing executable (task FAILED with the OS error in jobs.report)", other tasks unaffected;
     reference 10.3.3 FAILED "a job could not be started (for example there is no executable)"."""
