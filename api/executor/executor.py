@@ -219,9 +219,11 @@ class _Watcher(threading.Thread):
 class QCGPJExecutor(concurrent.futures.Executor):
     """Executor running QCG-PilotJob tasks from templates (reference 23.2.1)."""
 
-    def __init__(self, wd: str = ".", resources: str | None = None, reserve_core: bool = False,
-                 enable_rt_stats: bool = False, wrapper_rt_stats: str | None = None, log_level: str = "info",
-                 *other_args: Any) -> None:
+    def __init__(self, *other_args: Any, wd: str = ".", resources: str | None = None, reserve_core: bool = False,
+                 enable_rt_stats: bool = False, wrapper_rt_stats: str | None = None,
+                 log_level: str = "info") -> None:
+        """Positional arguments are extra service options (`other_args`), the rest keywords only, as the
+        reference's signature (23.2.1) has them: `QCGPJExecutor("--system-core", wd=..., resources="4")`."""
         self.finished = False
         self._shutdown_lock = threading.Lock()
         service_log_level, client_log_level = self._setup_qcgpj_logging(log_level)

@@ -435,7 +435,7 @@ def test_reference_executor_example_runs_as_written(tmp_path):
 
 @pytest.fixture
 def executor(tmp_path, service_args):
-    e = QCGPJExecutor(str(tmp_path), "a:1,b:1", False, False, None, "info", service_args("a:1,b:1"))
+    e = QCGPJExecutor(service_args("a:1,b:1"), wd=str(tmp_path), resources="a:1,b:1", log_level="info")
     try:
         yield e
     finally:
@@ -464,6 +464,17 @@ def test_executor_future_like_concurrent_futures(executor, tmp_path):
     assert called.wait(WAIT) and callbacks == [{"cb": "FAILED"}]
 
 
+def test_executor_positional_arguments_are_service_options(tmp_path):
+    """Reference 23.2.1 `QCGPJExecutor(*other_args, wd='.', resources=None, ...)`: positional arguments are
+    extra options for the service, the documented parameters keywords (they were taken as `wd`...)."""
+    with QCGPJExecutor("--system-core", wd=str(tmp_path), resources="a:2,b:2", log_level="warning") as e:
+        res = e.qcgpj_manager.resources()
+        assert res["total_cores"] == 4 and res["free_cores"] == 3     # one core reserved by --system-core
+        assert e.submit(BasicTemplate.template, name="tj", exec="/bin/true").result(timeout=WAIT) == \
+            {"tj": "SUCCEED"}
+    assert not (tmp_path / "--system-core").exists()
+
+
 @pytest.mark.both_modes
 def test_executor_cancel_and_errors(executor):
     f = executor.submit(BasicTemplate.template, name="long", exec="sleep", args=["60"])
@@ -486,7 +497,7 @@ def test_executor_cancel_and_errors(executor):
 
 @pytest.mark.both_modes
 def test_executor_task_environment_and_shutdown(tmp_path, service_args):
-    e = QCGPJExecutor(str(tmp_path), "a:1,b:1", False, False, None, "info", service_args("a:1,b:1"))
+    e = QCGPJExecutor(service_args("a:1,b:1"), wd=str(tmp_path), resources="a:1,b:1", log_level="info")
     f = e.submit(lambda: ("{'name': '${name}', 'execution': {'exec': '/bin/sh', "
                           "'args': ['-c', 'echo $$QCG_PM_EXEC_API_JOB_ID'], 'stdout': 'env.out'}}", {}),
                  name="envjob")
