@@ -27,6 +27,12 @@ class ConnectionError(QCGPJMAError):  # noqa: A001 - name fixed by the reference
     """The service cannot be reached or refused the request."""
 
 
+class UnknownJobError(JobNotDefinedError, ConnectionError):
+    """A request named a job the service does not know. The original answers such a `wait4` or
+    `info_parsed` with ConnectionError ("Request failed - Job ... doesn't exist"): a handler of either
+    class catches it."""
+
+
 class WrongArgumentsError(QCGPJMAError):
     """A client method got arguments it cannot use."""
 

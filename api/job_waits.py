@@ -152,9 +152,10 @@ class JobWaits:
     def wait4(self, names: Any, timeout: float | None = None) -> dict[str, str]:
         """Wait until every job in `names` is finished; return name -> final state.
 
-        Raises TimeoutElapsed after `timeout` seconds, JobNotDefinedError for
-        a name the service does not know, ConnectionError when the service is
-        gone or refuses the request.
+        Raises TimeoutElapsed after `timeout` seconds; UnknownJobError (a
+        JobNotDefinedError and a ConnectionError) for a name the service does
+        not know; ConnectionError when the service is gone or refuses the
+        request.
         """
         job_names = as_job_names(names)
         stamp = TimeStamp(self, timeout)
@@ -203,7 +204,7 @@ class JobWaits:
             if not isinstance(entry, dict):
                 raise errors.InternalError(f"Missing job's {name} data")
             if entry.get("status") != 0:
-                raise errors.JobNotDefinedError(entry.get("message") or f"job '{name}' does not exist")
+                raise errors.UnknownJobError(entry.get("message") or f"job '{name}' does not exist")
             if not isinstance(entry.get("data"), dict):
                 raise errors.InternalError(f"Missing job's {name} data")
             state = entry["data"].get("status")

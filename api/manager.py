@@ -341,9 +341,13 @@ class Manager(JobWaits):
         return self._send_and_validate_result(request)
 
     def info_parsed(self, names: Any, **kwargs: Any) -> dict[str, JobInfo]:
-        """Like `info`, parsed into `JobInfo` objects (reference 22.1.3)."""
-        return {name: JobInfo.from_job(entry.get("data", {}))
-                for name, entry in self.info(names, **kwargs).get("jobs", {}).items()}
+        """Like `info`, parsed into `JobInfo` objects (reference 22.1.3); UnknownJobError for a name the
+        service does not know (an empty JobInfo would pass for a job)."""
+        jobs = self.info(names, **kwargs).get("jobs", {})
+        for name, entry in jobs.items():
+            if entry.get("status", 0) != 0:
+                raise errors.UnknownJobError(entry.get("message") or f"job '{name}' does not exist")
+        return {name: JobInfo.from_job(entry.get("data", {})) for name, entry in jobs.items()}
 
     def remove(self, names: Any) -> None:
         """`removeJob`: forget finished jobs (their names may then be used again)."""

@@ -117,6 +117,12 @@ def test_list_remove_and_resubmit(lm):
     assert lm.status("x")["jobs"]["x"]["status"] != 0  # "0 - job found, other value - job not found"
     with pytest.raises(errors.JobNotDefinedError, match="x"):
         lm.wait4("x", timeout=WAIT)
+    # the original raises ConnectionError there ("Request failed - Job 'x' doesn't exist"), and for an
+    # unknown name in info_parsed, which gave an empty JobInfo
+    with pytest.raises(errors.ConnectionError, match="x"):
+        lm.wait4(["x"], timeout=WAIT)
+    with pytest.raises(errors.ConnectionError, match="x"):
+        lm.info_parsed(["x"])
     # the name can be used again, and wait4 must wait for the new job, not the old one's events
     lm.submit(Jobs().add(name="x", exec="/bin/sleep", args=["0.3"]))
     assert lm.wait4("x", timeout=WAIT) == {"x": "SUCCEED"}
