@@ -129,10 +129,11 @@ class FinalStates:
     def _iterations_ended_with(self, name: str) -> None:
         """Queue the ends of the waited-for iterations that ended with their job, unrun (`after: ["b:1"]`
         of a job omitted or canceled before b:1 started); a running one still ends on its own."""
-        job = self.registry.jobs.get(name)
+        its = self.waiters.iterations(name)
+        job = self.registry.jobs.get(name) if its else None       # almost every job: nobody waits for one
         if job is None:
             return
-        for it in self.waiters.iterations(name):
+        for it in its:
             state = job.iteration_state(it)
             if state in FINAL_STATES:
                 self._finals.append((name, it, state))
