@@ -12,6 +12,7 @@ tasks again.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from qcg.pilotjob.governor.registry import IterationRecord, JobRecord, split_task_name
@@ -92,8 +93,16 @@ class Cancellation:
             job.its[it] = rec
             self._finish_iteration(job, it, rec, JobState.CANCELED)
         job.released.clear()
-        remaining = sum(1 for i in range(job.cursor, len(job.indices)) if job.indices[i] not in job.done_before) \
-            if job.done_before else len(job.indices) - job.cursor
+        unstarted = job.indices[job.cursor:]
+        if job.done_before:
+            unstarted = [i for i in unstarted if i not in job.done_before]
+        if unstarted and not self.stopping:
+            # the user's cancel ends each of them, as in the original (a `jobs.report` line each); a stop
+            # only interrupts them: `--resume` runs them
+            when = time.time()
+            for lst in self._listeners:
+                lst.unstarted_canceled(job, unstarted, when)
+        remaining = len(unstarted)
         job.cursor = len(job.indices)
         job.finished_count += remaining
         job.bad_count += remaining

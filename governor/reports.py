@@ -6,14 +6,15 @@ import json
 import json.encoder
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from qcg.pilotjob.governor.governor import GovernorListener
+from qcg.pilotjob.governor.registry import IterationRecord
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.governor.views import fmt_time
 
 if TYPE_CHECKING:
-    from qcg.pilotjob.governor.registry import IterationRecord, JobRecord
+    from qcg.pilotjob.governor.registry import JobRecord
 
 FORMATS = ("json", "text", "none")
 _dumps = json.JSONEncoder(separators=(",", ": ")).encode
@@ -97,9 +98,32 @@ class JobReport(GovernorListener):
     def job_final(self, job: "JobRecord") -> None:
         self._add(job.name, job.record, job)
 
+    def unstarted_canceled(self, job: "JobRecord", iterations: Iterable[int], when: float) -> None:
+        """A line each, alike but for the name: one template, written in chunks (a million of them take
+        about a second, the time the service cannot answer meanwhile)."""
+        if self._file is None:
+            return
+        rec = IterationRecord(JobState.CANCELED, when)
+        line = self._line(f"{job.name}:\0", rec, None)        # with a marker where the index goes
+        head, _, tail = line.rpartition("\\u0000" if self._fmt == "json" else "\0")
+        self.flush()
+        chunk: list[str] = []
+        for it in iterations:
+            chunk.append(f"{head}{it}{tail}")
+            if len(chunk) == 65_536:
+                self._file.write("\n".join(chunk) + "\n")
+                chunk.clear()
+        if chunk:
+            self._file.write("\n".join(chunk) + "\n")
+
     def _add(self, name: str, rec: "IterationRecord", job: "JobRecord | None") -> None:
         if self._file is None:
             return
+        self._buffer.append(self._line(name, rec, job))
+        if len(self._buffer) >= self._batch:
+            self.flush()
+
+    def _line(self, name: str, rec: "IterationRecord", job: "JobRecord | None") -> str:
         if self._fmt == "json":
             # formatted directly (one line per iteration or job): the same text as json.dumps of
             # {"name", "state", "history", "runtime", ["execution", "resources", "dependencies"], ["messages"]}
@@ -126,15 +150,12 @@ class JobReport(GovernorListener):
                     f'"runtime": {{{runtime}}}')
             if job is not None:
                 line += self._job_part(job)
-            self._buffer.append(line + (f',"messages": {_str(rec.messages)}}}' if rec.messages else "}"))
-        else:
-            hist = "\n\t".join(f"{fmt_time(ts)}: {st.value}" for ts, st in rec.history)
-            runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime.items())
-            if self._rt_stats and rec.rtime is not None:
-                runtime += f"\n\tqcg_finish: {fmt_time(time.time())}"
-            self._buffer.append(f"{name} ({rec.state.value}) {rec.messages or ''}\n\t{hist}\n\t{runtime}")
-        if len(self._buffer) >= self._batch:
-            self.flush()
+            return line + (f',"messages": {_str(rec.messages)}}}' if rec.messages else "}")
+        hist = "\n\t".join(f"{fmt_time(ts)}: {st.value}" for ts, st in rec.history)
+        runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime.items())
+        if self._rt_stats and rec.rtime is not None:
+            runtime += f"\n\tqcg_finish: {fmt_time(time.time())}"
+        return f"{name} ({rec.state.value}) {rec.messages or ''}\n\t{hist}\n\t{runtime}"
 
     def _iso(self, ts: float) -> str:
         """`datetime.fromtimestamp(ts).isoformat()`, the part up to the second formatted once per second."""

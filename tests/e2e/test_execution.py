@@ -190,6 +190,24 @@ def test_cancel_in_file(service):
 
 
 @pytest.mark.both_modes
+def test_cancel_of_a_queued_iterative_job_reports_every_iteration(service):
+    """Reference 10.3.6 cancelJob, 17 (`jobs.report`): each iteration of a canceled iterative job gets its
+    CANCELED line, also those never handed out (the original 0.14.2 writes one for each), then the job."""
+    blockers = [job(f"hold{i}", "/bin/sleep", ["30"], resources={"numCores": {"exact": 2}}) for i in range(2)]
+    sweep = job("sweep", "/bin/true", resources={"numCores": {"exact": 1}}, iteration={"stop": 300})
+    reqs = [submit(*blockers), submit(sweep), {"request": "cancelJob", "jobNames": ["sweep"]},
+            {"request": "cancelJob", "jobNames": ["hold0", "hold1"]}]
+    r = service(reqs, timeout=60)
+    assert r.rc == 0, r.stderr
+    lines = r.report_lines()
+    its = [ln for ln in lines if ln["name"].startswith("sweep:")]
+    assert sorted(ln["name"] for ln in its) == sorted(f"sweep:{i}" for i in range(300))
+    assert {ln["state"] for ln in its} == {"CANCELED"}
+    assert [ln["name"] for ln in lines].index("sweep") > max(lines.index(ln) for ln in its)
+    assert r.report()["sweep"]["state"] == "CANCELED"
+
+
+@pytest.mark.both_modes
 def test_script_runs_in_bash(service):
     """Reference 10.3.1 `script`: commands for bash (argv never joined: quotes reach bash intact)."""
     sc = 'x="a  b"; echo "[$x]" > s.out; echo \'single "dq"\' >> s.out'
