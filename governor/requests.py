@@ -127,8 +127,10 @@ class RequestHandler:
         jobs = request.get("jobs")
         if not isinstance(jobs, list) or not jobs:
             raise RequestError("submit request: 'jobs' must be a non-empty list of job descriptions")
+        # ${rcnt} counts every submit with a jobs list, refused ones too, as the original's does
+        self.governor.rcnt += 1
         descs = parse_jobs(jobs)
-        names = self.governor.submit(descs, raw=jobs)
+        names = self.governor.submit(descs, rcnt=self.governor.rcnt, raw=jobs)
         data: dict[str, Any] = {"submitted": len(names), "jobs": names}
         message = f"{len(names)} jobs submitted"
         unfit = self.governor.unfittable

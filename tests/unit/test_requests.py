@@ -76,6 +76,18 @@ def test_submit_invalid_is_error_naming_job_and_field(env):
     assert handler.refused == 1
 
 
+def test_rcnt_counts_refused_submits_too(env):
+    """Reference 10.3.1 `${rcnt}`, "a request counter": the original 0.14.2 counts every submit that carries
+    a jobs list, also one it then refuses (its SubmitReq counts before checking the jobs)."""
+    h, _, _, call = env
+    assert call({"request": "submit", "jobs": [J("a")]})["code"] == 0
+    assert call({"request": "submit", "jobs": [J("a")]})["code"] == 1            # a duplicate name
+    assert call({"request": "submit", "jobs": [{"name": "x"}]})["code"] == 1    # no execution
+    assert call({"request": "submit", "jobs": []})["code"] == 1                 # no jobs: not counted
+    assert call({"request": "submit", "jobs": [J("c")]})["code"] == 0
+    assert [h.gov.registry.get(n).rcnt for n in ("a", "c")] == [1, 4]
+
+
 @pytest.mark.parametrize("req", [
     {"request": "submit"},
     {"request": "submit", "jobs": []},
