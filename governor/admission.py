@@ -95,6 +95,13 @@ class Admission:
         return iteration_request(res.num_cores, res.num_nodes, len(desc.iteration) if desc.iteration else 1,
                                  total_cores, total_nodes, per_node, index=position)
 
+    def never_fits(self, desc: "JobDescription") -> str | None:
+        """Why the job can never run on these resources (None: it can), without admitting it."""
+        try:
+            return self._sized(desc)[1]
+        except ValueError as exc:
+            return str(exc)
+
     def forget_sizes(self) -> None:
         """Whether a size can ever fit depends on the partitions there are."""
         self._size_cache.clear()

@@ -15,10 +15,15 @@ accepted only when it is a real directory owned by this user and writable by
 nobody else; it is then closed to others (0700). A working dir that anybody
 may write into without the sticky bit (where others could rename the aux dir
 away) is refused as well; /tmp-like directories have that bit.
+
+A running service holds a lock on its aux dir (`take_lock`), so a second
+service in the same one -- a `--resume` of a run still alive, an `--id`
+used twice -- is refused instead of running the same jobs again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import stat
@@ -26,7 +31,9 @@ import stat
 from qcg.pilotjob.api import protocol
 
 PREFIX = protocol.AUX_DIR_PREFIX
+LOCK_FILE = "service.lock"
 _TRIES = 20
+_held: list[int] = []          # the lock's descriptor, open for the life of the process
 
 
 class AuxDirError(Exception):
@@ -106,3 +113,38 @@ def make_or_reuse(path: str) -> None:
         check_own_dir(path, "aux directory")
     except OSError as exc:
         raise AuxDirError(f"aux directory '{path}' cannot be created: {exc.strerror}") from None
+
+
+def take_lock(path: str) -> None:
+    """Lock the aux dir for this process's life; AuxDirError naming the holder when a live service has it.
+
+    `flock` on a file of the dir: the kernel drops it when the holder dies (even by `kill -9`), so a
+    stale lock cannot block a resume. A process forked without exec closes its copy (at fork), which
+    leaves the lock to its parent.
+    """
+    file = os.path.join(path, LOCK_FILE)
+    try:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise AuxDirError(f"aux directory '{path}': lock file cannot be opened: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AuxDirError(f"aux directory '{path}' is in use by a running service (pid {holder}): refused, "
+                          f"so that its jobs do not run twice; wait for it to end, or stop it") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    if not _held:
+        os.register_at_fork(after_in_child=_close_in_child)
+    _held.append(fd)
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()

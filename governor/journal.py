@@ -48,6 +48,8 @@ log = structlog.get_logger("journal")
 
 REQS_FILE = "track.reqs"
 STATES_FILE = "track.states"
+CUT_SUFFIX = ".cut"
+_MAP_HEADS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}     # msgpack: the first byte of a map
 
 _str = json.encoder.encode_basestring_ascii      # a JSON string literal, as json.dumps writes it
 
@@ -158,38 +160,58 @@ class Removal:
 class Replay:
     steps: list[Submission | Removal]      # in journal order: a later batch may depend on a job removed after it
     finish_after_all: bool
-    skipped_lines: int
     last_rcnt: int = 0                     # of every submission journalled, replayed or not
+    # the whole records' length of a file whose last one a kill cut short: cut there before appending, or
+    # what is appended would follow the torn bytes and be unreadable to the next resume
+    whole_length: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)      # for the user: what of the journal is not resumed
 
     @property
     def submissions(self) -> list[Submission]:
         return [s for s in self.steps if isinstance(s, Submission)]
 
+    def unfinished(self) -> int:
+        """Jobs of the journal that have not ended (a removed job had)."""
+        ended: dict[str, bool] = {}            # live job name -> ended
+        for step in self.steps:
+            if isinstance(step, Removal):
+                for name in step.names:
+                    ended.pop(name, None)
+            else:
+                for d in step.descs:
+                    ended[d.name] = None in step.done.get(d.name, ())
+        return sum(1 for done in ended.values() if not done)
+
+
+class JournalError(Exception):
+    """A damaged journal (or not this program's): `--resume` is refused, so that nothing after the damage
+    is silently dropped -- nor is anything appended where the next resume could not read it."""
+
 
 def load(aux_dir: str) -> Replay:
-    """Read the journal of an earlier run; tolerates a torn last record or line (a kill during a write)."""
+    """Read the journal of an earlier run. A torn last record or line (a kill during a write) is dropped;
+    damage anywhere else raises JournalError."""
     steps: list[Submission | Removal] = []
     finish = False
-    skipped = 0
     last_rcnt = 0
     by_key: dict[tuple[str, int], Submission] = {}
     live: dict[str, Submission] = {}
     removed: list[tuple[Submission, str]] = []
-    for rec in _records(os.path.join(aux_dir, REQS_FILE)):
-        if rec is None or not isinstance(rec, dict):
-            skipped += 1
-        elif "jobs" in rec:
+    reqs_path = os.path.join(aux_dir, REQS_FILE)
+    replay = Replay(steps, False)
+    for number, (offset, rec) in enumerate(_records(reqs_path, replay), 1):
+        if not isinstance(rec, dict):
+            raise JournalError(_damaged(reqs_path, f"record {number} (byte {offset}) is not a map", offset))
+        if "jobs" in rec:
             try:
                 descs = parse_jobs(rec["jobs"])
                 sub = Submission(int(rec["rcnt"]), datetime.fromisoformat(rec["time"]), descs)
             except InvalidJobDescriptionError as exc:
-                log.error("journal submission unreadable", problems=exc.problems)
-                skipped += 1
-                continue
+                raise JournalError(_damaged(reqs_path, f"submission record {number} (byte {offset}): {exc}",
+                                            offset)) from None
             except (KeyError, TypeError, ValueError) as exc:
-                log.error("journal submission unreadable", error=str(exc))
-                skipped += 1
-                continue
+                raise JournalError(_damaged(reqs_path, f"submission record {number} (byte {offset}): {exc!r}",
+                                            offset)) from None
             last_rcnt = max(last_rcnt, sub.rcnt)
             # a job journalled twice (by a resume before this was fixed) keeps its first record and states
             sub.descs = [d for d in descs if (d.name, sub.rcnt) not in by_key]
@@ -206,39 +228,82 @@ def load(aux_dir: str) -> Replay:
             finish = True
     states_path = os.path.join(aux_dir, STATES_FILE)
     if os.path.exists(states_path):
-        with open(states_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                    task, it, state = rec["task"], rec["it"], JobState(rec["state"])
-                    name = task if it is None else task.rpartition(":")[0]
-                    sub = by_key.get((name, int(rec["rcnt"])))
-                except (ValueError, KeyError, TypeError):
-                    skipped += 1
-                    continue
-                if sub is not None:
-                    sub.done.setdefault(name, {})[it] = state
+        bad = 0
+        with open(states_path, "rb") as f:
+            data = f.read()
+        whole = data.rfind(b"\n") + 1
+        if whole < len(data):
+            replay.whole_length[STATES_FILE] = whole         # a torn last line: its task runs again
+        for line in data[:whole].splitlines():
+            try:
+                rec = json.loads(line)
+                task, it, state = rec["task"], rec["it"], JobState(rec["state"])
+                name = task if it is None else task.rpartition(":")[0]
+                sub = by_key.get((name, int(rec["rcnt"])))
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            if sub is not None:
+                sub.done.setdefault(name, {})[it] = state
+        if bad:
+            replay.notes.append(f"{bad} line(s) of {states_path} are unreadable: the tasks whose ends they "
+                                f"recorded run again")
     for sub, name in removed:
         # it was final when removed; a journal that lost its state (written before states were flushed
         # ahead of a removal) gets one, so the removal replays: SUCCEED, to release rather than omit the
         # dependants that were accepted after it
         sub.done.setdefault(name, {}).setdefault(None, JobState.SUCCEED)
-    return Replay(steps, finish, skipped, last_rcnt)
+    replay.finish_after_all = finish
+    replay.last_rcnt = last_rcnt
+    return replay
 
 
-def _records(path: str) -> Iterator[Any]:
-    """The maps of `track.reqs` in order; None for a torn end (a write cut by a kill) or unreadable rest."""
+def cut_torn_ends(aux_dir: str, replay: Replay) -> None:
+    """Cut off the torn ends `load` found (the aux dir is locked: nobody else writes there); a torn
+    submission is kept aside, in case it was damage that only looked like one."""
+    for name, length in replay.whole_length.items():
+        path = os.path.join(aux_dir, name)
+        if name == REQS_FILE:
+            with open(path, "rb") as f, open(path + CUT_SUFFIX, "ab") as out:
+                f.seek(length)
+                out.write(f.read())
+        os.truncate(path, length)
+
+
+def _records(path: str, replay: Replay) -> Iterator[tuple[int, Any]]:
+    """The records of `track.reqs` in order, with their offsets; a torn end is noted in `replay`, garbage
+    raises JournalError."""
     with open(path, "rb") as f:
         data = f.read()
+    if data[:1] == b"{":
+        raise JournalError(f"{path} is JSON: the journal of the original QCG-PilotJob, which this program "
+                           f"cannot resume")
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1))
     unpacker.feed(data)
-    try:
-        yield from unpacker
-    except (ValueError, msgpack.UnpackException):     # garbage: nothing after it can be framed again
-        yield None
-        return
-    if unpacker.tell() < len(data):
-        yield None
+    start = 0
+    while start < len(data):
+        try:
+            rec = unpacker.unpack()
+        except msgpack.OutOfData:
+            if data[start] in _MAP_HEADS:
+                break                   # the start of a record, cut short
+            raise JournalError(_damaged(path, f"unreadable bytes at byte {start}", start)) from None
+        except (ValueError, msgpack.UnpackException):
+            raise JournalError(_damaged(path, f"unreadable bytes at byte {start}", start)) from None
+        yield start, rec
+        start = unpacker.tell()
+    if start < len(data):
+        # the request it held was never answered: journalled before the answer
+        replay.whole_length[REQS_FILE] = start
+        replay.notes.append(f"the last {len(data) - start} bytes of {path} are an incomplete record (the run was "
+                            f"killed while writing it; kept in {path}{CUT_SUFFIX}): that request had not been "
+                            f"answered and is not resumed")
+
+
+def _damaged(path: str, what: str, keep: int | None = None) -> str:
+    fix = f"; to resume what comes before, cut the file there ('truncate -s {keep} {path}')" if keep else \
+        "; it is at the start of the file: nothing of it can be resumed" if keep == 0 else ""
+    return f"journal {path} is damaged: {what}; refused, so that nothing after the damage is dropped{fix}"
 
 
 def find_aux_dir(path: str) -> str:

@@ -31,6 +31,7 @@ from qcg.pilotjob.governor.service_config import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_START_FAILED,
+    NothingToResume,
     ServiceConfig,
     StartError,
 )
@@ -61,6 +62,8 @@ class Service(Workers):
         self._signal: int | None = None
         self._closers: list[Any] = []
         self._file_refused = 0
+        self.replay: Any = None           # with --resume: the interrupted run's journal (journal.Replay)
+        self._keep_status = False         # a refused resume leaves the run's final_status.json as it was
         self.network: ServiceNetwork | None = None    # with --net or as a governor
         self.zmq: Any = None              # its ZmqInterface
         self.publisher: Any = None        # its EventPublisher, without --disable-pub
@@ -76,6 +79,7 @@ class Service(Workers):
         place = prepare_run(self.config, self.instance_id)
         self.requests, self.wd, self.aux_dir = place.requests, place.wd, place.aux_dir
         self.instance_id, self.resources, self.slurm_mode = place.instance_id, place.resources, place.slurm_mode
+        self.replay = place.replay
 
     async def run(self) -> int:
         cfg = self.config
@@ -137,8 +141,9 @@ class Service(Workers):
             if not await self._start_workers():
                 start_failed = True
                 return EXIT_START_FAILED
-            if cfg.resume:
-                self._replay()
+            if cfg.resume and not self._replay():
+                start_failed = True
+                return EXIT_START_FAILED
             self._serve_file()
             # only the request file decides exit code 2; network clients get their errors in the replies
             self._file_refused = self.handler.refused + self.handler.failed_at_submit
@@ -162,10 +167,26 @@ class Service(Workers):
             return 128 + self._signal
         return EXIT_REFUSED if self._file_refused else EXIT_OK
 
-    def _replay(self) -> None:
+    def _replay(self) -> bool:
+        """The journal's submissions and removals, in order; False (and nothing changed on disk) when an
+        unended job cannot run with this run's resources."""
         from qcg.pilotjob.governor import journal as journal_mod
 
-        replay = journal_mod.load(self.aux_dir)
+        replay = self.replay
+        assert replay is not None
+        for note in replay.notes:
+            log.warning("journal: not everything is resumed", note=note)
+        # before any is submitted: a resume in a smaller allocation would end them FAILED, for good
+        too_big = {d.name: why for sub in replay.submissions for d in sub.descs
+                   if None not in sub.done.get(d.name, ()) and (why := self.governor.admission.never_fits(d))}
+        if too_big:
+            for name, why in too_big.items():
+                print(f"Error: --resume: job '{name}' cannot run with this run's resources: {why}", file=sys.stderr)
+            print("Error: --resume refused: resume with resources like the interrupted run's (--nodes, or an "
+                  "allocation as large); no file of the run was changed", file=sys.stderr)
+            log.error("resume refused: jobs do not fit the resources", jobs=too_big)
+            self._keep_status = True
+            return False
         with self.journal.replaying():
             for step in replay.steps:
                 if isinstance(step, journal_mod.Removal):
@@ -182,8 +203,8 @@ class Service(Workers):
         self.governor.rcnt = max(self.governor.rcnt, replay.last_rcnt)
         if replay.finish_after_all:
             self._finish_after_all = True
-        log.info("resumed", submissions=len(replay.submissions), unfinished_jobs=self.governor.unfinished,
-                 skipped_lines=replay.skipped_lines)
+        return True
+        log.info("resumed", submissions=len(replay.submissions), unfinished_jobs=self.governor.unfinished)
 
     def _serve_file(self) -> None:
         for i, request in enumerate(self.requests, 1):
@@ -331,8 +352,9 @@ class Service(Workers):
         try:
             self.report.close()
             self.journal.close()
-            with open(os.path.join(self.aux_dir, self.config.final_status_file), "w") as f:
-                json.dump(status, f, indent=2)
+            if not self._keep_status:
+                with open(os.path.join(self.aux_dir, self.config.final_status_file), "w") as f:
+                    json.dump(status, f, indent=2)
         except OSError as exc:
             print(f"Error: the run's files in {self.aux_dir} could not be written: {exc}", file=sys.stderr)
             log.error("run files not written", error=str(exc))
@@ -396,4 +418,7 @@ def run(config: ServiceConfig) -> int:
     except StartError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
+    except NothingToResume as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_OK
     return asyncio.run(service.run())

@@ -17,6 +17,11 @@ class StartError(Exception):
     """The service cannot start; the message is shown to the user as `Error: ...`."""
 
 
+class NothingToResume(Exception):
+    """`--resume` of a run whose every job has ended, with nothing new to serve: exit 0, no file touched
+    (a run started only to end would overwrite the run's `final_status.json`)."""
+
+
 @dataclass
 class ServiceConfig:
     wd: str | None = None             # None: the current directory (with --resume: the interrupted run's)

@@ -10,13 +10,17 @@ otherwise); a new run makes its own aux dir (see `aux_dir`).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcg.pilotjob.governor import aux_dir as aux_dirs
-from qcg.pilotjob.governor.service_config import ServiceConfig, StartError
+from qcg.pilotjob.governor.service_config import NothingToResume, ServiceConfig, StartError
 from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.resources import Resources
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.governor.journal import Replay
 
 
 @dataclass
@@ -27,6 +31,7 @@ class RunPlace:
     instance_id: str
     resources: Resources
     slurm_mode: bool             # the resources are a Slurm allocation's (node agents start with srun)
+    replay: "Replay | None" = None   # with --resume: the interrupted run's journal
 
 
 def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
@@ -88,6 +93,7 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         else:
             instance_id, aux_dir = aux_dirs.make_new(wd)
         os.makedirs(os.path.join(aux_dir, "tmp"), exist_ok=True)
+        aux_dirs.take_lock(aux_dir)
     except aux_dirs.AuxDirError as exc:
         raise StartError(str(exc)) from None
     except OSError as exc:
@@ -100,7 +106,31 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         except OSError as exc:
             raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
                              f"{exc.strerror}") from None
-    return RunPlace(requests, wd, aux_dir, instance_id, resources, slurm_mode)
+    replay = _read_journal(aux_dir, cfg) if resume_aux else None
+    return RunPlace(requests, wd, aux_dir, instance_id, resources, slurm_mode, replay)
+
+
+def _read_journal(aux_dir: str, cfg: ServiceConfig) -> "Replay":
+    """The interrupted run's journal, read once the aux dir is locked; its torn ends cut off (what is
+    appended must follow whole records). A damaged journal refuses the start."""
+    from qcg.pilotjob.governor import journal as journal_mod
+
+    try:
+        replay = journal_mod.load(aux_dir)
+    except journal_mod.JournalError as exc:
+        raise StartError(f"--resume: {exc}") from None
+    except OSError as exc:
+        raise StartError(f"--resume: the journal in '{aux_dir}' cannot be read: {exc.strerror}") from None
+    for note in replay.notes:
+        print(f"Warning: --resume: {note}", file=sys.stderr)
+    if not replay.unfinished() and not cfg.file_path and not cfg.net:
+        raise NothingToResume(f"--resume {aux_dir}: nothing to resume, every job of the run has ended "
+                              f"({sum(len(s.descs) for s in replay.submissions)} submitted); no file changed")
+    try:
+        journal_mod.cut_torn_ends(aux_dir, replay)
+    except OSError as exc:
+        raise StartError(f"--resume: the journal in '{aux_dir}' cannot be repaired: {exc.strerror}") from None
+    return replay
 
 
 def _in_slurm_allocation() -> bool:

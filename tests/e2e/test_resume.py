@@ -151,10 +151,15 @@ def test_resume_of_finished_run_runs_nothing(tmp_path, mode):
                     nodes=NODES, mode=mode)
     r.check_mode()
     assert r.rc == 0, r.stderr
+    files = {p.name: p.read_bytes() for p in r.aux.iterdir() if p.is_file() and p.name != "service.lock"}
     r2 = run_service(tmp_path, None, "--resume", str(r.aux), wd=r.wd, timeout=30, nodes=NODES, mode=mode)
     r2.check_mode()
     assert r2.rc == 0, r2.stderr
+    assert "nothing to resume" in r2.stderr
     assert (cnt / "x").read_text() == "x\nx\nx\n"
+    # the run's files stay as the run left them (a service started only to end rewrote final_status.json,
+    # and qcg-pm-report then saw a run whose last part ran nothing)
+    assert {p.name: p.read_bytes() for p in r.aux.iterdir() if p.is_file() and p.name != "service.lock"} == files
 
 
 def test_resume_without_wd_works_in_the_interrupted_runs_directory(tmp_path):
@@ -558,3 +563,100 @@ def test_file_run_writes_final_states_while_it_runs(tmp_path):
     finally:
         _kill_tree(proc)
     assert {s["task"]: s["state"] for s in _states(aux)} == {"quick": "SUCCEED", "slow": "SUCCEED"}
+
+
+@pytest.mark.both_modes
+def test_resume_of_a_run_still_alive_is_refused(tmp_path, mode):
+    """Issue 3 "`--resume` finishes exactly the unfinished tasks": a second service in the aux dir of a live
+    run (a resume too early, an `--id` used twice) is refused, exit 1, before it runs anything; once the
+    run is gone (even by kill -9) the resume goes ahead."""
+    cnt = tmp_path / "cnt"
+    cnt.mkdir()
+    wd = tmp_path / "wd"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(script_job("x", f"echo x >> {cnt}/${{it}}; [ -e {cnt}/go ] || sleep 30",
+                                                  iteration={"stop": 2}))]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", NODES, "--id", "live",
+                             *mode_args(mode, NODES)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    aux = wd / ".qcgpjm-service-live"
+    try:
+        deadline = time.monotonic() + 30
+        while not ((cnt / "0").exists() and (cnt / "1").exists()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the tasks did not start"
+            time.sleep(0.05)
+        r = run_service(tmp_path, None, "--resume", str(aux), wd=wd, nodes=NODES, timeout=30, mode=mode)
+        assert r.rc == 1, r.stderr
+        assert f"in use by a running service (pid {proc.pid})" in r.stderr, r.stderr
+        r.assert_no_traceback()
+        r = run_service(tmp_path, [submit(script_job("y", "true"))], "--id", "live", wd=wd, nodes=NODES,
+                        timeout=30, mode=mode)
+        assert r.rc == 1 and "in use by a running service" in r.stderr, r.stderr
+        assert proc.poll() is None
+    finally:
+        _kill_tree(proc)
+    assert [(cnt / str(i)).read_text() for i in range(2)] == ["x\n", "x\n"], "a task ran twice"
+    (cnt / "go").touch()
+    r = run_service(tmp_path, None, "--resume", str(aux), wd=wd, nodes=NODES, timeout=60, mode=mode)
+    r.check_mode()
+    assert r.rc == 0, r.stderr
+    assert [(cnt / str(i)).read_text() for i in range(2)] == ["x\n" * 2] * 2      # killed mid-run: run again
+
+
+def _killed_mid_job(tmp_path: Path, nodes: str, mode: str = "flat") -> tuple[Path, Path, Path]:
+    """A run of `w` (2 cores) and `x` after it, killed while `w` runs; `w` waits for `cnt/go`."""
+    cnt = tmp_path / "cnt"
+    cnt.mkdir()
+    wd = tmp_path / "wd"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(
+        script_job("w", f"echo w >> {cnt}/w; [ -e {cnt}/go ] || sleep 30", resources={"numCores": {"exact": 2}}),
+        script_job("x", f"echo x >> {cnt}/x", dependencies={"after": ["w"]}))]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", nodes, "--id", "k",
+                             *mode_args(mode, nodes)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (cnt / "w").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "w did not start"
+            time.sleep(0.05)
+    finally:
+        _kill_tree(proc)
+    return cnt, wd, wd / ".qcgpjm-service-k"
+
+
+def test_resume_with_too_few_resources_is_refused(tmp_path):
+    """Reference 13 + issue 3 "finishes exactly the unfinished": a resume whose resources are too small for
+    an unended job is refused (exit 1, the job named), before anything runs or any file of the run changes;
+    the job is not ended FAILED for good, so a resume with enough resources still runs it."""
+    cnt, wd, aux = _killed_mid_job(tmp_path, "2")
+    files = {p.name: p.read_bytes() for p in aux.iterdir() if p.is_file() and p.name != "service.lock"}
+    r = run_service(tmp_path, None, "--resume", str(aux), wd=wd, nodes="1", timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 1, r.stderr
+    assert "job 'w' cannot run with this run's resources" in r.stderr and "--resume refused" in r.stderr
+    after = {p.name: p.read_bytes() for p in aux.iterdir() if p.is_file() and p.name not in ("service.lock",
+                                                                                              "service.log")}
+    assert after == {k: v for k, v in files.items() if k != "service.log"}
+    (cnt / "go").touch()
+    r = run_service(tmp_path, None, "--resume", str(aux), wd=wd, nodes="2", timeout=60)
+    assert r.rc == 0, r.stderr
+    assert r.report()["w"]["state"] == "SUCCEED" and r.report()["x"]["state"] == "SUCCEED"
+    assert (cnt / "w").read_text() == "w\nw\n" and (cnt / "x").read_text() == "x\n"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "original"])
+def test_resume_of_a_damaged_or_foreign_journal_is_refused(tmp_path, damage):
+    """README "Resume" + exit codes: a journal damaged before its end, or the original 0.14.2's (JSON lines),
+    refuses the resume with one message and exit 1; nothing runs and no file of the run changes."""
+    cnt, wd, aux = _killed_mid_job(tmp_path, "2")
+    reqs = aux / "track.reqs"
+    if damage == "garbage":
+        reqs.write_bytes(reqs.read_bytes()[:5] + b"\xc1" + reqs.read_bytes()[6:])
+    else:
+        reqs.write_text('{"request": "submit", "jobs": [{"name": "w", "execution": {"exec": "true"}}]}\n')
+    files = {p.name: p.read_bytes() for p in aux.iterdir() if p.is_file() and p.name != "service.lock"}
+    r = run_service(tmp_path, None, "--resume", str(aux), wd=wd, nodes="2", timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 1, r.stderr
+    assert r.stderr.startswith("Error: --resume: ") and str(reqs) in r.stderr and len(r.stderr.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in aux.iterdir() if p.is_file() and p.name != "service.lock"} == files
+    assert (cnt / "w").read_text() == "w\n"

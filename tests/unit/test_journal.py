@@ -132,38 +132,94 @@ def test_replay_into_new_governor_runs_only_unfinished(aux):
 
 
 def test_load_tolerates_torn_last_line(aux):
-    """Issue 3 "Nothing lost": a kill during a write leaves a torn line; load skips it, keeps the rest."""
+    """Issue 3 "Nothing lost": a kill during a write leaves a torn record or line; load drops it, keeps the
+    rest and says so; `cut_torn_ends` cuts both off (the torn submission kept aside), so that what a resumed
+    run appends follows whole records and the next resume reads it."""
     j = Journal(str(aux))
     h = Harness()
     h.gov.add_listener(j)
     h.submit(J("a"))
     h.finish("a")
     j.close()
+    whole_reqs = (aux / jmod.REQS_FILE).stat().st_size
+    whole_states = (aux / jmod.STATES_FILE).stat().st_size
     with open(aux / jmod.STATES_FILE, "a") as f:
         f.write('{"task": "b", "it": nu')
+    torn = msgpack.packb({"rcnt": 2, "time": "2026-01-01T00:00:00", "jobs": [J("b")]})[:-7]
     with open(aux / jmod.REQS_FILE, "ab") as f:
-        f.write(msgpack.packb({"rcnt": 2, "time": "2026-01-01T00:00:00", "jobs": []})[:-7])
+        f.write(torn)
     replay = jmod.load(str(aux))
-    assert replay.skipped_lines == 2
     assert replay.submissions[0].done == {"a": {None: JobState.SUCCEED}}
+    assert replay.whole_length == {jmod.REQS_FILE: whole_reqs, jmod.STATES_FILE: whole_states}
+    assert len(replay.notes) == 1 and "incomplete record" in replay.notes[0]
+    jmod.cut_torn_ends(str(aux), replay)
+    assert (aux / (jmod.REQS_FILE + jmod.CUT_SUFFIX)).read_bytes() == torn
+    j2 = Journal(str(aux))
+    h2 = Harness()
+    h2.gov.add_listener(j2)
+    replay_into(h2, replay)
+    h2.submit(J("c"))
+    h2.finish("c")
+    j2.close()
+    again = jmod.load(str(aux))
+    assert [d.name for s in again.submissions for d in s.descs] == ["a", "c"]
+    assert again.submissions[1].done == {"c": {None: JobState.SUCCEED}} and not again.notes
     h.close()
+    h2.close()
 
 
-def test_load_stops_at_garbage_in_the_submissions(aux):
-    """Bytes that are no msgpack map (a damaged journal) end the replay there: what came before is resumed,
-    the damage is counted, nothing raises."""
+@pytest.mark.parametrize("damage, what", [
+    (b"\xc1", "unreadable bytes at byte"),                    # 0xc1: never used by msgpack
+    (b"\xdb\xff\xff\xff\xff", "unreadable bytes at byte"),    # a 4 GiB string where a record should start
+    (msgpack.packb(["not", "a", "map"]), "is not a map"),
+    (msgpack.packb({"rcnt": 9, "time": "x", "jobs": [{"name": "b"}]}), "submission record 2"),
+])
+def test_load_refuses_a_damaged_journal(aux, damage, what):
+    """Reference 13 + issue 3 "Nothing lost": damage before the end of track.reqs refuses the resume with
+    one message naming the file and the place, rather than resume a part silently (and append new records
+    where the next resume could not read them)."""
     j = Journal(str(aux))
     h = Harness()
     h.gov.add_listener(j)
     h.submit(J("a"))
     j.close()
+    good = (aux / jmod.REQS_FILE).stat().st_size
     with open(aux / jmod.REQS_FILE, "ab") as f:
-        f.write(b"\xc1" + msgpack.packb({"control": "finishAfterAllTasksDone"}))   # 0xc1: never used
-    with open(aux / jmod.REQS_FILE, "ab") as f:
-        f.write(msgpack.packb(["not", "a", "map"]))
-    replay = jmod.load(str(aux))
-    assert [d.name for s in replay.submissions for d in s.descs] == ["a"]
-    assert replay.skipped_lines == 1 and replay.finish_after_all is False
+        f.write(damage + msgpack.packb({"control": "finishAfterAllTasksDone"}))
+    with pytest.raises(jmod.JournalError) as err:
+        jmod.load(str(aux))
+    assert what in str(err.value) and str(aux / jmod.REQS_FILE) in str(err.value)
+    if what.startswith("unreadable"):
+        assert f"truncate -s {good} " in str(err.value)
+    h.close()
+
+
+def test_load_refuses_the_original_programs_journal(aux):
+    """README "Resume": aux dirs written by the original 0.14.2 (its track.reqs is JSON lines) cannot be
+    resumed; the refusal says so."""
+    (aux / jmod.REQS_FILE).write_text('{"request": "submit", "jobs": [{"name": "a"}]}\n')
+    with pytest.raises(jmod.JournalError, match="original QCG-PilotJob"):
+        jmod.load(str(aux))
+
+
+def test_unfinished_counts_the_jobs_left_to_run(aux):
+    """`--resume` of a run with nothing left starts nothing (service_setup): `unfinished` counts the jobs
+    without a final state, a removed job and a resubmission under its name apart."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.add_listener(j)
+    h.submit(J("a"), J("it", iteration={"stop": 2}))
+    h.finish("a")
+    h.gov.remove(["a"])
+    h.submit(J("a"))
+    j.close()
+    assert jmod.load(str(aux)).unfinished() == 2
+    j = Journal(str(aux))
+    h.gov.add_listener(j)
+    for tid in ("it:0", "it:1", "a"):
+        h.finish(tid)
+    j.close()
+    assert jmod.load(str(aux)).unfinished() == 0
     h.close()
 
 
