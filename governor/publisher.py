@@ -18,10 +18,18 @@ Clients wait on these instead of polling (DESIGN.md principle 1); the
 reference's publisher (facts section 17) is the model, `--disable-pub`
 turns it off. The socket is a CURVE server like the request socket; sends
 never block (a subscriber beyond its high-water mark loses events, counted).
+
+Without CURVE (`--insecure-no-curve`, for clients that cannot do it -- the
+original 0.14.2's client among them) the final states also leave in the
+original's form, one string frame `<topic> <json>` under its topics `JFI`,
+`IFI`, `NOJ`: that client finds this socket in the `status` answer and,
+once subscribed, waits for those events only; without them its `wait4`
+never returned. The prefixes differ, so each client gets only its own kind.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
@@ -41,6 +49,8 @@ log = structlog.get_logger("publisher")
 
 PUB_HWM = 1_000_000          # events queued per subscriber before they are dropped
 PUB_LINGER_MS = 300          # the last events (e.g. of jobs canceled by `finish`) may still leave at close
+# the original's topics of final states, as its client subscribes to them
+LEGACY_JOB_FINISHED, LEGACY_ITERATION_FINISHED, LEGACY_NO_JOBS = "JFI", "IFI", "NOJ"
 
 
 class EventPublisher(GovernorListener):
@@ -56,7 +66,8 @@ class EventPublisher(GovernorListener):
         self.governor: Any = None            # set by the service; needed for TOPIC_NO_JOBS
         # set by the service: events wait in `_pending` until its FinalsWriter calls `flush`
         self.on_pending: Callable[[], object] | None = None
-        self._pending: list[tuple[bytes, bytes]] = []
+        self._pending: list[tuple[bytes | None, bytes]] = []     # topic None: a legacy one-frame event
+        self._legacy = keys is None
         self.published = 0
         self.dropped = 0
         self._closed = False
@@ -99,12 +110,28 @@ class EventPublisher(GovernorListener):
         if iteration is None:
             self._send(self._topics[protocol.TOPIC_JOB, state], {"v": self._v, "manager": self.manager_id,
                                                                  "job": job.name, "state": state.value})
+            if self._legacy and state in FINAL_STATES:
+                self._send_legacy(LEGACY_JOB_FINISHED, {"manager": self.manager_id, "job": job.name,
+                                                        "state": state.value})
             if state in FINAL_STATES and self.governor is not None and self.governor.unfinished == 0:
                 self._send(protocol.TOPIC_NO_JOBS, {"v": self._v, "manager": self.manager_id})
+                if self._legacy:
+                    self._send_legacy(LEGACY_NO_JOBS, {"manager": self.manager_id})
         else:
             self._send(self._topics[protocol.TOPIC_TASK, state], {"v": self._v, "manager": self.manager_id,
                                                                   "job": job.name, "it": iteration,
                                                                   "state": state.value})
+            if self._legacy and state in FINAL_STATES:
+                self._send_legacy(LEGACY_ITERATION_FINISHED, {"manager": self.manager_id, "job": job.name,
+                                                              "state": state.value, "it": iteration})
+
+    def _send_legacy(self, topic: str, body: dict[str, Any]) -> None:
+        payload = f"{topic} {json.dumps(body)}".encode()
+        if self.on_pending is None:
+            self._send_now(None, payload)
+            return
+        self._pending.append((None, payload))
+        self.on_pending()
 
     def _send(self, topic: bytes, body: dict[str, Any]) -> None:
         if self.on_pending is None:
@@ -121,9 +148,12 @@ class EventPublisher(GovernorListener):
         for topic, payload in pending:
             self._send_now(topic, payload)
 
-    def _send_now(self, topic: bytes, payload: bytes) -> None:
+    def _send_now(self, topic: bytes | None, payload: bytes) -> None:
         try:
-            self.sock.send_multipart((topic, payload), zmq.NOBLOCK)
+            if topic is None:
+                self.sock.send(payload, zmq.NOBLOCK)
+            else:
+                self.sock.send_multipart((topic, payload), zmq.NOBLOCK)
             self.published += 1
         except zmq.ZMQError as exc:
             self.dropped += 1

@@ -32,10 +32,16 @@ Rules and choices (differences from the original are marked *):
   I_MPI_PIN_PROCESSOR_LIST c0,c1 prog : ...`` one component per node (*
   Hydra's ``-env NAME VALUE`` form), ``I_MPI_PIN=1``. Local mode:
   ``mpirun -n N -hosts localhost [mpirun_args] prog``.
-* ``srunmpi``: Slurm mode only. ``srun -N n -n N --nodelist=a,b --overlap
-  --overcommit --mem-per-cpu=0`` then ``--ntasks-per-node=k`` when every node
-  has k cores, otherwise ``-m arbitrary`` with ``SLURM_HOSTFILE`` (written to
-  the scratch dir); ``--cpu-bind=verbose,mask_cpu:m0,m1,...`` where mask i is
+* ``srunmpi``: Slurm mode only. When every node has k cores: ``srun -N n
+  -n N --nodelist=a,b --overlap --overcommit --mem-per-cpu=0
+  --ntasks-per-node=k`` (the node list keeps the step on the task's nodes,
+  not on the allocation's first ones). Otherwise ``srun -N n -n N --overlap
+  --overcommit --mem-per-cpu=0 -m arbitrary`` with ``SLURM_HOSTFILE``
+  (written to the scratch dir, one line per rank), which both picks the
+  nodes and places the ranks; no ``--nodelist`` then, as in the original:
+  srun would use it instead of the hostfile and reject it (``You asked for
+  3 tasks but hostlist specified 2 nodes``). Both forms then take
+  ``--cpu-bind=verbose,mask_cpu:m0,m1,...`` where mask i is
   for the i-th task *on each node* (srun applies one list on every node); it
   is exact when the nodes use the same core ids, otherwise mask i is the
   union of the nodes' i-th cores. ``model_opts.srun_args`` (the original's
@@ -226,14 +232,19 @@ def build_launch(execution: Any, allocation: Allocation, *, local: bool, scratch
             raise ModelError("model 'srunmpi' needs a Slurm allocation (srun); in local mode "
                              "use 'openmpi' or 'intelmpi'")
         counts = [len(c) for _, c in allocation.nodes]
-        argv = ["srun", "-N", str(nnodes), "-n", str(ncores),
-                f"--nodelist={','.join(allocation.node_names)}",
-                "--overlap", "--overcommit", "--mem-per-cpu=0"]
+        even = all(c == counts[0] for c in counts)
+        argv = ["srun", "-N", str(nnodes), "-n", str(ncores)]
+        if even:
+            # the node list keeps the step on the task's nodes (srun would take the allocation's first)
+            argv.append(f"--nodelist={','.join(allocation.node_names)}")
+        argv += ["--overlap", "--overcommit", "--mem-per-cpu=0"]
         env: dict[str, str] = {}
         files: list[str] = []
-        if all(c == counts[0] for c in counts):
+        if even:
             argv.append(f"--ntasks-per-node={counts[0]}")
         else:
+            # the hostfile (one line per rank) picks the nodes and places the ranks; an explicit
+            # --nodelist would replace it and srun rejects a list shorter than the rank count
             hostfile = _helper_file(scratch_dir, name, ".hostfile",
                                     [node for node, cores in allocation.nodes for _ in cores])
             argv += ["-m", "arbitrary"]

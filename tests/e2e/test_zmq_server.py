@@ -280,6 +280,43 @@ def test_insecure_no_curve_serves_plain_json_req(net_service, tmp_path: Path) ->
     assert not (svc.aux / protocol.KEYS_DIR / protocol.CLIENT_SECRET).exists()
 
 
+def test_insecure_no_curve_publishes_the_originals_events_too(net_service, tmp_path: Path) -> None:
+    """`--insecure-no-curve` is for clients of the original 0.14.2: its client reads `StatusPublisher` from
+    `status`, subscribes to the strings "IFI", "JFI", "NOJ" and then waits on those events only (its
+    `wait4` hung for ever on ours). Final states also leave in its form, one string frame
+    `<topic> <json>`; a subscriber of our topics gets none of them."""
+    svc = net_service("--net", "--insecure-no-curve")
+    req = svc.socket(zmq.REQ, curve=None)
+    pub = ask_json(req, {"request": "status"})["data"]["System"]["StatusPublisher"]
+    legacy = svc.socket(zmq.SUB, curve=None, address=pub)
+    for topic in ("IFI", "JFI", "NOJ"):
+        legacy.setsockopt_string(zmq.SUBSCRIBE, topic)
+    ours = svc.socket(zmq.SUB, curve=None, address=pub)
+    for topic in protocol.FINAL_EVENT_TOPICS:
+        ours.subscribe(topic)
+    time.sleep(0.5)                     # a PUB drops what it sends before the subscription arrives
+    jobs = [{"name": "it", "iteration": {"stop": 2}, "execution": {"exec": "/bin/true"}},
+            {"name": "bad", "execution": {"exec": "/bin/false"}}]
+    assert ask_json(req, {"request": "submit", "jobs": jobs})["code"] == 0
+    got = []
+    while len(got) < 5:
+        assert legacy.poll(int(REPLY_TIMEOUT * 1000)), f"only {got}"
+        topic, _, body = legacy.recv_string().partition(" ")
+        got.append((topic, json.loads(body)))
+    manager = got[0][1]["manager"]
+    assert sorted(got, key=repr) == sorted([
+        ("IFI", {"manager": manager, "job": "it", "state": "SUCCEED", "it": 0}),
+        ("IFI", {"manager": manager, "job": "it", "state": "SUCCEED", "it": 1}),
+        ("JFI", {"manager": manager, "job": "it", "state": "SUCCEED"}),
+        ("JFI", {"manager": manager, "job": "bad", "state": "FAILED"}),
+        ("NOJ", {"manager": manager})], key=repr)
+    assert got[-1][0] == "NOJ"
+    mine = []
+    while ours.poll(200):
+        mine.append(ours.recv_multipart())
+    assert len(mine) == 5 and all(len(frames) == 2 for frames in mine)
+
+
 # --------------------------------------------------------------------------- bad input
 def _fuzz_frames(rng: random.Random, n: int) -> list[list[bytes]]:
     valid = protocol.encode({"request": "submit", "jobs": [{"name": "x", "execution": {"exec": "/bin/true"}}]})
