@@ -12,6 +12,7 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from qcg.pilotjob.agent.process_end import run_then_exit
 from qcg.pilotjob.api.protocol import KEYS_ENV
@@ -152,6 +153,8 @@ def cli(**opts: object) -> None:
         # the service works in --wd; paths given relative to where it was started are resolved first
         keys=os.path.abspath(str(opts["keys_path"])) if opts["keys_path"] else None,
         aux_dir=opts["aux_dir"],  # type: ignore[arg-type]
+        given=frozenset(name for name in opts
+                        if click.get_current_context().get_parameter_source(name) is not ParameterSource.DEFAULT),
     )
     env_keys = os.environ.get(KEYS_ENV)
     if env_keys:

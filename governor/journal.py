@@ -114,6 +114,10 @@ class Journal(GovernorListener):
     def control(self, command: str) -> None:
         self._write_now({"control": command})
 
+    def run_started(self, options: dict[str, Any]) -> None:
+        """What this run was told that a resume takes over (`service_setup.RESUMED_OPTIONS`)."""
+        self._write_now({"run": options})
+
     # -- files
     def _add(self, line: str) -> None:
         self._buffer.append(line)
@@ -165,6 +169,7 @@ class Replay:
     # what is appended would follow the torn bytes and be unreadable to the next resume
     whole_length: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)      # for the user: what of the journal is not resumed
+    run: dict[str, Any] = field(default_factory=dict)  # the options of the last run (`Journal.run_started`)
 
     @property
     def submissions(self) -> list[Submission]:
@@ -226,6 +231,8 @@ def load(aux_dir: str) -> Replay:
             steps.append(Removal(names))
         elif rec.get("control") == "finishAfterAllTasksDone":
             finish = True
+        elif isinstance(rec.get("run"), dict):
+            replay.run = rec["run"]
     states_path = os.path.join(aux_dir, STATES_FILE)
     if os.path.exists(states_path):
         bad = 0
@@ -307,10 +314,11 @@ def _damaged(path: str, what: str, keep: int | None = None) -> str:
 
 
 def find_aux_dir(path: str) -> str:
-    """The aux dir itself, or the newest `.qcgpjm-service-*` inside a working dir."""
+    """The aux dir itself (a directory holding a journal), or the newest `.qcgpjm-service-*` inside a
+    working dir."""
     path = os.path.abspath(path)
-    if os.path.basename(path).startswith(protocol.AUX_DIR_PREFIX) and os.path.isfile(os.path.join(path, REQS_FILE)):
-        return path
+    if os.path.isfile(os.path.join(path, REQS_FILE)):
+        return path         # an aux dir, whatever its name (`--aux-dir` places one anywhere)
     if os.path.isdir(path):
         cands = [os.path.join(path, e) for e in os.listdir(path)
                  if e.startswith(protocol.AUX_DIR_PREFIX) and os.path.isfile(os.path.join(path, e, REQS_FILE))]

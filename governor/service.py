@@ -35,7 +35,7 @@ from qcg.pilotjob.governor.service_config import (
     ServiceConfig,
     StartError,
 )
-from qcg.pilotjob.governor.service_setup import prepare_run
+from qcg.pilotjob.governor.service_setup import prepare_run, run_options
 from qcg.pilotjob.governor.service_workers import Workers
 
 if TYPE_CHECKING:
@@ -144,6 +144,7 @@ class Service(Workers):
             if cfg.resume and not self._replay():
                 start_failed = True
                 return EXIT_START_FAILED
+            self.journal.run_started(run_options(cfg, self.wd, self.instance_id))
             self._serve_file()
             # only the request file decides exit code 2; network clients get their errors in the replies
             self._file_refused = self.handler.refused + self.handler.failed_at_submit

@@ -40,6 +40,8 @@ class ServiceConfig:
     id: str | None = None
     tags: list[str] = field(default_factory=list)
     resume: str | None = None
+    # options given on the command line (the others are defaults, which --resume takes from the journal)
+    given: frozenset[str] = frozenset()
     final_status_file: str = "final_status.json"
     # network interface (issue 4): --net, --net-port, --net-pub-port, --net-port-min/max, --net-interface
     net: bool = False

@@ -45,13 +45,21 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         except RequestFileError as exc:
             raise StartError(str(exc)) from None
     resume_aux = None
+    replay = None
     if cfg.resume:
         from qcg.pilotjob.governor import journal as journal_mod
 
         try:
             resume_aux = journal_mod.find_aux_dir(cfg.resume)
+            aux_dirs.check_own_dir(resume_aux, "--resume: aux directory")
+            aux_dirs.check_own_files(resume_aux, (journal_mod.REQS_FILE, journal_mod.STATES_FILE),
+                                     "--resume: journal")
+            aux_dirs.take_lock(resume_aux)
         except FileNotFoundError as exc:
             raise StartError(str(exc)) from None
+        except aux_dirs.AuxDirError as exc:
+            raise StartError(str(exc)) from None
+        replay = _read_journal(resume_aux, cfg)
     # a resumed run works where the interrupted one did, unless told otherwise
     wd = os.path.abspath(cfg.wd or (os.path.dirname(resume_aux) if resume_aux else "."))
     try:
@@ -81,11 +89,10 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
     try:
         aux_dirs.check_wd(wd)
         if resume_aux:
-            aux_dirs.check_own_dir(resume_aux, "--resume: aux directory")
-            aux_dirs.check_own_files(resume_aux, (journal_mod.REQS_FILE, journal_mod.STATES_FILE),
-                                     "--resume: journal")
             aux_dir = resume_aux
-            instance_id = os.path.basename(aux_dir)[len(aux_dirs.PREFIX):]
+            name = os.path.basename(aux_dir)
+            instance_id = str(replay.run.get("id") or "") if replay else ""
+            instance_id = instance_id or (name[len(aux_dirs.PREFIX):] if name.startswith(aux_dirs.PREFIX) else name)
         elif cfg.aux_dir or cfg.id:
             aux_dir = os.path.abspath(cfg.aux_dir) if cfg.aux_dir else \
                 os.path.join(wd, aux_dirs.PREFIX + instance_id)
@@ -93,7 +100,8 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         else:
             instance_id, aux_dir = aux_dirs.make_new(wd)
         os.makedirs(os.path.join(aux_dir, "tmp"), exist_ok=True)
-        aux_dirs.take_lock(aux_dir)
+        if not resume_aux:
+            aux_dirs.take_lock(aux_dir)
     except aux_dirs.AuxDirError as exc:
         raise StartError(str(exc)) from None
     except OSError as exc:
@@ -106,8 +114,16 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         except OSError as exc:
             raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
                              f"{exc.strerror}") from None
-    replay = _read_journal(aux_dir, cfg) if resume_aux else None
     return RunPlace(requests, wd, aux_dir, instance_id, resources, slurm_mode, replay)
+
+
+RESUMED_OPTIONS = ("wd", "nodes", "report_format", "report_file")
+
+
+def run_options(cfg: ServiceConfig, wd: str, instance_id: str) -> dict[str, Any]:
+    """The options a resume takes over, and the run's id (journalled at every start, `Journal.run_started`)."""
+    return {"wd": wd, "nodes": cfg.nodes, "report_format": cfg.report_format, "report_file": cfg.report_file,
+            "id": instance_id}
 
 
 def _read_journal(aux_dir: str, cfg: ServiceConfig) -> "Replay":
@@ -123,6 +139,13 @@ def _read_journal(aux_dir: str, cfg: ServiceConfig) -> "Replay":
         raise StartError(f"--resume: the journal in '{aux_dir}' cannot be read: {exc.strerror}") from None
     for note in replay.notes:
         print(f"Warning: --resume: {note}", file=sys.stderr)
+    # what the interrupted run was told, unless this one is told otherwise: its tasks' directory, its
+    # resources, one report in one format
+    for option, value in replay.run.items():
+        if option in RESUMED_OPTIONS and option not in cfg.given and value is not None:
+            if option == "nodes" and cfg.given & {"resources", "slurm_resources_file"}:
+                continue        # told where the resources come from: not the interrupted run's --nodes
+            setattr(cfg, option, value)
     if not replay.unfinished() and not cfg.file_path and not cfg.net:
         raise NothingToResume(f"--resume {aux_dir}: nothing to resume, every job of the run has ended "
                               f"({sum(len(s.descs) for s in replay.submissions)} submitted); no file changed")

@@ -7,6 +7,7 @@ the governor, its partition managers and their tasks."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
 import psutil
 
 import pytest
@@ -249,7 +251,6 @@ def test_resume_of_a_resumed_and_killed_run(tmp_path, mode):
     finally:
         _kill_tree(proc)
     reqs_file = aux / "track.reqs"
-    size = reqs_file.stat().st_size
     gate.write_text("6")                    # the first resume can end two more, then it is killed too
     proc = subprocess.Popen([*SERVICE, "--resume", str(aux), "--nodes", NODES, *mode_args(mode, NODES)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path))
@@ -258,7 +259,8 @@ def test_resume_of_a_resumed_and_killed_run(tmp_path, mode):
     finally:
         _kill_tree(proc)
     assert first <= second and len(second) < n
-    assert reqs_file.stat().st_size == size, "a resume journalled the replayed submission again"
+    records = list(msgpack.Unpacker(io.BytesIO(reqs_file.read_bytes()), raw=False))
+    assert sum(1 for r in records if "jobs" in r) == 1, "a resume journalled the replayed submission again"
     before = _counts_of(cnt, n)
     gate.write_text(str(n))
     r = run_service(tmp_path, None, "--resume", str(aux), nodes=NODES, timeout=60, mode=mode)
@@ -660,3 +662,44 @@ def test_resume_of_a_damaged_or_foreign_journal_is_refused(tmp_path, damage):
     assert r.stderr.startswith("Error: --resume: ") and str(reqs) in r.stderr and len(r.stderr.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in aux.iterdir() if p.is_file() and p.name != "service.lock"} == files
     assert (cnt / "w").read_text() == "w\n"
+
+
+def test_resume_takes_over_the_interrupted_runs_place_and_report(tmp_path):
+    """Reference 13.2 (`--resume` continues the run): an aux dir placed with `--aux-dir` is resumed by its
+    path; the resumed run keeps the interrupted one's working directory, `--nodes`, `--report-format`,
+    `--report-file` and id unless told otherwise, so its report is one file in one format."""
+    cnt = tmp_path / "cnt"
+    cnt.mkdir()
+    wd, aux = tmp_path / "wd", tmp_path / "elsewhere" / "myaux"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(
+        script_job("w", f"pwd > {cnt}/pwd; echo $QCG_PM_NNODES > {cnt}/nnodes; [ -e {cnt}/go ] || sleep 30"))]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "a:1,b:1",
+                             "--aux-dir", str(aux), "--report-format", "text", "--report-file", "my.rep"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (cnt / "pwd").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "w did not start"
+            time.sleep(0.05)
+    finally:
+        _kill_tree(proc)
+    (cnt / "pwd").unlink()
+    (cnt / "go").touch()
+    r = subprocess.run([*SERVICE, "--resume", str(aux)], capture_output=True, text=True, timeout=60,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert (cnt / "pwd").read_text().strip() == str(wd)
+    assert (cnt / "nnodes").read_text().strip() == "1"
+    assert sorted(p.name for p in aux.iterdir() if "rep" in p.name) == ["my.rep"]
+    assert "w (SUCCEED)" in (aux / "my.rep").read_text() and "{" not in (aux / "my.rep").read_text()
+    log = (aux / "service.log").read_text().splitlines()
+    ids = [line.split(" id=")[1].split()[0] for line in log if "event='service starting'" in line]
+    assert len(ids) == 2 and ids[0] == ids[1], ids
+    # told otherwise, the resume uses what it is told (here: a new job, reported as JSON)
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps([submit(script_job("z", "true"))]))
+    r = subprocess.run([*SERVICE, "--resume", str(aux), "--report-format", "json", "--file-path", str(more)],
+                       capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((aux / "my.rep").read_text().splitlines()[-1])["name"] == "z"
