@@ -89,6 +89,39 @@ def test_srunmpi_two_nodes(tmp_path: Path) -> None:
     assert len(set(ranks.values())) == 2
 
 
+def _allocation(text: str) -> list[tuple[str, int]]:
+    """'n1[0:1],n2[0]' (a report's runtime.allocation) -> [('n1', 2), ('n2', 1)]."""
+    return [(part.split("[")[0], len(part.split("[")[1].rstrip("]").split(":"))) for part in text.split(",")]
+
+
+@pytest.mark.parametrize("nodes, ncores, blocker, counts", [
+    (2, 3, False, [2, 1]),          # 3 ranks on 2+1 cores (the reported failure)
+    (3, 5, False, [2, 2, 1]),       # 5 ranks on 2+2+1
+    (2, 3, True, [1, 2]),           # 1 rank on a node another task already uses
+], ids=["2+1", "2+2+1", "partly-used-node"])
+def test_srunmpi_uneven_split(tmp_path: Path, nodes: int, ncores: int, blocker: bool, counts: list[int]) -> None:
+    """Reference 9 `srunmpi` with cores spread unevenly over the nodes: every rank runs, on the node the
+    allocation gives it (ranks fill the nodes in allocation order), and sees the whole rank count."""
+    jobs = [{"name": "mpi", "execution": {"exec": "bash", "args": ["-c", "echo $SLURM_PROCID $SLURMD_NODENAME $SLURM_NTASKS"],
+                                          "model": "srunmpi", "stdout": "mpi.out", "stderr": "mpi.err"},
+             "resources": {"numCores": {"exact": ncores}}}]
+    if blocker:     # holds one core of the first node while the srunmpi task starts
+        jobs.insert(0, {"name": "hold", "execution": {"exec": "sleep", "args": ["4"]},
+                        "resources": {"numCores": {"exact": 1}}})
+    proc, wd = run_in_allocation(tmp_path, jobs, nodes=nodes)
+    _ok(proc)
+    rep = report(wd)
+    err = (wd / "mpi.err").read_text() if (wd / "mpi.err").exists() else ""
+    assert rep["mpi"]["state"] == "SUCCEED", (rep["mpi"], err)
+    alloc = _allocation(rep["mpi"]["runtime"]["allocation"])
+    assert [n for _, n in alloc] == counts, alloc
+    expected = {str(rank): node for rank, node in enumerate(node for node, n in alloc for _ in range(n))}
+    rows = [line.split() for line in (wd / "mpi.out").read_text().splitlines() if line.strip()]
+    assert len(rows) == ncores, (rows, err)
+    assert {rank: node for rank, node, _ in rows} == expected, (rows, alloc)
+    assert {total for _, _, total in rows} == {str(ncores)}
+
+
 @pytest.mark.mpi
 def test_openmpi_two_nodes(tmp_path: Path) -> None:
     """Reference 9 `openmpi`: a real MPI program over 2 nodes placed by a rankfile."""

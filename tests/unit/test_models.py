@@ -175,6 +175,33 @@ def test_srunmpi_uneven_uses_arbitrary_hostfile_in_scratch(tmp_path):
     assert a[-2:] == ["--x", "app"]
 
 
+@pytest.mark.parametrize("nodes, masks", [
+    ((("n1", (0, 1)), ("n2", (0,))), "0x1,0x2"),                         # 3 ranks on 2+1
+    ((("n3", (0, 1)), ("n4", (0, 1)), ("n5", (1,))), "0x3,0x2"),          # 5 ranks on 2+2+1
+    ((("n1", (1,)), ("n2", (0, 1))), "0x3,0x2"),                          # 1 rank on a partly used node
+])
+def test_srunmpi_uneven_command_has_no_nodelist(tmp_path, nodes, masks):
+    """An uneven split is placed by -m arbitrary and SLURM_HOSTFILE alone (one line per rank), as in
+    the original: with --nodelist=a,b srun fails ('You asked for 3 tasks but hostlist specified 2
+    nodes'). The mask list still has one entry per task of the fullest node."""
+    alloc = Allocation(nodes)
+    ncores = sum(len(c) for _, c in nodes)
+    cmd = build_launch(ex(exec="app", args=("x",), model="srunmpi"), alloc, local=False,
+                       scratch_dir=str(tmp_path))
+    hostfile = cmd.env_extra["SLURM_HOSTFILE"]
+    assert cmd.argv == ["srun", "-N", str(len(nodes)), "-n", str(ncores), "--overlap", "--overcommit",
+                        "--mem-per-cpu=0", "-m", "arbitrary", f"--cpu-bind=verbose,mask_cpu:{masks}",
+                        "app", "x"]
+    assert not any(a.startswith(("--nodelist", "-w", "--ntasks-per-node")) for a in cmd.argv)
+    with open(hostfile) as f:
+        assert f.read().split() == [n for n, cores in nodes for _ in cores]
+    assert cmd.files == [hostfile] and cmd.cpus is None
+    unbound = build_launch(ex(exec="app", model="srunmpi"), alloc, local=False, scratch_dir=str(tmp_path),
+                           binding=False)
+    assert "--cpu-bind=verbose,cores" in unbound.argv and "-m" in unbound.argv
+    assert not any(a.startswith("--nodelist") for a in unbound.argv)
+
+
 def test_srunmpi_needs_slurm(tmp_path):
     with pytest.raises(ModelError, match="needs a Slurm allocation"):
         build_launch(ex(exec="app", model="srunmpi"), TWO, local=True, scratch_dir=str(tmp_path))
