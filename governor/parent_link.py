@@ -120,7 +120,7 @@ class ParentLink:
     def _register_message(self) -> dict[str, Any]:
         port = self.port
         return {"type": "register", "v": protocol.PROTOCOL_VERSION, "id": self.member_id, "tags": self.tags,
-                "resources": resources_to_dict(port.resources, rtype="LOCAL"), "totals": list(port.totals()),
+                "resources": resources_to_dict(port.resources, rtype="LOCAL", with_reserved=True), "totals": list(port.totals()),
                 "credit": port.queue_limit, "info": port.info(), "host": socket.gethostname(), "pid": os.getpid()}
 
     async def wait(self) -> str:
@@ -146,7 +146,7 @@ class ParentLink:
         """Credit or resources changed (a nested governor gained or lost partitions)."""
         port = self.port
         self._send_now({"type": "update", "credit": port.queue_limit, "totals": list(port.totals()),
-                        "resources": resources_to_dict(port.resources, rtype="LOCAL")})
+                        "resources": resources_to_dict(port.resources, rtype="LOCAL", with_reserved=True)})
 
     async def close(self) -> None:
         self._flush()

@@ -368,6 +368,21 @@ class Resources:
         self._rebuild_stats()
         return self._system
 
+    def mark_reserved(self, node_index: int, cid: int) -> None:
+        """A core another manager reserved for itself (its `register` says which), out of the tasks' reach."""
+        node = self.nodes[node_index]
+        if cid not in node._id_set:
+            raise ValueError(f"reserved core {cid} is not a core of node {node.name!r}")
+        if cid in node._free_set:
+            node._free_set.discard(cid)
+            node._free_heap.remove(cid)
+            heapq.heapify(node._free_heap)
+        if cid not in node.reserved:
+            node.reserved = node.reserved + (cid,)
+        if self._system is None:
+            self._system = (node.name, cid)
+        self._rebuild_stats()
+
     @property
     def system_core(self) -> tuple[str, int] | None:
         return self._system

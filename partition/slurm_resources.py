@@ -354,26 +354,35 @@ def resources_from_dict(data) -> Resources:
             if len(set(free)) != len(free):
                 raise ValueError(f"{where}: 'free_cores' lists a core twice")
         nodes.append(Node(name, ids, free))   # Node/Resources check unknown free ids and duplicates
-    return Resources(nodes)
+    res = Resources(nodes)
+    for idx, item in enumerate(raw_nodes):
+        raw_reserved = item.get("reserved_cores")
+        if raw_reserved is not None:
+            if not isinstance(raw_reserved, list):
+                raise ValueError(f"node {idx}: 'reserved_cores' must be a list, got {type(raw_reserved).__name__}")
+            for v in raw_reserved:
+                res.mark_reserved(idx, _core_id(v, f"node {idx}"))
+    return res
 
 
-def resources_to_dict(res: Resources, *, rtype: str = "SLURM", binding: bool = False) -> dict:
+def resources_to_dict(res: Resources, *, rtype: str = "SLURM", binding: bool = False,
+                      with_reserved: bool = False) -> dict:
     """The original's ``Resources.to_dict()`` form of ``res`` (core ids as strings).
 
     A core reserved for the system is written as free: the manager that reads
-    the file decides on its own ``--system-core``.
+    the file decides on its own ``--system-core``. With ``with_reserved`` (a
+    manager telling its parent what it has) it is listed in ``reserved_cores``
+    instead, so that the parent's size checks see what tasks can really get.
     """
-    return {
-        "type": rtype,
-        "nodes": [{
-            "name": n.name,
-            "total_cores": n.total,
-            "core_ids": [str(c) for c in n.core_ids],
-            "free_cores": [str(c) for c in sorted(set(n.free_cores) | set(n.reserved))],
-            "crs": None,
-        } for n in res.nodes],
-        "binding": binding,
-    }
+    def node(n: Node) -> dict:
+        free = n.free_cores if with_reserved else sorted(set(n.free_cores) | set(n.reserved))
+        out = {"name": n.name, "total_cores": n.total, "core_ids": [str(c) for c in n.core_ids],
+               "free_cores": [str(c) for c in free], "crs": None}
+        if with_reserved and n.reserved:
+            out["reserved_cores"] = [str(c) for c in n.reserved]
+        return out
+
+    return {"type": rtype, "nodes": [node(n) for n in res.nodes], "binding": binding}
 
 
 def write_resources_file(path: str, res: Resources, *, rtype: str = "SLURM", binding: bool = False) -> None:

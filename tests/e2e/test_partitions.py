@@ -160,6 +160,21 @@ def test_task_fitting_no_partition_fails_at_submit(service):
     assert rep["fine"]["state"] == "SUCCEED" and rep["fine"]["runtime"]["partition"] in ("part-0", "part-1")
 
 
+def test_fits_no_partition_counts_the_managers_reserved_cores(service):
+    """Reference 6 `--system-core` + 7.2, partitioned: every partition manager keeps a core of its own, and
+    the governor's size check knows it (the manager tells it in `register`). A task that needs the kept
+    core FAILS at submit, named on stderr (exit 2); it used to be accepted and FAILED inside the partition,
+    with exit 0 and nothing said."""
+    reqs = [submit(job("two", resources={"numCores": {"exact": 2}}), job("one"))]
+    r = service(reqs, "--system-core", nodes="a:2,b:2", mode="partitioned")
+    r.assert_no_traceback()
+    assert r.rc == 2, r.stderr
+    assert "job 'two' FAILED" in r.stderr and "1 reserved for the system" in r.stderr, r.stderr
+    rep = r.report()
+    assert rep["two"]["state"] == "FAILED" and "fits no partition" in rep["two"]["messages"]
+    assert rep["one"]["state"] == "SUCCEED"
+
+
 def test_same_job_runs_flat(service):
     """The counterpart of the previous test: flat mode on the same nodes runs the 2-node task."""
     r = service([submit(job("wide2", resources={"numNodes": {"exact": 2}}))], nodes="a:1,b:1")
