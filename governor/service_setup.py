@@ -109,12 +109,26 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         raise StartError(f"aux directory {where} cannot be created: {exc.strerror}") from None
     if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
         report = os.path.join(aux_dir, cfg.report_file)
+        own = _own_files(cfg)
+        if os.path.normpath(report) in {os.path.join(aux_dir, name) for name in own}:
+            raise StartError(f"--report-file '{cfg.report_file}': the service writes its own "
+                             f"'{os.path.basename(report)}' there; choose another name")
         try:
             open(report, "a").close()
         except OSError as exc:
             raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
                              f"{exc.strerror}") from None
     return RunPlace(requests, wd, aux_dir, instance_id, resources, slurm_mode, replay)
+
+
+def _own_files(cfg: ServiceConfig) -> tuple[str, ...]:
+    """The names in the aux dir that the service itself writes (a report there would overwrite one)."""
+    from qcg.pilotjob.api import protocol
+    from qcg.pilotjob.governor import journal as journal_mod
+
+    return (cfg.final_status_file, "service.log", aux_dirs.LOCK_FILE, journal_mod.REQS_FILE,
+            journal_mod.STATES_FILE, journal_mod.REQS_FILE + journal_mod.CUT_SUFFIX, protocol.ADDRESS_FILE,
+            protocol.PUB_ADDRESS_FILE, protocol.KEYS_DIR, "tmp", "partitions")
 
 
 RESUMED_OPTIONS = ("wd", "nodes", "report_format", "report_file")

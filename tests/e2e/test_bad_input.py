@@ -274,6 +274,11 @@ def test_request_not_an_object(service):
 @pytest.mark.parametrize("args, names", [
     (["--report-file", "nodir/x.report"], ["--report-file", "nodir/x.report"]),
     (["--report-file", "/proc/x.report"], ["--report-file", "/proc/x.report"]),
+    # the service's own files: the report would have overwritten them, or been overwritten
+    (["--report-file", "final_status.json"], ["--report-file", "final_status.json"]),
+    (["--report-file", "service.log"], ["--report-file", "service.log"]),
+    (["--report-file", "./track.reqs"], ["--report-file", "track.reqs"]),
+    (["--report-file", "tmp/../track.states"], ["--report-file", "track.states"]),
     (["--id", "a/b"], ["--id", "a/b"]),
     (["--id", ""], ["--id"]),
     (["--id", ".."], ["--id", ".."]),
