@@ -27,6 +27,7 @@ import fcntl
 import os
 import socket
 import stat
+import sys
 
 from qcg.pilotjob.api import protocol
 
@@ -129,11 +130,17 @@ def take_lock(path: str) -> None:
         raise AuxDirError(f"aux directory '{path}': lock file cannot be opened: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise AuxDirError(f"aux directory '{path}' is in use by a running service (pid {holder}): refused, "
                           f"so that its jobs do not run twice; wait for it to end, or stop it") from None
+    except OSError as exc:
+        # a file system without locks (Lustre mounted noflock, NFS without a lock daemon): run unguarded
+        os.close(fd)
+        print(f"Warning: aux directory '{path}' cannot be locked ({exc.strerror}): a second service started "
+              f"in it (a --resume too early) would not be refused", file=sys.stderr)
+        return
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     if not _held:

@@ -234,6 +234,7 @@ def load(aux_dir: str) -> Replay:
         elif isinstance(rec.get("run"), dict):
             replay.run = rec["run"]
     states_path = os.path.join(aux_dir, STATES_FILE)
+    latest = 0              # the highest request counter track.states has ends of
     if os.path.exists(states_path):
         bad = 0
         with open(states_path, "rb") as f:
@@ -246,15 +247,22 @@ def load(aux_dir: str) -> Replay:
                 rec = json.loads(line)
                 task, it, state = rec["task"], rec["it"], JobState(rec["state"])
                 name = task if it is None else task.rpartition(":")[0]
-                sub = by_key.get((name, int(rec["rcnt"])))
+                rcnt = int(rec["rcnt"])
+                sub = by_key.get((name, rcnt))
             except (ValueError, KeyError, TypeError):
                 bad += 1
                 continue
+            latest = max(latest, rcnt)
             if sub is not None:
                 sub.done.setdefault(name, {})[it] = state
         if bad:
             replay.notes.append(f"{bad} line(s) of {states_path} are unreadable: the tasks whose ends they "
                                 f"recorded run again")
+    torn_at = replay.whole_length.get(REQS_FILE)
+    if torn_at is not None and latest > last_rcnt:
+        # what looked like a record cut short by a kill is damage: a later submission was answered
+        raise JournalError(_damaged(reqs_path, f"unreadable bytes at byte {torn_at}, and {STATES_FILE} holds ends "
+                                               f"of submission #{latest}, which comes after them", torn_at))
     for sub, name in removed:
         # it was final when removed; a journal that lost its state (written before states were flushed
         # ahead of a removal) gets one, so the removal replays: SUCCEED, to release rather than omit the

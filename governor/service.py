@@ -188,6 +188,14 @@ class Service(Workers):
             log.error("resume refused: jobs do not fit the resources", jobs=too_big)
             self._keep_status = True
             return False
+        try:
+            # the resume goes ahead: what it appends must follow whole records
+            journal_mod.cut_torn_ends(self.aux_dir, replay)
+        except OSError as exc:
+            print(f"Error: --resume: the journal in '{self.aux_dir}' cannot be repaired: {exc.strerror}",
+                  file=sys.stderr)
+            self._keep_status = True
+            return False
         with self.journal.replaying():
             for step in replay.steps:
                 if isinstance(step, journal_mod.Removal):
@@ -204,8 +212,8 @@ class Service(Workers):
         self.governor.rcnt = max(self.governor.rcnt, replay.last_rcnt)
         if replay.finish_after_all:
             self._finish_after_all = True
-        return True
         log.info("resumed", submissions=len(replay.submissions), unfinished_jobs=self.governor.unfinished)
+        return True
 
     def _serve_file(self) -> None:
         for i, request in enumerate(self.requests, 1):

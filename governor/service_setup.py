@@ -55,10 +55,10 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
             aux_dirs.check_own_files(resume_aux, (journal_mod.REQS_FILE, journal_mod.STATES_FILE),
                                      "--resume: journal")
             aux_dirs.take_lock(resume_aux)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, aux_dirs.AuxDirError) as exc:
             raise StartError(str(exc)) from None
-        except aux_dirs.AuxDirError as exc:
-            raise StartError(str(exc)) from None
+        except OSError as exc:
+            raise StartError(f"--resume: aux directory '{resume_aux}' cannot be used: {exc.strerror}") from None
         replay = _read_journal(resume_aux, cfg)
     # a resumed run works where the interrupted one did, unless told otherwise
     wd = os.path.abspath(cfg.wd or (os.path.dirname(resume_aux) if resume_aux else "."))
@@ -100,7 +100,9 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         else:
             instance_id, aux_dir = aux_dirs.make_new(wd)
         os.makedirs(os.path.join(aux_dir, "tmp"), exist_ok=True)
-        if not resume_aux:
+        if not resume_aux and not cfg.parent:
+            # a partition manager works in a dir of its governor's (locked), or one of its own; one left
+            # over from a killed governor may live a few seconds more, and must not block the resume
             aux_dirs.take_lock(aux_dir)
     except aux_dirs.AuxDirError as exc:
         raise StartError(str(exc)) from None
@@ -128,7 +130,7 @@ def _own_files(cfg: ServiceConfig) -> tuple[str, ...]:
 
     return (cfg.final_status_file, "service.log", aux_dirs.LOCK_FILE, journal_mod.REQS_FILE,
             journal_mod.STATES_FILE, journal_mod.REQS_FILE + journal_mod.CUT_SUFFIX, protocol.ADDRESS_FILE,
-            protocol.PUB_ADDRESS_FILE, protocol.KEYS_DIR, "tmp", "partitions")
+            protocol.PUB_ADDRESS_FILE, protocol.KEYS_DIR, "tmp", "partitions", "agent-keys")
 
 
 RESUMED_OPTIONS = ("wd", "nodes", "report_format", "report_file")
@@ -163,10 +165,6 @@ def _read_journal(aux_dir: str, cfg: ServiceConfig) -> "Replay":
     if not replay.unfinished() and not cfg.file_path and not cfg.net:
         raise NothingToResume(f"--resume {aux_dir}: nothing to resume, every job of the run has ended "
                               f"({sum(len(s.descs) for s in replay.submissions)} submitted); no file changed")
-    try:
-        journal_mod.cut_torn_ends(aux_dir, replay)
-    except OSError as exc:
-        raise StartError(f"--resume: the journal in '{aux_dir}' cannot be repaired: {exc.strerror}") from None
     return replay
 
 

@@ -112,3 +112,28 @@ def test_world_writable_working_dir_without_sticky_bit_is_refused(tmp_path):
     wd.chmod(0o1777)
     r = _ok_run(tmp_path, wd=wd)
     assert r.rc == 0, r.stderr
+
+
+def test_the_aux_dir_lock_refuses_a_second_holder_and_lives_without_flock(tmp_path, monkeypatch, capsys):
+    """README "Resume": a second service in a locked aux dir is refused, naming the holder's pid; on a file
+    system without flock (Lustre noflock, NFS without a lock daemon) the run goes on, with a warning,
+    instead of every run being refused."""
+    import errno
+    import fcntl
+
+    from qcg.pilotjob.governor import aux_dir as aux_dirs
+
+    held = tmp_path / "held"
+    held.mkdir()
+    aux_dirs.take_lock(str(held))
+    with pytest.raises(aux_dirs.AuxDirError, match=f"in use by a running service \\(pid {os.getpid()}\\)"):
+        aux_dirs.take_lock(str(held))
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    other = tmp_path / "nolocks"
+    other.mkdir()
+    aux_dirs.take_lock(str(other))
+    assert "cannot be locked" in capsys.readouterr().err

@@ -672,8 +672,10 @@ def test_resume_takes_over_the_interrupted_runs_place_and_report(tmp_path):
     cnt.mkdir()
     wd, aux = tmp_path / "wd", tmp_path / "elsewhere" / "myaux"
     reqs = tmp_path / "reqs.json"
+    # 2 cores: on the run's --nodes a:1,b:1 that is 2 nodes; on this machine's cores (the default) it is 1
     reqs.write_text(json.dumps([submit(
-        script_job("w", f"pwd > {cnt}/pwd; echo $QCG_PM_NNODES > {cnt}/nnodes; [ -e {cnt}/go ] || sleep 30"))]))
+        script_job("w", f"pwd > {cnt}/pwd; echo $QCG_PM_NNODES > {cnt}/nnodes; [ -e {cnt}/go ] || sleep 30",
+                   resources={"numCores": {"exact": 2}}))]))
     proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "a:1,b:1",
                              "--aux-dir", str(aux), "--report-format", "text", "--report-file", "my.rep"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -690,7 +692,7 @@ def test_resume_takes_over_the_interrupted_runs_place_and_report(tmp_path):
                        cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert (cnt / "pwd").read_text().strip() == str(wd)
-    assert (cnt / "nnodes").read_text().strip() == "1"
+    assert (cnt / "nnodes").read_text().strip() == "2"
     assert sorted(p.name for p in aux.iterdir() if "rep" in p.name) == ["my.rep"]
     assert "w (SUCCEED)" in (aux / "my.rep").read_text() and "{" not in (aux / "my.rep").read_text()
     log = (aux / "service.log").read_text().splitlines()

@@ -194,6 +194,27 @@ def test_load_refuses_a_damaged_journal(aux, damage, what):
     h.close()
 
 
+def test_damage_that_looks_like_a_torn_end_is_refused(aux):
+    """A record whose length was damaged reaches past the end of the file, as a record cut short by a kill
+    does; but track.states holds ends of a later submission, so it is damage: the resume is refused rather
+    than dropping that answered submission."""
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.add_listener(j)
+    h.submit(J("a"))
+    h.submit(J("b"))
+    h.submit(J("c"))
+    h.finish("c")
+    j.close()
+    recs = records(aux / jmod.REQS_FILE)
+    first = msgpack.packb(recs[0])
+    damaged = b"\x81\xdb\x00\x10\x00\x00" + msgpack.packb(recs[1])[1:]     # a 1 MiB key where b was
+    (aux / jmod.REQS_FILE).write_bytes(first + damaged + b"".join(msgpack.packb(r) for r in recs[2:]))
+    with pytest.raises(jmod.JournalError, match="holds ends of submission #3"):
+        jmod.load(str(aux))
+    h.close()
+
+
 def test_load_refuses_the_original_programs_journal(aux):
     """README "Resume": aux dirs written by the original 0.14.2 (its track.reqs is JSON lines) cannot be
     resumed; the refusal says so."""
