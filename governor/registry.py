@@ -7,6 +7,7 @@ finished (their history and runtime are what `jobInfo` and the reports show).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,7 +72,11 @@ class IterationRecord:
 
     @property
     def runtime(self) -> dict[str, str]:
-        """The reference's runtime dict (all values strings), in its key order."""
+        return self.runtime_named(None)
+
+    def runtime_named(self, pname: str | None) -> dict[str, str]:
+        """The reference's runtime dict (all values strings), in its key order; `pname` (the process name,
+        `process_name`) follows `pid`, as the original writes it."""
         rt: dict[str, str] = {}
         if self.allocation is not None:
             rt["allocation"] = self.allocation
@@ -83,6 +88,8 @@ class IterationRecord:
             rt["exit_code"] = str(self.exit_code)
         if self.pid is not None:
             rt["pid"] = str(self.pid)
+            if pname is not None:
+                rt["pname"] = pname
         if self.partition is not None:
             rt["partition"] = self.partition
         return rt
@@ -245,3 +252,10 @@ def split_task_name(name: str) -> tuple[str, int | None]:
         return base, int(it)
     except ValueError:
         raise ValueError(f"'{name}': iteration index '{it}' is not an integer") from None
+
+
+def process_name(desc: "JobDescription") -> str:
+    """The `runtime.pname` of a job's tasks, as the original names it: `bash` for a script, else the
+    executable's file name (before placeholders are substituted)."""
+    execution = desc.execution
+    return "bash" if execution.script is not None else os.path.basename(execution.exec or "")

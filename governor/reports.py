@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable
 
 from qcg.pilotjob.governor.governor import GovernorListener
-from qcg.pilotjob.governor.registry import IterationRecord
+from qcg.pilotjob.governor.registry import IterationRecord, process_name
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.governor.views import fmt_time
 
@@ -50,8 +50,8 @@ def rtime_text(seconds: float) -> str:
     return f"{text}.{_D3[us // 1000]}{_D3[us % 1000]}" if us else text
 
 
-def _runtime_json(rec: "IterationRecord") -> str:
-    """The members of `rec.runtime` as JSON (its keys and order), without building the dict."""
+def _runtime_json(rec: "IterationRecord", pname: str) -> str:
+    """The members of `rec.runtime_named(pname)` as JSON (its keys and order), without building the dict."""
     out = []
     if rec.allocation is not None:
         out.append('"allocation": ' + _str(rec.allocation))
@@ -62,7 +62,7 @@ def _runtime_json(rec: "IterationRecord") -> str:
     if rec.exit_code is not None:
         out.append(f'"exit_code": "{rec.exit_code}"')
     if rec.pid is not None:
-        out.append(f'"pid": "{rec.pid}"')
+        out.append(f'"pid": "{rec.pid}","pname": {_str(pname)}')
     if rec.partition is not None:
         out.append('"partition": ' + _str(rec.partition))
     return ",".join(out)
@@ -87,16 +87,17 @@ class JobReport(GovernorListener):
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
+        self._pnames: dict[int, tuple[Any, str]] = {}
         self._iso_prefixes: dict[int, str] = {}       # whole second -> its isoformat
         self._first_ts = -1.0
         self._first_iso = ""
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
         if iteration is not None:
-            self._add(job.task_id(iteration), record, None)
+            self._add(job.task_id(iteration), record, None, job)
 
     def job_final(self, job: "JobRecord") -> None:
-        self._add(job.name, job.record, job)
+        self._add(job.name, job.record, job, job)
 
     def unstarted_canceled(self, job: "JobRecord", iterations: Iterable[int], when: float) -> None:
         """A line each, alike but for the name: one template, written in chunks (a million of them take
@@ -104,7 +105,7 @@ class JobReport(GovernorListener):
         if self._file is None:
             return
         rec = IterationRecord(JobState.CANCELED, when)
-        line = self._line(f"{job.name}:\0", rec, None)        # with a marker where the index goes
+        line = self._line(f"{job.name}:\0", rec, None, job)        # with a marker where the index goes
         head, _, tail = line.rpartition("\\u0000" if self._fmt == "json" else "\0")
         self.flush()
         chunk: list[str] = []
@@ -116,14 +117,15 @@ class JobReport(GovernorListener):
         if chunk:
             self._file.write("\n".join(chunk) + "\n")
 
-    def _add(self, name: str, rec: "IterationRecord", job: "JobRecord | None") -> None:
+    def _add(self, name: str, rec: "IterationRecord", job: "JobRecord | None", of: "JobRecord") -> None:
         if self._file is None:
             return
-        self._buffer.append(self._line(name, rec, job))
+        self._buffer.append(self._line(name, rec, job, of))
         if len(self._buffer) >= self._batch:
             self.flush()
 
-    def _line(self, name: str, rec: "IterationRecord", job: "JobRecord | None") -> str:
+    def _line(self, name: str, rec: "IterationRecord", job: "JobRecord | None", of: "JobRecord") -> str:
+        """`job`: a job's own line (with its description); `of`: the job the line belongs to."""
         if self._fmt == "json":
             # formatted directly (one line per iteration or job): the same text as json.dumps of
             # {"name", "state", "history", "runtime", ["execution", "resources", "dependencies"], ["messages"]}
@@ -143,7 +145,7 @@ class JobReport(GovernorListener):
                         f'{e[h[5]]}{iso(h[4])}"}}')
             else:
                 hist = ",".join([f'{e[h[i + 1]]}{iso(h[i])}"}}' for i in range(0, len(h), 2)])
-            runtime = _runtime_json(rec)
+            runtime = _runtime_json(rec, self._pname(of) if rec.pid is not None else "")
             if self._rt_stats and rec.rtime is not None:
                 runtime += f',"qcg_finish": "{iso(time.time())}"'
             line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'
@@ -152,7 +154,7 @@ class JobReport(GovernorListener):
                 line += self._job_part(job)
             return line + (f',"messages": {_str(rec.messages)}}}' if rec.messages else "}")
         hist = "\n\t".join(f"{fmt_time(ts)}: {st.value}" for ts, st in rec.history)
-        runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime.items())
+        runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime_named(self._pname(of)).items())
         if self._rt_stats and rec.rtime is not None:
             runtime += f"\n\tqcg_finish: {fmt_time(time.time())}"
         return f"{name} ({rec.state.value}) {rec.messages or ''}\n\t{hist}\n\t{runtime}"
@@ -176,6 +178,18 @@ class JobReport(GovernorListener):
         if desc.after:
             part += ',"dependencies": {"after": [' + ",".join(map(_str, desc.after)) + "]}"
         return part
+
+    def _pname(self, job: "JobRecord") -> str:
+        """`process_name` once per description (a sweep's iterations share theirs)."""
+        desc = job.desc
+        hit = self._pnames.get(id(desc))
+        if hit is not None and hit[0] is desc:
+            return hit[1]
+        name = process_name(desc)
+        if len(self._pnames) >= 4096:
+            self._pnames.clear()
+        self._pnames[id(desc)] = (desc, name)
+        return name
 
     def _text(self, obj: Any) -> str:
         """JSON of a description part; shared parts (a sweep's execution, common sizes) are encoded once."""

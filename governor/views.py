@@ -13,6 +13,7 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from qcg.pilotjob.governor.registry import process_name
 from qcg.pilotjob.governor.states import JobState
 
 if TYPE_CHECKING:
@@ -44,11 +45,12 @@ def status_entry(job: "JobRecord", iteration: int | None, asked: str) -> dict[st
     return {"jobName": asked, "status": state.value}
 
 
-def _record_info(rec: "IterationRecord", data: dict[str, Any]) -> dict[str, Any]:
+def _record_info(rec: "IterationRecord", data: dict[str, Any], pname: str) -> dict[str, Any]:
     if rec.messages:
         data["messages"] = rec.messages
-    if rec.runtime:
-        data["runtime"] = dict(rec.runtime)
+    runtime = rec.runtime_named(pname)
+    if runtime:
+        data["runtime"] = runtime
     if rec.history:
         data["history"] = history_text(rec.history)
     return data
@@ -58,8 +60,9 @@ def info_entry(job: "JobRecord", iteration: int | None, asked: str, with_childs:
     if iteration is not None:
         rec = job.its.get(iteration)
         data: dict[str, Any] = {"jobName": asked, "status": job.iteration_state(iteration).value}
-        return _record_info(rec, data) if rec is not None else data
+        return _record_info(rec, data, process_name(job.desc)) if rec is not None else data
     data = {"jobName": asked, "status": job.state.value}
+    pname = process_name(job.desc)
     if job.indices is not None:
         data["iterations"] = {"start": job.indices.start, "stop": job.indices.stop, "total": job.total,
                               "finished": job.finished_count, "failed": job.bad_count}
@@ -68,11 +71,12 @@ def info_entry(job: "JobRecord", iteration: int | None, asked: str, with_childs:
             for it in job.indices:
                 child: dict[str, Any] = {"iteration": it, "state": job.iteration_state(it).value}
                 rec = job.its.get(it)
-                if rec is not None and rec.runtime:
-                    child["runtime"] = dict(rec.runtime)
+                runtime = rec.runtime_named(pname) if rec is not None else None
+                if runtime:
+                    child["runtime"] = runtime
                 childs.append(child)
             data["childs"] = childs
-    return _record_info(job.record, data)
+    return _record_info(job.record, data, pname)
 
 
 # final_status / status counters: which bucket a state falls into (as the original counts)

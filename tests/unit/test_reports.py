@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 
 from qcg.pilotjob.api.jobparse import parse_jobs
-from qcg.pilotjob.governor.registry import IterationRecord, JobRecord
+from qcg.pilotjob.governor.registry import IterationRecord, JobRecord, process_name
 from qcg.pilotjob.governor.reports import JobReport
 from qcg.pilotjob.governor.states import JobState
 
@@ -24,11 +24,12 @@ def _record(times: list[float], states: list[JobState]) -> IterationRecord:
     return rec
 
 
-def _expected(name: str, rec: IterationRecord, job: JobRecord | None = None) -> dict:
+def _expected(name: str, rec: IterationRecord, job: JobRecord | None = None, of: JobRecord | None = None) -> dict:
+    owner = job or of
     out = {"name": name, "state": rec.state.value,
            "history": [{"state": st.value, "date": datetime.fromtimestamp(ts).isoformat()}
                        for ts, st in rec.history],
-           "runtime": rec.runtime}
+           "runtime": rec.runtime_named(process_name(owner.desc) if owner else None)}
     if job is not None:
         out["execution"] = job.desc.execution.to_dict()
         out["resources"] = job.desc.resources.to_dict()
@@ -63,16 +64,26 @@ def test_lines_equal_json_of_the_reference_dict(tmp_path):
         lines.append(_expected(job.name, job.record, job))
         it_rec = _record([base + 1.5, base + 0.999999], [JobState.SCHEDULED, JobState.SUCCEED])
         report.task_final(job, 7, it_rec)
-        lines.append(_expected(f"{job.name}:7", it_rec))
+        lines.append(_expected(f"{job.name}:7", it_rec, of=job))
         # an iteration's usual history; EXECUTING at the SCHEDULED moment in the second job
         it_rec = _record([base + 1.25, base + 1.25 + 0.5 * (i != 1), base + 3.0000005],
                          [JobState.SCHEDULED, JobState.EXECUTING, JobState.SUCCEED])
-        it_rec.rtime, it_rec.exit_code = 1.7500005, 0
+        it_rec.rtime, it_rec.exit_code, it_rec.pid = 1.7500005, 0, 77
         report.task_final(job, 8, it_rec)
-        lines.append(_expected(f"{job.name}:8", it_rec))
+        lines.append(_expected(f"{job.name}:8", it_rec, of=job))
     report.close()
     text = path.read_text().splitlines()
     assert text == [json.dumps(d, separators=(",", ": ")) for d in lines]
+    # the original's runtime.pname: the executable's name (`bash` for a script), after the pid
+    assert '"pid": "4242","pname": "echo"' in text[0] and '"pid": "77","pname": "echo"' in text[2]
+
+
+def test_process_name_as_the_original_gives_it():
+    """The original 0.14.2 (`executionjob.py`): `bash` for a script, else the executable's base name."""
+    a, b, c = parse_jobs([{"name": "a", "execution": {"exec": "/usr/bin/env"}},
+                          {"name": "b", "execution": {"script": "echo hi"}},
+                          {"name": "c", "execution": {"exec": "python3", "args": ["-V"]}}])
+    assert [process_name(d) for d in (a, b, c)] == ["env", "bash", "python3"]
 
 
 def test_dates_and_run_times_equal_datetime_texts():
