@@ -59,6 +59,11 @@ INSECURE_ENV = "QCG_PM_INSECURE_NO_CURVE"   # "1": a client without keys may tal
 ADDRESS_ENV = "QCG_PM_ZMQ_ADDRESS"
 
 
+# what a JSON text may start with; none of these starts a msgpack map, so a frame starting so is JSON (a JSON
+# client gets its answer, an error too, in JSON)
+JSON_FIRST_BYTES = frozenset(bytes([c]) for c in b'{["-0123456789tfn \n\t\r')
+
+
 class ProtocolError(ValueError):
     """A frame that is not a valid message."""
 
@@ -73,7 +78,7 @@ def decode(frame: bytes) -> tuple[dict[str, Any], bool]:
     """(message, is_json). Raises ProtocolError with a readable reason."""
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
-    if frame[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+    if frame[:1] in JSON_FIRST_BYTES:
         try:
             msg = json.loads(frame.decode("utf-8"))
         except RecursionError:

@@ -46,7 +46,6 @@ DEFAULT_PORT_MIN, DEFAULT_PORT_MAX = 2222, 9999   # the reference's range for a 
 LOG_FIRST_BAD = 20            # bad frames logged one by one; then every 1000th
 
 
-_JSON_START = (b"{", b" ", b"\n", b"\t", b"\r")   # what protocol.decode reads as JSON
 
 
 class BindError(Exception):
@@ -245,7 +244,7 @@ class ZmqInterface:
         else:
             envelope, body = frames[:1], frames[1:]
         payload = body[0] if body else b""
-        as_json = payload[:1] in _JSON_START
+        as_json = payload[:1] in protocol.JSON_FIRST_BYTES
         request_id = None
         if len(body) != 1:
             response = self._bad(f"a request is one frame, got {len(body)}", len(payload))

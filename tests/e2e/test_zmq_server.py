@@ -318,6 +318,19 @@ def test_insecure_no_curve_publishes_the_originals_events_too(net_service, tmp_p
 
 
 # --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("frame", [b"[1, 2, 3]", b'"submit"', b"42", b"-1", b"null", b"true", b"[{"])
+def test_a_json_request_that_is_no_object_is_answered_in_json(net_service, frame: bytes) -> None:
+    """Reference 10.3 (requests are JSON objects): a JSON text that is no object (or broken) gets its error
+    answer in JSON, which the original's clients read; it used to be answered in msgpack."""
+    svc = net_service()
+    dealer = svc.socket(zmq.DEALER)
+    dealer.send(frame)
+    reply = recv(dealer)[-1]
+    resp = json.loads(reply)
+    assert resp["code"] != 0 and "JSON request" in resp["message"], resp
+    assert ask(dealer, {"request": "resourcesInfo"})["code"] == 0
+
+
 def _fuzz_frames(rng: random.Random, n: int) -> list[list[bytes]]:
     valid = protocol.encode({"request": "submit", "jobs": [{"name": "x", "execution": {"exec": "/bin/true"}}]})
     names = ["submit", "jobStatus", "jobInfo", "cancelJob", "removeJob", "listJobs", "resourcesInfo",
