@@ -79,11 +79,12 @@ def check_own_files(path: str, names: tuple[str, ...], what: str) -> None:
             raise AuxDirError(f"{what} '{file}' is a link or belongs to another user (uid {st.st_uid}): refused")
 
 
-def check_wd(path: str) -> None:
-    """Refuse a working dir that anybody may write into without the sticky bit."""
+def check_wd(path: str, what: str = "working directory") -> None:
+    """Refuse a working dir (or the directory an aux dir is placed in) that anybody may write into without
+    the sticky bit."""
     st = os.stat(path)
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise AuxDirError(f"working directory '{path}' may be written by anybody (mode {stat.S_IMODE(st.st_mode):o}, "
+        raise AuxDirError(f"{what} '{path}' may be written by anybody (mode {stat.S_IMODE(st.st_mode):o}, "
                           f"no sticky bit), so others could replace the run's files: refused")
 
 
@@ -108,6 +109,7 @@ def make_or_reuse(path: str) -> None:
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
+        check_wd(parent, "the directory of the aux directory")
         os.mkdir(path, 0o700)
         os.chmod(path, 0o700)
     except FileExistsError:

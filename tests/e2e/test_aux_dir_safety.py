@@ -114,6 +114,18 @@ def test_world_writable_working_dir_without_sticky_bit_is_refused(tmp_path):
     assert r.rc == 0, r.stderr
 
 
+def test_aux_dir_placed_in_a_world_writable_directory_is_refused(tmp_path):
+    """The same for `--aux-dir`: its directory may not be one where anybody could rename it away."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    r = _ok_run(tmp_path, "--aux-dir", str(shared / "aux"))
+    assert r.rc == 1 and f"'{shared}' may be written by anybody (mode 777" in r.stderr, r.stderr
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o1777)
+    assert _ok_run(tmp_path, "--aux-dir", str(shared / "aux")).rc == 0
+
+
 def test_the_aux_dir_lock_refuses_a_second_holder_and_lives_without_flock(tmp_path, monkeypatch, capsys):
     """README "Resume": a second service in a locked aux dir is refused, naming the holder's pid; on a file
     system without flock (Lustre noflock, NFS without a lock daemon) the run goes on, with a warning,
