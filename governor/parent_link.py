@@ -66,6 +66,8 @@ class ParentLink:
         self.keys = keys
         self.tags = list(tags or [])
         self.lost_after = lost_after
+        self._parent_pid: int | None = None     # the parent's process, when it runs on this host
+        self._ppid = os.getppid()                # the process that started this one (the governor, locally)
         self._started: list[list[Any]] = []
         self._finished: list[list[Any]] = []
         self._announced: set[str] = set()      # started tasks whose end is not reported yet
@@ -228,6 +230,8 @@ class ParentLink:
         elif kind == "hb":
             pass
         elif kind == "registered":
+            if msg.get("host") == socket.gethostname() and isinstance(msg.get("pid"), int):
+                self._parent_pid = msg["pid"]
             if self._registered is not None and not self._registered.done():
                 self._registered.set_result(None)
         elif kind == "refused":
@@ -248,8 +252,26 @@ class ParentLink:
         while True:
             await asyncio.sleep(wire.LINK_HEARTBEAT)
             silent = time.monotonic() - self._last_seen
+            if self._parent_pid is not None and not _alive(self._parent_pid, self._ppid):
+                log.error("parent lost: its process ended", address=self.address, pid=self._parent_pid)
+                self._end(f"parent lost (its process {self._parent_pid} ended)")
+                return
             if silent > self.lost_after:
                 log.error("parent lost", address=self.address, silent=round(silent, 1))
                 self._end(f"parent lost (no heartbeat for {silent:.1f}s)")
                 return
             self._send_now({"type": "hb", "info": self.port.info()})
+
+
+def _alive(pid: int, started_by: int) -> bool:
+    """Whether the parent's process lives; when it started this one, its end shows at once as a new ppid
+    (a killed governor stays a zombie until whoever started it reaps it)."""
+    if pid == started_by:
+        return os.getppid() == pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

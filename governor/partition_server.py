@@ -18,6 +18,8 @@ process ends; its tasks go back to the set for re-dispatch.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -95,6 +97,12 @@ class _Peer:
     joined: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _who() -> dict[str, Any]:
+    """Who the governor is: a manager on the same host watches this pid, so it stops within a heartbeat when
+    the governor dies, not after the silence of LINK_LOST_AFTER, in which it would start tasks for nobody."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 class PartitionServer:
     def __init__(self, loop: asyncio.AbstractEventLoop, pset: PartitionSet, send: Send, *,
                  lost_after: float = wire.LINK_LOST_AFTER) -> None:
@@ -160,7 +168,7 @@ class PartitionServer:
         old = self.by_id.get(pid)
         if old is not None:
             if old.ident == ident:
-                self._send(ident, protocol.encode({"type": "registered", "id": pid}))
+                self._send(ident, protocol.encode({"type": "registered", "id": pid, **_who()}))
                 return None
             # the same manager again on a new connection (it restarted): the old one is gone
             self.lose(pid, "registered again from a new connection")
@@ -181,7 +189,7 @@ class PartitionServer:
                      host=msg.get("host"), pid=msg.get("pid"))
         self.peers[ident] = peer
         self.by_id[pid] = peer
-        self._send(ident, protocol.encode({"type": "registered", "id": pid}))
+        self._send(ident, protocol.encode({"type": "registered", "id": pid, **_who()}))
         log.info("partition manager registered", partition=pid, host=peer.host, pid=peer.pid, credit=credit,
                  totals=totals, tags=tags)
         self.expect(pid).set()

@@ -461,3 +461,33 @@ def test_parent_keys_open_to_others_are_refused(tmp_path):
     proc = subprocess.run([*SERVICE, "--parent", "tcp://127.0.0.1:1", "--nodes", "1", "--wd", str(tmp_path / "wd"),
                            "--keys", keys], cwd=str(tmp_path), capture_output=True, text=True, timeout=WAIT)
     assert proc.returncode == 1 and f"key file '{secret}' is open to others (mode 644)" in proc.stderr, proc.stderr
+
+
+def test_managers_stop_within_a_heartbeat_when_the_governor_dies(tmp_path):
+    """README "Faults": a partition manager on the governor's host watches the governor's process, so a
+    `kill -9` of the governor stops it at the next heartbeat tick, not after the 6 s of silence in which it
+    kept starting tasks nobody would hear of (and a `--resume` ran again)."""
+    wd = tmp_path / "wd"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit(job("s", "/bin/sleep", ["30"], iteration={"stop": 2}))]))
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "a:1,b:1",
+                             "--slurm-partition-nodes", "1", "--id", "g"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            managers = manager_processes(proc.pid)
+            sleeps = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                      if p.name() == "sleep"] if len(managers) == 2 else []
+            if len(sleeps) == 2:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "the tasks did not start"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    gone, alive = psutil.wait_procs(list(managers.values()) + sleeps, timeout=20)
+    assert not alive, f"still running: {alive}"
+    for pid in ("part-0", "part-1"):
+        log = (wd / ".qcgpjm-service-g" / "partitions" / pid / "service.log").read_text()
+        assert "parent lost: its process ended" in log, log[-2000:]

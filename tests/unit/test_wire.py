@@ -8,6 +8,8 @@ Every round trip goes through msgpack (`protocol.encode`/`decode`), as on the wi
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from typing import Any
 
 import pytest
@@ -257,7 +259,9 @@ def test_partition_server_register_events_and_bad_messages():
         assert pset.members == {}
 
         server.handle(b"id0", over_the_wire(_register("p0")))
-        assert replies(b"id0")[-1] == {"v": protocol.PROTOCOL_VERSION, "type": "registered", "id": "p0"}
+        # with the governor's host and pid: a manager on this host watches the process (parent_link)
+        assert replies(b"id0")[-1] == {"v": protocol.PROTOCOL_VERSION, "type": "registered", "id": "p0",
+                                       "host": socket.gethostname(), "pid": os.getpid()}
         assert list(pset.members) == ["p0"] and pset.members["p0"].tags == ["t"]
         assert server.expect("p0").is_set()
         server.handle(b"id0", _register("p0"))            # retried register on the same connection
