@@ -183,6 +183,9 @@ def test_log_level(service):
     r = service([submit(job("a"))], "--log", "debug")
     assert r.rc == 0, r.stderr
     assert r.log()
+    # one form for every line, also those of libraries that use `logging` (zmq.auth, asyncio)
+    bad = [line for line in r.log().splitlines() if not re.match(r"timestamp='[0-9 :.-]+' level='[a-z]+' ", line)]
+    assert not bad, bad[:3]
 
 
 def test_system_core_reduces_free_cores(service):
@@ -242,6 +245,15 @@ def test_show_progress_prints_bar_to_stderr(tmp_path, service_args):
     assert rc == 0, err
     assert "Traceback" not in err
     assert "20/20" in err or "100%" in err, err
+
+
+def test_show_progress_writes_lines_when_stderr_is_a_file(service):
+    """Reference 6 `--show-progress` in a batch job, whose stderr is a file: click draws only its label
+    there, so plain `tasks: done/total (pct%)` lines are written instead (every 5 s while the count moves),
+    the last one at the end."""
+    r = service([submit(job("it", "/bin/true", iteration={"stop": 12}))], "--show-progress", nodes="2")
+    assert r.rc == 0, r.stderr
+    assert r.stderr.splitlines()[-1] == "tasks: 12/12 (100%)", r.stderr
 
 
 @pytest.mark.both_modes
