@@ -14,21 +14,22 @@ def setup(path: str, level: str = "info") -> TextIO:
     """Send every structlog event (and stdlib logging) to `path`; returns the open file."""
     out = open(path, "a", encoding="utf-8", buffering=1)
     numeric = logging.getLevelName(level.upper()) if level != "notset" else logging.DEBUG
+    stamp = [structlog.processors.add_log_level,
+             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S.%f", utc=False)]
+    render = [structlog.processors.format_exc_info,
+              structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "logger", "event"],
+                                                    drop_missing=True)]
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S.%f", utc=False),
-            structlog.processors.format_exc_info,
-            structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "logger", "event"],
-                                                  drop_missing=True),
-        ],
+        processors=[*stamp, *render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # lines of libraries that use `logging` (zmq.auth, asyncio) in the same form as ours
     handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("timestamp=%(asctime)s level=%(levelname)s logger=%(name)s "
-                                           "event=%(message)r"))
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+        foreign_pre_chain=[*stamp, structlog.stdlib.add_logger_name]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
