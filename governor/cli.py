@@ -121,6 +121,11 @@ def cli(**opts: object) -> None:
     if nodes is not None and not str(nodes).strip():
         click.echo("Error: --nodes: empty; give \"[name:]cores,...\" or leave the option out", err=True)
         sys.exit(EXIT_START_FAILED)
+    for key, flag in (("wd", "--wd"), ("aux_dir", "--aux-dir"), ("file_path", "--file-path"),
+                      ("resume", "--resume"), ("report_file", "--report-file")):
+        if opts[key] is not None and not str(opts[key]).strip():
+            click.echo(f"Error: {flag}: empty; give a path or leave the option out", err=True)
+            sys.exit(EXIT_START_FAILED)
     instance_id = opts["instance_id"]
     if instance_id is not None and (not str(instance_id).strip() or "/" in str(instance_id)
                                     or instance_id in (".", "..")):

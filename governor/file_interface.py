@@ -6,6 +6,10 @@ import json
 from typing import Any
 
 
+_JSON_NAMES = {type(None): "null", bool: "true or false", int: "a number", float: "a number", str: "a string",
+               dict: "an object"}
+
+
 class RequestFileError(Exception):
     """The file cannot be used; the message says which file and why."""
 
@@ -31,5 +35,5 @@ def load_requests(path: str) -> list[Any]:
         data = [data]
     if not isinstance(data, list):
         raise RequestFileError(f"request file '{path}': must hold a JSON list of requests, "
-                               f"got {type(data).__name__}")
+                               f"got {_JSON_NAMES.get(type(data), type(data).__name__)}")
     return data

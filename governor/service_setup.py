@@ -60,8 +60,16 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         except OSError as exc:
             raise StartError(f"--resume: aux directory '{resume_aux}' cannot be used: {exc.strerror}") from None
         replay = _read_journal(resume_aux, cfg)
+    if cfg.report_format != "none" and not cfg.parent:
+        # checked before any directory is made: a refused start leaves nothing behind
+        inside = os.path.normpath(os.path.join("aux", cfg.report_file))
+        if inside in {os.path.join("aux", name) for name in _own_files(cfg)}:
+            raise StartError(f"--report-file '{cfg.report_file}': the service writes its own "
+                             f"'{os.path.basename(inside)}' in the aux directory; choose another name")
     # a resumed run works where the interrupted one did, unless told otherwise
     wd = os.path.abspath(cfg.wd or (os.path.dirname(resume_aux) if resume_aux else "."))
+    if os.path.exists(wd) and not os.path.isdir(wd):
+        raise StartError(f"working directory '{wd}' is not a directory")
     try:
         os.makedirs(wd, exist_ok=True)
     except OSError as exc:
@@ -111,10 +119,6 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
         raise StartError(f"aux directory {where} cannot be created: {exc.strerror}") from None
     if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
         report = os.path.join(aux_dir, cfg.report_file)
-        own = _own_files(cfg)
-        if os.path.normpath(report) in {os.path.join(aux_dir, name) for name in own}:
-            raise StartError(f"--report-file '{cfg.report_file}': the service writes its own "
-                             f"'{os.path.basename(report)}' there; choose another name")
         try:
             open(report, "a").close()
         except OSError as exc:

@@ -58,10 +58,20 @@ def test_numbers_too_big_are_refused_with_their_field(service):
 
 
 def test_not_a_list(service):
-    """Facts 15: a file that is not a list of requests is refused."""
+    """Facts 15: a file that is not a list of requests is refused, naming what it holds in JSON's terms."""
     r = service('"hello"')
     assert r.rc != 0
-    assert "list" in one_error_line(r)
+    assert "list" in one_error_line(r) and "got a string" in one_error_line(r)
+    r = service("null")
+    assert r.rc != 0 and one_error_line(r).endswith("got null")
+
+
+def test_working_directory_that_is_a_file(service, tmp_path):
+    """Reference 6 `--wd`: a path that is a file is named as such (not "cannot be created: File exists")."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = service([submit(job("a"))], wd=afile)
+    assert r.rc == 1 and one_error_line(r) == f"Error: working directory '{afile}' is not a directory"
 
 
 def test_missing_file(service, tmp_path):
@@ -280,6 +290,9 @@ def test_request_not_an_object(service):
     (["--report-file", "./track.reqs"], ["--report-file", "track.reqs"]),
     (["--report-file", "tmp/../track.states"], ["--report-file", "track.states"]),
     (["--id", "a/b"], ["--id", "a/b"]),
+    (["--wd", ""], ["--wd", "empty"]),
+    (["--aux-dir", " "], ["--aux-dir", "empty"]),
+    (["--report-file", ""], ["--report-file", "empty"]),
     (["--id", ""], ["--id"]),
     (["--id", ".."], ["--id", ".."]),
     (["--nl-init-timeout", "-1"], ["--nl-init-timeout"]),
