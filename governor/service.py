@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from qcg.pilotjob.api import protocol
-from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor import logs
 from qcg.pilotjob.governor.finals_writer import FinalsWriter
@@ -169,50 +168,16 @@ class Service(Workers):
         return EXIT_REFUSED if self._file_refused else EXIT_OK
 
     def _replay(self) -> bool:
-        """The journal's submissions and removals, in order; False (and nothing changed on disk) when an
-        unended job cannot run with this run's resources."""
-        from qcg.pilotjob.governor import journal as journal_mod
+        """The interrupted run's journal, replayed (governor/resume.py); False when the resume is refused,
+        and then the run's final_status.json stays as it was."""
+        from qcg.pilotjob.governor.resume import replay_journal
 
-        replay = self.replay
-        assert replay is not None
-        for note in replay.notes:
-            log.warning("journal: not everything is resumed", note=note)
-        # before any is submitted: a resume in a smaller allocation would end them FAILED, for good
-        too_big = {d.name: why for sub in replay.submissions for d in sub.descs
-                   if None not in sub.done.get(d.name, ()) and (why := self.governor.admission.never_fits(d))}
-        if too_big:
-            for name, why in too_big.items():
-                print(f"Error: --resume: job '{name}' cannot run with this run's resources: {why}", file=sys.stderr)
-            print("Error: --resume refused: resume with resources like the interrupted run's (--nodes, or an "
-                  "allocation as large); no file of the run was changed", file=sys.stderr)
-            log.error("resume refused: jobs do not fit the resources", jobs=too_big)
+        assert self.replay is not None
+        if not replay_journal(self.governor, self.journal, self.aux_dir, self.replay):
             self._keep_status = True
             return False
-        try:
-            # the resume goes ahead: what it appends must follow whole records
-            journal_mod.cut_torn_ends(self.aux_dir, replay)
-        except OSError as exc:
-            print(f"Error: --resume: the journal in '{self.aux_dir}' cannot be repaired: {exc.strerror}",
-                  file=sys.stderr)
-            self._keep_status = True
-            return False
-        with self.journal.replaying():
-            for step in replay.steps:
-                if isinstance(step, journal_mod.Removal):
-                    self.governor.remove(step.names)
-                    continue
-                try:
-                    self.governor.submit(step.descs, rcnt=step.rcnt, when=step.when, done=step.done)
-                except InvalidJobDescriptionError as exc:
-                    # the journal replays what was accepted, in order: only a damaged or edited one gets here
-                    print(f"Error: --resume: submission #{step.rcnt} of the journal not replayed: {exc}",
-                          file=sys.stderr)
-                    log.error("journal submission not replayed", rcnt=step.rcnt, problems=exc.problems)
-        # later submissions never reuse a request counter of the journal (states are keyed by it)
-        self.governor.rcnt = max(self.governor.rcnt, replay.last_rcnt)
-        if replay.finish_after_all:
+        if self.replay.finish_after_all:
             self._finish_after_all = True
-        log.info("resumed", submissions=len(replay.submissions), unfinished_jobs=self.governor.unfinished)
         return True
 
     def _serve_file(self) -> None:
