@@ -115,7 +115,14 @@ class Admission:
         res = desc.resources
         cores, nodes = res.num_cores, res.num_nodes
         if (cores is not None and cores.scheduler is not None) or (nodes is not None and nodes.scheduler is not None):
-            req = self.request_of(desc, 0)
+            try:
+                req = self.request_of(desc, 0)
+            except ValueError:
+                if self.partition.totals()[0]:
+                    raise
+                # no partition yet (--governor, none attached): nothing to size against; every iteration is
+                # sized when it is handed out, which waits for a partition (or fails: none will come)
+                req = ResourceRequest()
             return req, self.partition.never_fits(req), True
         key = (cores, nodes)
         hit = self._size_cache.get(key)

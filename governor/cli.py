@@ -103,6 +103,12 @@ def cli(**opts: object) -> None:
                 sys.exit(EXIT_START_FAILED)
     elif opts["governor"] and not opts["slurm_partition_nodes"]:
         net = True          # partition managers attach through the network interface
+        if opts["nodes"] or opts["system_core"]:
+            flag = "--nodes" if opts["nodes"] else "--system-core"
+            click.echo(f"Error: {flag} cannot be used with --governor: it runs no tasks of its own; give the "
+                       f"nodes to the managers that attach with --parent (or use --slurm-partition-nodes)",
+                       err=True)
+            sys.exit(EXIT_START_FAILED)
     if not opts["file_path"] and not opts["resume"] and not net and not opts["parent"]:
         click.echo("Error: no interface enabled: give --net or --file-path (or --resume)", err=True)
         sys.exit(EXIT_START_FAILED)

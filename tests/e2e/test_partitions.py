@@ -364,6 +364,43 @@ def test_partition_attaching_later_takes_over_queued_work(tmp_path):
         assert sum(nodes == ["b"] for nodes in runs.values()) >= 2, runs   # the newcomer took its share
 
 
+def test_a_sweep_with_an_iteration_scheduler_waits_for_the_first_partition(tmp_path):
+    """README ("--governor": while none is attached, jobs wait for one that fits them) and reference 12: a
+    `split-into` sweep submitted before any manager attached is accepted like any other job -- it was
+    refused ("0 split into 3 parts gives less than 1 per part") -- and its iterations are sized against the
+    manager that attaches."""
+    wd, out = tmp_path / "wd", tmp_path / "out"
+    wd.mkdir()
+    out.mkdir()
+    for governor in local_manager(["--governor", "--wd", str(wd)], client_cfg(tmp_path)):
+        manager = None
+        try:
+            governor.submit(Jobs().add(name="sw", exec="/bin/bash", iteration=3,
+                                       args=["-c", f"echo $QCG_PM_NPROCS > {out}/${{it}}"],
+                                       numCores={"min": 1, "scheduler": {"name": "split-into"}}))
+            assert governor.status("sw")["jobs"]["sw"]["data"]["status"] == "QUEUED"
+            manager = subprocess.Popen(
+                [*SERVICE, "--parent", governor.address, "--keys", governor.aux_dir, "--id", "p",
+                 "--nodes", "n:6", "--wd", str(tmp_path / "p")], cwd=str(tmp_path),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert governor.wait4("sw", timeout=WAIT) == {"sw": "SUCCEED"}
+        finally:
+            if manager is not None:
+                manager.send_signal(signal.SIGTERM)
+                manager.wait(WAIT)
+        assert [(out / str(i)).read_text().strip() for i in range(3)] == ["2", "2", "2"]
+
+
+@pytest.mark.parametrize("flag", [["--nodes", "a:2"], ["--system-core"]])
+def test_governor_without_partitions_refuses_resources_of_its_own(tmp_path, flag):
+    """`--governor` runs no tasks itself: `--nodes` (or `--system-core`) given to it was ignored without a
+    word, and the run had 0 cores until a manager attached (the Executor's `resources=` too)."""
+    r = subprocess.run([*SERVICE, "--governor", *flag, "--wd", str(tmp_path / "wd")], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "cannot be used with --governor" in r.stderr and flag[0] in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 # ------------------------------------------------------------------------ regressions
 def test_spawn_failure_names_its_partition(service):
     """Issue 6 "jobs.report runtime has a new 'partition' key": also for a task that failed to start in a
