@@ -13,6 +13,7 @@ from qcg.pilotjob.partition.resources import Node, Resources
 
 __all__ = ["parse_nodes_spec", "local_resources"]
 
+MAX_NODE_CORES = 65_536        # a virtual node larger than any real one by far
 _NAME_RE = re.compile(r"[^\s:,\[\]]+")
 _CORES_RE = re.compile(r"\d+")
 
@@ -43,9 +44,12 @@ def parse_nodes_spec(spec: str) -> list[Node]:
             raise ValueError(f"{where}: missing number of cores after ':'")
         if not _CORES_RE.fullmatch(cores):
             raise ValueError(f"{where}: number of cores must be a positive integer, got {cores!r}")
-        ncores = int(cores)
+        ncores = int(cores) if len(cores) <= 9 else MAX_NODE_CORES + 1
         if ncores < 1:
             raise ValueError(f"{where}: number of cores must be at least 1")
+        if ncores > MAX_NODE_CORES:
+            # each core is kept in the books (a typo of a few digits would take the memory of the machine)
+            raise ValueError(f"{where}: at most {MAX_NODE_CORES} cores per node")
         if name and not _NAME_RE.fullmatch(name):
             raise ValueError(f"{where}: invalid node name {name!r}")
         name = name or f"n{idx}"

@@ -167,9 +167,10 @@ def test_more_cores_than_exist(service):
     assert rep["fine"]["state"] == "SUCCEED"
 
 
-@pytest.mark.parametrize("nodes", ["0", "x", "a:", "2,,3", "n:-1", "a:2,a:3", ":"])
+@pytest.mark.parametrize("nodes", ["0", "x", "a:", "2,,3", "n:-1", "a:2,a:3", ":", "100000000000", "a:65537"])
 def test_bad_nodes_string(service, nodes):
-    """Issue 3 "bad --nodes string": one clear line mentioning --nodes; exit non-zero."""
+    """Issue 3 "bad --nodes string": one clear line mentioning --nodes; exit non-zero. A node of more than
+    65 536 cores too: such a typo used to take memory until the machine ran out (136 bytes per core)."""
     r = service([submit(job("a"))], nodes=nodes)
     assert r.rc != 0
     line = one_error_line(r)
