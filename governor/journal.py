@@ -175,17 +175,20 @@ class Replay:
     def submissions(self) -> list[Submission]:
         return [s for s in self.steps if isinstance(s, Submission)]
 
-    def unfinished(self) -> int:
-        """Jobs of the journal that have not ended (a removed job had)."""
-        ended: dict[str, bool] = {}            # live job name -> ended
+    def unended(self) -> list["JobDescription"]:
+        """The jobs of the journal that have not ended (a removed job had), in journal order."""
+        live: dict[str, tuple["JobDescription", bool]] = {}     # job name -> (description, ended)
         for step in self.steps:
             if isinstance(step, Removal):
                 for name in step.names:
-                    ended.pop(name, None)
+                    live.pop(name, None)
             else:
                 for d in step.descs:
-                    ended[d.name] = None in step.done.get(d.name, ())
-        return sum(1 for done in ended.values() if not done)
+                    live[d.name] = (d, None in step.done.get(d.name, ()))
+        return [d for d, ended in live.values() if not ended]
+
+    def unfinished(self) -> int:
+        return len(self.unended())
 
 
 class JournalError(Exception):

@@ -30,8 +30,7 @@ def replay_journal(governor: "Governor", journal: journal_mod.Journal, aux_dir: 
     """Replay `replay` into `governor`; False, with the reason on stderr, when the resume is refused."""
     for note in replay.notes:
         log.warning("journal: not everything is resumed", note=note)
-    too_big = {d.name: why for sub in replay.submissions for d in sub.descs
-               if None not in sub.done.get(d.name, ()) and (why := governor.admission.never_fits(d))}
+    too_big = {d.name: why for d in replay.unended() if (why := governor.admission.never_fits(d))}
     if too_big:
         for name, why in too_big.items():
             print(f"Error: --resume: job '{name}' cannot run with this run's resources: {why}", file=sys.stderr)
