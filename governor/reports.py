@@ -87,7 +87,6 @@ class JobReport(GovernorListener):
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
-        self._pnames: dict[int, tuple[Any, str]] = {}
         self._iso_prefixes: dict[int, str] = {}       # whole second -> its isoformat
         self._first_ts = -1.0
         self._first_iso = ""
@@ -145,7 +144,7 @@ class JobReport(GovernorListener):
                         f'{e[h[5]]}{iso(h[4])}"}}')
             else:
                 hist = ",".join([f'{e[h[i + 1]]}{iso(h[i])}"}}' for i in range(0, len(h), 2)])
-            runtime = _runtime_json(rec, self._pname(of) if rec.pid is not None else "")
+            runtime = _runtime_json(rec, process_name(of.desc))
             if self._rt_stats and rec.rtime is not None:
                 runtime += f',"qcg_finish": "{iso(time.time())}"'
             line = (f'{{"name": {_str(name)},"state": "{rec.state.value}","history": [{hist}],'
@@ -154,7 +153,7 @@ class JobReport(GovernorListener):
                 line += self._job_part(job)
             return line + (f',"messages": {_str(rec.messages)}}}' if rec.messages else "}")
         hist = "\n\t".join(f"{fmt_time(ts)}: {st.value}" for ts, st in rec.history)
-        runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime_named(self._pname(of)).items())
+        runtime = "\n\t".join(f"{k}: {v}" for k, v in rec.runtime_named(process_name(of.desc)).items())
         if self._rt_stats and rec.rtime is not None:
             runtime += f"\n\tqcg_finish: {fmt_time(time.time())}"
         return f"{name} ({rec.state.value}) {rec.messages or ''}\n\t{hist}\n\t{runtime}"
@@ -178,18 +177,6 @@ class JobReport(GovernorListener):
         if desc.after:
             part += ',"dependencies": {"after": [' + ",".join(map(_str, desc.after)) + "]}"
         return part
-
-    def _pname(self, job: "JobRecord") -> str:
-        """`process_name` once per description (a sweep's iterations share theirs)."""
-        desc = job.desc
-        hit = self._pnames.get(id(desc))
-        if hit is not None and hit[0] is desc:
-            return hit[1]
-        name = process_name(desc)
-        if len(self._pnames) >= 4096:
-            self._pnames.clear()
-        self._pnames[id(desc)] = (desc, name)
-        return name
 
     def _text(self, obj: Any) -> str:
         """JSON of a description part; shared parts (a sweep's execution, common sizes) are encoded once."""
