@@ -126,18 +126,17 @@ class EventPublisher(GovernorListener):
                                                               "state": state.value, "it": iteration})
 
     def _send_legacy(self, topic: str, body: dict[str, Any]) -> None:
-        payload = f"{topic} {json.dumps(body)}".encode()
-        if self.on_pending is None:
-            self._send_now(None, payload)
-            return
-        self._pending.append((None, payload))
-        self.on_pending()
+        self._queue(None, f"{topic} {json.dumps(body)}".encode())
 
     def _send(self, topic: bytes, body: dict[str, Any]) -> None:
+        self._queue(topic, self._pack(body))
+
+    def _queue(self, topic: bytes | None, payload: bytes) -> None:
+        """Sent now, or held back until the service's FinalsWriter calls `flush` (see `on_pending`)."""
         if self.on_pending is None:
-            self._send_now(topic, self._pack(body))
+            self._send_now(topic, payload)
             return
-        self._pending.append((topic, self._pack(body)))
+        self._pending.append((topic, payload))
         self.on_pending()
 
     def flush(self) -> None:
