@@ -45,6 +45,14 @@ def _counts(cnt: Path) -> dict[int, int]:
             for i in range(N)}
 
 
+def _wait_for_files(proc: subprocess.Popen, *paths: Path, timeout: float = 30) -> None:
+    """Until every path exists (the tasks that write them have started), the service still running."""
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline and proc.poll() is None, f"not written in time: {paths}"
+        time.sleep(0.05)
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the service, then every task it left behind (so nothing finishes after the snapshot)."""
     try:
@@ -582,10 +590,7 @@ def test_resume_of_a_run_still_alive_is_refused(tmp_path, mode):
                              *mode_args(mode, NODES)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     aux = wd / ".qcgpjm-service-live"
     try:
-        deadline = time.monotonic() + 30
-        while not ((cnt / "0").exists() and (cnt / "1").exists()):
-            assert time.monotonic() < deadline and proc.poll() is None, "the tasks did not start"
-            time.sleep(0.05)
+        _wait_for_files(proc, cnt / "0", cnt / "1")
         r = run_service(tmp_path, None, "--resume", str(aux), wd=wd, nodes=NODES, timeout=30, mode=mode)
         assert r.rc == 1, r.stderr
         assert f"in use by a running service (pid {proc.pid})" in r.stderr, r.stderr
@@ -616,10 +621,7 @@ def _killed_mid_job(tmp_path: Path, nodes: str, mode: str = "flat") -> tuple[Pat
     proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", nodes, "--id", "k",
                              *mode_args(mode, nodes)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not (cnt / "w").exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "w did not start"
-            time.sleep(0.05)
+        _wait_for_files(proc, cnt / "w")
     finally:
         _kill_tree(proc)
     return cnt, wd, wd / ".qcgpjm-service-k"
@@ -680,10 +682,7 @@ def test_resume_takes_over_the_interrupted_runs_place_and_report(tmp_path):
                              "--aux-dir", str(aux), "--report-format", "text", "--report-file", "my.rep"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not (cnt / "pwd").exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "w did not start"
-            time.sleep(0.05)
+        _wait_for_files(proc, cnt / "pwd")
     finally:
         _kill_tree(proc)
     (cnt / "pwd").unlink()
