@@ -59,7 +59,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from qcg.pilotjob.api import errors, protocol, transport
+from qcg.pilotjob.api import client_log, errors, protocol, transport
 from qcg.pilotjob.api.job import Jobs, as_job_names
 from qcg.pilotjob.api.job_waits import JobWaits, TimeStamp
 from qcg.pilotjob.api.jobinfo import JobInfo
@@ -82,39 +82,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), "LocalManager"])
 
 
-_logger = logging.getLogger("qcg.pilotjob.api")
-
-# shared log file handlers: several managers of one process logging to the same file write each line once
-_handlers: dict[str, list] = {}
-_handlers_lock = threading.Lock()
-
-
-def _acquire_handler(path: str, level: int) -> logging.Handler:
-    path = os.path.abspath(path)
-    with _handlers_lock:
-        entry = _handlers.get(path)
-        if entry is None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            handler = logging.FileHandler(path, mode="a", delay=True)
-            handler.setFormatter(logging.Formatter("%(asctime)-15s: %(message)s"))
-            _logger.addHandler(handler)
-            entry = _handlers[path] = [handler, 0]
-        entry[1] += 1
-        if _logger.level == logging.NOTSET or level < _logger.level:
-            _logger.setLevel(level)
-        return entry[0]
-
-
-def _release_handler(handler: logging.Handler) -> None:
-    with _handlers_lock:
-        for path, entry in list(_handlers.items()):
-            if entry[0] is handler:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    _logger.removeHandler(handler)
-                    handler.close()
-                    del _handlers[path]
-                return
+_logger = client_log.logger
 
 
 class Manager(JobWaits):
@@ -383,7 +351,7 @@ class Manager(JobWaits):
         """Remove this client's log handler (reference 22.1.4 `cleanup`)."""
         handler, self.log_handler = getattr(self, "log_handler", None), None
         if handler is not None:
-            _release_handler(handler)
+            client_log.close_client_log(handler)
 
     def __enter__(self) -> "Manager":
         return self
@@ -394,13 +362,5 @@ class Manager(JobWaits):
     # ---------------------------------------------------------------- logging
 
     def _setup_logging(self, cfg: dict) -> None:
-        if getattr(self, "log_handler", None) is not None:
-            return
-        if "log_file" in cfg and not cfg["log_file"]:
-            return  # log_file=None: no client log file
-        log_file = cfg.get("log_file") or os.path.join(cfg.get("wdir", "."), ".qcgpjm-client", "api.log")
-        level = logging.DEBUG if str(cfg.get("log_level", "info")).lower() == "debug" else logging.INFO
-        try:
-            self.log_handler = _acquire_handler(str(log_file), level)
-        except OSError as exc:
-            raise errors.FileError(f"cannot open the client log file {log_file}: {exc}") from exc
+        if getattr(self, "log_handler", None) is None:
+            self.log_handler = client_log.open_client_log(cfg)

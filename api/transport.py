@@ -32,7 +32,7 @@ from qcg.pilotjob.api import errors, protocol
 from qcg.pilotjob.api.client_keys import (
     AUX_DIR_PREFIX, CurveKeys, KeysRefused, NoKeysFound, find_aux_dir, find_keys, foreign_owner, insecure_opt_in,
     load_keys, locate_keys, read_aux_address, scan_aux_dirs)
-from qcg.pilotjob.api.event_drain import EventDrain
+from qcg.pilotjob.api.event_drain import EventDrain, connect_subscriber, decode_event, monitor
 
 __all__ = [
     "CurveKeys", "find_keys", "locate_keys", "load_keys", "find_aux_dir", "scan_aux_dirs", "read_aux_address",
@@ -46,15 +46,6 @@ PUB_ADDRESS_FILE = protocol.PUB_ADDRESS_FILE
 
 _CONNECTION_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-
-def _monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
-    """A monitor of `sock` on an address of its own: pyzmq's default one is named after the socket, and
-    libzmq releases it only some time after the previous monitor of the socket is closed."""
-    return sock.get_monitor_socket(events, addr=f"inproc://qcgpj-monitor-{next(_monitor_ids)}")
-
-
-_monitor_ids = itertools.count()
-
 
 
 class ServiceUnreachable(errors.ConnectionError):
@@ -105,7 +96,7 @@ class ServiceConnection:
         # watched from before the connect, so a refused handshake (wrong mechanism, keys the service's ZAP
         # handler denies) is known however long before the first request it happened; libzmq retries
         # such connections only after a back-off, if at all
-        self._events = _monitor(self._sock, _CONNECTION_EVENTS)
+        self._events = monitor(self._sock, _CONNECTION_EVENTS)
         self._refusal: int | None = None     # last handshake failure since the last success
         self._refusals = 0
         self._link_up = False
@@ -311,36 +302,7 @@ class ServiceConnection:
         with self._lock:
             if self._drain is not None:
                 return
-            sub = self._socket(zmq.SUB)
-            sub.setsockopt(zmq.RCVHWM, 0)  # never drop an event on our side
-            for topic in topics:
-                sub.setsockopt(zmq.SUBSCRIBE, topic)
-            monitor = _monitor(sub, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-            subscribed = False
-            try:
-                sub.connect(pub_address)
-                # A subscription works only once the connection is up: wait for the handshake, so that
-                # events of jobs submitted right after connecting are not lost (the "slow joiner").
-                deadline = time.monotonic() + min(self.timeout, 10.0)
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not monitor.poll(remaining * 1000.0, zmq.POLLIN):
-                        break  # not fatal: the waits re-check the state with requests
-                    event = zmq.utils.monitor.recv_monitor_message(monitor)
-                    if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                        break
-                    if event["event"] & (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                        break
-                subscribed = True
-            finally:
-                sub.disable_monitor()
-                monitor.close(linger=0)
-                if not subscribed:
-                    sub.close(linger=0)         # the error goes on to the caller
-            self._drain = EventDrain(sub)
+            self._drain = connect_subscriber(self._socket(zmq.SUB), pub_address, topics, min(self.timeout, 10.0))
             self.pub_address = pub_address
 
     @property
@@ -369,17 +331,7 @@ class ServiceConnection:
             frames = drain.next(ms, wake)
         except zmq.ZMQError as exc:
             raise errors.ConnectionError(f"event channel of {self.address} failed: {exc}") from exc
-        if frames is None:
-            return None
-        if len(frames) < 2:
-            return frames[0] if frames else b"", {}
-        try:
-            data = msgpack.unpackb(frames[-1], raw=False, strict_map_key=False)
-        except Exception:  # a malformed event is dropped, never fatal
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-        return frames[0], data
+        return None if frames is None else decode_event(frames)
 
     # ------------------------------------------------------------------- close
 
