@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 import structlog
 
+from qcg.pilotjob.governor import logs
 from qcg.pilotjob.governor.admission import Admission, SizingPort
 from qcg.pilotjob.governor.cancellation import STOPPED, Cancellation
 from qcg.pilotjob.governor.dependencies import WaiterIndex, resolve_template
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
     from qcg.pilotjob.api.jobdesc import JobDescription
 
 log = structlog.get_logger("governor")
+
+
+def _task_fields(job: str, it: int | None, **fields: object) -> dict:
+    """The fields of a task's debug line, those without a value left out."""
+    return {k: v for k, v in (("job", job), ("iteration", it), *fields.items()) if v is not None}
+
 
 class PartitionPort(SizingPort, Protocol):
     """What the governor needs from a partition (in-process object or remote proxy)."""
@@ -273,6 +280,9 @@ class Governor(Cancellation, FinalStates):
         rec.pid = ev.pid
         rec.partition = ev.partition
         rec.set_started(ev.scheduled_at, ev.started_at)
+        if logs.task_lines:
+            log.debug("task started", **_task_fields(job.name, it, where=rec.allocation, pid=ev.pid,
+                                                     partition=ev.partition, wd=ev.wd))
         if it is not None:
             job.executing_count += 1
             if job.record.state is JobState.QUEUED:
@@ -326,6 +336,9 @@ class Governor(Cancellation, FinalStates):
         else:
             rec.add_message(ev.message)
         state = STATE_OF[ev.state]
+        if logs.task_lines:
+            log.debug("task finished", **_task_fields(job.name, it, state=ev.state, exit_code=ev.exit_code,
+                                                      reason=ev.message, where=rec.allocation))
         if it is None:
             self._finish_job(job, state, when=ev.finished_at)
         else:

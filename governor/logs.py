@@ -9,11 +9,18 @@ import structlog
 
 LEVELS = ("critical", "error", "warning", "info", "debug", "notset")
 
+#: `--log debug`: a line for every start and end of a task. The code of every task event reads this flag
+#: instead of calling `log.debug`, which costs microseconds even when the level drops the line (the lazy
+#: logger binds itself on each call), tens of thousands of times in a sweep.
+task_lines = False
+
 
 def setup(path: str, level: str = "info") -> TextIO:
     """Send every structlog event (and stdlib logging) to `path`; returns the open file."""
+    global task_lines
     out = open(path, "a", encoding="utf-8", buffering=1)
     numeric = logging.getLevelName(level.upper()) if level != "notset" else logging.DEBUG
+    task_lines = numeric <= logging.DEBUG
     stamp = [structlog.processors.add_log_level,
              structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S.%f", utc=False)]
     render = [structlog.processors.format_exc_info,

@@ -188,6 +188,27 @@ def test_log_level(service):
     assert not bad, bad[:3]
 
 
+@pytest.mark.both_modes
+def test_debug_log_has_a_line_per_task_start_and_end(service):
+    """Reference 6 `--log`: at debug level service.log says when each task started and ended, where and how
+    (a line each, iterations named); at the default level it has no such lines."""
+    reqs = [submit(job("ok", "/bin/true", iteration={"stop": 2}), job("bad", "/no/such/program"))]
+    r = service(reqs, "--log", "debug")
+    assert r.rc == 0, r.stderr
+    lines = r.log().splitlines()
+    started = [line for line in lines if "event='task started'" in line]
+    finished = [line for line in lines if "event='task finished'" in line]
+    assert sorted(re.search(r"job='(\w+)'( iteration=\d)?", line).group(0) for line in started) == \
+        ["job='ok' iteration=0", "job='ok' iteration=1"]
+    assert len(finished) == 3
+    bad = [line for line in finished if "job='bad'" in line]
+    assert len(bad) == 1 and "state='FAILED'" in bad[0] and "/no/such/program" in bad[0], bad
+    assert all("where='" in line for line in started + finished)
+    quiet = service(reqs)
+    assert quiet.rc == 0, quiet.stderr
+    assert "event='task" not in quiet.log()
+
+
 def test_system_core_reduces_free_cores(service):
     """Reference 6 `--system-core` / 15.2: one core reserved: UsedCores 1 at idle, free reduced by one,
     a job using all remaining cores still runs, one needing every core is refused."""
