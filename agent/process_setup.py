@@ -52,6 +52,35 @@ def raise_open_files_limit(target: int = FD_SOFT_LIMIT) -> None:
         pass
 
 
+def keep_inherited_fds_from_tasks() -> int:
+    """Mark every descriptor this process was started with, above stderr, close-on-exec; returns how many.
+
+    Why: `posix_spawn` hands a child every descriptor without that flag,
+    and cannot close the rest as `subprocess` does (close_fds). What Python
+    and libzmq open has the flag already (PEP 446, SOCK_CLOEXEC); what a
+    process is started with -- a shell's or a batch system's descriptors, a
+    caller's pipes -- has not, and every task would get it: a pipe a task
+    holds open keeps its reader from ever seeing the end. Called once per
+    launcher, before its first start. Never raises.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:     # pragma: no cover - no /proc: nothing is changed
+        return 0
+    marked = 0
+    for name in names:
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                os.set_inheritable(fd, False)
+                marked += 1
+        except OSError:     # the descriptor of the listing itself, closed by now
+            pass
+    return marked
+
+
 SHORT_SLICE_NS = 100_000    # the shortest slice Linux grants (0.1 ms)
 
 # (sched_setattr, sched_getattr) system call numbers; the generic table serves aarch64 and riscv64

@@ -23,6 +23,8 @@ handful of system calls on top of the spawn itself:
   one shared open file description (``POSIX_SPAWN_DUP2``).
 * every child gets its own process group (``setgroup=0``) so cancel and
   walltime signal the whole tree the task started.
+* descriptors the process was started with are made close-on-exec when
+  the spawner is made (process_setup.py): tasks get stdin/out/err only.
 * exits are detected with ``os.pidfd_open``: every pidfd goes into one
   private ``epoll`` whose descriptor is the only thing the asyncio loop
   watches (registering each pidfd with the loop costs several times more in
@@ -53,7 +55,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 from qcg.pilotjob.agent.guard_keeper import GuardKeeper
-from qcg.pilotjob.agent.process_setup import ask_for_short_slices, raise_open_files_limit
+from qcg.pilotjob.agent.process_setup import (
+    ask_for_short_slices, keep_inherited_fds_from_tasks, raise_open_files_limit)
 from qcg.pilotjob.agent.spawn_args import ProcessSpec, SpawnArgs, err_text
 
 _log = logging.getLogger(__name__)
@@ -115,6 +118,9 @@ class ProcessSpawner:
         self._loop = loop
         self._kill_grace = kill_grace
         raise_open_files_limit()
+        inherited = keep_inherited_fds_from_tasks()
+        if inherited:
+            _log.debug("%d inherited descriptor(s) made close-on-exec: tasks do not get them", inherited)
         # spawn() runs in this thread: it must not wait behind the tasks it starts (process_setup)
         short_slices = ask_for_short_slices()
         _log.debug("short CPU time slices for the launcher: %s", short_slices)

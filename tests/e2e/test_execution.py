@@ -277,3 +277,26 @@ def test_many_short_tasks(service):
     fs = r.final_status()
     assert fs["IterationStats"]["FinishedIterations"] == 2000
     assert fs["JobStats"]["FinishedJobs"] == 1
+
+
+def test_tasks_do_not_get_descriptors_the_service_was_started_with(tmp_path):
+    """Issue 3 "Launching": a task starts with stdin, stdout and stderr only. `posix_spawn` passes every
+    descriptor without close-on-exec, and a service started from a shell or a batch script has some (a
+    pipe kept open in a task would keep its reader from seeing the end); the original (subprocess,
+    close_fds) gives its tasks none."""
+    from tests.conftest import SERVICE, find_aux, write_requests
+
+    out = tmp_path / "fds.txt"
+    probe = "import os\nfor fd in range(1024):\n    try:\n        os.fstat(fd)\n        print(fd)\n    except OSError:\n        pass"
+    reqs = write_requests(tmp_path / "reqs.json", [submit(job("fds", sys.executable, ["-c", probe], stdout=str(out)))])
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        proc = subprocess.run([*SERVICE, "--file-path", str(reqs), "--wd", str(tmp_path / "wd"), "--nodes", "1"],
+                              capture_output=True, text=True, timeout=60, pass_fds=(write_end,))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert find_aux(tmp_path / "wd") is not None
+    assert sorted(out.read_text().split(), key=int) == ["0", "1", "2"]
