@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from qcg.pilotjob.agent.allocation_env import restore as restore_allocation_env
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.socket_batches import receive_frames
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None, stop_signals: tuple[int, ...] = STOP_SIG
     ap.add_argument("--proc-stats-dir", default=None,
                     help="record the processes of the tasks and write a ptrace_*.log file here at the end")
     args = ap.parse_args(argv)
+    restore_allocation_env()        # the tasks' base environment: the allocation's, not srun's step's
     node = args.node or os.environ.get("SLURMD_NODENAME") or os.uname().nodename
     # an agent started by ssh has no Slurm step environment: tasks still learn their node
     os.environ.setdefault("SLURMD_NODENAME", node)

@@ -47,6 +47,9 @@ def _start_agents_early(argv: list[str]) -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
+    from qcg.pilotjob.agent.allocation_env import restore
+
+    restore()       # started by srun or ssh: the allocation's variables back, before the agents inherit them
     _start_agents_early(argv)
     from qcg.pilotjob.governor.cli import main as cli_main
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from qcg.pilotjob.agent.allocation_env import command_prefix
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.governor.partition_server import PartitionServer
 from qcg.pilotjob.partition.resources import Node, Resources
@@ -88,10 +89,12 @@ class PartitionStarter:
     def _command(self, plan: ManagerPlan) -> list[str]:
         first = plan.nodes[0].name
         if self.start_method == "slurm":
+            # the manager (and through it every task) gets the allocation's SLURM_* values, not its step's
             return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={first}", "--cpu-bind=none",
-                    "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *plan.argv]
+                    "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *command_prefix(), *plan.argv]
         if self.start_method == "ssh":
-            return [*self.ssh_command, first, f"cd {shlex.quote(os.getcwd())} && {shlex.join(plan.argv)}"]
+            return [*self.ssh_command, first,
+                    f"cd {shlex.quote(os.getcwd())} && {shlex.join([*command_prefix(), *plan.argv])}"]
         return plan.argv
 
     async def start(self) -> list[str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from qcg.pilotjob.agent.allocation_env import command_prefix
+
 AGENT_HEARTBEAT = 2.0      # agent -> partition heartbeat period
 DEFAULT_SSH = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
 
@@ -20,11 +22,12 @@ def agent_command(start_method: str, node: str, address: str | None, keys_dir: s
     agent = [sys.executable, "-m", "qcg.pilotjob.agent",
              *agent_args(node, address, keys_dir, address_file, proc_stats_dir)]
     if start_method == "slurm":
+        # the agent's tasks get the allocation's SLURM_* values, not those srun sets for the agent's step
         return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
-                "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *agent]
+                "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *command_prefix(), *agent]
     if start_method == "ssh":
         # ssh hands the remote side one command line: quote every argument
-        return [*(ssh_command or DEFAULT_SSH), node, shlex.join(agent)]
+        return [*(ssh_command or DEFAULT_SSH), node, shlex.join([*command_prefix(), *agent])]
     return agent
 
 

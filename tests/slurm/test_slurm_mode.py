@@ -77,6 +77,38 @@ def test_file_run_on_four_nodes_with_binding(tmp_path: Path, method: str, reques
     assert not list(wd.glob(".*hostfile")) and not list(wd.glob("*.rankfile"))   # no stray files
 
 
+STEP_ONLY = ("SLURM_PROCID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_TASK_PID", "SLURM_LOCALID", "SLURM_NODEID",
+             "SLURM_GTIDS", "SLURM_SRUN_COMM_PORT", "SRUN_DEBUG")
+
+
+@pytest.mark.parametrize("method,partitions", [("slurm", False), ("ssh", False), ("slurm", True)])
+def test_tasks_see_the_allocation_not_the_agents_srun_step(tmp_path: Path, method: str, partitions: bool,
+                                                           request) -> None:
+    """Reference 8.1 (`SLURM_NNODES` - a number of nodes): a task started by a node agent sees the
+    allocation's Slurm variables, as the original's tasks see its service's, not those srun set for the
+    agent's (or the partition manager's) own one-node step; an ssh-started agent's tasks see them too.
+    Before, a 2-node task read SLURM_NNODES=1 and SLURM_PROCID, SLURM_TASK_PID of the agent's step."""
+    if method == "ssh":
+        request.getfixturevalue("sshd")
+    jobs = [{"name": "two", "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 1}},
+             "execution": {"script": "env > env.txt"}}]
+    extra = ["--slurm-partition-nodes", "2"] if partitions else []
+    proc, wd = run_in_allocation(tmp_path, jobs, "--nl-start-method", method, *extra,
+                                 before=f"env | grep -E '^(SLURM_JOB_ID|TMPDIR)=' > {tmp_path}/outer.txt || true")
+    _ok(proc)
+    assert report(wd)["two"]["state"] == "SUCCEED"
+    seen = dict(line.split("=", 1) for line in (wd / "env.txt").read_text().splitlines() if "=" in line)
+    assert seen["SLURM_NNODES"] == "2" and seen["SLURM_JOB_NUM_NODES"] == "2", seen
+    assert len(seen["SLURM_NODELIST"].split(",")) == 2, seen
+    leaked = sorted(k for k in STEP_ONLY if k in seen)
+    assert not leaked, {k: seen[k] for k in leaked}
+    outer = dict(line.split("=", 1) for line in (tmp_path / "outer.txt").read_text().splitlines())
+    assert seen["SLURM_JOB_ID"] == outer["SLURM_JOB_ID"]
+    assert seen.get("TMPDIR") == outer.get("TMPDIR")
+    assert seen["SLURMD_NODENAME"] in seen["SLURM_NODELIST"].split(",")     # the node it runs on
+    assert "QCG_PM_ALLOCATION_ENV" not in seen
+
+
 def test_srunmpi_two_nodes(tmp_path: Path) -> None:
     """Reference 9 `srunmpi`: srun over the task's 2 nodes; every rank reports SLURM_PROCID and its node."""
     jobs = [{"name": "mpi", "execution": {"script": "echo $SLURM_PROCID $SLURMD_NODENAME", "model": "srunmpi",
