@@ -203,6 +203,11 @@ def _parse(data: object, position: int, problems: list[str],
     after: tuple[str, ...] | None = () if raw is None else _parse_after(raw, p)
     if after and not why and name in after:
         p.add("dependencies.after", "a job cannot depend on itself")
+    nodes = getattr(resources, "num_nodes", None)
+    if getattr(execution, "model", None) == "threads" and nodes is not None and nodes.scheduler is None \
+            and nodes.minimum > 1:
+        p.add("resources.numNodes", f"model 'threads' runs on a single node, but at least {nodes.minimum} are "
+                                    f"asked for")
     attributes = data.get("attributes")
     if attributes is None:
         attributes = {}

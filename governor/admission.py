@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from qcg.pilotjob.api.jobdesc import ResourceSize
 from qcg.pilotjob.api.placeholders import FieldTemplate, field_template
 from qcg.pilotjob.governor.dependencies import BatchDeps, check_submission
 from qcg.pilotjob.governor.registry import IterationRecord, JobRecord, Registry
@@ -25,6 +26,23 @@ from qcg.pilotjob.partition.task import ResourceRequest
 
 if TYPE_CHECKING:
     from qcg.pilotjob.api.jobdesc import Execution, JobDescription
+
+
+ONE_NODE = ONE_CORE = ResourceSize(exact=1)
+
+
+def _sizes(desc: "JobDescription") -> tuple[ResourceSize | None, ResourceSize | None]:
+    """(numCores, numNodes) as scheduled: a `threads` job runs on a single node (reference 9), so
+    without numNodes its cores come from one node, never spread over several (it would fail to start)."""
+    res = desc.resources
+    cores, nodes = res.num_cores, res.num_nodes
+    if desc.execution.model == "threads":
+        if nodes is None:
+            # numCores with numNodes counts cores per node, and no numCores at all would mean whole nodes
+            return cores or ONE_CORE, ONE_NODE
+        if nodes.scheduler is None and nodes.exact is None:
+            return cores, ONE_NODE      # a range from 1 (the parser refused a larger minimum)
+    return cores, nodes
 
 
 class SizingPort(Protocol):
@@ -90,9 +108,9 @@ class Admission:
 
     def request_of(self, desc: "JobDescription", position: int) -> ResourceRequest:
         """Resources of one task; iteration schedulers give each iteration its own size."""
-        res = desc.resources
+        cores, nodes = _sizes(desc)
         total_cores, total_nodes, per_node = self.partition.totals()
-        return iteration_request(res.num_cores, res.num_nodes, len(desc.iteration) if desc.iteration else 1,
+        return iteration_request(cores, nodes, len(desc.iteration) if desc.iteration else 1,
                                  total_cores, total_nodes, per_node, index=position)
 
     def never_fits(self, desc: "JobDescription") -> str | None:
@@ -112,8 +130,7 @@ class Admission:
         Plain sizes are computed once per shape; an iteration scheduler
         sizes each iteration, so its first request is computed here.
         """
-        res = desc.resources
-        cores, nodes = res.num_cores, res.num_nodes
+        cores, nodes = _sizes(desc)
         if (cores is not None and cores.scheduler is not None) or (nodes is not None and nodes.scheduler is not None):
             try:
                 req = self.request_of(desc, 0)

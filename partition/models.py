@@ -10,10 +10,11 @@ Rules and choices (differences from the original are marked *):
 * A single-core allocation (one node, one core) runs the program directly
   whatever the model, as the original does (an MPI program starts as a
   singleton); ``threads`` still gets ``OMP_NUM_THREADS=1``.
-* ``default``: ``exec args``; a ``script`` runs as ``bash -l -c SCRIPT``
-  (login shell, as in the original, so ``module`` works in scripts). Bound
+* ``default``: ``exec args``; a ``script`` runs as ``bash -c SCRIPT`` (not the
+  original's login shell: see `_program`; ``modules`` get one). Bound
   to the cores of the first node when binding.
-* ``threads``: single node only (a multi-node allocation is an error).
+* ``threads``: single node only. The governor sizes such a job on one node
+  (governor/admission.py); a multi-node allocation that still comes here is an error.
   ``OMP_NUM_THREADS`` = number of cores, unless the job sets it itself (*).
   Local mode: the program itself, bound to the cores. Slurm mode:
   ``srun -N 1 -n 1 --cpus-per-task=N ... --cpu-bind=verbose,mask_cpu:M``.

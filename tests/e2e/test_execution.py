@@ -300,3 +300,28 @@ def test_tasks_do_not_get_descriptors_the_service_was_started_with(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert find_aux(tmp_path / "wd") is not None
     assert sorted(out.read_text().split(), key=int) == ["0", "1", "2"]
+
+
+def test_threads_model_gets_its_cores_on_one_node(service):
+    """Reference 9 (`threads`: a single process on a single node): without numNodes a threads job's cores
+    come from one node, never spread over several (such a task could not start, and failed); one that no
+    node can hold fails at once, saying why; numNodes above 1 is refused at submit."""
+    def threads_job(name, resources=None, **execution):
+        j = job(name, "/bin/sh", ["-c", "echo $QCG_PM_NODELIST $QCG_PM_NPROCS $OMP_NUM_THREADS"], **execution)
+        j["execution"]["model"] = "threads"
+        if resources:
+            j["resources"] = resources
+        return j
+
+    r = service([submit(threads_job("two", {"numCores": {"exact": 2}}, stdout="two.out"),
+                        threads_job("one", stdout="one.out")),
+                 submit(threads_job("big", {"numCores": {"exact": 3}})),
+                 submit(threads_job("wide", {"numNodes": {"exact": 2}}))], nodes="a:1,b:2")
+    r.assert_no_traceback()
+    rep = r.report()
+    assert rep["two"]["state"] == "SUCCEED" and rep["one"]["state"] == "SUCCEED", rep
+    assert (r.wd / "two.out").read_text().split() == ["b", "2", "2"]
+    assert (r.wd / "one.out").read_text().split()[1:] == ["1", "1"]
+    assert rep["big"]["state"] == "FAILED" and "1 node with 3 cores" in rep["big"]["messages"], rep["big"]
+    assert "wide" not in rep
+    assert "model 'threads' runs on a single node" in r.stderr, r.stderr
