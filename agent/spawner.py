@@ -39,7 +39,8 @@ handful of system calls on top of the spawn itself:
   behind it while the other cores were busy.
 
 The exit code follows `subprocess`: the exit status, or the negative signal
-number when the process was killed by a signal.
+number when the process was killed by a signal. Stopping processes (cancel,
+walltime, shutdown) is in process_stopping.py.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from typing import Any, Callable, Hashable
 from qcg.pilotjob.agent.guard_keeper import GuardKeeper
 from qcg.pilotjob.agent.process_setup import (
     ask_for_short_slices, keep_inherited_fds_from_tasks, raise_open_files_limit)
+from qcg.pilotjob.agent.process_stopping import ProcessStopping
 from qcg.pilotjob.agent.spawn_args import ProcessSpec, SpawnArgs, err_text
 
 _log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ def end_unwatched(pid: int) -> None:
         pass
 
 
-class ProcessSpawner:
+class ProcessSpawner(ProcessStopping):
     """Starts processes and reports their exits through callbacks on `loop`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0, orphan_guard: bool = False) -> None:
@@ -268,29 +270,6 @@ class ProcessSpawner:
         self._by_fd[pidfd] = proc
         return proc
 
-    def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
-        """SIGTERM the process group of `key`, SIGKILL after the grace time."""
-        proc = self._procs.get(key)
-        if proc is None:
-            return False
-        if proc.killed is None:
-            proc.killed = "canceled"
-            proc.reason = reason
-        self._terminate(proc)
-        return True
-
-    async def wait_then_shutdown(self, timeout: float) -> None:
-        """Give the processes `timeout` seconds to end by themselves (told to exit), then `shutdown` the rest."""
-        deadline = time.monotonic() + timeout
-        if self._procs:
-            if self._idle is None or self._idle.done():
-                self._idle = self._loop.create_future()
-            try:    # woken by the last exit, not by polling: a stop is on the critical path of every run
-                await asyncio.wait_for(asyncio.shield(self._idle), timeout)
-            except asyncio.TimeoutError:
-                pass
-        await self.shutdown(timeout=max(0.5, deadline - time.monotonic()))
-
     async def shutdown(self, timeout: float = 5.0) -> None:
         """TERM then KILL everything still running; wait (bounded) for the exits.
 
@@ -308,24 +287,6 @@ class ProcessSpawner:
                 self._epoll.close()
                 self._epoll = None
 
-    async def _shutdown(self, timeout: float) -> None:
-        if not self._procs:
-            return
-        for proc in list(self._procs.values()):
-            if proc.killed is None:
-                proc.killed = "canceled"
-                proc.reason = "shutdown"
-            self._terminate(proc, grace=min(self._kill_grace, timeout / 2))
-        if self._idle is None or self._idle.done():
-            self._idle = self._loop.create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
-        except asyncio.TimeoutError:
-            left = [p.pid for p in self._procs.values()]
-            _log.error("shutdown: %d process(es) did not exit in %.1fs: %s", len(left), timeout, left)
-            for proc in list(self._procs.values()):
-                self._signal(proc, signal.SIGKILL)
-
     # ------------------------------------------------------------ internals
     def _fail(self, key, on_exit, started, reason):
         _log.warning("spawn of %r failed: %s", key, reason)
@@ -339,37 +300,6 @@ class ProcessSpawner:
             cb(key, ev)
         except Exception:  # a broken callback must not break the spawner
             _log.exception("on_exit callback for %r failed", key)
-
-    def _signal(self, proc: _Proc, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            # the group may be gone while the leader (a zombie we still hold) is not
-            try:
-                signal.pidfd_send_signal(proc.pidfd, sig)
-            except OSError:
-                pass
-
-    def _terminate(self, proc: _Proc, grace: float | None = None) -> None:
-        self._signal(proc, proc.term_signal)
-        if proc.kill_handle is None:
-            proc.kill_handle = self._loop.call_later(
-                self._kill_grace if grace is None else grace, self._kill, proc)
-
-    def _kill(self, proc: _Proc) -> None:
-        proc.kill_handle = None
-        if self._procs.get(proc.key) is proc:
-            self._signal(proc, signal.SIGKILL)
-
-    def _walltime(self, proc: _Proc, wt: float) -> None:
-        proc.wt_handle = None
-        if self._procs.get(proc.key) is not proc or proc.killed is not None:
-            return
-        proc.killed = "walltime"
-        proc.reason = f"walltime exceeded ({wt:g}s)"
-        self._terminate(proc)
 
     def _on_exits(self) -> None:
         ep = self._epoll

@@ -1,0 +1,105 @@
+"""How the spawner's processes are stopped: cancel, walltime and shutdown, each SIGTERM then SIGKILL.
+
+Part of `ProcessSpawner` (spawner.py), kept apart because stopping is a
+concept of its own: every signal goes to the task's whole process group
+(each task leads one), the polite signal first (`term_signal`, SIGTERM
+unless a child asked for another), SIGKILL after the grace time. A group
+that is gone while its leader is not yet reaped is signalled through the
+leader's pidfd. Walltime and cancel mark why the process ended (`killed`,
+`reason`), which its exit report carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Hashable
+
+if TYPE_CHECKING:
+    from qcg.pilotjob.agent.spawner import _Proc
+
+_log = logging.getLogger("qcg.pilotjob.agent.spawner")
+
+
+class ProcessStopping:
+    """Mixin of ProcessSpawner; uses its `_procs`, `_loop`, `_kill_grace` and `_idle`."""
+
+    _procs: dict
+    _loop: asyncio.AbstractEventLoop
+    _kill_grace: float
+    _idle: asyncio.Future | None
+
+    def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
+        """SIGTERM the process group of `key`, SIGKILL after the grace time."""
+        proc = self._procs.get(key)
+        if proc is None:
+            return False
+        if proc.killed is None:
+            proc.killed = "canceled"
+            proc.reason = reason
+        self._terminate(proc)
+        return True
+
+    async def wait_then_shutdown(self, timeout: float) -> None:
+        """Give the processes `timeout` seconds to end by themselves (told to exit), then `shutdown` the rest."""
+        deadline = time.monotonic() + timeout
+        if self._procs:
+            if self._idle is None or self._idle.done():
+                self._idle = self._loop.create_future()
+            try:    # woken by the last exit, not by polling: a stop is on the critical path of every run
+                await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+            except asyncio.TimeoutError:
+                pass
+        await self.shutdown(timeout=max(0.5, deadline - time.monotonic()))
+
+    async def _shutdown(self, timeout: float) -> None:
+        if not self._procs:
+            return
+        for proc in list(self._procs.values()):
+            if proc.killed is None:
+                proc.killed = "canceled"
+                proc.reason = "shutdown"
+            self._terminate(proc, grace=min(self._kill_grace, timeout / 2))
+        if self._idle is None or self._idle.done():
+            self._idle = self._loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        except asyncio.TimeoutError:
+            left = [p.pid for p in self._procs.values()]
+            _log.error("shutdown: %d process(es) did not exit in %.1fs: %s", len(left), timeout, left)
+            for proc in list(self._procs.values()):
+                self._signal(proc, signal.SIGKILL)
+
+    def _signal(self, proc: _Proc, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            # the group may be gone while the leader (a zombie we still hold) is not
+            try:
+                signal.pidfd_send_signal(proc.pidfd, sig)
+            except OSError:
+                pass
+
+    def _terminate(self, proc: _Proc, grace: float | None = None) -> None:
+        self._signal(proc, proc.term_signal)
+        if proc.kill_handle is None:
+            proc.kill_handle = self._loop.call_later(
+                self._kill_grace if grace is None else grace, self._kill, proc)
+
+    def _kill(self, proc: _Proc) -> None:
+        proc.kill_handle = None
+        if self._procs.get(proc.key) is proc:
+            self._signal(proc, signal.SIGKILL)
+
+    def _walltime(self, proc: _Proc, wt: float) -> None:
+        proc.wt_handle = None
+        if self._procs.get(proc.key) is not proc or proc.killed is not None:
+            return
+        proc.killed = "walltime"
+        proc.reason = f"walltime exceeded ({wt:g}s)"
+        self._terminate(proc)
