@@ -79,7 +79,7 @@ class Agent:
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         if self.keys_dir:
             public, secret = curve.load_pair(self.keys_dir, "agent")
-            server_public = curve.read_key(os.path.join(self.keys_dir, "partition.key"))
+            server_public = curve.read_private_key(self.keys_dir, "partition.key")
             curve.make_client(self.sock, public, secret, server_public)
         self.sock.connect(self.address)
         self.spawner = ProcessSpawner(loop, orphan_guard=True)
@@ -180,10 +180,11 @@ def wait_for_address(path: str, timeout: float) -> str:
     connect from this file; the manager writes it atomically once bound.
     """
     deadline = time.monotonic() + timeout
+    directory, name = os.path.split(os.path.abspath(path))
     while True:
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read().strip()
+            # only from a directory of this user's that nobody else can write into (curve.read_private)
+            text = curve.read_private(directory, name).decode("utf-8", "replace").strip()
             if text.startswith("tcp://"):
                 return text
         except FileNotFoundError:
