@@ -37,6 +37,7 @@ import structlog
 from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.jobparse import parse_jobs
+from qcg.pilotjob.governor.aux_dir import own_opener
 from qcg.pilotjob.governor.governor import GovernorListener
 from qcg.pilotjob.governor.states import JobState
 
@@ -61,9 +62,9 @@ class Journal(GovernorListener):
     """
 
     def __init__(self, aux_dir: str, batch: int = 512, on_pending: Callable[[], object] | None = None) -> None:
-        self._reqs = open(os.path.join(aux_dir, REQS_FILE), "ab")
+        self._reqs = open(os.path.join(aux_dir, REQS_FILE), "ab", opener=own_opener)
         self._pack = msgpack.Packer(use_bin_type=True).pack
-        self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8")
+        self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8", opener=own_opener)
         self._buffer: list[str] = []
         self._batch = batch
         self._on_pending = on_pending
@@ -240,7 +241,7 @@ def load(aux_dir: str) -> Replay:
     latest = 0              # the highest request counter track.states has ends of
     if os.path.exists(states_path):
         bad = 0
-        with open(states_path, "rb") as f:
+        with open(states_path, "rb", opener=own_opener) as f:
             data = f.read()
         whole = data.rfind(b"\n") + 1
         if whole < len(data):
@@ -281,17 +282,18 @@ def cut_torn_ends(aux_dir: str, replay: Replay) -> None:
     submission is kept aside, in case it was damage that only looked like one."""
     for name, length in replay.whole_length.items():
         path = os.path.join(aux_dir, name)
-        if name == REQS_FILE:
-            with open(path, "rb") as f, open(path + CUT_SUFFIX, "ab") as out:
-                f.seek(length)
-                out.write(f.read())
-        os.truncate(path, length)
+        with open(path, "r+b", opener=own_opener) as f:
+            if name == REQS_FILE:
+                with open(path + CUT_SUFFIX, "ab", opener=own_opener) as out:
+                    f.seek(length)
+                    out.write(f.read())
+            f.truncate(length)
 
 
 def _records(path: str, replay: Replay) -> Iterator[tuple[int, Any]]:
     """The records of `track.reqs` in order, with their offsets; a torn end is noted in `replay`, garbage
     raises JournalError."""
-    with open(path, "rb") as f:
+    with open(path, "rb", opener=own_opener) as f:     # the file that was checked, not one swapped in
         data = f.read()
     if data[:1] == b"{":
         raise JournalError(f"{path} is JSON: the journal of the original QCG-PilotJob, which this program "

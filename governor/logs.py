@@ -7,6 +7,8 @@ from typing import TextIO
 
 import structlog
 
+from qcg.pilotjob.governor.aux_dir import own_opener
+
 LEVELS = ("critical", "error", "warning", "info", "debug", "notset")
 
 #: `--log debug`: a line for every start and end of a task. The code of every task event reads this flag
@@ -18,7 +20,7 @@ task_lines = False
 def setup(path: str, level: str = "info") -> TextIO:
     """Send every structlog event (and stdlib logging) to `path`; returns the open file."""
     global task_lines
-    out = open(path, "a", encoding="utf-8", buffering=1)
+    out = open(path, "a", encoding="utf-8", buffering=1, opener=own_opener)
     numeric = logging.getLevelName(level.upper()) if level != "notset" else logging.DEBUG
     task_lines = numeric <= logging.DEBUG
     stamp = [structlog.processors.add_log_level,

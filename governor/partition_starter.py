@@ -73,7 +73,7 @@ class PartitionStarter:
 
     def plan(self, groups: list[list[Node]], *, base_args: list[str], work_dir: str, slurm: bool) -> None:
         """One manager per node group; its resources go to a file (Slurm) or `--nodes` (local)."""
-        os.makedirs(work_dir, exist_ok=True)
+        os.makedirs(work_dir, mode=0o700, exist_ok=True)     # private whatever the umask: managers check it
         for k, group in enumerate(groups):
             pid = f"part-{k}"
             args = [sys.executable, "-m", "qcg.pilotjob.governor.manager_boot", *base_args, "--id", pid,

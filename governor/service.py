@@ -327,7 +327,8 @@ class Service(Workers):
             self.report.close()
             self.journal.close()
             if not self._keep_status:
-                with open(os.path.join(self.aux_dir, self.config.final_status_file), "w") as f:
+                with open(os.path.join(self.aux_dir, self.config.final_status_file), "w",
+                          opener=aux_dirs.own_opener) as f:
                     json.dump(status, f, indent=2)
         except OSError as exc:
             print(f"Error: the run's files in {self.aux_dir} could not be written: {exc}", file=sys.stderr)

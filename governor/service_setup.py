@@ -71,7 +71,7 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
     if os.path.exists(wd) and not os.path.isdir(wd):
         raise StartError(f"working directory '{wd}' is not a directory")
     try:
-        os.makedirs(wd, exist_ok=True)
+        os.makedirs(wd, mode=0o775, exist_ok=True)      # never writable by all, whatever the umask (check_wd)
     except OSError as exc:
         raise StartError(f"working directory '{wd}' cannot be created: {exc.strerror}") from None
     if not os.access(wd, os.W_OK | os.X_OK):
@@ -107,7 +107,7 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
             aux_dirs.make_or_reuse(aux_dir)
         else:
             instance_id, aux_dir = aux_dirs.make_new(wd)
-        os.makedirs(os.path.join(aux_dir, "tmp"), exist_ok=True)
+        os.makedirs(os.path.join(aux_dir, "tmp"), mode=0o700, exist_ok=True)
         if not resume_aux and not cfg.parent:
             # a partition manager works in a dir of its governor's (locked), or one of its own; one left
             # over from a killed governor may live a few seconds more, and must not block the resume
@@ -120,7 +120,7 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
     if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
         report = os.path.join(aux_dir, cfg.report_file)
         try:
-            open(report, "a").close()
+            open(report, "a", opener=aux_dirs.report_opener).close()
         except OSError as exc:
             raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
                              f"{exc.strerror}") from None

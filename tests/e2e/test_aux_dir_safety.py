@@ -149,3 +149,75 @@ def test_the_aux_dir_lock_refuses_a_second_holder_and_lives_without_flock(tmp_pa
     other.mkdir()
     aux_dirs.take_lock(str(other))
     assert "cannot be locked" in capsys.readouterr().err
+
+
+@root_only
+def test_aux_dir_swapped_during_the_run_gets_no_final_status_through_a_link(tmp_path):
+    """A security review (helper, as user nobody) renamed a running service's aux dir away in a
+    group-writable working dir, put a directory of its own there with `final_status.json` linked to a
+    file of the victim's, and the service overwrote that file at the end. The run's files are now opened
+    through a checked directory descriptor, never through a link: the victim's file stays as it was and
+    the service says what it could not write."""
+    import subprocess
+    import time
+
+    from tests.conftest import SERVICE, write_requests
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    wd = tmp_path / "wd"
+    wd.mkdir(mode=0o770)
+    os.chown(wd, 0, NOBODY)                 # a group-writable project directory
+    reqs = write_requests(tmp_path / "reqs.json", [submit(job("s", "/bin/sleep", ["3"])),
+                                                   {"request": "control", "command": "finishAfterAllTasksDone"}])
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "1", "--id", "v"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    aux = wd / ".qcgpjm-service-v"
+    deadline = time.monotonic() + 30
+    while not (aux / "track.reqs").exists() or not (aux / "track.reqs").stat().st_size:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    # what the other user does: rename the run's directory away, put one of theirs with a link in its place
+    os.rename(aux, wd / "moved")
+    aux.mkdir(mode=0o777)
+    os.chown(aux, NOBODY, NOBODY)
+    os.symlink(victim, aux / "final_status.json")
+    _, err = proc.communicate(timeout=60)
+    assert victim.read_text() == "precious\n"
+    assert "could not be written" in err and "Traceback" not in err, err
+
+
+def test_resume_reads_no_journal_through_a_link(tmp_path):
+    """The journal a resume replays is read from the file that was checked: not through a link planted in
+    place of track.reqs (before, it was opened by name after the check)."""
+    from qcg.pilotjob.governor import journal
+
+    first = _ok_run(tmp_path)
+    assert first.rc == 0, first.stderr
+    reqs = first.aux / "track.reqs"
+    os.rename(reqs, tmp_path / "elsewhere.reqs")
+    os.symlink(tmp_path / "elsewhere.reqs", reqs)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        journal.load(str(first.aux))
+
+
+def test_umask_000_makes_no_directory_the_run_then_refuses(tmp_path):
+    """With umask 000 a new working dir came out 0777 and was then refused as writable by anybody (and left
+    behind), and partitioned runs could not start: `<aux>/partitions` was 0777, which every manager
+    refused (a security review). The run makes its directories with fixed modes."""
+    import subprocess
+
+    from tests.conftest import SERVICE, write_requests
+
+    reqs = write_requests(tmp_path / "reqs.json", [submit(job("a"))])
+    wd = tmp_path / "new" / "wd"
+    proc = subprocess.run([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "a:1,b:1",
+                           "--slurm-partition-nodes", "1"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: os.umask(0))
+    assert proc.returncode == 0, proc.stderr
+    assert not wd.stat().st_mode & stat.S_IWOTH
+    aux = next(wd.glob(".qcgpjm-service-*"))
+    assert stat.S_IMODE((aux / "partitions").stat().st_mode) == 0o700
+    assert stat.S_IMODE((aux / "tmp").stat().st_mode) == 0o700
+    assert stat.S_IMODE((aux / "jobs.report").stat().st_mode) == 0o600
