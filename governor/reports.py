@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable
 
+from qcg.pilotjob.governor.aux_dir import report_opener as _report_opener
 from qcg.pilotjob.governor.governor import GovernorListener
 from qcg.pilotjob.governor.registry import IterationRecord, process_name
 from qcg.pilotjob.governor.states import JobState
@@ -83,7 +84,8 @@ class JobReport(GovernorListener):
             raise ValueError(f"--report-format: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
         self._fmt = fmt
         self._rt_stats = rt_stats
-        self._file = open(path, "a", encoding="utf-8") if fmt != "none" else None
+        # 0600: it holds the jobs' environments; not through a link (a --report-file may be anywhere)
+        self._file = open(path, "a", encoding="utf-8", opener=_report_opener) if fmt != "none" else None
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
@@ -121,7 +123,13 @@ class JobReport(GovernorListener):
             return
         self._buffer.append(self._line(name, rec, job, of))
         if len(self._buffer) >= self._batch:
-            self.flush()
+            try:
+                self.flush()
+            except OSError:
+                # a full disk, a quota: the lines stay here, the service's next flush tries again and says
+                # so (finals_writer). Raised here it broke whatever ended the job -- the cancel of a stop
+                # by SIGTERM, which then never stopped the service.
+                pass
 
     def _line(self, name: str, rec: "IterationRecord", job: "JobRecord | None", of: "JobRecord") -> str:
         """`job`: a job's own line (with its description); `of`: the job the line belongs to."""

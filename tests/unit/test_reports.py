@@ -140,3 +140,27 @@ def test_rt_stats_add_when_the_governor_learnt_of_each_end(tmp_path):
                 assert ran_line["runtime"] == {"rtime": "0:00:01", "exit_code": "0"}
             else:
                 assert path.read_text().count("qcg_finish: ") == (1 if rt_stats else 0)
+
+
+def test_a_batch_that_cannot_be_written_stays_buffered_and_raises_nothing(tmp_path):
+    """A full disk (here a write that fails) while a batch fills: the job's end is still handled -- before,
+    the OSError reached the caller, e.g. the cancel of every job by SIGTERM, and the service never stopped.
+    The lines stay buffered and are written by a later flush, once the disk has room."""
+    desc = parse_jobs([{"name": "j", "execution": {"exec": "/bin/true"}}])[0]
+    path = tmp_path / "jobs.report"
+    report = JobReport(str(path), batch=2)
+    real_write = report._file.write
+    full = [True]
+
+    def write(text):
+        if full[0]:
+            raise OSError(27, "File too large")
+        return real_write(text)
+
+    report._file.write = write
+    job = JobRecord(desc=desc, seq=1, rcnt=1, submitted_at=datetime.now())
+    for it in range(5):
+        report.task_final(job, it, _record([1_800_000_000.0], [JobState.SUCCEED]))
+    full[0] = False
+    report.close()
+    assert [json.loads(line)["name"] for line in path.read_text().splitlines()] == [f"j:{i}" for i in range(5)]
