@@ -7,6 +7,7 @@ run's aux dir to; `stats` and `launch-stats` take its sums, `rusage` and
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from qcg.pilotjob.governor.run_reader import Interval, ReportError, RunData
@@ -133,15 +134,28 @@ def rusage(run: RunData) -> Usage:
 
 
 def efficiency(run: RunData) -> Usage:
-    """Each used core from its first task's real start to its last task's real end: only gaps between its
-    tasks are lost, not the time the plan left it idle at the start and the end of the run."""
-    cores = []
-    for node, core, ivs in run.core_intervals():
-        spans = merged(ivs)
-        if not spans:           # only zero-length tasks: nothing was lost on it
-            cores.append(CoreUsage(node, core, 0.0, 0.0))
-            continue
-        busy = sum(e - s for s, e in spans)
-        cores.append(CoreUsage(node, core, busy, spans[-1][1] - spans[0][0]))
-    avg = sum(c.utilization for c in cores) / len(cores)
-    return Usage(len(cores), avg, cores)
+    """Reference 14.2.6: a core counts as used while a task runs on it and while a task waits for its
+    other cores to free up; lost is only what launching and end handling took.
+
+    So for every task only the time from the moment it could have started --
+    the latest end, on its cores, of the tasks just before it there -- to its
+    real start is lost, on each of its cores; a core's first task counts from
+    the run's first real start. Every core is judged over the same window,
+    the first real start to the last real end. This is the original's
+    `efficiency` (qcg-pilotjob-cmds 0.14.2), which gives the same figures.
+    """
+    cores = list(run.core_intervals())          # sorts each core's intervals by start
+    window = (run.last_end - run.first_start) if run.first_start is not None and run.last_end is not None else 0.0
+    lost: dict[int, float] = {}
+    for iv, lists in run.tasks:
+        ready = None
+        for lst in lists:
+            pos = bisect_left(lst, iv)
+            if pos and (ready is None or lst[pos - 1][1] > ready):
+                ready = lst[pos - 1][1]
+        delay = max(0.0, iv[0] - (ready if ready is not None else run.first_start))
+        for lst in lists:
+            lost[id(lst)] = lost.get(id(lst), 0.0) + delay
+    usage = [CoreUsage(node, core, max(0.0, window - lost.get(id(ivs), 0.0)), window) for node, core, ivs in cores]
+    avg = sum(c.utilization for c in usage) / len(usage)
+    return Usage(len(usage), avg, usage)

@@ -182,14 +182,15 @@ def rusage(wd: str, report_file: str, details: bool) -> None:
 @_wd_command("efficiency", """Use of the cores while the plan gave them work (reference 14.2.6).
 
 \b
-As rusage, but each used core is judged over its own window: from the real
-start of its first task to the real end of its last one. The time before
-and after, when the scheduling plan left the core idle, is excluded; gaps
-between its tasks (launch and end handling delays, waiting for other
-cores) count as lost. A core that only ran zero-length tasks counts 100%.
+A core counts as used while a task runs on it and while a task waits for
+its other cores to free up: only launch and end-handling delays are lost.
+For each task, the time from the latest end of the tasks just before it on
+its cores to its real start is lost on each of its cores (a core's first
+task: from the run's first real start). Window: the first real start to the
+last real end, for every core; as the original's efficiency.
 used cores, average core utilization (%) = mean over the used cores of
-busy time / window; --details: per core, utilization and unused seconds
-(window - busy time).
+(window - lost) / window; --details: per core, utilization and unused
+(lost) seconds.
 """)
 def efficiency(wd: str, report_file: str, details: bool) -> None:
     _print_usage(pr.efficiency(_load(wd, report_file)), details)

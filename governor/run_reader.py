@@ -160,6 +160,8 @@ class RunData:
     first_start: float | None = None            # of this service's tasks
     last_end: float | None = None
     cores: dict[str, dict[str, list[Interval]]] = field(default_factory=dict)   # node -> core -> intervals
+    # every task that counts, with the interval lists of its cores (those of `cores`): efficiency
+    tasks: list[tuple[Interval, list[list[Interval]]]] = field(default_factory=list)
 
     def require_service(self) -> ServiceInfo:
         if self.service is None:
@@ -301,3 +303,4 @@ def _add_entry(run: RunData, entry: dict, states: dict[str, str], pending: dict[
     iv = (start, stop, state != "FAILED")
     for lst in lists:
         lst.append(iv)
+    run.tasks.append((iv, lists))
