@@ -43,6 +43,10 @@ def _load(wd: str, report_file: str) -> rr.RunData:
     if run.earlier:
         _note(f"{run.earlier} tasks ended before this service started (an earlier run resumed in the same aux "
               f"dir); they are left out of the service-time figures (overheads, core use, charts)")
+    if run.service is None:
+        # stats, rusage and the charts need the service's times and refuse; these figures need only tasks'
+        _note(f"{rr.STATUS_FILE} is missing: the run has not finished (or was killed); the figures are of the "
+              f"{run.total_jobs} tasks it reported so far")
     return run
 
 

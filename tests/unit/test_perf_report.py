@@ -277,6 +277,16 @@ def test_missing_final_status(tmp_path):
     assert pr.efficiency(run).used_cores == 3
 
 
+@pytest.mark.parametrize("command", ["launch-stats", "efficiency"])
+def test_per_task_figures_of_an_unfinished_run_say_so(tmp_path, capsys, command):
+    """launch-stats and efficiency of a run still going (or killed) print their figures with a note that they
+    are of the tasks reported so far; before, nothing told them from a finished run's."""
+    aux = write_run(tmp_path / "wd" / ".qcgpjm-service-x", status=False)
+    rc, out, err = cli([command, str(aux)], capsys)
+    assert rc == 0 and ("used cores" in out or "total jobs" in out), out
+    assert "note: final_status.json is missing: the run has not finished" in err, err
+
+
 def test_bad_final_status(tmp_path):
     aux = write_run(tmp_path)
     (aux / "final_status.json").write_text('{"System": {}}')
