@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 from typing import Any
 
@@ -80,6 +81,10 @@ class LocalManager(Manager):
             args = ["--net", *args]
         # a service without CURVE is reached in plain text: asking for it is the explicit opt-in
         self._plain_service = "--insecure-no-curve" in args
+        if self._plain_service:
+            # the service prints its warning to its stderr, which a LocalManager keeps to itself
+            warnings.warn("--insecure-no-curve: the service accepts unauthenticated, unencrypted requests; anyone "
+                          "who can reach its port can run commands as this user", RuntimeWarning, stacklevel=2)
         self.wd = os.path.abspath(wd)
         self.instance_id = instance_id
         self.aux_dir = os.path.join(self.wd, transport.AUX_DIR_PREFIX + instance_id)

@@ -73,7 +73,10 @@ class ServiceNetwork:
                  publisher=self.publisher.address if self.publisher else None,
                  curve=keys is not None, keys=keys.directory if keys else None)
         if insecure:
-            text = INSECURE_WARNING.format(address=self.address)
+            # the address clients are given names one interface; a socket bound on all is reachable on all
+            where = self.address if host not in ("0.0.0.0", "*", "::") else \
+                f"{self.address} (listening on every interface of this host)"
+            text = INSECURE_WARNING.format(address=where)
             print(text, file=sys.stderr, flush=True)
             log.warning(text)
 

@@ -193,10 +193,13 @@ def test_cfg_opt_in_reaches_an_insecure_service(plain_service, tmp_path):
 
 
 def test_local_manager_with_insecure_no_curve_opts_in_by_itself(tmp_path):
-    """LocalManager that starts its service with --insecure-no-curve needs no other opt-in."""
+    """LocalManager that starts its service with --insecure-no-curve needs no other opt-in; it warns the user
+    (issue 4: the opt-out "prints a warning"), as the service's warning goes to a stderr the user never sees."""
     wd = tmp_path / "wd"
     wd.mkdir()
-    with LocalManager(["--nodes", "1", "--wd", str(wd), "--insecure-no-curve"], client_cfg(tmp_path)) as m:
+    with pytest.warns(RuntimeWarning, match="--insecure-no-curve.*unauthenticated"):
+        m = LocalManager(["--nodes", "1", "--wd", str(wd), "--insecure-no-curve"], client_cfg(tmp_path))
+    with m:
         assert m._keys is None
         assert m.resources()["total_cores"] == 1
 

@@ -278,6 +278,17 @@ def test_insecure_no_curve_serves_plain_json_req(net_service, tmp_path: Path) ->
     assert "insecure-no-curve" in svc.stderr() and "WARNING" in svc.stderr()
     assert "insecure-no-curve" in (svc.aux / "service.log").read_text()
     assert not (svc.aux / protocol.KEYS_DIR / protocol.CLIENT_SECRET).exists()
+    assert "every interface" not in svc.stderr()
+
+
+def test_insecure_no_curve_warning_says_when_every_interface_listens(net_service) -> None:
+    """The warning named the address clients are given (127.0.0.1) while the socket listened on every
+    interface, where a plain request from another host was answered (a security review)."""
+    svc = net_service("--net", "--insecure-no-curve", "--net-interface", "0.0.0.0")
+    req = svc.socket(zmq.REQ, curve=None)
+    assert ask_json(req, {"request": "control", "command": "finishAfterAllTasksDone"})["code"] == 0
+    assert svc.wait_exit() == 0
+    assert "listening on every interface of this host" in svc.stderr(), svc.stderr()
 
 
 def test_insecure_no_curve_publishes_the_originals_events_too(net_service, tmp_path: Path) -> None:
