@@ -94,7 +94,7 @@ class PartitionStarter:
                     "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *command_prefix(), *plan.argv]
         if self.start_method == "ssh":
             return [*self.ssh_command, first,
-                    f"cd {shlex.quote(os.getcwd())} && {shlex.join([*command_prefix(), *plan.argv])}"]
+                    f"cd {shlex.quote(os.getcwd())} && {shlex.join([*command_prefix(everything=True), *plan.argv])}"]
         return plan.argv
 
     async def start(self) -> list[str]:

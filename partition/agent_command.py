@@ -27,7 +27,7 @@ def agent_command(start_method: str, node: str, address: str | None, keys_dir: s
                 "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *command_prefix(), *agent]
     if start_method == "ssh":
         # ssh hands the remote side one command line: quote every argument
-        return [*(ssh_command or DEFAULT_SSH), node, shlex.join([*command_prefix(), *agent])]
+        return [*(ssh_command or DEFAULT_SSH), node, shlex.join([*command_prefix(everything=True), *agent])]
     return agent
 
 

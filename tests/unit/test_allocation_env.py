@@ -10,14 +10,25 @@ from qcg.pilotjob.partition.agent_command import agent_command
 
 
 def test_restore_replaces_the_steps_variables_with_the_carried_ones():
-    outer = {"SLURM_NNODES": "4", "SLURM_JOB_ID": "17", "HOME": "/home/u", "SLURMD_NODENAME": "n1"}
+    outer = {"SLURM_NNODES": "4", "SLURM_JOB_ID": "17", "HOME": "/home/u", "SLURMD_NODENAME": "n1",
+             "SLURM_CPUS_ON_NODE": "2", "SLURM_STEP_ID": "4294967290"}
     prefix = command_prefix(outer)
     assert prefix[0] == "env" and prefix[1].startswith(ENV_VAR + "=")
     step = {"SLURM_NNODES": "1", "SLURM_JOB_ID": "17", "SLURM_PROCID": "0", "SRUN_DEBUG": "3", "TMPDIR": "/tmp",
-            "HOME": "/home/u", "SLURMD_NODENAME": "n3", ENV_VAR: prefix[1].split("=", 1)[1]}
+            "HOME": "/home/u", "SLURMD_NODENAME": "n3", "SLURM_CPUS_ON_NODE": "1", "SLURM_STEP_ID": "0",
+            ENV_VAR: prefix[1].split("=", 1)[1]}
     assert restore(step)
-    # the node it runs on stays; what srun set for its step goes; the allocation's values come back
-    assert step == {"SLURM_NNODES": "4", "SLURM_JOB_ID": "17", "HOME": "/home/u", "SLURMD_NODENAME": "n3"}
+    # what srun set for its step goes or gets the allocation's value back; what describes the node stays
+    assert step == {"SLURM_NNODES": "4", "SLURM_JOB_ID": "17", "HOME": "/home/u", "SLURMD_NODENAME": "n3",
+                    "SLURM_CPUS_ON_NODE": "1", "TMPDIR": "/tmp", "SLURM_STEP_ID": "4294967290"}
+
+
+def test_only_the_step_variables_travel_on_the_command_line():
+    """One argument holds at most 128 KiB (MAX_ARG_STRLEN): a review's 2 x 70 KB SLURM_* variables made every
+    agent fail to start with E2BIG when all SLURM_* values were carried; srun passes those on by itself."""
+    outer = {"SLURM_BIG1": "x" * 70_000, "SLURM_BIG2": "y" * 70_000, "SLURM_NNODES": "2"}
+    assert len(command_prefix(outer)[1]) < 200
+    assert len(command_prefix(outer, everything=True)[1]) < 200       # ssh: too long, the step's only
 
 
 def test_restore_without_or_with_a_bad_value_changes_nothing_else():
@@ -35,7 +46,12 @@ def test_agents_started_by_srun_or_ssh_carry_the_allocation(monkeypatch):
     assert srun[0] == "srun" and "env" in srun
     carried = srun[srun.index("env") + 1]
     assert json.loads(carried.split("=", 1)[1])["SLURM_NNODES"] == "4"
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
     ssh = agent_command("ssh", "n2", "tcp://h:1", "/keys")
     remote = shlex.split(ssh[-1])
-    assert remote[0] == "env" and remote[1] == carried
+    assert remote[0] == "env"
+    # ssh passes no environment: the allocation's other variables go along too
+    assert json.loads(remote[1].split("=", 1)[1])["SLURM_JOB_ID"] == "17"
+    srun = agent_command("slurm", "n2", "tcp://h:1", "/keys")
+    assert "SLURM_JOB_ID" not in json.loads(srun[srun.index("env") + 1].split("=", 1)[1])
     assert "env" not in agent_command("local", "n2", "tcp://h:1", "/keys")[:1]
