@@ -123,9 +123,15 @@ def own_opener(path: str, flags: int, mode: int = 0o600) -> int:
 
 
 def report_opener(path: str, flags: int) -> int:
-    """For --report-file: mode 0600 when made (it holds the jobs' environments). It may name any file,
-    e.g. /dev/null or a link of the user's, outside the aux dir, so nothing else is checked."""
+    """For --report-file outside the aux dir: mode 0600 when made (it holds the jobs' environments). It
+    may name any file there, e.g. /dev/null or a link of the user's, so nothing else is checked."""
     return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
+def opener_for(path: str, aux_dir: str):
+    """`own_opener` for a file in the aux dir (the default report), `report_opener` for one elsewhere."""
+    inside = os.path.dirname(os.path.abspath(path)) == os.path.abspath(aux_dir)
+    return own_opener if inside else report_opener
 
 
 def check_wd(path: str, what: str = "working directory") -> None:

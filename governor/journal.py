@@ -73,6 +73,10 @@ class Journal(GovernorListener):
         # (signal, `finish`) are not final for `--resume`, they run again there; a user's cancel is final
         self.canceled_by_stop: Callable[[str], bool] = _never
 
+    def set_on_pending(self, on_pending: Callable[[], object]) -> None:
+        """The service's `due`, known once its writer exists (made after the journal, see `Service.run`)."""
+        self._on_pending = on_pending
+
     @contextmanager
     def replaying(self) -> Iterator[None]:
         """Submissions made meanwhile come from this journal: they are not written to it again."""

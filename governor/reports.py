@@ -6,7 +6,7 @@ import json
 import json.encoder
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from qcg.pilotjob.governor.aux_dir import report_opener as _report_opener
 from qcg.pilotjob.governor.governor import GovernorListener
@@ -79,13 +79,14 @@ class JobReport(GovernorListener):
     governor has handled its end. `qcg-pm-report launch-stats` compares them.
     """
 
-    def __init__(self, path: str, fmt: str = "json", batch: int = 256, rt_stats: bool = False) -> None:
+    def __init__(self, path: str, fmt: str = "json", batch: int = 256, rt_stats: bool = False,
+                 opener: Callable[[str, int], int] = _report_opener) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"--report-format: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
         self._fmt = fmt
         self._rt_stats = rt_stats
-        # 0600: it holds the jobs' environments; not through a link (a --report-file may be anywhere)
-        self._file = open(path, "a", encoding="utf-8", opener=_report_opener) if fmt != "none" else None
+        # 0600: it holds the jobs' environments (the service passes own_opener for one in the aux dir)
+        self._file = open(path, "a", encoding="utf-8", opener=opener) if fmt != "none" else None
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}

@@ -113,10 +113,23 @@ class Service(Workers):
         Governor, Journal, Progress, JobReport, RequestHandler = governor_parts()
 
         gc.freeze()             # as tune_gc: the modules just loaded are never collected
-        self.report = JobReport(os.path.join(self.aux_dir, cfg.report_file), cfg.report_format,
-                                rt_stats=cfg.enable_rt_stats)
+        try:
+            # the journal first: it checks the aux dir (own_opener) before anything else is written there
+            journal = Journal(self.aux_dir)
+            report_path = os.path.join(self.aux_dir, cfg.report_file)
+            self.report = JobReport(report_path, cfg.report_format, rt_stats=cfg.enable_rt_stats,
+                                    opener=aux_dirs.opener_for(report_path, self.aux_dir))
+        except OSError as exc:          # e.g. the aux dir swapped for somebody else's since it was checked
+            print(f"Error: the run's files in {self.aux_dir} cannot be opened: {exc}", file=sys.stderr)
+            log.error("run files not opened", error=str(exc))
+            await self._stop_workers()
+            self._close_network()
+            for c in self._closers:
+                c.close()
+            return EXIT_START_FAILED
         self.finals = FinalsWriter(loop, self.report, self.publisher)
-        self.journal = self.finals.journal = Journal(self.aux_dir, on_pending=self.finals.due)
+        self.journal = self.finals.journal = journal
+        journal.set_on_pending(self.finals.due)
         listeners: list[Any] = [self.journal, self.report]
         self.progress = Progress(loop) if cfg.show_progress else None
         if self.progress:

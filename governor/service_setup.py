@@ -120,7 +120,7 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
     if cfg.report_format != "none" and not cfg.parent:      # a partition manager writes no report
         report = os.path.join(aux_dir, cfg.report_file)
         try:
-            open(report, "a", opener=aux_dirs.report_opener).close()
+            open(report, "a", opener=aux_dirs.opener_for(report, aux_dir)).close()
         except OSError as exc:
             raise StartError(f"--report-file '{cfg.report_file}': '{report}' cannot be written: "
                              f"{exc.strerror}") from None

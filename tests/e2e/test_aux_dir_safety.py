@@ -221,3 +221,31 @@ def test_umask_000_makes_no_directory_the_run_then_refuses(tmp_path):
     assert stat.S_IMODE((aux / "partitions").stat().st_mode) == 0o700
     assert stat.S_IMODE((aux / "tmp").stat().st_mode) == 0o700
     assert stat.S_IMODE((aux / "jobs.report").stat().st_mode) == 0o600
+
+
+def test_run_file_that_is_a_link_gives_one_error_line(tmp_path):
+    """A run's file in a reused aux dir (`--id` again) that is a link -- as a swapped-in directory would
+    have -- is refused at the start with one line, never a traceback, and nothing is written through it
+    (a review found the report opened through the link and the journal's refusal a traceback)."""
+    first = run_service(tmp_path, [submit(job("a"))], "--id", "again", nodes="1", timeout=60)
+    assert first.rc == 0, first.stderr
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for name in ("track.reqs", "jobs.report"):
+        (first.aux / name).unlink()
+        os.symlink(victim, first.aux / name)
+        again = run_service(tmp_path, [submit(job("b"))], "--id", "again", nodes="1", timeout=60)
+        assert again.rc == 1
+        assert "Traceback" not in again.stderr and again.stderr.startswith("Error: "), again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+        assert victim.read_text() == "precious\n"
+        (first.aux / name).unlink()
+        (first.aux / name).write_bytes(b"")
+
+
+def test_report_in_the_aux_dir_is_opened_as_the_runs_own_file(tmp_path):
+    from qcg.pilotjob.governor import aux_dir
+
+    aux = str(tmp_path / ".qcgpjm-service-x")
+    assert aux_dir.opener_for(os.path.join(aux, "jobs.report"), aux) is aux_dir.own_opener
+    assert aux_dir.opener_for(str(tmp_path / "elsewhere.report"), aux) is aux_dir.report_opener
