@@ -36,7 +36,8 @@ def _sizes(desc: "JobDescription") -> tuple[ResourceSize | None, ResourceSize | 
     without numNodes its cores come from one node, never spread over several (it would fail to start)."""
     res = desc.resources
     cores, nodes = res.num_cores, res.num_nodes
-    if desc.execution.model == "threads":
+    if desc.execution.model == "threads" and (cores is None or cores.scheduler is None):
+        # (cores sized by an iteration scheduler share the allocation's cores out: left as they are)
         if nodes is None:
             # numCores with numNodes counts cores per node, and no numCores at all would mean whole nodes
             return cores or ONE_CORE, ONE_NODE
