@@ -43,8 +43,14 @@ def _load(wd: str, report_file: str) -> rr.RunData:
     if run.earlier:
         _note(f"{run.earlier} tasks ended before this service started (an earlier run resumed in the same aux "
               f"dir); they are left out of the service-time figures (overheads, core use, charts)")
+    return run
+
+
+def _load_tasks(wd: str, report_file: str) -> rr.RunData:
+    """`_load` for the figures that need only the tasks' times (stats, rusage and the charts need the
+    service's too, and refuse a run without them)."""
+    run = _load(wd, report_file)
     if run.service is None:
-        # stats, rusage and the charts need the service's times and refuse; these figures need only tasks'
         _note(f"{rr.STATUS_FILE} is missing: the run has not finished (or was killed); the figures are of the "
               f"{run.total_jobs} tasks it reported so far")
     return run
@@ -120,7 +126,7 @@ generated for total jobs    tasks the figures are over: every started task
                    (with --enable-rt-stats: every one with qcg_finish)
 """)
 def launch_stats(wd: str, report_file: str) -> None:
-    ls = pr.launch_stats(_load(wd, report_file))
+    ls = pr.launch_stats(_load_tasks(wd, report_file))
 
     def line(label: str, value: object) -> None:
         _line(label, value, 40)
@@ -197,7 +203,7 @@ used cores, average core utilization (%) = mean over the used cores of
 (lost) seconds.
 """)
 def efficiency(wd: str, report_file: str, details: bool) -> None:
-    _print_usage(pr.efficiency(_load(wd, report_file)), details)
+    _print_usage(pr.efficiency(_load_tasks(wd, report_file)), details)
 
 
 def _gantt(wd: str, output: str, report_file: str, gaps: bool) -> None:
