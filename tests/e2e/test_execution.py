@@ -321,7 +321,9 @@ def test_threads_model_gets_its_cores_on_one_node(service):
                  # cores shared out by an iteration scheduler are left as they are (a review: forcing one node
                  # on these refused the whole submit with "4 cores per node requested")
                  submit(dict(threads_job("swept", {"numCores": {"min": 1, "scheduler": {"name": "maximum-iters"}}}),
-                             iteration={"stop": 3}))], nodes="a:1,b:2")
+                             iteration={"stop": 3}),
+                        dict(threads_job("all3", {"numCores": {"min": 1, "scheduler": {"name": "maximum-iters"}}}),
+                             iteration={"stop": 1}))], nodes="a:1,b:2")
     r.assert_no_traceback()
     rep = r.report()
     assert rep["two"]["state"] == "SUCCEED" and rep["one"]["state"] == "SUCCEED", rep
@@ -330,4 +332,5 @@ def test_threads_model_gets_its_cores_on_one_node(service):
     assert rep["big"]["state"] == "FAILED" and "1 node with 3 cores" in rep["big"]["messages"], rep["big"]
     assert "wide" not in rep
     assert rep["swept"]["state"] == "SUCCEED", rep["swept"]
+    assert "all3" in rep            # its one iteration gets all 3 cores: it fails alone, the submit is accepted
     assert "model 'threads' runs on a single node" in r.stderr, r.stderr
