@@ -287,7 +287,8 @@ def test_tasks_do_not_get_descriptors_the_service_was_started_with(tmp_path):
     from tests.conftest import SERVICE, find_aux, write_requests
 
     out = tmp_path / "fds.txt"
-    probe = "import os\nfor fd in range(1024):\n    try:\n        os.fstat(fd)\n        print(fd)\n    except OSError:\n        pass"
+    probe = ("import os\nfor fd in range(1024):\n    try:\n        os.fstat(fd)\n        print(fd)\n"
+             "    except OSError:\n        pass")
     reqs = write_requests(tmp_path / "reqs.json",
                           [submit(job("fds", sys.executable, ["-c", probe], stdout=str(out)))])
     read_end, write_end = os.pipe()
