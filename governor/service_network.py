@@ -15,6 +15,7 @@ import structlog
 import zmq
 
 from qcg.pilotjob.api import protocol
+from qcg.pilotjob.governor.aux_dir import own_opener
 from qcg.pilotjob.governor.keys import Authenticator, KeysError, RunKeys, create_keys
 from qcg.pilotjob.governor.publisher import EventPublisher
 from qcg.pilotjob.governor.zmq_interface import BindError, ZmqInterface
@@ -101,8 +102,10 @@ class ServiceNetwork:
 
 
 def _write_atomic(path: str, text: str) -> None:
+    # made new (O_EXCL), in the checked aux dir, never through a link left there (aux_dir.own_opener)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    _remove(tmp)
+    with open(tmp, "x", encoding="utf-8", opener=own_opener) as f:
         f.write(text)
     os.replace(tmp, path)
 

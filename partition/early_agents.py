@@ -127,7 +127,7 @@ def _spawn_agents(nodes: list[str], start_method: str, keys_dir: str, err_dir: s
         err = os.path.join(err_dir, f"agent-{node}.err")
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                   (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
+                   (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)]
         try:
             exe = _which(argv[0], env.get("PATH", os.defpath))
             pid = os.posix_spawn(exe, argv, env, file_actions=actions, setpgroup=0)
@@ -192,7 +192,7 @@ def _be_forked_agent(agent_module: Any, argv: list[str], node: str, err: str, pa
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)
-        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), 2)
         if os.getppid() == parent:                  # else the manager died before PR_SET_PDEATHSIG took effect
             code = agent_module.main(argv, stop_signals=(PARENT_GONE,))
     except BaseException as exc:  # noqa: BLE001 - whatever happens, this process must not go on

@@ -387,5 +387,7 @@ def resources_to_dict(res: Resources, *, rtype: str = "SLURM", binding: bool = F
 
 def write_resources_file(path: str, res: Resources, *, rtype: str = "SLURM", binding: bool = False) -> None:
     """Write ``res`` as a ``--slurm-resources-file`` (e.g. for one partition's node group)."""
-    with open(path, "w", encoding="utf-8") as fh:
+    # in the run's aux dir: not through a link somebody may have left there, and closed to others
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as fh:
         json.dump(resources_to_dict(res, rtype=rtype, binding=binding), fh)

@@ -249,3 +249,24 @@ def test_report_in_the_aux_dir_is_opened_as_the_runs_own_file(tmp_path):
     aux = str(tmp_path / ".qcgpjm-service-x")
     assert aux_dir.opener_for(os.path.join(aux, "jobs.report"), aux) is aux_dir.own_opener
     assert aux_dir.opener_for(str(tmp_path / "elsewhere.report"), aux) is aux_dir.report_opener
+
+
+def test_address_and_resources_files_are_not_written_through_links(tmp_path):
+    """The review's list of files still opened by name: the address file's temporary copy (a predictable
+    name) and a partition's resources file followed a link left in their place; now neither does."""
+    from qcg.pilotjob.governor.service_network import _write_atomic
+    from qcg.pilotjob.partition.local_nodes import local_resources
+    from qcg.pilotjob.partition.slurm_resources import write_resources_file
+
+    aux = tmp_path / "aux"
+    aux.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, aux / f"address.tmp{os.getpid()}")
+    _write_atomic(str(aux / "address"), "tcp://127.0.0.1:1")
+    assert (aux / "address").read_text() == "tcp://127.0.0.1:1"
+    assert victim.read_text() == "precious\n"
+    os.symlink(victim, aux / "part-0.resources.json")
+    with pytest.raises(OSError):
+        write_resources_file(str(aux / "part-0.resources.json"), local_resources("a:1", False))
+    assert victim.read_text() == "precious\n"
