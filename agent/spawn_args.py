@@ -36,6 +36,9 @@ class ProcessSpec:
     stderr: str | None = None
     cpus: list[int] | None = None       # CPU affinity; None = no binding
     walltime: float | None = None       # seconds
+    # streams in the run's aux dir (an agent's or a manager's stderr): made 0600, never through a link;
+    # a task's may be anywhere the user points them, links included
+    own_streams: bool = False
 
 
 def err_text(exc: Exception) -> str:
@@ -78,12 +81,13 @@ class SpawnArgs:
         if dn is None:
             dn = self._devnull = os.open(_DEVNULL, os.O_RDWR | os.O_CLOEXEC)
         out, err = spec.stdout, spec.stderr
+        wr, mode = (_WR | os.O_NOFOLLOW, 0o600) if spec.own_streams else (_WR, 0o666)
         fa: list[tuple] = [(_OPEN, 0, spec.stdin, _RD, 0) if spec.stdin else (_DUP2, dn, 0)]
-        fa.append((_OPEN, 1, out, _WR, 0o666) if out else (_DUP2, dn, 1))
+        fa.append((_OPEN, 1, out, wr, mode) if out else (_DUP2, dn, 1))
         if err and err == out:
             fa.append((_DUP2, 1, 2))
         else:
-            fa.append((_OPEN, 2, err, _WR, 0o666) if err else (_DUP2, dn, 2))
+            fa.append((_OPEN, 2, err, wr, mode) if err else (_DUP2, dn, 2))
         return fa
 
     def resolve(self, name: str, path: str, cwd: str) -> str:
@@ -137,8 +141,10 @@ class SpawnArgs:
                                 ("stderr", spec.stderr, True)):
             if not p:
                 continue
+            own = write and spec.own_streams
             try:
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND if write else os.O_RDONLY, 0o666)
+                fd = os.open(p, (os.O_WRONLY | os.O_CREAT | os.O_APPEND if write else os.O_RDONLY)
+                             | (os.O_NOFOLLOW if own else 0), 0o600 if own else 0o666)
                 os.close(fd)
             except OSError as e:
                 return f"cannot open {label} {p!r}: {err_text(e)}"

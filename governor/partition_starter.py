@@ -173,7 +173,8 @@ class PartitionStarter:
         plan.proc_key = key
         plan.last_exit = None
         err = self._stderr_path(plan)
-        spec = ProcessSpec(argv=self._command(plan), env=dict(os.environ), cwd=os.getcwd(), stderr=err)
+        spec = ProcessSpec(argv=self._command(plan), env=dict(os.environ), cwd=os.getcwd(), stderr=err,
+                           own_streams=True)
         if self._procs.spawn(key, spec, self._ended) is None:
             await plan.exited.wait()        # the spawner reports why through the exit callback
             raise OSError(f"cannot start the manager of partition {plan.id}{exit_text(plan.last_exit)}")

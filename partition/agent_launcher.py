@@ -180,7 +180,7 @@ class AgentLauncher:
         env = dict(os.environ)
         env.update(self.agent_env)
         err = self._stderr_path(state.node)
-        spec = ProcessSpec(argv=self._agent_argv(state.node), env=env, cwd=os.getcwd(), stderr=err)
+        spec = ProcessSpec(argv=self._agent_argv(state.node), env=env, cwd=os.getcwd(), stderr=err, own_streams=True)
         started = self._early.pop(state.node, None)
         if started is not None:
             pid = self._procs.adopt(key, started[0], self._agent_process_ended, started[1],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import signal
 import sys
 
@@ -100,6 +101,35 @@ def test_same_file_for_stdout_and_stderr_and_truncation(tmp_path):
         ev = await col.wait(1)
         assert ev.exit_code == 0
         assert log.read_text() == "one\ntwo\nthree\n"
+        await sp.shutdown()
+    run(main())
+
+
+def test_own_streams_are_not_opened_through_links_and_are_private(tmp_path):
+    """`own_streams` (the stderr files of our agents and partition managers, in the run's aux dir): never
+    through a link, which in a swapped-in aux dir would truncate a file of the victim's; mode 0600. A task's
+    streams still follow links (the user may point them anywhere)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        victim = tmp_path / "victim"
+        victim.write_text("precious\n")
+        link = tmp_path / "agent.stderr"
+        os.symlink(victim, link)
+        assert sp.spawn("own", ProcessSpec(["sh", "-c", "echo x >&2"], env(), str(tmp_path), stderr=str(link),
+                                           own_streams=True), col) is None
+        ev = await col.wait("own")
+        assert ev.exit_code is None and "agent.stderr" in ev.reason
+        assert victim.read_text() == "precious\n"
+        fresh = tmp_path / "fresh.stderr"
+        sp.spawn("new", ProcessSpec(["sh", "-c", "echo x >&2"], env(), str(tmp_path), stderr=str(fresh),
+                                    own_streams=True), col)
+        assert (await col.wait("new")).exit_code == 0
+        assert fresh.read_text() == "x\n" and stat.S_IMODE(fresh.stat().st_mode) == 0o600
+        sp.spawn("task", ProcessSpec(["sh", "-c", "echo y >&2"], env(), str(tmp_path), stderr=str(link)), col)
+        assert (await col.wait("task")).exit_code == 0
+        assert victim.read_text() == "y\n"
         await sp.shutdown()
     run(main())
 
