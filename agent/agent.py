@@ -31,6 +31,7 @@ import zmq.asyncio
 from qcg.pilotjob.agent.allocation_env import restore as restore_allocation_env
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
+from qcg.pilotjob.api.private_files import read_private
 from qcg.pilotjob.api.socket_batches import receive_frames
 
 HEARTBEAT = 2.0
@@ -183,8 +184,8 @@ def wait_for_address(path: str, timeout: float) -> str:
     directory, name = os.path.split(os.path.abspath(path))
     while True:
         try:
-            # only from a directory of this user's that nobody else can write into (curve.read_private)
-            text = curve.read_private(directory, name).decode("utf-8", "replace").strip()
+            # only from a directory of this user's that nobody else can write into
+            text = read_private(directory, name).decode("utf-8", "replace").strip()
             if text.startswith("tcp://"):
                 return text
         except FileNotFoundError:

@@ -6,11 +6,11 @@ clients, partitions and node agents.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 
 import zmq
+
+from qcg.pilotjob.api.private_files import read_private
 
 
 def write_private(path: str, data: bytes) -> None:
@@ -37,56 +37,8 @@ def _z85(data: bytes, path: str) -> bytes:
     return key
 
 
-_MAX_PRIVATE = 64 * 1024
-
-
-def read_private(directory: str, name: str) -> bytes:
-    """The content of `name` in `directory`, both this user's own: the directory nobody else may write into.
-
-    Why: a node agent learns where to connect, and with which keys, from
-    files its manager wrote into the run's aux dir. Anybody who may write
-    into a directory above it (a group-writable working dir) can rename the
-    aux dir away and put one of theirs there, with an address of their own:
-    the agent would take its tasks from them. Files of ours are in
-    directories of ours that nobody else can write into, so that is what is
-    checked -- through descriptors, on what is actually read, so a directory
-    swapped after the check is not read. Raises PermissionError for a
-    directory or file that is not ours or is a link, FileNotFoundError when
-    the file is not there (yet).
-    """
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        # O_DIRECTORY | O_NOFOLLOW on a link: ELOOP, or ENOTDIR when it names a directory
-        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(directory)):
-            raise PermissionError(f"'{directory}' is a symbolic link: refused") from None
-        raise
-    try:
-        st = os.fstat(dfd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise PermissionError(f"directory '{directory}' (owner uid {st.st_uid}, mode "
-                                  f"{stat.S_IMODE(st.st_mode):o}) is not one of this user's that nobody else "
-                                  f"may write into: refused")
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise PermissionError(f"'{path}' is a symbolic link: refused") from None
-            raise
-        try:
-            fst = os.fstat(fd)
-            if fst.st_uid != os.geteuid() or not stat.S_ISREG(fst.st_mode):
-                raise PermissionError(f"'{path}' (owner uid {fst.st_uid}) is not a file of this user: refused")
-            return os.read(fd, _MAX_PRIVATE)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(dfd)
-
-
 def read_private_key(directory: str, name: str) -> bytes:
-    """A key file of `directory` (see `read_private`)."""
+    """A key file of `directory`, read only if both are this user's own (`private_files.read_private`)."""
     return _z85(read_private(directory, name), os.path.join(directory, name))
 
 

@@ -23,7 +23,6 @@ used twice -- is refused instead of running the same jobs again.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -31,6 +30,7 @@ import stat
 import sys
 
 from qcg.pilotjob.api import protocol
+from qcg.pilotjob.api.private_files import open_private
 
 PREFIX = protocol.AUX_DIR_PREFIX
 LOCK_FILE = "service.lock"
@@ -80,46 +80,10 @@ def check_own_files(path: str, names: tuple[str, ...], what: str) -> None:
             raise AuxDirError(f"{what} '{file}' is a link or belongs to another user (uid {st.st_uid}): refused")
 
 
-def own_opener(path: str, flags: int, mode: int = 0o600) -> int:
-    """`os.open` for the run's files in its aux dir (an `opener` of `open()`): the file is not a link and
-    is this user's, and its directory, checked through its descriptor, is this user's and writable by
-    nobody else.
-
-    Why: the aux dir is checked when the run starts, but its files are opened
-    later too -- the journal by a resume, final_status.json at the end. A user
-    who may write into the working dir can rename the aux dir away meanwhile
-    and put one of theirs in its place: with a link named final_status.json
-    the service overwrote a file of the victim's, with a journal of theirs a
-    resume ran their commands (a security review did both). What this opens
-    is in the directory it checked, whatever happens to the path afterwards.
-    New files get mode 0600 (they hold job environments). Raises OSError.
-    """
-    directory, name = os.path.split(os.path.abspath(path))
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(directory):
-            raise PermissionError(errno.EPERM, "the directory is a symbolic link", directory) from None
-        raise
-    try:
-        st = os.fstat(dfd)
-        private = st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if not private:
-            raise PermissionError(errno.EPERM, f"the directory is not this user's own private one (owner uid "
-                                               f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})", directory)
-        try:
-            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise PermissionError(errno.EPERM, "a symbolic link: refused", path) from None
-            raise
-        fst = os.fstat(fd)
-        if fst.st_uid != os.geteuid() or not stat.S_ISREG(fst.st_mode):
-            os.close(fd)
-            raise PermissionError(errno.EPERM, f"not a file of this user (owner uid {fst.st_uid}): refused", path)
-        return fd
-    finally:
-        os.close(dfd)
+# `os.open` (an `opener` for `open()`) for the run's files in its aux dir: the file not a link and this
+# user's, in a directory checked through its descriptor to be this user's and writable by nobody else --
+# whatever happens to the aux dir's path after the start (see api/private_files.py). New files: 0600.
+own_opener = open_private
 
 
 def report_opener(path: str, flags: int) -> int:
