@@ -97,12 +97,7 @@ class Service(Workers):
             try:
                 self._open_network()
             except StartError as exc:
-                print(f"Error: {exc}", file=sys.stderr)
-                log.error("network interface not started", error=str(exc))
-                self._close_network()
-                for c in self._closers:
-                    c.close()
-                return EXIT_START_FAILED
+                return self._start_failed(str(exc), "network interface not started", exc)
         self.partition = self._make_partition()
         if cfg.governor_mode and cfg.slurm_partition_nodes is not None:
             # the managers start up (srun, interpreter, imports) while the governor builds the rest
@@ -120,13 +115,9 @@ class Service(Workers):
             self.report = JobReport(report_path, cfg.report_format, rt_stats=cfg.enable_rt_stats,
                                     opener=aux_dirs.opener_for(report_path, self.aux_dir))
         except OSError as exc:          # e.g. the aux dir swapped for somebody else's since it was checked
-            print(f"Error: the run's files in {self.aux_dir} cannot be opened: {exc}", file=sys.stderr)
-            log.error("run files not opened", error=str(exc))
             await self._stop_workers()
-            self._close_network()
-            for c in self._closers:
-                c.close()
-            return EXIT_START_FAILED
+            return self._start_failed(f"the run's files in {self.aux_dir} cannot be opened: {exc}",
+                                      "run files not opened", exc)
         self.finals = FinalsWriter(loop, self.report, self.publisher)
         self.journal = self.finals.journal = journal
         journal.set_on_pending(self.finals.due)
@@ -179,6 +170,15 @@ class Service(Workers):
         if self._signal is not None:
             return 128 + self._signal
         return EXIT_REFUSED if self._file_refused else EXIT_OK
+
+    def _start_failed(self, message: str, event: str, exc: Exception) -> int:
+        """A start refused before any task ran: one `Error:` line, the log's, and what was opened closed."""
+        print(f"Error: {message}", file=sys.stderr)
+        log.error(event, error=str(exc))
+        self._close_network()
+        for c in self._closers:
+            c.close()
+        return EXIT_START_FAILED
 
     def _replay(self) -> bool:
         """The interrupted run's journal, replayed (governor/resume.py); False when the resume is refused,
