@@ -25,6 +25,7 @@ import structlog
 from qcg.pilotjob.api import protocol
 from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor import logs
+from qcg.pilotjob.governor.file_interface import serve_requests
 from qcg.pilotjob.governor.finals_writer import FinalsWriter
 from qcg.pilotjob.governor.service_config import (
     EXIT_OK,
@@ -194,26 +195,8 @@ class Service(Workers):
         return True
 
     def _serve_file(self) -> None:
-        for i, request in enumerate(self.requests, 1):
-            response = self.handle_request(request)
-            if response["code"] != 0:
-                name = request.get("request") if isinstance(request, dict) else None
-                print(f"Error: request #{i} ({name or 'invalid'}): {response.get('message')}", file=sys.stderr)
-                log.error("request refused", index=i, request=name, message=response.get("message"))
-            else:
-                # reference 10.2: in the file mode the responses go to the log
-                log.info("request served", index=i, request=request.get("request"), response=_brief(response))
-                data = response.get("data")
-                if isinstance(data, dict) and data.get("failed"):
-                    _print_failed_at_submit(i, data["failed"])
-            if self._stop is not None and self._stop.is_set():
-                # `finish`: what follows is not served. After `control finishAfterAllTasksDone` the rest of
-                # the file is, as the original's file listener reads on (that control may come first)
-                if i < len(self.requests):
-                    print(f"Warning: requests #{i + 1}-#{len(self.requests)} come after 'finish' (#{i}) and were "
-                          f"not served", file=sys.stderr)
-                    log.warning("requests after finish not served", first=i + 1, last=len(self.requests))
-                break
+        assert self._stop is not None
+        serve_requests(self.requests, self.handle_request, self._stop.is_set)
 
     # ------------------------------------------------------- ServiceControl
     def finish_after_all_done(self) -> str | None:
@@ -349,21 +332,6 @@ class Service(Workers):
         log.info("service finished", uptime=status["System"]["Uptime"], refused=self.handler.refused)
         for c in self._closers:
             c.close()
-
-
-def _print_failed_at_submit(index: int, failed: dict[str, str], shown: int = 10) -> None:
-    """One line per job too big for the resources (a few, then a count): bad input a user must see."""
-    for name, why in list(failed.items())[:shown]:
-        print(f"Error: request #{index} (submit): job '{name}' FAILED: {why}", file=sys.stderr)
-    if len(failed) > shown:
-        print(f"Error: request #{index} (submit): {len(failed) - shown} more jobs FAILED as too big for the "
-              f"resources (see jobs.report)", file=sys.stderr)
-
-
-def _brief(response: dict[str, Any], limit: int = 2000) -> str:
-    """A response as one log value; a submit of 100 000 jobs would otherwise log every name."""
-    text = json.dumps(response, default=str, separators=(",", ":"))
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def tune_gc() -> None:
