@@ -7,6 +7,11 @@ unless a child asked for another), SIGKILL after the grace time. A group
 that is gone while its leader is not yet reaped is signalled through the
 leader's pidfd. Walltime and cancel mark why the process ended (`killed`,
 `reason`), which its exit report carries.
+
+A task ends with its first process: whatever that left in the task's group
+(a background child, a double fork) gets the same two signals once the
+first process is reaped, as the processes of a finished `srun` step do; the
+orphan guard keeps the group on its list until the SIGKILL has gone out.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Hashable
 
 if TYPE_CHECKING:
+    from qcg.pilotjob.agent.guard_keeper import GuardKeeper
     from qcg.pilotjob.agent.spawner import _Proc
 
 _log = logging.getLogger("qcg.pilotjob.agent.spawner")
@@ -31,6 +37,9 @@ class ProcessStopping:
     _loop: asyncio.AbstractEventLoop
     _kill_grace: float
     _idle: asyncio.Future | None
+    _guard: GuardKeeper | None
+    _ends_groups: bool
+    _lingering: dict[int, asyncio.TimerHandle]     # group -> its SIGKILL: the leader is reaped, members are not
 
     def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
         """SIGTERM the process group of `key`, SIGKILL after the grace time."""
@@ -54,6 +63,47 @@ class ProcessStopping:
             except asyncio.TimeoutError:
                 pass
         await self.shutdown(timeout=max(0.5, deadline - time.monotonic()))
+
+    def _leader_reaped(self, proc: _Proc) -> None:
+        """What the task left in its group gets the polite signal now, SIGKILL after the grace time."""
+        pgid = proc.pid
+        if self._ends_groups:
+            try:
+                os.killpg(pgid, proc.term_signal)
+            except OSError:
+                pass        # the usual case: nothing left (ESRCH)
+            else:
+                _log.info("task %r ended, processes left in its group %d: %s, SIGKILL in %.1fs", proc.key, pgid,
+                          signal.Signals(proc.term_signal).name, self._kill_grace)
+                self._lingering[pgid] = self._loop.call_later(self._kill_grace, self._kill_lingering, pgid)
+                return
+        if self._guard is not None:
+            self._guard.reaped(pgid)
+
+    def _kill_lingering(self, pgid: int) -> None:
+        if self._lingering.pop(pgid, None) is None:
+            return
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self._guard is not None:
+            self._guard.reaped(pgid)
+
+    def _group_reused(self, pgid: int) -> None:
+        """A new child got the number of a group still waiting for its SIGKILL: that group is empty (the
+        kernel does not give out a number a group still uses), and the signal must not reach the new one."""
+        handle = self._lingering.pop(pgid, None)
+        if handle is not None:
+            handle.cancel()
+            if self._guard is not None:
+                self._guard.reaped(pgid)
+
+    def _kill_all_lingering(self) -> None:
+        """At shutdown: the groups' members had their polite signal with their leaders, or earlier."""
+        for pgid in list(self._lingering):
+            self._lingering[pgid].cancel()
+            self._kill_lingering(pgid)
 
     async def _shutdown(self, timeout: float) -> None:
         if not self._procs:

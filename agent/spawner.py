@@ -129,8 +129,10 @@ class ProcessSpawner(ProcessStopping):
         # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running.
         # The guard starts with the first task: a launcher that is replaced before it runs any has none.
         self._procs: dict[Hashable, _Proc] = {}
-        self._guard = GuardKeeper(loop, kill_grace, lambda: [p.pid for p in self._procs.values()],
-                                  describe=err_text) if orphan_guard else None
+        self._guard = GuardKeeper(loop, kill_grace, self._live_groups, describe=err_text) if orphan_guard else None
+        # a task's processes end with it (process_stopping); infrastructure (agents, managers) is not a task
+        self._ends_groups = orphan_guard
+        self._lingering: dict[int, asyncio.TimerHandle] = {}
         self._args = SpawnArgs()
         self._idle: asyncio.Future | None = None
         self.last_effective_cpus: list[int] | None = None
@@ -140,6 +142,9 @@ class ProcessSpawner(ProcessStopping):
         # called before the exits of a loop turn are handled (whose callbacks may launch more):
         # the flat-mode service answers waiting client requests there first
         self.before_exits: Callable[[], None] | None = None
+
+    def _live_groups(self) -> list[int]:
+        return [p.pid for p in self._procs.values()] + list(self._lingering)
 
     # ------------------------------------------------------------------ api
     @property
@@ -232,6 +237,8 @@ class ProcessSpawner(ProcessStopping):
             # its cores for ever, so it is ended here and fails with the reason
             end_unwatched(pid)
             return self._fail(key, on_exit, started, f"cannot watch the started process {pid}: {err_text(exc)}")
+        if self._lingering:
+            self._group_reused(pid)
         if self._guard is not None:
             self._guard.started(pid)        # its own group: setpgroup=0
         if spec.walltime is not None and spec.walltime > 0:
@@ -279,6 +286,7 @@ class ProcessSpawner(ProcessStopping):
         try:
             await self._shutdown(timeout)
         finally:
+            self._kill_all_lingering()
             if self._guard is not None and not self._procs:
                 self._guard.stop()          # every task has ended: the guard leaves (not waited for)
             self._args.close()
@@ -327,8 +335,7 @@ class ProcessSpawner(ProcessStopping):
         if proc.kill_handle is not None:
             proc.kill_handle.cancel()
         del self._procs[proc.key]
-        if self._guard is not None:
-            self._guard.reaped(proc.pid)
+        self._leader_reaped(proc)
         if status is None:
             code, reason = None, "exit status lost (reaped by someone else)"
         else:

@@ -262,6 +262,68 @@ def test_walltime_kills_the_whole_process_group(tmp_path):
     run(main())
 
 
+async def _until_gone(pids: list[int]) -> bool:
+    for _ in range(int(WAIT / 0.05)):
+        if all(_gone(p) for p in pids):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_walltime_reaches_what_stays_in_the_group_after_the_first_process_ended(tmp_path):
+    """README "Differences from the original": walltime TERMs the task's process group, then KILLs it. The
+    first process dies of the TERM; a child that ignores it is still in the group and gets the KILL."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop, kill_grace=0.5, orphan_guard=True)
+        col = Collector(loop)
+        pidfile = tmp_path / "child.pid"
+        script = f'(trap "" TERM; exec sleep 61) & echo $! > {pidfile}; sleep 60'
+        sp.spawn("w", ProcessSpec(["sh", "-c", script], env(), str(tmp_path), walltime=0.5), col)
+        ev = await col.wait("w")
+        assert ev.killed == "walltime" and ev.exit_code == -signal.SIGTERM
+        child = int(pidfile.read_text())
+        assert await _until_gone([child])
+        await sp.shutdown()
+    run(main())
+    _reap_stopped_guards()
+
+
+def test_processes_a_task_left_in_its_group_end_with_it(tmp_path):
+    """A task that exits leaving children in its group (one ignoring TERM, one double-forked): they end
+    too, as a finished srun step's processes do; infrastructure processes (no orphan guard) are left alone."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        col = Collector(loop)
+        left = {}
+        for guarded in (True, False):
+            sp = ProcessSpawner(loop, kill_grace=0.5, orphan_guard=guarded)
+            a, b = tmp_path / f"a{guarded}", tmp_path / f"b{guarded}"
+            script = (f'(trap "" TERM; exec sleep 62) & echo $! > {a}; '
+                      f'(sleep 63 & echo $! > {b}) ; exit 3')
+            sp.spawn(guarded, ProcessSpec(["sh", "-c", script], env(), str(tmp_path)), col)
+            ev = await col.wait(guarded)
+            assert ev.exit_code == 3 and ev.killed is None
+            left[guarded] = [int(a.read_text()), int(b.read_text())]
+            if guarded:
+                assert await _until_gone(left[True])
+            await sp.shutdown()
+        try:
+            assert not any(_gone(p) for p in left[False])
+        finally:
+            for p in left[False]:
+                os.kill(p, signal.SIGKILL)
+    run(main())
+    _reap_stopped_guards()
+
+
+def _reap_stopped_guards() -> None:
+    """A launcher's orphan guard leaves unwaited when its tasks have ended (it is a zombie until the
+    launcher exits); reaped here so that the zombie count of the other tests starts at 0."""
+    for z in _zombies():
+        os.waitpid(z.pid, 0)
+
+
 def test_cancel_sends_term_and_reports_negative_signal(tmp_path):
     async def main():
         loop = asyncio.get_running_loop()
