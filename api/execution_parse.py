@@ -122,7 +122,8 @@ def parse_execution(data: object, p: Problems) -> Execution | None:
             p.add("execution", "'exec' and 'script' are mutually exclusive")
     elif not script:
         if exe is None and script is None:
-            if "exec" not in data and "script" not in data:  # type: ignore[operator]
+            # null counts as not given (reference 10.3.1: a String); a value of a wrong type was named above
+            if not any(data.get(k) is not None for k in ("exec", "script")):  # type: ignore[union-attr]
                 p.add("execution", "one of 'exec' or 'script' is required")
         else:
             p.add("execution.exec" if exe is not None else "execution.script", "must not be empty")

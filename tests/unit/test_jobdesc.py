@@ -247,6 +247,10 @@ def test_bad_wall_time_in_job():
      "job 'j': field 'execution.args[1]': must be a string or a number, got dict"),
     (job(execution={"exec": 5}), "job 'j': field 'execution.exec': must be a string, got int"),
     (job(execution={}), "job 'j': field 'execution': one of 'exec' or 'script' is required"),
+    # null is "not given" (reference 10.3.1: a String); the original refuses these too
+    (job(execution={"exec": None, "args": ["a"]}),
+     "job 'j': field 'execution': one of 'exec' or 'script' is required"),
+    (job(execution={"script": None}), "job 'j': field 'execution': one of 'exec' or 'script' is required"),
     (job(execution={"exec": "a", "script": "b"}),
      "job 'j': field 'execution': 'exec' and 'script' are mutually exclusive"),
     (job(execution={"script": "b", "args": ["x"]}),
