@@ -8,6 +8,7 @@ for the message format.
 from __future__ import annotations
 
 from qcg.pilotjob.api.jobdesc import type_name
+from qcg.pilotjob.api.protocol import unencodable
 
 
 LARGEST_INT = 2 ** 53 - 1
@@ -75,3 +76,16 @@ def str_list(value: object, path: str, p: Problems, convert_numbers: bool,
             p.add(f"{path}[{i}]", f"must be {what}, got {type_name(item)}")
             ok = False
     return tuple(out) if ok else None
+
+
+def unencodable_jobs(jobs: list) -> list[str]:
+    """The problems of job descriptions that cannot be packed (protocol.unencodable), named as a parse
+    names them; the client's `submit` and the journal ask when packing has failed."""
+    problems: list[str] = []
+    for i, job in enumerate(jobs, 1):
+        name = job.get("name") if isinstance(job, dict) else None
+        p = Problems(f"job '{name}'" if isinstance(name, str) else f"job #{i}")
+        for path, reason in unencodable(job):
+            p.add(path, reason)
+        problems += p.items
+    return problems or ["the jobs cannot be packed (msgpack)"]

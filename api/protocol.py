@@ -14,7 +14,7 @@ Events on the publisher socket are two frames: topic, msgpack map.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 import msgpack
 
@@ -66,6 +66,26 @@ JSON_FIRST_BYTES = frozenset(bytes([c]) for c in b'{["-0123456789tfn \n\t\r')
 
 class ProtocolError(ValueError):
     """A frame that is not a valid message."""
+
+
+_SENDABLE = (type(None), bool, int, float, str, bytes, list, tuple, dict)
+
+
+def unencodable(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(path, reason) of each value msgpack cannot carry: an integer beyond 64 bits (JSON and Python have
+    no limit), an object of another type. Looked for only once packing has failed: it costs a walk."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(1 << 63) <= value < (1 << 64):
+            yield path, "integer out of range (more than 64 bits)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from unencodable(key, f"{path}<key>")
+            yield from unencodable(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from unencodable(item, f"{path}[{i}]")
+    elif not isinstance(value, _SENDABLE):
+        yield path, f"a {type(value).__name__} cannot be sent (use JSON types)"
 
 
 def encode(message: dict[str, Any]) -> bytes:

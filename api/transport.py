@@ -33,6 +33,7 @@ from qcg.pilotjob.api.client_keys import (
     AUX_DIR_PREFIX, CurveKeys, KeysRefused, NoKeysFound, find_aux_dir, find_keys, foreign_owner, insecure_opt_in,
     load_keys, locate_keys, read_aux_address, scan_aux_dirs)
 from qcg.pilotjob.api.event_drain import EventDrain, connect_subscriber, decode_event, monitor
+from qcg.pilotjob.api.parse_problems import unencodable_jobs
 
 __all__ = [
     "CurveKeys", "find_keys", "locate_keys", "load_keys", "find_aux_dir", "scan_aux_dirs", "read_aux_address",
@@ -140,7 +141,10 @@ class ServiceConnection:
             message = dict(request)
             message["v"] = protocol.PROTOCOL_VERSION
             message["id"] = req_id
-            frame = msgpack.packb(message, use_bin_type=True)
+            try:
+                frame = msgpack.packb(message, use_bin_type=True)
+            except (OverflowError, TypeError, ValueError):
+                raise _unsendable(request) from None
             limit = self.timeout if timeout is None else float(timeout)
             deadline = time.monotonic() + limit
             sock = self._sock
@@ -361,3 +365,12 @@ class ServiceConnection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _unsendable(request: dict[str, Any]) -> errors.QCGPJMAError:
+    """What in `request` msgpack cannot carry, as a submit's refusal would name it."""
+    jobs = request.get("jobs")
+    if request.get("request") == "submit" and isinstance(jobs, list):
+        return errors.InvalidJobDescriptionError(unencodable_jobs(jobs))
+    where = "; ".join(f"field '{path}': {reason}" for path, reason in protocol.unencodable(request))
+    return errors.WrongArgumentsError(f"request '{request.get('request')}' cannot be sent: {where or 'not packable'}")

@@ -122,13 +122,11 @@ class Governor(Cancellation, FinalStates):
         """
         admitted = self.admission.check(descs)
         if rcnt is None:
-            self.rcnt += 1
-            rcnt = self.rcnt
-        else:
-            self.rcnt = max(self.rcnt, rcnt)
+            rcnt = self.rcnt + 1
         when = when or datetime.now()
         for lst in self._listeners:
-            lst.submitted(rcnt, when, descs, raw)
+            lst.submitted(rcnt, when, descs, raw)       # the journal may still refuse the batch
+        self.rcnt = max(self.rcnt, rcnt)
         base = request_variables(rcnt, when)
         ts = when.timestamp()
         jobs = [self.admission.record(job, rcnt, when, ts, base) for job in admitted]

@@ -37,6 +37,7 @@ import structlog
 from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.jobparse import parse_jobs
+from qcg.pilotjob.api.parse_problems import unencodable_jobs
 from qcg.pilotjob.governor.aux_dir import own_opener
 from qcg.pilotjob.governor.governor import GovernorListener
 from qcg.pilotjob.governor.states import JobState
@@ -93,7 +94,10 @@ class Journal(GovernorListener):
             return
         jobs = raw if raw is not None else [d.to_dict() for d in descs]
         rec = {"rcnt": rcnt, "time": when.isoformat(), "jobs": jobs}
-        self._write_now(rec)
+        try:
+            self._write_now(rec)
+        except OverflowError:       # packing failed, nothing written: the submit is refused with the field
+            raise InvalidJobDescriptionError(unencodable_jobs(jobs)) from None
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:
         if record.state is JobState.CANCELED and self.canceled_by_stop(job.task_id(iteration)):

@@ -50,6 +50,21 @@ def test_numbers_too_big_are_refused_with_their_field(service):
     line = one_error_line(r)
     assert "'big'" in line and "iteration.stop" in line and "9007199254740991" in line
     assert "internal error" not in r.log() and r.report()["fine"]["state"] == "SUCCEED"
+    # fields that take any number (arguments, variables, values, attributes): beyond 64 bits they cannot
+    # be kept in the journal; the refusal names the field (it was "internal error ... OverflowError")
+    huge = 10 ** 20
+    r = service([submit(job("a", execution={"exec": "/bin/true", "args": ["x", huge]})),
+                 submit(job("e", execution={"exec": "/bin/true", "env": {"A": huge}})),
+                 submit(job("v", iteration={"values": [1, huge]})),
+                 submit(job("t", attributes={"k": huge})), submit(job("fine2"))])
+    assert r.rc == 2
+    r.assert_no_traceback()
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 4, r.stderr
+    for line, where in zip(errors, ("job 'a': field 'execution.args[1]'", "job 'e': field 'execution.env.A'",
+                                    "job 'v': field 'iteration.values[1]'", "job 't': field 'attributes.k'")):
+        assert where in line and "out of range" in line and "Overflow" not in line, line
+    assert r.report()["fine2"]["state"] == "SUCCEED"
     r = service('[{"request": "submit", "jobs": [{"name": "x", "execution": {"exec": "/bin/true"}, '
                 '"iteration": {"stop": ' + "1" * 5000 + '}}]}]')
     assert r.rc == 1

@@ -176,6 +176,12 @@ def test_send_request_and_request_errors(lm):
     # the service refuses a description the client did not check
     with pytest.raises(errors.ConnectionError, match="Request failed"):
         lm.submit([{"name": "bad", "execution": {}}])
+    # what msgpack cannot carry is named before anything is sent (it was a bare OverflowError / TypeError)
+    with pytest.raises(errors.InvalidJobDescriptionError,
+                       match=r"job 'huge': field 'execution.args\[0\]': integer out of range"):
+        lm.submit([{"name": "huge", "execution": {"exec": "/bin/true", "args": [10 ** 30]}}])
+    with pytest.raises(errors.WrongArgumentsError, match=r"field 'jobNames\[0\]': a set cannot be sent"):
+        lm.send_request({"request": "jobStatus", "jobNames": [{"a"}]})
     # the connection still works afterwards
     assert lm.resources()["total_cores"] == 4
 
