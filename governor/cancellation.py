@@ -12,6 +12,7 @@ tasks again.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from qcg.pilotjob.governor.registry import Registry
 
 STOPPED = "canceled: the service stopped before it ended (--resume runs it again)"
+UNSTARTED_LISTED = 100_000   # report lines for the never-started iterations of one canceled job (~0.1 s)
 
 
 class Cancellation:
@@ -93,16 +95,20 @@ class Cancellation:
             job.its[it] = rec
             self._finish_iteration(job, it, rec, JobState.CANCELED)
         job.released.clear()
-        unstarted = job.indices[job.cursor:]
-        if job.done_before:
-            unstarted = [i for i in unstarted if i not in job.done_before]
-        if unstarted and not self.stopping:
-            # the user's cancel ends each of them, as in the original (a `jobs.report` line each); a stop
-            # only interrupts them: `--resume` runs them
+        # never started: counted, not enumerated (a sweep may have 10**12 iterations)
+        rest = job.indices[job.cursor:]
+        done = job.done_before
+        remaining = len(rest) - (sum(1 for i in done if i in rest) if done else 0)
+        if remaining and not self.stopping:
+            # the user's cancel ends each of them, as in the original (a `jobs.report` line each, the first
+            # UNSTARTED_LISTED of them); a stop only interrupts them: `--resume` runs them
+            listed = list(itertools.islice((i for i in rest if i not in done) if done else rest, UNSTARTED_LISTED))
+            if remaining > len(listed):
+                job.record.add_message(f"{remaining} iterations canceled before they started; the report lists "
+                                       f"the first {len(listed)}")
             when = time.time()
             for lst in self._listeners:
-                lst.unstarted_canceled(job, unstarted, when)
-        remaining = len(unstarted)
+                lst.unstarted_canceled(job, listed, when)
         job.cursor = len(job.indices)
         job.finished_count += remaining
         job.bad_count += remaining

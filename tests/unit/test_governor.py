@@ -442,6 +442,33 @@ def test_cancel_iterative_job(h):
     assert h.gov.all_finished
 
 
+@pytest.mark.parametrize("size, single", [(10 ** 12, False), (250_000, True)])
+def test_cancel_of_a_huge_sweep_counts_its_unstarted_iterations(h, size, single):
+    """A cancel costs what ran, not the sweep's size: 10**12 iterations (the fuzzer's case: the service
+    stopped answering while it wrote a report line for each). The first UNSTARTED_LISTED are listed; the
+    job's message tells the count. An iteration canceled on its own before is not counted twice."""
+    from qcg.pilotjob.governor.cancellation import UNSTARTED_LISTED
+
+    listed: list[int] = []
+    h.rec.unstarted_canceled = lambda job, its, when: listed.extend(its)
+    h.submit(J("big", iteration={"stop": size}))
+    dispatched = list(h.part.ids)
+    alone = len(dispatched) + 5
+    if single:
+        h.gov.cancel([f"big:{alone}"])
+    canceled, errors = h.gov.cancel(["big"])
+    assert canceled == 1 and not errors
+    for tid in dispatched:
+        h.finish(tid, "CANCELED", code=-15)
+    job = h.job("big")
+    assert h.state("big") is S.CANCELED and h.gov.all_finished
+    assert job.finished_count == size
+    assert len(listed) == UNSTARTED_LISTED
+    assert (alone not in listed) if single else (alone in listed)
+    unstarted = size - len(dispatched) - single
+    assert f"{unstarted} iterations canceled before they started" in job.record.messages
+
+
 def test_remove(h):
     """Reference 10.3.7 removeJob: finished jobs are removed (name reusable); unfinished refused."""
     h.part.queue_limit = 1
