@@ -67,6 +67,7 @@ class ParentLink:
         self.tags = list(tags or [])
         self.lost_after = lost_after
         self._parent_pid: int | None = None     # the parent's process, when it runs on this host
+        self._parent_pidfd: int | None = None   # ... watched by the loop
         self._ppid = os.getppid()                # the process that started this one (the governor, locally)
         self._started: list[list[Any]] = []
         self._finished: list[list[Any]] = []
@@ -151,6 +152,7 @@ class ParentLink:
                         "resources": resources_to_dict(port.resources, rtype="LOCAL", with_reserved=True)})
 
     async def close(self) -> None:
+        self._unwatch_parent()
         self._flush()
         if self._flush_timer is not None:
             self._flush_timer.cancel()      # it would fire after the socket (and the log) closed
@@ -231,7 +233,7 @@ class ParentLink:
             pass
         elif kind == "registered":
             if msg.get("host") == socket.gethostname() and isinstance(msg.get("pid"), int):
-                self._parent_pid = msg["pid"]
+                self._watch_parent(msg["pid"])
             if self._registered is not None and not self._registered.done():
                 self._registered.set_result(None)
         elif kind == "refused":
@@ -244,6 +246,32 @@ class ParentLink:
         else:
             log.warning("unknown message from the parent dropped", type=kind)
 
+    def _watch_parent(self, pid: int) -> None:
+        """Its end wakes the loop through a pidfd: a governor killed and not yet reaped (a zombie) has
+        ended too, which a signal 0 does not tell (the managers ran on for the heartbeats' 7 s)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._parent_pid = pid
+            self._parent_ended()
+            return
+        except OSError:     # no pidfd here: the heartbeats' check
+            self._parent_pid = pid
+            return
+        self._parent_pidfd = fd
+        self.loop.add_reader(fd, self._parent_ended)
+
+    def _parent_ended(self) -> None:
+        self._unwatch_parent()
+        log.error("parent lost: its process ended", address=self.address, pid=self._parent_pid)
+        self._end(f"parent lost (its process {self._parent_pid} ended)")
+
+    def _unwatch_parent(self) -> None:
+        fd, self._parent_pidfd = self._parent_pidfd, None
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
     def _end(self, why: str) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_result(why)
@@ -252,9 +280,9 @@ class ParentLink:
         while True:
             await asyncio.sleep(wire.LINK_HEARTBEAT)
             silent = time.monotonic() - self._last_seen
-            if self._parent_pid is not None and not _alive(self._parent_pid, self._ppid):
-                log.error("parent lost: its process ended", address=self.address, pid=self._parent_pid)
-                self._end(f"parent lost (its process {self._parent_pid} ended)")
+            if self._parent_pidfd is None and self._parent_pid is not None and not _alive(self._parent_pid,
+                                                                                          self._ppid):
+                self._parent_ended()
                 return
             if silent > self.lost_after:
                 log.error("parent lost", address=self.address, silent=round(silent, 1))

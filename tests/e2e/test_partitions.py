@@ -328,6 +328,35 @@ def test_manager_attaches_with_relative_keys_path(tmp_path):
         assert proc.returncode == 0, err
 
 
+def test_attached_manager_stops_when_the_governor_is_killed_and_not_yet_reaped(tmp_path):
+    """README "Faults": a manager on the governor's host stops when the governor's process ends. A
+    `kill -9`ed governor whose parent has not reaped it yet is a zombie, which a signal 0 finds alive: the
+    manager (attached with --parent, so not the governor's child) ran on until the heartbeats' silence."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    for governor in local_manager(["--governor", "--wd", str(wd)], client_cfg(tmp_path)):
+        proc = subprocess.Popen([*SERVICE, "--parent", governor.address, "--keys", governor.aux_dir, "--id", "z",
+                                 "--nodes", "1", "--wd", str(tmp_path / "mwd")], cwd=str(tmp_path),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + WAIT
+            while not governor.system_status()["Partitions"]:
+                assert time.monotonic() < deadline and proc.poll() is None, "the manager did not attach"
+                time.sleep(0.1)
+            gov = governor.qcgpm_process
+            os.kill(gov.pid, signal.SIGKILL)
+            deadline = time.monotonic() + WAIT
+            while psutil.Process(gov.pid).status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline, "the governor did not die"
+                time.sleep(0.05)
+            proc.wait(WAIT)
+            log = next((tmp_path / "mwd").glob(".qcgpjm-service-*/service.log")).read_text()
+            assert "parent lost: its process ended" in log, log[-2000:]
+        finally:
+            proc.kill()
+            proc.wait(WAIT)
+
+
 def test_partition_attaching_later_takes_over_queued_work(tmp_path):
     """Issue 6 "Dispatch ... so no partition idles while another has a backlog" and "Attaching ... at any
     time": a 1-core manager holds 8 queued tasks when a 4-core manager attaches; the newcomer is given
