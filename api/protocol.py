@@ -61,7 +61,8 @@ ADDRESS_ENV = "QCG_PM_ZMQ_ADDRESS"
 
 # what a JSON text may start with; none of these starts a msgpack map, so a frame starting so is JSON (a JSON
 # client gets its answer, an error too, in JSON)
-JSON_FIRST_BYTES = frozenset(bytes([c]) for c in b'{["-0123456789tfn \n\t\r')
+JSON_FIRST_BYTES = frozenset(bytes([c]) for c in b'{["-0123456789tfnNI \n\t\r')
+_MSGPACK_ERRORS = {ValueError: "incomplete or empty", TypeError: "a map key that is a map or a list"}
 
 
 class ProtocolError(ValueError):
@@ -114,8 +115,11 @@ def decode(frame: bytes) -> tuple[dict[str, Any], bool]:
         msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except (msgpack.StackError, RecursionError):
         raise ProtocolError("malformed msgpack message: nested too deeply") from None
+    except msgpack.ExtraData:
+        raise ProtocolError("not a request: neither a JSON object nor one msgpack map") from None
     except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise ProtocolError(f"malformed msgpack message: {type(exc).__name__}") from None
+        raise ProtocolError(f"malformed msgpack message: {_MSGPACK_ERRORS.get(type(exc), 'cannot be decoded')}") \
+            from None
     if not isinstance(msg, dict):
         raise ProtocolError("a message must be a map")
     version = msg.get("v")

@@ -51,11 +51,15 @@ def serve_requests(requests: list[Any], handle: Callable[[Any], dict[str, Any]],
     `stopped` says a `finish` was served: what follows is not. After `control finishAfterAllTasksDone`
     the rest of the file is, as the original's file listener reads on (that control may come first).
     """
+    from qcg.pilotjob.governor.requests import one_line     # loaded by then: it is what `handle` serves with
+
     for i, request in enumerate(requests, 1):
         response = handle(request)
         if response["code"] != 0:
             name = request.get("request") if isinstance(request, dict) else None
-            print(f"Error: request #{i} ({name or 'invalid'}): {response.get('message')}", file=sys.stderr)
+            # one line, whatever the name holds (a newline in it split it)
+            shown = one_line(name) if isinstance(name, str) and name else "invalid"
+            print(f"Error: request #{i} ({shown}): {response.get('message')}", file=sys.stderr)
             log.error("request refused", index=i, request=name, message=response.get("message"))
         else:
             log.info("request served", index=i, request=request.get("request"), response=_brief(response))

@@ -7,11 +7,13 @@ can raise out of here: bad requests get `{"code": 1, "message": ...}`.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import structlog
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
+from qcg.pilotjob.api.jobdesc import type_name
 from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.registry import split_task_name
 from qcg.pilotjob.governor.states import JobState
@@ -25,6 +27,11 @@ log = structlog.get_logger("requests")
 OK, ERROR = 0, 1
 MAX_NAMES = 1_000_000
 
+
+
+def one_line(text: str) -> str:
+    """`text` for a one-line message: line breaks and other control characters escaped as in JSON."""
+    return text if text.isprintable() else json.dumps(text, ensure_ascii=False)[1:-1]
 
 class ServiceControl(Protocol):
     """What requests may ask of the running service."""
@@ -68,13 +75,13 @@ class RequestHandler:
     def handle(self, request: Any) -> dict[str, Any]:
         try:
             if not isinstance(request, dict):
-                raise RequestError(f"a request must be a JSON object, got {type(request).__name__}")
+                raise RequestError(f"a request must be a JSON object, got {type_name(request)}")
             name = request.get("request")
             if not isinstance(name, str) or not name:
                 raise RequestError("missing 'request' field")
             handler = self._handlers.get(name)
             if handler is None:
-                raise RequestError(f"unknown request '{name}'; known: {', '.join(self._handlers)}")
+                raise RequestError(f"unknown request '{one_line(name)}'; known: {', '.join(self._handlers)}")
             response = handler(request)
         except RequestError as exc:
             response = error(str(exc))

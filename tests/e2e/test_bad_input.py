@@ -295,6 +295,12 @@ def test_request_not_an_object(service):
     assert r.rc != 0
     one_error_line(r)
     assert r.report()["a"]["state"] == "SUCCEED"
+    r = service([None, submit(job("b"))])
+    assert r.rc == 2 and one_error_line(r).endswith("a request must be a JSON object, got null")
+    # a request name that holds line breaks is escaped: still one line
+    r = service([{"request": "x\ny\tz"}, submit(job("c"))])
+    assert r.rc == 2 and "(x\\ny\\tz)" in one_error_line(r)
+    assert r.report()["c"]["state"] == "SUCCEED"
 
 
 @pytest.mark.parametrize("args, names", [
