@@ -62,7 +62,7 @@ class AgentLauncher:
     def __init__(self, loop: asyncio.AbstractEventLoop, nodes: list[str], on_started: StartedCallback,
                  on_exit: ExitCallback, *, keys_dir: str, start_method: str = "slurm",
                  init_timeout: float = 600.0, ready_threshold: float = 1.0,
-                 on_node_state: Callable[[str, bool], None] | None = None,
+                 on_node_state: Callable[[str, bool, bool], None] | None = None,
                  ssh_command: list[str] | None = None, bind_host: str | None = None,
                  agent_env: dict[str, str] | None = None, proc_stats_dir: str | None = None) -> None:
         self.loop = loop
@@ -73,7 +73,7 @@ class AgentLauncher:
         self.start_method = start_method
         self.init_timeout = init_timeout
         self.ready_threshold = ready_threshold
-        self._on_node_state = on_node_state or (lambda node, up: None)
+        self._on_node_state = on_node_state or (lambda node, up, lost=False: None)    # (node, up, lost)
         self.ssh_command = ssh_command or DEFAULT_SSH
         self.bind_host = bind_host
         self.agent_env = agent_env or {}
@@ -111,7 +111,7 @@ class AgentLauncher:
         self._tasks.append(self.loop.create_task(self._receive()))
         self._tasks.append(self.loop.create_task(self._heartbeats()))
         for node in self.nodes:
-            self._on_node_state(node, False)
+            self._on_node_state(node, False, False)
             self._tasks.append(self.loop.create_task(self._start_agent(node)))
         need = max(1, int(round(self.ready_threshold * len(self.nodes) + 1e-9))) if self.nodes else 0
         deadline = t0 + self.init_timeout
@@ -247,7 +247,7 @@ class AgentLauncher:
         if not state.ready:
             state.ready = True
             log.info("node agent ready", node=state.node, cpus=state.cpus, pid=msg.get("pid"))
-            self._on_node_state(state.node, True)
+            self._on_node_state(state.node, True, False)
 
     def _events(self, state: _AgentState, events: list[list[Any]]) -> None:
         if state.lost:
@@ -299,7 +299,7 @@ class AgentLauncher:
         state.lost = True
         state.ready = False
         log.error("node lost", node=state.node, reason=why)
-        self._on_node_state(state.node, False)
+        self._on_node_state(state.node, False, True)
         now = time.time()
         for task in list(state.tasks):
             self._task_node.pop(task, None)

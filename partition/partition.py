@@ -107,13 +107,19 @@ class Partition:
         """Use `launcher` (e.g. node agents) instead of launching locally; call before any task runs."""
         self.launcher = launcher
 
-    def node_state(self, node: str, up: bool) -> None:
-        """A node's agent became ready (up) or was lost / is not ready yet (down)."""
+    def node_state(self, node: str, up: bool, lost: bool = False) -> None:
+        """A node's agent became ready (up), is not ready yet (down) or was lost (down for good: the queued
+        tasks that need its cores fail now instead of waiting for ever)."""
         if up:
             self.resources.set_node_up(node)
             self._request_pass()
-        else:
+        elif not lost:
             self.resources.set_node_down(node)
+        else:
+            self.resources.set_node_lost(node)
+            for task, reason in self.scheduler.drop_unfittable():
+                self._report_later(TaskFinished(task.task_id, "FAILED",
+                                                message=f"cannot run after node {node} was lost: {reason}"))
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         # nothing more starts: the ends of the tasks being killed would otherwise free cores for the queue

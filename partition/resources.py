@@ -127,6 +127,7 @@ class Resources:
         heapq.heapify(self._free_nodes)
         self._system: tuple[str, int] | None = None
         self._down: dict[str, list[int]] = {}     # node -> cores held back while the node is down
+        self._lost: set[str] = set()              # down for good (its agent lost): out of every capacity
         self._rebuild_stats()
 
     # -- statistics ------------------------------------------------------------
@@ -138,7 +139,7 @@ class Resources:
             self._hist[n.free] += 1
             if n.capacity > 0 and n.free == n.capacity:
                 self._whole_free += 1
-        self._capacities = sorted(n.capacity for n in self.nodes)   # ascending
+        self._capacities = sorted(n.capacity for n in self.nodes if n.name not in self._lost)   # ascending
         self.task_cores = sum(self._capacities)
 
     def _nodes_with_free(self, cores: int) -> int:
@@ -241,15 +242,19 @@ class Resources:
             kind, cmin, _cmax, nmin, _nmax = self.normalize(req)
         except ValueError as exc:
             return str(exc)
-        reserved = self.total_cores - self.task_cores
-        note = f" ({reserved} reserved for the system)" if reserved else ""
+        lost = len(self._lost)
+        reserved = self.total_cores - self.task_cores - sum(self._by_name[n].capacity for n in self._lost)
+        notes = ([f"{reserved} reserved for the system"] if reserved else []) + \
+            ([f"{lost} {_pl(lost, 'node')} lost"] if lost else [])
+        note = f" ({', '.join(notes)})" if notes else ""
         if kind == "cores":
             if cmin > self.task_cores:
                 return (f"requires {cmin} {_pl(cmin, 'core')} but the partition has "
                         f"{self.task_cores} in total{note}")
             return None
-        if nmin > self.total_nodes:
-            return f"requires {nmin} {_pl(nmin, 'node')} but the partition has {self.total_nodes}"
+        alive = len(self._capacities)
+        if nmin > alive:
+            return f"requires {nmin} {_pl(nmin, 'node')} but the partition has {alive}{note}"
         if kind == "whole-nodes":
             usable = self._nodes_with_capacity(1)
             if nmin > usable:
@@ -340,7 +345,16 @@ class Resources:
         node = self._by_name[name]
         self._down[name] = list(self._take(node, node.free)) if node.free else []
 
+    def set_node_lost(self, name: str) -> None:
+        """Out of use for good (its agent is lost): what needs its cores can no longer be allocated."""
+        self.set_node_down(name)
+        if name not in self._lost:
+            self._lost.add(name)
+            self._rebuild_stats()
+
     def set_node_up(self, name: str) -> None:
+        if name in self._lost:
+            return
         held = self._down.pop(name, None)
         if held:
             self._give(self._by_name[name], tuple(held))

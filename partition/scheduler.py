@@ -69,6 +69,19 @@ class Scheduler:
         self._shape_of[task.task_id] = shape
         return None
 
+    def drop_unfittable(self) -> list[tuple[TaskSpec, str]]:
+        """Take out the queued tasks that can no longer fit (the resources shrank): each with the reason."""
+        dropped: dict[str, tuple[TaskSpec, str]] = {}
+        for shape in list(self._shapes.values()):
+            reason = self.resources.never_fits(shape.request)
+            if reason is not None:
+                for _, _, task in shape.heap:
+                    if self._tasks.get(task.task_id) is task:      # not a tombstone
+                        dropped[task.task_id] = (task, reason)
+        for tid in dropped:
+            self.remove(tid)
+        return sorted(dropped.values(), key=lambda d: d[0].seq)
+
     def remove(self, task_id: str) -> TaskSpec | None:
         """Take a queued task out (cancel, drain); None if it is not queued."""
         task = self._tasks.pop(task_id, None)

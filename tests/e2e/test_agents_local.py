@@ -187,6 +187,39 @@ def test_killed_agent_marks_node_lost(tmp_path, fake_ssh):
     run(main())
 
 
+def test_what_needs_a_lost_node_fails_instead_of_waiting_for_ever(tmp_path, fake_ssh):
+    """Reliable (issue 5 "node lost"): a lost node does not come back. A queued 2-node job, and one
+    dispatched after the loss (it waited for a dependency), fail with the reason; one that fits the nodes
+    left still runs. They used to wait for ever, and a file-mode run never ended."""
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", fake_ssh)
+        try:
+            gov.submit(parse_jobs([
+                {"name": "hold", "execution": {"exec": "/bin/sleep", "args": ["2"]}},
+                {"name": "both", "execution": {"exec": "/bin/true"}, "resources": {"numNodes": {"exact": 2}}},
+                {"name": "later", "execution": {"exec": "/bin/true"}, "resources": {"numNodes": {"exact": 2}},
+                 "dependencies": {"after": ["one"]}},
+                {"name": "one", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["hold"]}}]))
+            deadline = time.monotonic() + 20
+            while gov.registry.get("hold").record.pid is None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            idle = "b" if (gov.registry.get("hold").record.allocation or "").startswith("a") else "a"
+            for pid in _agent_pids(idle, tmp_path):
+                os.kill(pid, signal.SIGKILL)
+            both = await _wait_final(gov, "both")
+            assert both.state.value == "FAILED", both.record.messages
+            assert (f"cannot run after node {idle} was lost: requires 2 nodes but the partition has 1 (1 node lost)"
+                    in both.record.messages)
+            later = await _wait_final(gov, "later")
+            assert gov.registry.get("hold").state.value == "SUCCEED"
+            assert gov.registry.get("one").state.value == "SUCCEED"
+            assert later.state.value == "FAILED" and "1 node lost" in later.record.messages
+        finally:
+            await part.shutdown()
+    run(main())
+
+
 def test_silent_agent_is_lost_by_heartbeat(tmp_path, fake_ssh):
     """Issue 5 heartbeats: an agent that stops answering (SIGSTOP, its process still there) is declared
     lost after the heartbeat timeout; its task is re-queued to the other node and the job completes."""
