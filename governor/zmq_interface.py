@@ -260,7 +260,11 @@ class ZmqInterface:
                 if not as_json:
                     request_id = message.get("id")
                 if not self._accepting:
-                    response = {"code": 1, "message": "processing stopped: the service is finishing"}
+                    # a `finish` asks for what is happening already (a Ctrl-C reached the service and its
+                    # client together, whose `finally: finish()` then failed): done, not refused
+                    response = ({"code": 0, "message": "the service is finishing already"}
+                                if message.get("request") == "finish" else
+                                {"code": 1, "message": "processing stopped: the service is finishing"})
                 elif self._handle is None:
                     self._held.append(frames)
                     return

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -272,6 +273,23 @@ def test_finish_ends_the_process_and_cleanup(tmp_path, service_args):
     assert (Path(manager.aux_dir) / "jobs.report").exists()
 
 
+def test_finish_of_a_service_already_finishing_succeeds(tmp_path):
+    """Ctrl-C in a terminal reaches the client and its service together: the client's `finally: finish()`
+    then asks a service that stops already (here: it waits for a task that ignores SIGTERM). That is
+    done, not an error (it raised RequestFailed 'processing stopped', and the script exited 1, not 130)."""
+    with LocalManager(["--nodes", "1", "--wd", str(tmp_path / "wd")], client_cfg(tmp_path)) as manager:
+        manager.submit(Jobs().add(name="stubborn", script="trap '' TERM; sleep 60"))
+        deadline = time.monotonic() + WAIT
+        while manager.status("stubborn")["jobs"]["stubborn"]["data"]["status"] != "EXECUTING":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        manager.qcgpm_process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert manager.qcgpm_process.poll() is None      # still stopping: the task has 3 s before SIGKILL
+        manager.finish()
+        assert manager.qcgpm_process.poll() is not None
+
+
 def test_local_manager_reports_start_failure(tmp_path):
     with pytest.raises(errors.ServiceError, match="cores"):
         LocalManager(["--nodes", "0", "--wd", str(tmp_path)], client_cfg(tmp_path))
@@ -497,6 +515,10 @@ def test_executor_cancel_and_errors(executor):
     assert f.cancelled() and f.done()
     with pytest.raises(concurrent.futures.CancelledError):
         f.result(timeout=WAIT)
+    # the stdlib's waits count it done too (they waited for ever: the cancel was never "notified")
+    done, not_done = concurrent.futures.wait([f], timeout=WAIT)
+    assert done == {f} and not not_done
+    assert list(concurrent.futures.as_completed([f], timeout=WAIT)) == [f]
     assert executor.qcgpj_manager.wait4("long", timeout=WAIT) == {"long": "CANCELED"}
     g = executor.submit(BasicTemplate.template, name="quick", exec="true")
     assert g.result(timeout=WAIT) == {"quick": "SUCCEED"}
