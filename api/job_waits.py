@@ -107,9 +107,13 @@ class JobWaits:
     """Waiting for jobs to finish, by events with safety re-checks (see the module documentation)."""
 
     FIRST_RECHECK = 0.05         #: first interval of the safety re-checks (doubles up to poll_delay)
+    EVENT_LOG = 100_000          #: final-state events kept for the waits of every thread (older: re-checks)
     _conn: "transport.ServiceConnection | None"
     _event_lock: "threading.RLock"
     _finished_events: "deque[tuple[str, str]]"
+    _log_lock: "threading.Lock"
+    _event_log: "deque[tuple[int, str | None, str]]"
+    _event_seq: int
     default_poll_delay: float
     default_pub_timeout: float
     request_timeout: float
@@ -120,23 +124,64 @@ class JobWaits:
         def _send_and_validate_result(self, data: dict[str, Any], valid_method: Any = None,
                                       timeout: float | None = None) -> Any: ...
 
-    def _pump_events(self, timeout: float | None, limit: int = 10_000) -> list[tuple[bytes, dict]]:
-        """Events received within `timeout` (the first one waited for, the rest already queued)."""
+    def _pump_events(self, timeout: float | None, limit: int = 10_000) -> int:
+        """Take in the events received within `timeout` (the first waited for, the rest already queued) and
+        return how many. What ends a job goes to the event log that the waits of every thread read
+        (`_events_since`): one thread takes the events in at a time, and another thread's wait for its
+        turn is bounded by its own `timeout` -- the events it waits for reach the log either way."""
         conn = self._assure_connected()
-        out: list[tuple[bytes, dict]] = []
-        with self._event_lock:
-            event = conn.next_event(timeout)
+        rest = timeout
+        if not self._event_lock.acquire(blocking=False):
+            # another thread takes the events in: once it has some (or its time is up) the caller looks at
+            # the log, then waits again
+            if not self._event_lock.acquire(timeout=-1 if timeout is None else timeout):
+                return 0
+            rest = 0
+        try:
+            taken = 0
+            event = conn.next_event(rest)
             while event is not None:
-                out.append(event)
-                topic, data = event
-                if protocol.is_state_event(topic) and data.get("state") in FINAL_STATES:
-                    name = event_name(data)
-                    if name is not None:
-                        self._finished_events.append((name, data["state"]))
-                if len(out) >= limit:
+                taken += 1
+                self._log_event(*event)
+                if taken >= limit:
                     break
                 event = conn.next_event(0)
-        return out
+            return taken
+        finally:
+            self._event_lock.release()
+
+    def _log_event(self, topic: bytes, data: dict) -> None:
+        if topic == protocol.TOPIC_NO_JOBS:
+            entry: tuple[str | None, str] = (None, "nojobs")
+        elif protocol.is_state_event(topic) and data.get("state") in FINAL_STATES:
+            name = event_name(data)
+            if name is None:
+                return
+            entry = (name, data["state"])
+            self._finished_events.append(entry)       # type: ignore[arg-type]
+        else:
+            return
+        with self._log_lock:
+            self._event_seq += 1
+            self._event_log.append((self._event_seq, *entry))
+
+    def _log_position(self) -> int:
+        with self._log_lock:
+            return self._event_seq
+
+    def _events_since(self, seen: int) -> tuple[list[tuple[str | None, str]], int, bool]:
+        """The logged events after position `seen` (name None: `nojobs`), the new position, and whether some
+        fell out of the log meanwhile (the wait re-checks then)."""
+        out: list[tuple[str | None, str]] = []
+        with self._log_lock:
+            last = self._event_seq
+            for seq, name, state in reversed(self._event_log):
+                if seq <= seen:
+                    break
+                out.append((name, state))
+            lost = last - seen > len(out)
+        out.reverse()
+        return out, last, lost
 
     def _drain_events(self) -> None:
         """Take in every event already delivered (they are older than what follows)."""
@@ -161,6 +206,7 @@ class JobWaits:
         stamp = TimeStamp(self, timeout)
         result: dict[str, str] = {}
         self._drain_events()
+        seen = self._log_position()
         not_finished = set(job_names)
         self._update_from_status(not_finished, result, stamp)
         by_event: set[str] = set()
@@ -175,15 +221,16 @@ class JobWaits:
                 not_finished |= confirm
                 continue
             stamp.check_timeout()
-            wait = recheck.until_next(stamp)
-            for topic, data in self._pump_events(wait):
-                if topic == protocol.TOPIC_NO_JOBS:
+            self._pump_events(recheck.until_next(stamp))
+            events, seen, lost = self._events_since(seen)
+            if lost:
+                recheck.now()
+            for name, state in events:
+                if name is None:                # nojobs
                     recheck.now()
-                    continue
-                name = event_name(data)
-                if name in not_finished and data.get("state") in FINAL_STATES:
+                elif name in not_finished:
                     not_finished.discard(name)
-                    result[name] = data["state"]
+                    result[name] = state
                     by_event.add(name)
             if recheck.due():
                 self._update_from_status(not_finished, result, stamp)
@@ -222,15 +269,16 @@ class JobWaits:
         """Wait until every job of the service is finished; TimeoutElapsed after `timeout_secs`."""
         stamp = TimeStamp(self, timeout_secs)
         self._drain_events()
+        seen = self._log_position()
         if self._all_finished(stamp):
             return
         recheck = self._recheck_schedule()
         while True:
             stamp.check_timeout()
-            wait = recheck.until_next(stamp)
-            for topic, _ in self._pump_events(wait):
-                if topic == protocol.TOPIC_NO_JOBS:
-                    recheck.now()
+            self._pump_events(recheck.until_next(stamp))
+            events, seen, lost = self._events_since(seen)
+            if lost or any(name is None for name, _ in events):
+                recheck.now()
             if recheck.due():
                 if self._all_finished(stamp):
                     _logger.info("all jobs finished in the service")
@@ -247,13 +295,21 @@ class JobWaits:
         if self._conn is None or not self._conn.has_events:
             raise errors.ServiceError("Service not support publishing status events")
         stamp = TimeStamp(self, timeout_secs)
+        quiet_since = time.monotonic()
         while True:
-            with self._event_lock:
+            with self._log_lock:
                 if self._finished_events:
                     return self._finished_events.popleft()
             stamp.check_timeout()
             rest = stamp.remaining()
-            self._pump_events(self.default_pub_timeout if rest is None else max(rest, 0.0))
+            if self._pump_events(self.default_poll_delay if rest is None else min(self.default_poll_delay,
+                                                                                 max(rest, 0.0))):
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= self.default_poll_delay:
+                # nothing for a while: is the service still there? (a killed one sends nothing, ever)
+                with stamp.bounded():
+                    self._send_and_validate_result({"request": "resourcesInfo"}, timeout=stamp.request_timeout())
+                quiet_since = time.monotonic()
 
     @staticmethod
     def is_status_finished(status: str) -> bool:

@@ -104,8 +104,11 @@ class Manager(JobWaits):
         self._cfg = client_cfg
         self._conn: transport.ServiceConnection | None = None
         self._req_lock = threading.RLock()
-        self._event_lock = threading.RLock()
+        self._event_lock = threading.RLock()          # held by the thread taking the events in
         self._finished_events: deque[tuple[str, str]] = deque(maxlen=self.MAX_PENDING_FINISHED)
+        self._log_lock = threading.Lock()             # the event log of the waits (job_waits), briefly
+        self._event_log: deque[tuple[int, str | None, str]] = deque(maxlen=self.EVENT_LOG)
+        self._event_seq = 0
         self._publisher_address: str | None = None
         self.default_poll_delay = float(client_cfg.get("poll_delay", self.DEFAULT_POLL_DELAY))
         self.default_pub_timeout = float(client_cfg.get("pub_timeout", self.DEFAULT_PUB_TIMEOUT))

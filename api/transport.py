@@ -46,7 +46,8 @@ ADDRESS_FILE = protocol.ADDRESS_FILE
 PUB_ADDRESS_FILE = protocol.PUB_ADDRESS_FILE
 
 _CONNECTION_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                      | zmq.EVENT_CONNECT_RETRIED)
 
 
 class ServiceUnreachable(errors.ConnectionError):
@@ -102,6 +103,8 @@ class ServiceConnection:
         self._refusals = 0
         self._link_up = False
         self._link_lost = False              # a connection that had completed its handshake went down
+        self._down = False                   # the link went down since its last handshake
+        self._gone = False                   # ... and the service's address refuses new ones: it has ended
         self._sock.connect(address)
         self._drain: EventDrain | None = None    # the SUB socket of the events, once subscribed
         self.pub_address: str | None = None
@@ -149,6 +152,9 @@ class ServiceConnection:
             deadline = time.monotonic() + limit
             sock = self._sock
             try:
+                if self._events.poll(0, zmq.POLLIN):
+                    self._drain_events()
+                self._link_lost = False     # from here on a lost connection means no answer will come
                 # the empty delimiter makes the envelope the same as a REQ socket's
                 if not self._send(sock, frame, deadline):
                     raise self._unreachable(limit, "could not send the request to")
@@ -160,6 +166,9 @@ class ServiceConnection:
                     if not self._wait_readable(sock, wait):
                         if self._alive is not None and not self._alive():
                             raise ServiceUnreachable(f"the service at {self.address} is not running any more")
+                        if self._link_lost:
+                            raise ServiceUnreachable(f"the service at {self.address} closed the connection "
+                                                     f"before it answered (it ended?)")
                         continue
                     frames = sock.recv_multipart(copy=True)
                     response = self._decode(frames)
@@ -204,22 +213,38 @@ class ServiceConnection:
             event = zmq.utils.monitor.recv_monitor_message(events)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._refusal, self._refusals, self._link_up = None, 0, True
+                self._down = self._gone = False
             elif event == zmq.EVENT_DISCONNECTED:
                 self._link_lost = self._link_lost or self._link_up
+                self._down = self._down or self._link_up
                 self._link_up = False
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                # a connect that failed at once (refused) where a service answered before
+                self._gone = self._down
             else:
                 self._refusal = event
                 self._refusals += 1
 
+    QUICK_ANSWER = 0.05     #: seconds an answer is waited for before the connection's events are watched too
+
     def _wait_readable(self, sock: zmq.Socket, seconds: float) -> bool:
-        """Whether `sock` has input within `seconds`; returns early (False) when the wake socket has input."""
+        """Whether `sock` has input within `seconds`; returns early (False) when the wake socket has input
+        (by default the connection's events: the connection went down, `_link_lost`)."""
         wake = self._wake
         if wake is None:
-            return bool(sock.poll(seconds * 1000.0, zmq.POLLIN))
+            # most answers come at once: only then the connection's events are polled with the socket
+            if sock.poll(min(seconds, self.QUICK_ANSWER) * 1000.0, zmq.POLLIN):
+                return True
+            seconds -= self.QUICK_ANSWER
+            if seconds <= 0:
+                return False
+            wake = self._events
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         ready = dict(poller.poll(seconds * 1000.0))
+        if wake is self._events and wake in ready:
+            self._drain_events()
         # an answer that came with the disconnection is still taken
         return sock in ready or bool(sock.poll(0, zmq.POLLIN))
 
@@ -241,6 +266,9 @@ class ServiceConnection:
             if self._refusal is not None and (self._refusal != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                                               or self._refusals >= 3):
                 raise self._handshake_refused(self._refusal)
+            if self._gone:
+                raise ServiceUnreachable(f"the service at {self.address} is not running any more: it closed "
+                                         f"the connection and its address refuses new ones")
             try:
                 sock.send_multipart([b"", frame], flags=zmq.NOBLOCK)
                 return True

@@ -324,6 +324,86 @@ def test_dead_remote_service_raises_connection_error(tmp_path):
         manager.finish()
 
 
+def test_another_clients_finish_ends_a_wait_at_once(tmp_path):
+    """Issue 4 "a dead service raises ConnectionError": a client waits for a job while another client
+    finishes the service. The wait ends with ServiceUnreachable when the service closes the connection; it
+    waited out the request timeout (60 s) of the request sent to confirm the job's CANCELED event. The
+    bound (30 s) only tells the two apart; a request after that fails at once (the address refuses)."""
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path))
+    try:
+        other = Manager(manager.aux_dir, client_cfg(tmp_path, request_timeout=60))
+        other.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]))
+        outcome: list[BaseException | dict] = []
+
+        def call() -> None:
+            try:
+                outcome.append(other.wait4("long"))
+            except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the wait
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=call, daemon=True)
+        waiter.start()
+        time.sleep(0.5)
+        manager.finish()
+        waiter.join(30)
+        assert not waiter.is_alive(), "the wait runs on after the service finished"
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.ConnectionError), outcome
+        with pytest.raises(errors.ConnectionError, match="not running any more"):
+            other.status("long")
+        other.close()
+    finally:
+        manager.finish()
+
+
+def test_wait4_any_without_timeout_ends_when_the_service_is_killed(tmp_path):
+    """Issue 4 "Client calls to a dead ... service raise ConnectionError": `wait4_any_job_finish()` without
+    a timeout waited for events that a killed service never sends, for ever."""
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path, poll_delay=0.5))
+    manager.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]))
+    outcome: list[BaseException | tuple] = []
+
+    def call() -> None:
+        try:
+            outcome.append(manager.wait4_any_job_finish())
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the wait
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=call, daemon=True)
+    waiter.start()
+    time.sleep(0.5)
+    manager.qcgpm_process.kill()
+    manager.qcgpm_process.wait(WAIT)
+    waiter.join(WAIT)
+    try:
+        assert not waiter.is_alive(), "wait4_any_job_finish() still waiting on a killed service"
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.ConnectionError), outcome
+    finally:
+        manager.finish()
+
+
+def test_a_thread_waiting_without_timeout_does_not_hold_up_another_threads_timeout(tmp_path):
+    """Issue 4 "timeouts on every wait", README "one Manager may be shared by threads": while one thread
+    waits for any job to finish (no timeout), another's wait4(timeout=1) ends with TimeoutElapsed; it used
+    to wait for the first thread's turn at the events (up to 300 s), here until the 60 s job ended."""
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path))
+    try:
+        manager.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]))
+        first: list[tuple] = []
+        waiter = threading.Thread(target=lambda: first.append(manager.wait4_any_job_finish()), daemon=True)
+        waiter.start()
+        time.sleep(0.3)
+        with pytest.raises(errors.TimeoutElapsed):
+            manager.wait4("long", timeout=1)
+        # and a wait for a job whose end the other thread may take in still sees it
+        manager.submit(Jobs().add(name="short", exec="/bin/sleep", args=["1"]))
+        assert manager.wait4("short", timeout=WAIT) == {"short": "SUCCEED"}
+        waiter.join(WAIT)
+        assert first == [("short", "SUCCEED")]
+        manager.cancel("long")
+    finally:
+        manager.finish()
+
+
 @pytest.mark.parametrize("wait", ["wait4", "wait4all"])
 def test_wait_on_a_dead_service_keeps_its_own_timeout(tmp_path, wait):
     """Issue 4 "Client calls to a dead or unreachable service raise ConnectionError/TimeoutElapsed within
