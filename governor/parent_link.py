@@ -146,8 +146,12 @@ class ParentLink:
         self._send_now({"type": "leave"})
 
     def resources_changed(self) -> None:
-        """Credit or resources changed (a nested governor gained or lost partitions)."""
+        """Credit or resources changed (a nested governor gained or lost partitions, a node was lost)."""
         port = self.port
+        if getattr(port.resources, "usable_nodes", 1) == 0:
+            log.error("every node of this manager is lost: leaving the parent")
+            self.leave()
+            return
         self._send_now({"type": "update", "credit": port.queue_limit, "totals": list(port.totals()),
                         "resources": resources_to_dict(port.resources, rtype="LOCAL", with_reserved=True)})
 

@@ -120,6 +120,10 @@ class Partition:
             for task, reason in self.scheduler.drop_unfittable():
                 self._report_later(TaskFinished(task.task_id, "FAILED",
                                                 message=f"cannot run after node {node} was lost: {reason}"))
+            # the governor (or a manager's parent) sizes and places work by what is left
+            changed = getattr(self.events, "capacity_changed", None)
+            if changed is not None:
+                self.loop.call_soon(changed)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         # nothing more starts: the ends of the tasks being killed would otherwise free cores for the queue

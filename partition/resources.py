@@ -362,6 +362,14 @@ class Resources:
     def is_down(self, name: str) -> bool:
         return name in self._down
 
+    def is_lost(self, name: str) -> bool:
+        return name in self._lost
+
+    @property
+    def usable_nodes(self) -> int:
+        """Nodes not lost (a manager with none left has nothing to offer its parent)."""
+        return len(self.nodes) - len(self._lost)
+
     # -- system core ------------------------------------------------------------
     def reserve_system_core(self) -> tuple[str, int] | None:
         """Reserve one core for the manager itself (``--system-core``).

@@ -382,7 +382,8 @@ def resources_to_dict(res: Resources, *, rtype: str = "SLURM", binding: bool = F
             out["reserved_cores"] = [str(c) for c in n.reserved]
         return out
 
-    return {"type": rtype, "nodes": [node(n) for n in res.nodes], "binding": binding}
+    # a lost node (its agent is gone for good) is not offered: the parent sizes what it sends by this
+    return {"type": rtype, "nodes": [node(n) for n in res.nodes if not res.is_lost(n.name)], "binding": binding}
 
 
 def write_resources_file(path: str, res: Resources, *, rtype: str = "SLURM", binding: bool = False) -> None:

@@ -81,3 +81,45 @@ def test_malformed_parent_messages_are_dropped_and_the_link_goes_on() -> None:
             ctx.term()
 
     asyncio.run(main())
+
+
+def test_a_lost_node_is_taken_out_of_what_the_parent_is_offered() -> None:
+    """Issue 6 "Dispatch" / issue 5 "node lost": the governor places work by the resources its managers
+    sent; a manager whose node is lost tells it (`update` without that node), and one with no node left
+    leaves (its tasks go elsewhere) instead of being sent tasks that cannot run."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = zmq.asyncio.Context()
+        parent = ctx.socket(zmq.ROUTER)
+        port_no = parent.bind_to_random_port("tcp://127.0.0.1")
+        port = FakePort()
+        port.resources = local_resources("a:2,b:2")
+        link = ParentLink(loop, port, address=f"tcp://127.0.0.1:{port_no}", member_id="m1", keys=None)
+        try:
+            connecting = asyncio.ensure_future(link.connect())
+            ident, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
+            register, _ = protocol.decode(frame)
+            assert [n["name"] for n in register["resources"]["nodes"]] == ["a", "b"]
+            await parent.send_multipart([ident, protocol.encode({"type": "registered", "id": "m1"})])
+            await asyncio.wait_for(connecting, TIMEOUT)
+
+            async def next_message() -> dict:
+                while True:
+                    _, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
+                    msg, _ = protocol.decode(frame)
+                    if msg["type"] != "hb":
+                        return msg
+
+            port.resources.set_node_lost("b")
+            link.capacity_changed()
+            update = await next_message()
+            assert update["type"] == "update" and [n["name"] for n in update["resources"]["nodes"]] == ["a"]
+            port.resources.set_node_lost("a")
+            link.capacity_changed()
+            assert (await next_message())["type"] == "leave"
+        finally:
+            await link.close()
+            parent.close(linger=0)
+            ctx.term()
+
+    asyncio.run(main())
