@@ -44,21 +44,28 @@ class FakePort:
         return self.resources.info()
 
 
+async def _registered(port: FakePort) -> tuple[zmq.asyncio.Context, zmq.asyncio.Socket, ParentLink, bytes, dict]:
+    """A stand-in parent (ROUTER) and a link registered with it: (context, parent, link, its ident, register)."""
+    loop = asyncio.get_running_loop()
+    ctx = zmq.asyncio.Context()
+    parent = ctx.socket(zmq.ROUTER)
+    port_no = parent.bind_to_random_port("tcp://127.0.0.1")
+    link = ParentLink(loop, port, address=f"tcp://127.0.0.1:{port_no}", member_id="m1", keys=None)
+    connecting = asyncio.ensure_future(link.connect())
+    ident, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
+    register, _ = protocol.decode(frame)
+    await parent.send_multipart([ident, protocol.encode({"type": "registered", "id": "m1"})])
+    await asyncio.wait_for(connecting, TIMEOUT)
+    return ctx, parent, link, ident, register
+
+
 def test_malformed_parent_messages_are_dropped_and_the_link_goes_on() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        ctx = zmq.asyncio.Context()
-        parent = ctx.socket(zmq.ROUTER)
-        port_no = parent.bind_to_random_port("tcp://127.0.0.1")
         port = FakePort()
-        link = ParentLink(loop, port, address=f"tcp://127.0.0.1:{port_no}", member_id="m1", keys=None)
+        ctx, parent, link, ident, register = await _registered(port)
         try:
-            connecting = asyncio.ensure_future(link.connect())
-            ident, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
-            register, _ = protocol.decode(frame)
             assert register["type"] == "register" and register["id"] == "m1"
-            await parent.send_multipart([ident, protocol.encode({"type": "registered", "id": "m1"})])
-            await asyncio.wait_for(connecting, TIMEOUT)
 
             task = TaskSpec("t", "t", None, Execution(exec="/bin/true"), ResourceRequest(1, 1), walltime=None,
                             seq=1)
@@ -88,20 +95,11 @@ def test_a_lost_node_is_taken_out_of_what_the_parent_is_offered() -> None:
     sent; a manager whose node is lost tells it (`update` without that node), and one with no node left
     leaves (its tasks go elsewhere) instead of being sent tasks that cannot run."""
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        ctx = zmq.asyncio.Context()
-        parent = ctx.socket(zmq.ROUTER)
-        port_no = parent.bind_to_random_port("tcp://127.0.0.1")
         port = FakePort()
         port.resources = local_resources("a:2,b:2")
-        link = ParentLink(loop, port, address=f"tcp://127.0.0.1:{port_no}", member_id="m1", keys=None)
+        ctx, parent, link, ident, register = await _registered(port)
         try:
-            connecting = asyncio.ensure_future(link.connect())
-            ident, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
-            register, _ = protocol.decode(frame)
             assert [n["name"] for n in register["resources"]["nodes"]] == ["a", "b"]
-            await parent.send_multipart([ident, protocol.encode({"type": "registered", "id": "m1"})])
-            await asyncio.wait_for(connecting, TIMEOUT)
 
             async def next_message() -> dict:
                 while True:
