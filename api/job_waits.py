@@ -292,7 +292,7 @@ class JobWaits:
         in order. Raises TimeoutElapsed after `timeout_secs` seconds and
         ServiceError when the service publishes no events (`--disable-pub`).
         """
-        if self._conn is None or not self._conn.has_events:
+        if not self._assure_connected().has_events:
             raise errors.ServiceError("Service not support publishing status events")
         stamp = TimeStamp(self, timeout_secs)
         quiet_since = time.monotonic()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -109,6 +110,7 @@ class ServiceConnection:
         self._drain: EventDrain | None = None    # the SUB socket of the events, once subscribed
         self.pub_address: str | None = None
         self._closed = False
+        self._pid = os.getpid()             # ZMQ sockets do not survive a fork: a child must connect anew
         self._lock = threading.RLock()
         self._wake: zmq.Socket | None = None      # while a request ends the service: its disconnect monitor
 
@@ -140,6 +142,7 @@ class ServiceConnection:
         with self._lock:
             if self._closed:
                 raise errors.ConnectionError("Not connected")
+            self._check_process()
             req_id = next(_ids)
             message = dict(request)
             message["v"] = protocol.PROTOCOL_VERSION
@@ -281,6 +284,12 @@ class ServiceConnection:
                 raise ServiceUnreachable(f"the service at {self.address} is not running any more")
             poller.poll(min(remaining, self.ALIVE_CHECK) * 1000.0)
 
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise errors.ConnectionError(f"this connection to {self.address} was made by process {self._pid}: a "
+                                         f"forked process cannot use it (ZMQ sockets do not survive a fork); make "
+                                         f"a new Manager there")
+
     def _handshake_refused(self, event: int) -> ServiceUnreachable:
         where = f"the service at {self.address}"
         if self.keys is None:
@@ -352,6 +361,7 @@ class ServiceConnection:
         ends, returning None, as soon as `wake` is readable (the caller reads it).
         """
         drain = self._drain
+        self._check_process()
         ms = None if timeout is None else timeout * 1000.0
         if drain is None:
             if wake is not None:
@@ -362,6 +372,9 @@ class ServiceConnection:
         try:
             frames = drain.next(ms, wake)
         except zmq.ZMQError as exc:
+            if self._closed:
+                raise errors.ConnectionError(f"the connection to {self.address} was closed during the wait "
+                                             f"(finish or close in another thread)") from None
             raise errors.ConnectionError(f"event channel of {self.address} failed: {exc}") from exc
         return None if frames is None else decode_event(frames)
 

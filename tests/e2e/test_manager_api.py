@@ -355,6 +355,37 @@ def test_another_clients_finish_ends_a_wait_at_once(tmp_path):
         manager.finish()
 
 
+def _status_in_a_forked_child(manager, queue) -> None:
+    try:
+        manager.status("a")
+        queue.put("no error")
+    except Exception as exc:  # noqa: BLE001 - the test reports what the child got
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_forked_child_is_told_to_make_its_own_manager(tmp_path):
+    """Issue 4 "a hang is a bug": a child forked (multiprocessing's fork) after the Manager was made spun in
+    zmq_poll on the parent's sockets, past its timeout, and the parent hung at exit waiting for it. It gets a
+    ConnectionError saying why; the parent's Manager goes on working."""
+    import multiprocessing
+
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path, request_timeout=3))
+    try:
+        manager.submit(Jobs().add(name="a", exec="/bin/true"))
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_status_in_a_forked_child, args=(manager, queue))
+        child.start()
+        child.join(WAIT)
+        assert not child.is_alive(), "the forked child hangs"
+        assert "forked process cannot use it" in queue.get(timeout=WAIT)
+        assert manager.wait4("a", timeout=WAIT) == {"a": "SUCCEED"}
+    finally:
+        manager.finish()
+    with pytest.raises(errors.ConnectionError, match="Not connected"):
+        manager.wait4_any_job_finish(1)
+
+
 def test_wait4_any_without_timeout_ends_when_the_service_is_killed(tmp_path):
     """Issue 4 "Client calls to a dead ... service raise ConnectionError": `wait4_any_job_finish()` without
     a timeout waited for events that a killed service never sends, for ever."""
