@@ -78,6 +78,11 @@ def unencodable(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     if isinstance(value, int) and not isinstance(value, bool):
         if not -(1 << 63) <= value < (1 << 64):
             yield path, "integer out of range (more than 64 bits)"
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            yield path, "text that is not valid Unicode (a lone surrogate)"
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from unencodable(key, f"{path}<key>")

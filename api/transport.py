@@ -105,6 +105,7 @@ class ServiceConnection:
         self._link_up = False
         self._link_lost = False              # a connection that had completed its handshake went down
         self._down = False                   # the link went down since its last handshake
+        self._retries = 0                    # reconnects scheduled since then
         self._gone = False                   # ... and the service's address refuses new ones: it has ended
         self._sock.connect(address)
         self._drain: EventDrain | None = None    # the SUB socket of the events, once subscribed
@@ -217,13 +218,16 @@ class ServiceConnection:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._refusal, self._refusals, self._link_up = None, 0, True
                 self._down = self._gone = False
+                self._retries = 0
             elif event == zmq.EVENT_DISCONNECTED:
                 self._link_lost = self._link_lost or self._link_up
                 self._down = self._down or self._link_up
                 self._link_up = False
             elif event == zmq.EVENT_CONNECT_RETRIED:
-                # a connect that failed at once (refused) where a service answered before
-                self._gone = self._down
+                # libzmq schedules one reconnect right after a disconnect; one more means a connect to
+                # where a service answered before failed (refused): the service has ended
+                self._retries += 1
+                self._gone = self._down and self._retries >= 2
             else:
                 self._refusal = event
                 self._refusals += 1

@@ -59,7 +59,7 @@ def serve_requests(requests: list[Any], handle: Callable[[Any], dict[str, Any]],
             name = request.get("request") if isinstance(request, dict) else None
             # one line, whatever the name holds (a newline in it split it)
             shown = one_line(name) if isinstance(name, str) and name else "invalid"
-            print(f"Error: request #{i} ({shown}): {response.get('message')}", file=sys.stderr)
+            print(f"Error: request #{i} ({shown}): {one_line(str(response.get('message')))}", file=sys.stderr)
             log.error("request refused", index=i, request=name, message=response.get("message"))
         else:
             log.info("request served", index=i, request=request.get("request"), response=_brief(response))

@@ -96,7 +96,7 @@ class Journal(GovernorListener):
         rec = {"rcnt": rcnt, "time": when.isoformat(), "jobs": jobs}
         try:
             self._write_now(rec)
-        except OverflowError:       # packing failed, nothing written: the submit is refused with the field
+        except (OverflowError, ValueError, TypeError):   # packing failed, nothing written: refused, with the field
             raise InvalidJobDescriptionError(unencodable_jobs(jobs)) from None
 
     def task_final(self, job: "JobRecord", iteration: int | None, record: "IterationRecord") -> None:

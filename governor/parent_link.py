@@ -252,7 +252,10 @@ class ParentLink:
 
     def _watch_parent(self, pid: int) -> None:
         """Its end wakes the loop through a pidfd: a governor killed and not yet reaped (a zombie) has
-        ended too, which a signal 0 does not tell (the managers ran on for the heartbeats' 7 s)."""
+        ended too, which a signal 0 does not tell (the managers ran on for the heartbeats' 7 s). A second
+        `registered` (the register was sent again) keeps the watch it has."""
+        if self._parent_pidfd is not None or self._parent_pid is not None:
+            return
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:

@@ -91,11 +91,14 @@ class QCGPJFuture(concurrent.futures.Future):
         if self.cancelled():
             return True
         # cancel the future first: the service's CANCELED events must not complete it meanwhile
-        if not super().cancel():
-            return False  # already finished
-        # what an executor's worker does with a cancelled work item: `concurrent.futures.wait` and
-        # `as_completed` count only a cancel that was notified (without it they waited for ever)
-        self.set_running_or_notify_cancel()
+        with self._condition:       # one thread cancels and notifies (two at once: the second raised)
+            if self.cancelled():
+                return True
+            if not super().cancel():
+                return False  # already finished
+            # what an executor's worker does with a cancelled work item: `concurrent.futures.wait` and
+            # `as_completed` count only a cancel that was notified (without it they waited for ever)
+            self.set_running_or_notify_cancel()
         try:
             self.qcgpjm.cancel(self.ids)
         except errors.QCGPJMAError as exc:

@@ -65,6 +65,12 @@ def test_numbers_too_big_are_refused_with_their_field(service):
                                     "job 'v': field 'iteration.values[1]'", "job 't': field 'attributes.k'")):
         assert where in line and "out of range" in line and "Overflow" not in line, line
     assert r.report()["fine2"]["state"] == "SUCCEED"
+    # text JSON allows and msgpack cannot carry: a lone surrogate (found in review: UnicodeEncodeError)
+    r = service('[{"request": "submit", "jobs": [{"name": "s", "execution": {"exec": "/bin/true", '
+                '"args": ["\\ud800"]}}]}]')
+    assert r.rc == 2
+    line = one_error_line(r)
+    assert "job 's': field 'execution.args[0]': text that is not valid Unicode" in line, line
     r = service('[{"request": "submit", "jobs": [{"name": "x", "execution": {"exec": "/bin/true"}, '
                 '"iteration": {"stop": ' + "1" * 5000 + '}}]}]')
     assert r.rc == 1
@@ -301,6 +307,13 @@ def test_request_not_an_object(service):
     r = service([{"request": "x\ny\tz"}, submit(job("c"))])
     assert r.rc == 2 and "(x\\ny\\tz)" in one_error_line(r)
     assert r.report()["c"]["state"] == "SUCCEED"
+    # ... and so is a field name or a dependency in the message (found in review)
+    r = service([submit(job("d", execution={"exec": "/bin/true", "a\nb": 1})),
+                 submit(job("e", dependencies={"after": ["q\nr"]}))])
+    assert r.rc == 2
+    r.assert_no_traceback()
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and "a\\nb" in lines[0] and "q\\nr" in lines[1], r.stderr
 
 
 @pytest.mark.parametrize("args, names", [

@@ -121,3 +121,41 @@ def test_a_lost_node_is_taken_out_of_what_the_parent_is_offered() -> None:
             ctx.term()
 
     asyncio.run(main())
+
+
+def test_a_second_registered_keeps_one_watch_of_the_parents_process() -> None:
+    """README "Faults": a manager on the governor's host watches its process (a pidfd). The register is
+    sent again when the answer is slow, so `registered` may come twice: a second watch left the first
+    pidfd registered with the loop, which then fired without end once the governor had ended (found in
+    review: thousands of 'parent lost' lines a second)."""
+    import socket
+    import subprocess
+
+    async def main() -> None:
+        stand_in = subprocess.Popen(["sleep", "60"])
+        port = FakePort()
+        ctx, parent, link, ident, _ = await _registered(port)
+        ended = []
+        original = link._parent_ended
+        link._parent_ended = lambda: (ended.append(1), original())   # type: ignore[method-assign]
+        try:
+            for _ in range(2):
+                await parent.send_multipart([ident, protocol.encode(
+                    {"type": "registered", "id": "m1", "host": socket.gethostname(), "pid": stand_in.pid})])
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while link._parent_pidfd is None:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)            # the second `registered` has arrived too
+            stand_in.kill()
+            stand_in.wait(TIMEOUT)
+            assert "ended" in await asyncio.wait_for(link.wait(), TIMEOUT)
+            await asyncio.sleep(0.2)
+            assert len(ended) == 1
+        finally:
+            stand_in.kill()
+            await link.close()
+            parent.close(linger=0)
+            ctx.term()
+
+    asyncio.run(main())

@@ -171,3 +171,51 @@ def test_a_reply_of_another_protocol_version_is_refused():
         thread.join(5)
         router.close(linger=0)
         ctx.term()
+
+
+def _answering(ctx: zmq.Context, port: int | None = None) -> tuple[zmq.Socket, int, threading.Event, threading.Thread]:
+    """A ROUTER answering every request with code 0 until the event is set (bound to `port`, retried while
+    the last one's port is being released)."""
+    sock = ctx.socket(zmq.ROUTER)
+    if port is None:
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+    else:
+        for _ in range(400):
+            try:
+                sock.bind(f"tcp://127.0.0.1:{port}")
+                break
+            except zmq.ZMQError:
+                time.sleep(0.005)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if sock.poll(50, zmq.POLLIN):
+                frames = sock.recv_multipart()
+                req = msgpack.unpackb(frames[-1], raw=False)
+                sock.send_multipart([frames[0], b"", msgpack.packb({"v": 2, "code": 0, "id": req["id"]})])
+        sock.close(linger=0)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return sock, port, stop, thread
+
+
+def test_a_service_back_on_its_address_at_once_is_not_taken_for_gone():
+    """A disconnect is followed by one scheduled reconnect at once (libzmq); only a refused reconnect after
+    it says the service has ended. Taking the first for the second failed a request to a service that
+    came back on the same address right away (found in review)."""
+    ctx = zmq.Context()
+    _, port, stop, thread = _answering(ctx)
+    conn = ServiceConnection(f"tcp://127.0.0.1:{port}", None, timeout=10.0, insecure=True)
+    try:
+        assert conn.request({"request": "x"})["code"] == 0
+        stop.set()
+        thread.join(5)
+        _, _, stop, thread = _answering(ctx, port)
+        assert conn.request({"request": "x"})["code"] == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        conn.close()
+        ctx.term()
