@@ -141,6 +141,12 @@ class ParentLink:
         self._started, self._finished = [], []
         self._end(why)
 
+    def give_back(self, task_ids: list[str]) -> None:
+        """Queued tasks this partition can no longer run (it lost nodes): the parent places them elsewhere."""
+        if task_ids:
+            log.warning("tasks given back to the parent", count=len(task_ids))
+            self._send_now({"type": "returned", "tasks": task_ids})
+
     def leave(self) -> None:
         """Ask to leave gracefully: no new tasks; the parent says `exit` when ours have ended."""
         self._send_now({"type": "leave"})

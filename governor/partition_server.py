@@ -6,7 +6,7 @@ takes in the original -- and speak the partition protocol there: messages
 with a `type` instead of a `request`. Each registered manager becomes a
 `RemotePartition` member of the governor's `PartitionSet`.
 
-| manager -> governor | `register` (id, tags, resources, totals, credit, version), `events` (batched `started` and `finished`), `hb` (live resource info), `update` (credit, resources), `leave` |
+| manager -> governor | `register` (id, tags, resources, totals, credit, version), `events` (batched `started` and `finished`), `hb` (live resource info), `update` (credit, resources), `returned` (queued tasks it can no longer run), `leave` |
 | governor -> manager | `registered` / `refused`, `dispatch` (tasks, executions sent once per batch), `cancel`, `hb`, `exit` |
 
 Handlers only update state and queue sends (non-blocking ROUTER sends):
@@ -147,6 +147,8 @@ class PartitionServer:
                 self._leave(peer)
             elif kind == "retracted":
                 self.pset.retracted(peer.id, [str(t) for t in msg.get("tasks") or ()])
+            elif kind == "returned":
+                self.pset.returned(peer.id, [str(t) for t in msg.get("tasks") or ()])
             elif kind == "gone":
                 # stopped at once: its unfinished tasks run elsewhere now, not after the heartbeat timeout
                 self.lose(peer.id, f"the partition manager stopped ({str(msg.get('reason'))[:200]})")

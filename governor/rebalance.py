@@ -117,6 +117,7 @@ class Rebalancing:
     _report_later: Callable[[TaskFinished], None]
     _request_drain: Callable[[], None]
     _maybe_drained: Callable[["Member"], None]
+    _fail_unplaceable: Callable[[], None]
 
     def _init_rebalancing(self) -> None:
         self._rebalance_pending = False
@@ -158,18 +159,27 @@ class Rebalancing:
     def _demand(self, tid: str, node_cores: int) -> int:
         return _least_cores(self._specs[tid].resources, node_cores)
 
-    def retracted(self, member_id: str, task_ids: list[str]) -> None:
-        """The member gave back these tasks (not started there); the others it was asked for have started."""
-        donor = self.members.get(member_id)
-        if donor is None:
+    def returned(self, member_id: str, task_ids: list[str]) -> None:
+        """The member gave back queued tasks it can no longer run (it lost nodes; its `update` came first):
+        they go to the other members, or fail when none can run them."""
+        member = self.members.get(member_id)
+        if member is None:
             return
-        target = self.members.get(self._retract_to.pop(member_id, ""))
-        asked, donor.retracting = donor.retracting, set()
+        back = self._take_back(member, task_ids, None)
+        log.warning("queued tasks given back", partition=member_id, tasks=len(back))
+        self._backlog.extendleft(reversed(back))
+        self._fail_unplaceable()
+        self._request_drain()
+        self._maybe_drained(member)
+
+    def _take_back(self, member: "Member", task_ids: list[str], asked: set[str] | None) -> list[TaskSpec]:
+        """Those of `task_ids` still queued with `member` (and `asked` for), out of its books, oldest first;
+        one canceled meanwhile ends CANCELED instead."""
         back: list[TaskSpec] = []
         for tid in task_ids:
-            if tid not in asked or tid not in donor.inflight or tid in donor.running:
+            if (asked is not None and tid not in asked) or tid not in member.inflight or tid in member.running:
                 continue
-            donor.inflight.pop(tid, None)
+            member.inflight.pop(tid, None)
             self._where.pop(tid, None)
             spec = self._specs.pop(tid)
             if tid in self._canceling:
@@ -177,10 +187,20 @@ class Rebalancing:
                 self._report_later(TaskFinished(tid, "CANCELED", message="canceled by user"))
             else:
                 back.append(spec)
+        back.sort(key=lambda spec: spec.seq)
+        return back
+
+    def retracted(self, member_id: str, task_ids: list[str]) -> None:
+        """The member gave back these tasks (not started there); the others it was asked for have started."""
+        donor = self.members.get(member_id)
+        if donor is None:
+            return
+        target = self.members.get(self._retract_to.pop(member_id, ""))
+        asked, donor.retracting = donor.retracting, set()
+        back = self._take_back(donor, task_ids, asked)
         if not back:
             # nothing was still queued there (a nested governor keeps its queue with its own members)
             donor.quiet_until = self.loop.time() + REBALANCE_QUIET
-        back.sort(key=lambda spec: spec.seq)
         batch: dict[str, list[TaskSpec]] = {}
         rest: list[TaskSpec] = []
         for spec in back:

@@ -85,10 +85,13 @@ class Partition:
         return self.resources.info()
 
     def submit(self, tasks: list[TaskSpec]) -> None:
+        unfit: list[tuple[TaskSpec, str]] = []
         for task in tasks:
             reason = self.scheduler.add(task)
             if reason:
-                self._report_later(TaskFinished(task.task_id, "FAILED", message=reason))
+                unfit.append((task, reason))
+        if unfit:
+            self._cannot_run(unfit, "")
         self._request_pass()
 
     def cancel(self, task_ids: list[str]) -> None:
@@ -117,13 +120,22 @@ class Partition:
             self.resources.set_node_down(node)
         else:
             self.resources.set_node_lost(node)
-            for task, reason in self.scheduler.drop_unfittable():
-                self._report_later(TaskFinished(task.task_id, "FAILED",
-                                                message=f"cannot run after node {node} was lost: {reason}"))
-            # the governor (or a manager's parent) sizes and places work by what is left
+            # the governor (or a manager's parent) sizes and places work by what is left: told first, so
+            # that the tasks given back below do not come here again
             changed = getattr(self.events, "capacity_changed", None)
             if changed is not None:
-                self.loop.call_soon(changed)
+                changed()
+            self._cannot_run(self.scheduler.drop_unfittable(), f"cannot run after node {node} was lost: ")
+
+    def _cannot_run(self, tasks: list[tuple[TaskSpec, str]], why: str) -> None:
+        """Tasks too big for this partition (it lost nodes): a manager gives them back to its parent, which
+        runs them in another partition or fails them; in flat mode they fail here, with the reason."""
+        give_back = getattr(self.events, "give_back", None)
+        if give_back is not None:
+            give_back([task.task_id for task, _ in tasks])
+            return
+        for task, reason in tasks:
+            self._report_later(TaskFinished(task.task_id, "FAILED", message=why + reason))
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         # nothing more starts: the ends of the tasks being killed would otherwise free cores for the queue

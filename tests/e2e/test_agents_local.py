@@ -12,15 +12,18 @@ import os
 import signal
 import stat
 import time
+from typing import Any
 
 import psutil
 import pytest
 
+from qcg.pilotjob.api.jobdesc import Execution
 from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.governor.governor import Governor
 from qcg.pilotjob.partition.agent_launcher import AgentLauncher, AgentStartError
 from qcg.pilotjob.partition.partition import Partition, PartitionConfig
 from qcg.pilotjob.partition.local_nodes import local_resources
+from qcg.pilotjob.partition.task import ResourceRequest, TaskSpec
 
 FAKE_SSH = """#!/bin/bash
 # fake ssh: ssh [options] NODE COMMAND -> run COMMAND here; node 'bad' is unreachable
@@ -217,6 +220,45 @@ def test_what_needs_a_lost_node_fails_instead_of_waiting_for_ever(tmp_path, fake
             assert later.state.value == "FAILED" and "1 node lost" in later.record.messages
         finally:
             await part.shutdown()
+    run(main())
+
+
+def test_a_manager_gives_back_what_it_can_no_longer_run(tmp_path):
+    """Partitioned mode (issue 6 "Dispatch"): a partition manager's partition that loses a node does not
+    fail the queued tasks that needed it; it tells its parent the new size first, then gives them back
+    (the parent runs them elsewhere or fails them). What still fits stays."""
+    class Parent:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any]] = []
+
+        def task_started(self, ev) -> None:
+            pass
+
+        def task_finished(self, ev) -> None:
+            self.calls.append(("finished", ev.task_id))
+
+        def capacity_changed(self) -> None:
+            self.calls.append(("capacity", None))
+
+        def give_back(self, task_ids: list[str]) -> None:
+            self.calls.append(("give_back", task_ids))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        res = local_resources("a:1,b:1")
+        parent = Parent()
+        part = Partition(loop, res, PartitionConfig(root_wd=str(tmp_path), scratch_dir=str(tmp_path)), events=parent)
+        for node in ("a", "b"):
+            part.node_state(node, False)            # agents not ready: everything stays queued
+        two = ResourceRequest(None, None, 2, 2)
+        part.submit([TaskSpec("big", "big", None, Execution(exec="/bin/true"), two, seq=1),
+                     TaskSpec("one", "one", None, Execution(exec="/bin/true"), ResourceRequest(1, 1), seq=2)])
+        part.node_state("b", False, True)
+        assert parent.calls == [("capacity", None), ("give_back", ["big"])]
+        part.submit([TaskSpec("late", "late", None, Execution(exec="/bin/true"), two, seq=3)])
+        assert parent.calls[-1] == ("give_back", ["late"])
+        assert "one" in part.scheduler and "big" not in part.scheduler
+        await part.shutdown()
     run(main())
 
 

@@ -708,3 +708,34 @@ def test_whole_node_and_fragmented_queues_are_given_back():
         assert early == [] and late == [["t0"]]
 
     run(test)
+
+
+def test_tasks_a_member_gives_back_go_to_the_others_or_fail():
+    """A manager that lost a node gives back the queued tasks it can no longer run (`returned`, after its
+    `update`): they go to a member that can run them; one no member can run fails with the reason
+    (found in review: the manager failed them itself, though another partition had room)."""
+
+    async def test(world):
+        w = world()
+        a = w.add("A", credit=8, nodes="a1:1,a2:1")
+        b = w.add("B", credit=8, nodes="b1:1,b2:1,b3:1")
+        two, three = ResourceRequest(None, None, 2, 2), ResourceRequest(None, None, 3, 3)
+        w.pset.submit([spec("p", two, seq=1), spec("q", two, seq=2)])
+        await settle()
+        on_a = [t for t in ("p", "q") if t in a.got]
+        assert on_a, (a.got, b.got)
+        a.resources.set_node_lost("a2")             # what the manager's `update` carries
+        w.pset.update_member("A", 8)
+        w.pset.returned("A", on_a)
+        await settle()
+        assert all(t in b.got for t in on_a)
+        w.pset.submit([spec("r", three, seq=3)])
+        await settle()
+        assert "r" in b.got
+        b.resources.set_node_lost("b3")
+        w.pset.update_member("B", 8)
+        w.pset.returned("B", ["r"])
+        await settle()
+        assert w.sink.final("r").state == "FAILED" and "3 nodes" in w.sink.final("r").message
+
+    run(test)
