@@ -7,6 +7,7 @@ reports and final_status.json, so every output says the same thing.
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
 import socket
 import sys
@@ -19,6 +20,8 @@ from qcg.pilotjob.governor.states import JobState
 if TYPE_CHECKING:
     from qcg.pilotjob.governor.registry import History, IterationRecord, JobRecord
 
+
+CHILDS_LISTED = 100_000   # iterations listed by `jobInfo` with `withChilds` (the first ones)
 
 def fmt_time(ts: float) -> str:
     return str(datetime.fromtimestamp(ts))
@@ -68,7 +71,10 @@ def info_entry(job: "JobRecord", iteration: int | None, asked: str, with_childs:
                               "finished": job.finished_count, "failed": job.bad_count}
         if with_childs:
             childs = []
-            for it in job.indices:
+            # a sweep of 10**12 iterations cannot be listed in one answer (the service stopped answering)
+            if job.total > CHILDS_LISTED:
+                data["childsListed"] = CHILDS_LISTED
+            for it in itertools.islice(job.indices, CHILDS_LISTED):
                 child: dict[str, Any] = {"iteration": it, "state": job.iteration_state(it).value}
                 rec = job.its.get(it)
                 runtime = rec.runtime_named(pname) if rec is not None else None

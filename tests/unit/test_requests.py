@@ -214,6 +214,20 @@ def test_job_info_with_childs(env):
     assert "childs" not in without
     one = call({"request": "jobInfo", "jobNames": ["it:2"]})["data"]["jobs"]["it:2"]["data"]
     assert one["jobName"] == "it:2" and one["status"] == "FAILED" and "iterations" not in one
+    assert "childsListed" not in info
+
+
+def test_job_info_with_childs_of_a_huge_sweep_lists_the_first(env):
+    """A sweep of 10**12 iterations: `withChilds` lists the first CHILDS_LISTED and says so (it tried to
+    list all: the service stopped answering; found in review)."""
+    from qcg.pilotjob.governor.views import CHILDS_LISTED
+
+    h, _, _, call = env
+    call({"request": "submit", "jobs": [J("big", iteration={"stop": 10 ** 12})]})
+    info = call({"request": "jobInfo", "jobNames": ["big"], "params": {"withChilds": True}}
+                )["data"]["jobs"]["big"]["data"]
+    assert len(info["childs"]) == CHILDS_LISTED == info["childsListed"]
+    assert info["childs"][-1]["iteration"] == CHILDS_LISTED - 1
 
 
 def test_cancel_job(env):
