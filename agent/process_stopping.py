@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
 import time
 from typing import TYPE_CHECKING, Hashable
@@ -39,7 +40,7 @@ class ProcessStopping:
     _idle: asyncio.Future | None
     _guard: GuardKeeper | None
     _ends_groups: bool
-    _lingering: dict[int, asyncio.TimerHandle]     # group -> its SIGKILL: the leader is reaped, members are not
+    _lingering: dict[int, "_Lingering"]     # group -> its SIGKILL to come: the leader is reaped, members are not
 
     def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
         """SIGTERM the process group of `key`, SIGKILL after the grace time."""
@@ -64,10 +65,14 @@ class ProcessStopping:
                 pass
         await self.shutdown(timeout=max(0.5, deadline - time.monotonic()))
 
-    def _leader_reaped(self, proc: _Proc) -> None:
-        """What the task left in its group gets the polite signal now, SIGKILL after the grace time."""
+    def _leader_reaped(self, proc: _Proc, status_known: bool = True) -> None:
+        """What the task left in its group gets the polite signal now, SIGKILL after the grace time.
+
+        Once the leader is reaped, only the members hold the group's number: the SIGKILL goes to the group
+        only while one of the members seen now is still in it (so the number is still this group's), and to
+        each of them through a pidfd. A leader reaped by somebody else vouches for no group."""
         pgid = proc.pid
-        if self._ends_groups:
+        if self._ends_groups and status_known:
             try:
                 os.killpg(pgid, proc.term_signal)
             except OSError:
@@ -75,34 +80,39 @@ class ProcessStopping:
             else:
                 _log.info("task %r ended, processes left in its group %d: %s, SIGKILL in %.1fs", proc.key, pgid,
                           signal.Signals(proc.term_signal).name, self._kill_grace)
-                self._lingering[pgid] = self._loop.call_later(self._kill_grace, self._kill_lingering, pgid)
+                self._lingering[pgid] = _Lingering(
+                    self._loop.call_later(self._kill_grace, self._kill_lingering, pgid), _group_members(pgid))
                 return
         if self._guard is not None:
             self._guard.reaped(pgid)
 
     def _kill_lingering(self, pgid: int) -> None:
-        if self._lingering.pop(pgid, None) is None:
+        lingering = self._lingering.pop(pgid, None)
+        if lingering is None:
             return
+        lingering.handle.cancel()
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            if lingering.still_in(pgid):
+                os.killpg(pgid, signal.SIGKILL)
         except OSError:
             pass
+        lingering.kill_and_close()
         if self._guard is not None:
             self._guard.reaped(pgid)
 
     def _group_reused(self, pgid: int) -> None:
         """A new child got the number of a group still waiting for its SIGKILL: that group is empty (the
         kernel does not give out a number a group still uses), and the signal must not reach the new one."""
-        handle = self._lingering.pop(pgid, None)
-        if handle is not None:
-            handle.cancel()
+        lingering = self._lingering.pop(pgid, None)
+        if lingering is not None:
+            lingering.handle.cancel()
+            lingering.close()
             if self._guard is not None:
                 self._guard.reaped(pgid)
 
     def _kill_all_lingering(self) -> None:
         """At shutdown: the groups' members had their polite signal with their leaders, or earlier."""
         for pgid in list(self._lingering):
-            self._lingering[pgid].cancel()
             self._kill_lingering(pgid)
 
     async def _shutdown(self, timeout: float) -> None:
@@ -153,3 +163,54 @@ class ProcessStopping:
         proc.killed = "walltime"
         proc.reason = f"walltime exceeded ({wt:g}s)"
         self._terminate(proc)
+
+
+class _Lingering:
+    """A task group whose leader is reaped: its SIGKILL to come, and (pid, pidfd) of the members seen."""
+
+    __slots__ = ("handle", "members")
+
+    def __init__(self, handle: asyncio.TimerHandle, members: list[tuple[int, int]]) -> None:
+        self.handle = handle
+        self.members = members
+
+    def still_in(self, pgid: int) -> bool:
+        """Whether a member seen at the start is alive and in the group: then the number is still its."""
+        for pid, fd in self.members:
+            if not select.select([fd], [], [], 0)[0]:       # a pidfd turns readable when its process ends
+                try:
+                    if os.getpgid(pid) == pgid:
+                        return True
+                except OSError:
+                    pass
+        return False
+
+    def kill_and_close(self) -> None:
+        for _, fd in self.members:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        for _, fd in self.members:
+            os.close(fd)
+        self.members = []
+
+
+def _group_members(pgid: int) -> list[tuple[int, int]]:
+    """(pid, pidfd) of the processes in group `pgid` (from /proc: only when a task left some behind)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            if int(fields[2]) != pgid:
+                continue
+            found.append((int(entry.name), os.pidfd_open(int(entry.name))))
+        except (OSError, ValueError, IndexError):
+            continue            # gone meanwhile
+    return found

@@ -132,7 +132,7 @@ class ProcessSpawner(ProcessStopping):
         self._guard = GuardKeeper(loop, kill_grace, self._live_groups, describe=err_text) if orphan_guard else None
         # a task's processes end with it (process_stopping); infrastructure (agents, managers) is not a task
         self._ends_groups = orphan_guard
-        self._lingering: dict[int, asyncio.TimerHandle] = {}
+        self._lingering: dict[int, Any] = {}           # process_stopping._Lingering
         self._args = SpawnArgs()
         self._idle: asyncio.Future | None = None
         self.last_effective_cpus: list[int] | None = None
@@ -335,7 +335,7 @@ class ProcessSpawner(ProcessStopping):
         if proc.kill_handle is not None:
             proc.kill_handle.cancel()
         del self._procs[proc.key]
-        self._leader_reaped(proc)
+        self._leader_reaped(proc, status is not None)
         if status is None:
             code, reason = None, "exit status lost (reaped by someone else)"
         else:

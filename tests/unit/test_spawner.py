@@ -11,6 +11,7 @@ import os
 import stat
 import signal
 import sys
+import time
 
 import psutil
 import pytest
@@ -318,10 +319,16 @@ def test_processes_a_task_left_in_its_group_end_with_it(tmp_path):
 
 
 def _reap_stopped_guards() -> None:
-    """A launcher's orphan guard leaves unwaited when its tasks have ended (it is a zombie until the
-    launcher exits); reaped here so that the zombie count of the other tests starts at 0."""
-    for z in _zombies():
-        os.waitpid(z.pid, 0)
+    """A launcher's orphan guard leaves, unwaited, when its tasks have ended (the launcher reaps it later,
+    `reap_left`); done here, once it has left, so that the zombie count of the other tests starts at 0."""
+    from qcg.pilotjob.agent.orphan_guard import _LEFT, reap_left
+
+    for _ in range(int(WAIT / 0.02)):
+        reap_left()
+        if not _LEFT:
+            return
+        time.sleep(0.02)
+    raise AssertionError("a stopped orphan guard did not leave")
 
 
 def test_cancel_sends_term_and_reports_negative_signal(tmp_path):
