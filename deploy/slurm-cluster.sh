@@ -282,6 +282,19 @@ node_states() {
     timeout 10 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u || true
 }
 
+resume_stuck_nodes() {
+    # A cluster kept running between runs may hold nodes an earlier run left drained or down (a step that
+    # did not end with its signals drains its node): they are the test cluster's, so they go back to work.
+    local node state
+    node_states | awk '$2 ~ /drain|down/ {print $1, $2}' | while read -r node state; do
+        if timeout 10 scontrol update nodename="$node" state=resume >/dev/null 2>&1; then
+            log "node $node was $state: resumed"
+        else
+            log "node $node is $state and could not be resumed"
+        fi
+    done
+}
+
 wait_idle() {    # wait_idle N
     local n=$1 deadline states idle total
     deadline=$(( SECONDS + IDLE_TIMEOUT ))
@@ -368,6 +381,7 @@ cmd_start() {
     done
     if [ "$started" = 0 ]; then
         log "already running: $n nodes x $cpus CPUs"
+        resume_stuck_nodes
     else
         log "started $started daemon(s); waiting for $n idle nodes"
     fi
