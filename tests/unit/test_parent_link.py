@@ -6,6 +6,8 @@ the link still takes work and still ends on the parent's `exit`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import zmq
 import zmq.asyncio
@@ -44,27 +46,33 @@ class FakePort:
         return self.resources.info()
 
 
-async def _registered(port: FakePort) -> tuple[zmq.asyncio.Context, zmq.asyncio.Socket, ParentLink, bytes, dict]:
-    """A stand-in parent (ROUTER) and a link registered with it: (context, parent, link, its ident, register)."""
+@contextlib.asynccontextmanager
+async def _registered(port: FakePort) -> AsyncIterator[tuple[zmq.asyncio.Socket, ParentLink, bytes, dict]]:
+    """A stand-in parent (ROUTER) and a link registered with it: (parent, link, its ident, register); both
+    closed afterwards."""
     loop = asyncio.get_running_loop()
     ctx = zmq.asyncio.Context()
     parent = ctx.socket(zmq.ROUTER)
     port_no = parent.bind_to_random_port("tcp://127.0.0.1")
     link = ParentLink(loop, port, address=f"tcp://127.0.0.1:{port_no}", member_id="m1", keys=None)
-    connecting = asyncio.ensure_future(link.connect())
-    ident, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
-    register, _ = protocol.decode(frame)
-    await parent.send_multipart([ident, protocol.encode({"type": "registered", "id": "m1"})])
-    await asyncio.wait_for(connecting, TIMEOUT)
-    return ctx, parent, link, ident, register
+    try:
+        connecting = asyncio.ensure_future(link.connect())
+        ident, frame = await asyncio.wait_for(parent.recv_multipart(), TIMEOUT)
+        register, _ = protocol.decode(frame)
+        await parent.send_multipart([ident, protocol.encode({"type": "registered", "id": "m1"})])
+        await asyncio.wait_for(connecting, TIMEOUT)
+        yield parent, link, ident, register
+    finally:
+        await link.close()
+        parent.close(linger=0)
+        ctx.term()
 
 
 def test_malformed_parent_messages_are_dropped_and_the_link_goes_on() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         port = FakePort()
-        ctx, parent, link, ident, register = await _registered(port)
-        try:
+        async with _registered(port) as (parent, link, ident, register):
             assert register["type"] == "register" and register["id"] == "m1"
 
             task = TaskSpec("t", "t", None, Execution(exec="/bin/true"), ResourceRequest(1, 1), walltime=None,
@@ -82,10 +90,6 @@ def test_malformed_parent_messages_are_dropped_and_the_link_goes_on() -> None:
 
             await parent.send_multipart([ident, protocol.encode({"type": "exit"})])
             assert await asyncio.wait_for(link.wait(), TIMEOUT) == "the parent asked to exit"
-        finally:
-            await link.close()
-            parent.close(linger=0)
-            ctx.term()
 
     asyncio.run(main())
 
@@ -97,8 +101,7 @@ def test_a_lost_node_is_taken_out_of_what_the_parent_is_offered() -> None:
     async def main() -> None:
         port = FakePort()
         port.resources = local_resources("a:2,b:2")
-        ctx, parent, link, ident, register = await _registered(port)
-        try:
+        async with _registered(port) as (parent, link, ident, register):
             assert [n["name"] for n in register["resources"]["nodes"]] == ["a", "b"]
 
             async def next_message() -> dict:
@@ -115,10 +118,6 @@ def test_a_lost_node_is_taken_out_of_what_the_parent_is_offered() -> None:
             port.resources.set_node_lost("a")
             link.capacity_changed()
             assert (await next_message())["type"] == "leave"
-        finally:
-            await link.close()
-            parent.close(linger=0)
-            ctx.term()
 
     asyncio.run(main())
 
@@ -134,28 +133,25 @@ def test_a_second_registered_keeps_one_watch_of_the_parents_process() -> None:
     async def main() -> None:
         stand_in = subprocess.Popen(["sleep", "60"])
         port = FakePort()
-        ctx, parent, link, ident, _ = await _registered(port)
-        ended = []
-        original = link._parent_ended
-        link._parent_ended = lambda: (ended.append(1), original())   # type: ignore[method-assign]
+        ended: list[int] = []
         try:
-            for _ in range(2):
-                await parent.send_multipart([ident, protocol.encode(
-                    {"type": "registered", "id": "m1", "host": socket.gethostname(), "pid": stand_in.pid})])
-            deadline = asyncio.get_running_loop().time() + TIMEOUT
-            while link._parent_pidfd is None:
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)            # the second `registered` has arrived too
-            stand_in.kill()
-            stand_in.wait(TIMEOUT)
-            assert "ended" in await asyncio.wait_for(link.wait(), TIMEOUT)
-            await asyncio.sleep(0.2)
-            assert len(ended) == 1
+            async with _registered(port) as (parent, link, ident, _):
+                original = link._parent_ended
+                link._parent_ended = lambda: (ended.append(1), original())   # type: ignore[method-assign]
+                for _ in range(2):
+                    await parent.send_multipart([ident, protocol.encode(
+                        {"type": "registered", "id": "m1", "host": socket.gethostname(), "pid": stand_in.pid})])
+                deadline = asyncio.get_running_loop().time() + TIMEOUT
+                while link._parent_pidfd is None:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)            # the second `registered` has arrived too
+                stand_in.kill()
+                stand_in.wait(TIMEOUT)
+                assert "ended" in await asyncio.wait_for(link.wait(), TIMEOUT)
+                await asyncio.sleep(0.2)
+                assert len(ended) == 1
         finally:
             stand_in.kill()
-            await link.close()
-            parent.close(linger=0)
-            ctx.term()
 
     asyncio.run(main())
