@@ -56,6 +56,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -264,11 +265,21 @@ class Manager(JobWaits):
 
     def _request(self, request: dict[str, Any], timeout: float | None = None, *,
                  ends_service: bool = False) -> dict[str, Any]:
-        with self._req_lock:
+        # one request at a time per Manager; a thread queued behind another thread's request to a hung
+        # service gives up when its own timeout runs out, not when the other request's does
+        limit = self.request_timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + limit
+        if not self._req_lock.acquire(timeout=max(limit, 0.0)):
+            raise transport.ServiceUnreachable(
+                f"no answer from the service at {self._address} in {limit:g} s: another thread's request "
+                f"through this Manager was still waiting for it")
+        try:
             conn = self._assure_connected()
             if _logger.isEnabledFor(logging.DEBUG):
                 _logger.debug("sending request %s", str(request)[:2000])
-            response = conn.request(request, timeout, ends_service=ends_service)
+            response = conn.request(request, max(deadline - time.monotonic(), 0.001), ends_service=ends_service)
+        finally:
+            self._req_lock.release()
         response.pop("v", None)
         response.pop("id", None)
         return response

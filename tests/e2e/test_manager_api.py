@@ -466,6 +466,51 @@ def test_wait_on_a_dead_service_keeps_its_own_timeout(tmp_path, wait):
         manager.finish()
 
 
+def test_a_wait_queued_behind_another_threads_request_to_a_hung_service_keeps_its_own_timeout(tmp_path):
+    """Issue 4 "timeouts on every wait": one thread's `list()` waits for a stopped (SIGSTOP) service for its
+    request timeout (40 s); another thread's wait4_any_job_finish(timeout_secs=2) has to ask the service
+    whether it is still there, and that request queues behind the first. It used to wait for the first
+    one's 40 s; now it gives up when its own 2 s are over. The bound checked (25 s) only tells them apart."""
+    manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)],
+                           client_cfg(tmp_path, request_timeout=40, poll_delay=0.2))
+    pid = manager.qcgpm_process.pid
+    try:
+        manager.resources()
+        os.kill(pid, signal.SIGSTOP)
+        listed: list[BaseException | None] = []
+
+        def hung_list() -> None:
+            try:
+                manager.list()
+                listed.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the call
+                listed.append(exc)
+
+        lister = threading.Thread(target=hung_list, daemon=True)
+        lister.start()
+        time.sleep(0.3)
+        outcome: list[BaseException | None] = []
+
+        def wait() -> None:
+            try:
+                manager.wait4_any_job_finish(timeout_secs=2)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        waiter.join(25)
+        assert not waiter.is_alive(), "wait4_any_job_finish(timeout_secs=2) still waiting after 25 s"
+        assert isinstance(outcome[0], errors.TimeoutElapsed), outcome
+        os.kill(pid, signal.SIGCONT)
+        lister.join(WAIT)
+        assert listed == [None]      # the first request is answered once the service runs again
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        manager.finish()
+
+
 def test_unreachable_address_raises_connection_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("QCG_PM_KEYS", raising=False)
