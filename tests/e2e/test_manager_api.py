@@ -22,6 +22,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import psutil
 import pytest
@@ -52,6 +53,21 @@ def run_script(tmp_path: Path, text: str, timeout: float = 180) -> subprocess.Co
     script.write_text(textwrap.dedent(text))
     return subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list]:
+    """`call` started in a daemon thread; the list gets what it returned or raised, for the test to check."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # noqa: BLE001 - the tests report whatever ended the call
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 # --------------------------------------------------------------------------- methods
@@ -333,16 +349,7 @@ def test_another_clients_finish_ends_a_wait_at_once(tmp_path):
     try:
         other = Manager(manager.aux_dir, client_cfg(tmp_path, request_timeout=60))
         other.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]))
-        outcome: list[BaseException | dict] = []
-
-        def call() -> None:
-            try:
-                outcome.append(other.wait4("long"))
-            except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the wait
-                outcome.append(exc)
-
-        waiter = threading.Thread(target=call, daemon=True)
-        waiter.start()
+        waiter, outcome = in_thread(lambda: other.wait4("long"))
         time.sleep(0.5)
         manager.finish()
         waiter.join(30)
@@ -391,16 +398,7 @@ def test_wait4_any_without_timeout_ends_when_the_service_is_killed(tmp_path):
     a timeout waited for events that a killed service never sends, for ever."""
     manager = LocalManager(["--nodes", "2", "--wd", str(tmp_path)], client_cfg(tmp_path, poll_delay=0.5))
     manager.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]))
-    outcome: list[BaseException | tuple] = []
-
-    def call() -> None:
-        try:
-            outcome.append(manager.wait4_any_job_finish())
-        except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the wait
-            outcome.append(exc)
-
-    waiter = threading.Thread(target=call, daemon=True)
-    waiter.start()
+    waiter, outcome = in_thread(manager.wait4_any_job_finish)
     time.sleep(0.5)
     manager.qcgpm_process.kill()
     manager.qcgpm_process.wait(WAIT)
@@ -447,17 +445,8 @@ def test_wait_on_a_dead_service_keeps_its_own_timeout(tmp_path, wait):
         remote.submit(Jobs().add(name="long", exec="/bin/sleep", args=["60"]))
         os.kill(manager.qcgpm_process.pid, signal.SIGKILL)
         manager.qcgpm_process.wait(WAIT)
-        outcome: list[BaseException | None] = []
-
-        def call() -> None:
-            try:
-                remote.wait4("long", timeout=3) if wait == "wait4" else remote.wait4all(timeout_secs=3)
-                outcome.append(None)
-            except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the wait
-                outcome.append(exc)
-
-        waiter = threading.Thread(target=call, daemon=True)
-        waiter.start()
+        waiter, outcome = in_thread(lambda: remote.wait4("long", timeout=3) if wait == "wait4"
+                                    else remote.wait4all(timeout_secs=3))
         waiter.join(30)
         assert not waiter.is_alive(), f"{wait}(3 s) still waiting after 30 s"
         assert isinstance(outcome[0], (errors.ConnectionError, errors.TimeoutElapsed)), outcome
@@ -477,35 +466,15 @@ def test_a_wait_queued_behind_another_threads_request_to_a_hung_service_keeps_it
     try:
         manager.resources()
         os.kill(pid, signal.SIGSTOP)
-        listed: list[BaseException | None] = []
-
-        def hung_list() -> None:
-            try:
-                manager.list()
-                listed.append(None)
-            except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended the call
-                listed.append(exc)
-
-        lister = threading.Thread(target=hung_list, daemon=True)
-        lister.start()
+        lister, listed = in_thread(manager.list)
         time.sleep(0.3)
-        outcome: list[BaseException | None] = []
-
-        def wait() -> None:
-            try:
-                manager.wait4_any_job_finish(timeout_secs=2)
-                outcome.append(None)
-            except BaseException as exc:  # noqa: BLE001
-                outcome.append(exc)
-
-        waiter = threading.Thread(target=wait, daemon=True)
-        waiter.start()
+        waiter, outcome = in_thread(lambda: manager.wait4_any_job_finish(timeout_secs=2))
         waiter.join(25)
         assert not waiter.is_alive(), "wait4_any_job_finish(timeout_secs=2) still waiting after 25 s"
         assert isinstance(outcome[0], errors.TimeoutElapsed), outcome
         os.kill(pid, signal.SIGCONT)
         lister.join(WAIT)
-        assert listed == [None]      # the first request is answered once the service runs again
+        assert [type(x) for x in listed] == [dict]     # the first request is answered once the service runs on
     finally:
         os.kill(pid, signal.SIGCONT)
         manager.finish()
