@@ -68,15 +68,21 @@ class Partition:
         self._closing = False
         self._hold_until = 0.0           # loop time before which a requested pass does not launch
         self._env_cache: dict[tuple, dict[str, str]] = {}
-        cores = resources.total_cores
-        self.queue_limit = max(cores * (1 + config.queue_factor), 64)
-        self._per_node = max((n.total for n in resources.nodes), default=0)
+        self._size_to_nodes()
         # task_environment looks at the base only to detect a Slurm allocation (envschema auto)
         self._base_env = {k: v for k, v in os.environ.items() if k.startswith("SLURM_")}
 
     # ------------------------------------------------------------ governor side
     def totals(self) -> tuple[int, int, int]:
-        return self.resources.total_cores, self.resources.total_nodes, self._per_node
+        return self._totals
+
+    def _size_to_nodes(self) -> None:
+        """Totals (what iterations are sized by) and credit from the nodes not lost: a lost node's cores
+        will never run anything again."""
+        live = [n for n in self.resources.nodes if not self.resources.is_lost(n.name)]
+        cores = sum(n.total for n in live)
+        self._totals = (cores, len(live), max((n.total for n in live), default=0))
+        self.queue_limit = max(cores * (1 + self.config.queue_factor), 64)
 
     def never_fits(self, request: ResourceRequest) -> str | None:
         return self.resources.never_fits(request)
@@ -120,6 +126,7 @@ class Partition:
             self.resources.set_node_down(node)
         else:
             self.resources.set_node_lost(node)
+            self._size_to_nodes()
             # the governor (or a manager's parent) sizes and places work by what is left: told first, so
             # that the tasks given back below do not come here again
             changed = getattr(self.events, "capacity_changed", None)

@@ -226,7 +226,8 @@ def test_what_needs_a_lost_node_fails_instead_of_waiting_for_ever(tmp_path, fake
 def test_a_manager_gives_back_what_it_can_no_longer_run(tmp_path):
     """Partitioned mode (issue 6 "Dispatch"): a partition manager's partition that loses a node does not
     fail the queued tasks that needed it; it tells its parent the new size first, then gives them back
-    (the parent runs them elsewhere or fails them). What still fits stays."""
+    (the parent runs them elsewhere or fails them). What still fits stays. The totals and credit it
+    offers (what its parent sizes iterations and hands out work by) leave the lost node out."""
     class Parent:
         def __init__(self) -> None:
             self.calls: list[tuple[str, Any]] = []
@@ -245,7 +246,7 @@ def test_a_manager_gives_back_what_it_can_no_longer_run(tmp_path):
 
     async def main():
         loop = asyncio.get_running_loop()
-        res = local_resources("a:1,b:1")
+        res = local_resources("a:1,b:40")
         parent = Parent()
         part = Partition(loop, res, PartitionConfig(root_wd=str(tmp_path), scratch_dir=str(tmp_path)), events=parent)
         for node in ("a", "b"):
@@ -253,8 +254,10 @@ def test_a_manager_gives_back_what_it_can_no_longer_run(tmp_path):
         two = ResourceRequest(None, None, 2, 2)
         part.submit([TaskSpec("big", "big", None, Execution(exec="/bin/true"), two, seq=1),
                      TaskSpec("one", "one", None, Execution(exec="/bin/true"), ResourceRequest(1, 1), seq=2)])
+        assert part.totals() == (41, 2, 40) and part.queue_limit == 41 * 3
         part.node_state("b", False, True)
         assert parent.calls == [("capacity", None), ("give_back", ["big"])]
+        assert part.totals() == (1, 1, 1) and part.queue_limit == 64
         part.submit([TaskSpec("late", "late", None, Execution(exec="/bin/true"), two, seq=3)])
         assert parent.calls[-1] == ("give_back", ["late"])
         assert "one" in part.scheduler and "big" not in part.scheduler
