@@ -242,34 +242,38 @@ class Resources:
             kind, cmin, _cmax, nmin, _nmax = self.normalize(req)
         except ValueError as exc:
             return str(exc)
-        lost = len(self._lost)
-        reserved = self.total_cores - self.task_cores - sum(self._by_name[n].capacity for n in self._lost)
-        notes = ([f"{reserved} reserved for the system"] if reserved else []) + \
-            ([f"{lost} {_pl(lost, 'node')} lost"] if lost else [])
-        note = f" ({', '.join(notes)})" if notes else ""
         if kind == "cores":
             if cmin > self.task_cores:
                 return (f"requires {cmin} {_pl(cmin, 'core')} but the partition has "
-                        f"{self.task_cores} in total{note}")
+                        f"{self.task_cores} in total{self._capacity_note()}")
             return None
         alive = len(self._capacities)
         if nmin > alive:
-            return f"requires {nmin} {_pl(nmin, 'node')} but the partition has {alive}{note}"
+            return f"requires {nmin} {_pl(nmin, 'node')} but the partition has {alive}{self._capacity_note()}"
         if kind == "whole-nodes":
             usable = self._nodes_with_capacity(1)
             if nmin > usable:
                 return (f"requires {nmin} whole {_pl(nmin, 'node')} but only {usable} "
-                        f"{_pl(usable, 'node')} can run tasks{note}")
+                        f"{_pl(usable, 'node')} can run tasks{self._capacity_note()}")
             return None
         found = self._nodes_with_capacity(cmin)
         if found < nmin:
             largest = self._capacities[-1]
             if found == 0:
                 return (f"requires {nmin} {_pl(nmin, 'node')} with {cmin} {_pl(cmin, 'core')} each; "
-                        f"largest node has {largest}{note}")
+                        f"largest node has {largest}{self._capacity_note()}")
             return (f"requires {nmin} nodes with {cmin} {_pl(cmin, 'core')} each; only {found} "
-                    f"{_pl(found, 'node')} {'has' if found == 1 else 'have'} that many{note}")
+                    f"{_pl(found, 'node')} {'has' if found == 1 else 'have'} that many{self._capacity_note()}")
         return None
+
+    def _capacity_note(self) -> str:
+        """What a refusal adds about the cores that are not offered: built only for a refusal (a check
+        runs for every task submitted)."""
+        lost = len(self._lost)
+        reserved = self.total_cores - self.task_cores - sum(self._by_name[n].capacity for n in self._lost)
+        notes = ([f"{reserved} reserved for the system"] if reserved else []) + \
+            ([f"{lost} {_pl(lost, 'node')} lost"] if lost else [])
+        return f" ({', '.join(notes)})" if notes else ""
 
     def allocate(self, req: ResourceRequest) -> Allocation | None:
         """Allocate the largest allocation ``req`` allows now, or None if it does not fit now.
