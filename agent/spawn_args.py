@@ -24,6 +24,7 @@ _DUP2 = os.POSIX_SPAWN_DUP2
 _RD = os.O_RDONLY
 _WR = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 _EXE_CACHE_MAX = 4096
+_SHELL = "/bin/sh"
 
 
 @dataclass(slots=True)
@@ -45,6 +46,13 @@ def err_text(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
         return f"[Errno {exc.errno}] {exc.strerror}"
     return str(exc)
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _is_exe(path: str) -> bool:
@@ -89,6 +97,38 @@ class SpawnArgs:
         else:
             fa.append((_OPEN, 2, err, wr, mode) if err else (_DUP2, dn, 2))
         return fa
+
+    def fifo_opens(self, spec: ProcessSpec, fa: list[tuple], argv: list[str],
+                   exe: str) -> tuple[list[tuple], list[str], str]:
+        """Streams that are FIFOs are opened by a shell in the child instead of by posix_spawn.
+
+        posix_spawn opens the streams in its vfork child, and the parent waits, every signal blocked,
+        until that child has exec'd: the open of a FIFO waits for its other end, so the loop -- the
+        service, an agent -- would hang unkillable (a FIFO another task writes: for ever). A shell
+        that opens it after the spawn waits on its own, as any process would, and cancel or walltime
+        ends it. The program is then exec'd by its resolved path (argv[0] becomes that path). The
+        usual case costs one stat() per stream given.
+        """
+        if spec.own_streams:
+            return fa, argv, exe
+        streams = [(fd, path, op) for fd, path, op in ((0, spec.stdin, "<"), (1, spec.stdout, ">"),
+                                                       (2, spec.stderr, ">"))
+                   if path and _is_fifo(path)]
+        if not streams:
+            return fa, argv, exe
+        fa = list(fa)
+        redirections, paths = [], []
+        for fd, path, op in streams:
+            if fd == 2 and path == spec.stdout:
+                continue                    # one open file description for both, as below
+            paths.append(path)
+            redirections.append(f'{fd}{op}"${len(paths)}"')
+            fa[fd] = (_DUP2, self._devnull, fd)      # until the shell's open (its message, if any: stderr)
+        if spec.stderr and spec.stderr == spec.stdout and 1 in (fd for fd, _, _ in streams):
+            redirections.append("2>&1")
+            fa[2] = (_DUP2, self._devnull, 2)
+        script = f'exec {" ".join(redirections)} && shift {len(paths)} && exec "$@"'
+        return fa, [_SHELL, "-c", script, "qcg-fifo-open", *paths, exe, *argv[1:]], _SHELL
 
     def resolve(self, name: str, path: str, cwd: str) -> str:
         if "/" in name:

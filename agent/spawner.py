@@ -183,6 +183,8 @@ class ProcessSpawner(ProcessStopping):
         except OSError as exc:
             return self._fail(key, on_exit, started, f"cannot start {name!r}: {err_text(exc)}")
 
+        fa, argv, exe = self._args.fifo_opens(spec, fa, argv, exe)
+
         # --- affinity
         cpus = None
         if spec.cpus is not None:

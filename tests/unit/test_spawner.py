@@ -331,6 +331,72 @@ def _reap_stopped_guards() -> None:
     raise AssertionError("a stopped orphan guard did not leave")
 
 
+class _FifoRescue:
+    """A process that opens the FIFO's other end (O_RDWR never waits) after a while, so that a spawn stuck
+    in its open returns and the test fails instead of hanging (that spawn holds the GIL: a thread of this
+    process could not do it); `fired` says it had to."""
+
+    def __init__(self, path, after: float = 10.0) -> None:
+        import subprocess
+        self._marker = f"{path}.rescued"
+        self._proc = subprocess.Popen(["sh", "-c", f'sleep {after}; exec 3<>"$1"; touch "$2"; sleep {WAIT}',
+                                       "rescue", str(path), self._marker])
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait(WAIT)
+        self.fired = os.path.exists(self._marker)
+
+
+def test_fifo_streams_are_opened_by_the_task_not_by_the_spawner(tmp_path):
+    """A FIFO as stdin/stdout (helper report: the service hung, unkillable, inside posix_spawn's open of
+    a FIFO; a task reading a FIFO that a later task writes deadlocked the run): the reader's spawn
+    returns at once, the writer then starts, and the data goes through; stdout and stderr on one FIFO
+    share it."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        rescue = _FifoRescue(fifo)
+        try:
+            assert sp.spawn("reader", ProcessSpec(["cat"], env(), str(tmp_path), stdin=str(fifo),
+                                                  stdout=str(tmp_path / "got")), col)
+        finally:
+            rescue.close()
+        assert not rescue.fired, "the spawn of a task reading a FIFO waited for the FIFO's writer"
+        sp.spawn("writer", ProcessSpec(["sh", "-c", "echo hello; echo world >&2"], env(), str(tmp_path),
+                                       stdout=str(fifo), stderr=str(fifo)), col)
+        assert (await col.wait("writer")).exit_code == 0
+        assert (await col.wait("reader")).exit_code == 0
+        assert (tmp_path / "got").read_text() == "hello\nworld\n"
+        await sp.shutdown()
+    run(main())
+
+
+def test_a_task_waiting_for_its_fifo_can_be_canceled(tmp_path):
+    """Nobody ever reads the FIFO the task writes to: the task waits, the spawner does not, and cancel
+    ends it like any task."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp = ProcessSpawner(loop)
+        col = Collector(loop)
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        rescue = _FifoRescue(fifo)
+        try:
+            pid = sp.spawn("w", ProcessSpec(["echo", "x"], env(), str(tmp_path), stdout=str(fifo)), col)
+        finally:
+            rescue.close()
+        assert not rescue.fired, "the spawn of a task writing a FIFO waited for the FIFO's reader"
+        assert pid and sp.cancel("w") is True
+        ev = await col.wait("w")
+        assert ev.exit_code == -signal.SIGTERM and ev.killed == "canceled"
+        await sp.shutdown()
+    run(main())
+
+
 def test_cancel_sends_term_and_reports_negative_signal(tmp_path):
     async def main():
         loop = asyncio.get_running_loop()
