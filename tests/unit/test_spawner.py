@@ -331,21 +331,21 @@ def _reap_stopped_guards() -> None:
     raise AssertionError("a stopped orphan guard did not leave")
 
 
-class _FifoRescue:
-    """A process that opens the FIFO's other end (O_RDWR never waits) after a while, so that a spawn stuck
-    in its open returns and the test fails instead of hanging (that spawn holds the GIL: a thread of this
-    process could not do it); `fired` says it had to."""
-
-    def __init__(self, path, after: float = 10.0) -> None:
-        import subprocess
-        self._marker = f"{path}.rescued"
-        self._proc = subprocess.Popen(["sh", "-c", f'sleep {after}; exec 3<>"$1"; touch "$2"; sleep {WAIT}',
-                                       "rescue", str(path), self._marker])
-
-    def close(self) -> None:
-        self._proc.kill()
-        self._proc.wait(WAIT)
-        self.fired = os.path.exists(self._marker)
+def _spawn_beside_a_fifo(sp: ProcessSpawner, key: str, spec: ProcessSpec, col: Collector, fifo) -> int | None:
+    """`sp.spawn`, with a process that opens the FIFO's other end (O_RDWR never waits) after 10 s, so that
+    a spawn stuck in its open returns and the test fails instead of hanging (that spawn holds the GIL:
+    a thread of this process could not do it)."""
+    import subprocess
+    marker = f"{fifo}.rescued"
+    rescue = subprocess.Popen(["sh", "-c", f'sleep 10; exec 3<>"$1"; touch "$2"; sleep {WAIT}',
+                               "rescue", str(fifo), marker])
+    try:
+        pid = sp.spawn(key, spec, col)
+    finally:
+        rescue.kill()
+        rescue.wait(WAIT)
+    assert not os.path.exists(marker), f"the spawn of {key!r} waited for the other end of its FIFO"
+    return pid
 
 
 def test_fifo_streams_are_opened_by_the_task_not_by_the_spawner(tmp_path):
@@ -359,13 +359,8 @@ def test_fifo_streams_are_opened_by_the_task_not_by_the_spawner(tmp_path):
         col = Collector(loop)
         fifo = tmp_path / "pipe"
         os.mkfifo(fifo)
-        rescue = _FifoRescue(fifo)
-        try:
-            assert sp.spawn("reader", ProcessSpec(["cat"], env(), str(tmp_path), stdin=str(fifo),
-                                                  stdout=str(tmp_path / "got")), col)
-        finally:
-            rescue.close()
-        assert not rescue.fired, "the spawn of a task reading a FIFO waited for the FIFO's writer"
+        assert _spawn_beside_a_fifo(sp, "reader", ProcessSpec(["cat"], env(), str(tmp_path), stdin=str(fifo),
+                                                              stdout=str(tmp_path / "got")), col, fifo)
         sp.spawn("writer", ProcessSpec(["sh", "-c", "echo hello; echo world >&2"], env(), str(tmp_path),
                                        stdout=str(fifo), stderr=str(fifo)), col)
         assert (await col.wait("writer")).exit_code == 0
@@ -384,13 +379,9 @@ def test_a_task_waiting_for_its_fifo_can_be_canceled(tmp_path):
         col = Collector(loop)
         fifo = tmp_path / "pipe"
         os.mkfifo(fifo)
-        rescue = _FifoRescue(fifo)
-        try:
-            pid = sp.spawn("w", ProcessSpec(["echo", "x"], env(), str(tmp_path), stdout=str(fifo)), col)
-        finally:
-            rescue.close()
-        assert not rescue.fired, "the spawn of a task writing a FIFO waited for the FIFO's reader"
-        assert pid and sp.cancel("w") is True
+        assert _spawn_beside_a_fifo(sp, "w", ProcessSpec(["echo", "x"], env(), str(tmp_path), stdout=str(fifo)),
+                                    col, fifo)
+        assert sp.cancel("w") is True
         ev = await col.wait("w")
         assert ev.exit_code == -signal.SIGTERM and ev.killed == "canceled"
         await sp.shutdown()
