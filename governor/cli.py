@@ -17,6 +17,7 @@ from click.core import ParameterSource
 from qcg.pilotjob.agent.process_end import run_then_exit
 from qcg.pilotjob.api.protocol import KEYS_ENV
 from qcg.pilotjob.governor.logs import LEVELS
+from qcg.pilotjob.governor.lossy_stream import make_standard_streams_lossy
 from qcg.pilotjob.governor.service import run
 from qcg.pilotjob.governor.service_config import EXIT_START_FAILED, ServiceConfig
 
@@ -174,6 +175,7 @@ def cli(**opts: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    make_standard_streams_lossy()       # a full disk or a closed pipe on stderr must not end the run
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "qcg-gov"
     if prog in ("__main__.py", "-c", "-m", ""):
         prog = "python -m qcg.pilotjob.service"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TextIO
 
 import structlog
 
 from qcg.pilotjob.governor.aux_dir import own_opener
+from qcg.pilotjob.governor.lossy_stream import LossyStream
 
 LEVELS = ("critical", "error", "warning", "info", "debug", "notset")
 
@@ -17,10 +17,12 @@ LEVELS = ("critical", "error", "warning", "info", "debug", "notset")
 task_lines = False
 
 
-def setup(path: str, level: str = "info") -> TextIO:
+def setup(path: str, level: str = "info") -> LossyStream:
     """Send every structlog event (and stdlib logging) to `path`; returns the open file."""
     global task_lines
-    out = open(path, "a", encoding="utf-8", buffering=1, opener=own_opener)
+    # a line that cannot be written (a full disk, a quota) is dropped: a failed write raised inside a task's
+    # start or end and stalled the run
+    out = LossyStream(open(path, "a", encoding="utf-8", buffering=1, opener=own_opener))
     numeric = logging.getLevelName(level.upper()) if level != "notset" else logging.DEBUG
     task_lines = numeric <= logging.DEBUG
     stamp = [structlog.processors.add_log_level,

@@ -16,7 +16,7 @@ import re
 import msgpack
 import pytest
 
-from tests.conftest import job, script_job, submit
+from tests.conftest import DEFAULT_TIMEOUT, SERVICE, find_aux, job, script_job, submit, write_requests
 
 
 @pytest.mark.both_modes
@@ -275,6 +275,35 @@ def test_show_progress_writes_lines_when_stderr_is_a_file(service):
     r = service([submit(job("it", "/bin/true", iteration={"stop": 12}))], "--show-progress", nodes="2")
     assert r.rc == 0, r.stderr
     assert r.stderr.splitlines()[-1] == "tasks: 12/12 (100%)", r.stderr
+
+
+@pytest.mark.parametrize("broken", ["full", "closed pipe"])
+def test_output_that_cannot_be_written_does_not_end_the_run(tmp_path, broken):
+    """Helper report: stdout and stderr on a full disk (/dev/full) or a pipe whose reader quit
+    (`qcg-gov ... 2>&1 | head`). The first `Error: request #2` line raised out of the loop: the service
+    stopped at once, exit 1, its running job CANCELED. Now the lines are lost, the run is not: the job
+    ends SUCCEED, the files are written, and the exit code is the refused request's (2)."""
+    import subprocess
+    reqs = write_requests(tmp_path / "reqs.json", [
+        submit(job("long", "/bin/sleep", ["1"])),
+        submit(job("long")),                    # refused: the name is taken
+        {"request": "control", "command": "finishAfterAllTasksDone"}])
+    wd = tmp_path / "wd"
+    argv = [*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", "2", "--show-progress"]
+    if broken == "full":
+        with open("/dev/full", "w") as full:
+            rc = subprocess.run(argv, stdout=full, stderr=full, timeout=DEFAULT_TIMEOUT).returncode
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            rc = subprocess.run(argv, stdout=write_end, stderr=write_end, timeout=DEFAULT_TIMEOUT).returncode
+        finally:
+            os.close(write_end)
+    assert rc == 2
+    aux = find_aux(wd)
+    assert [json.loads(line)["state"] for line in (aux / "jobs.report").read_text().splitlines()] == ["SUCCEED"]
+    assert json.loads((aux / "final_status.json").read_text())["JobStats"]["FinishedJobs"] == 1
 
 
 @pytest.mark.both_modes
