@@ -15,9 +15,14 @@ second for report lines that no journal entry brought with it (the cancellations
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from typing import Any
 
 import structlog
+
+from qcg.pilotjob.governor.aux_dir import own_opener
 
 log = structlog.get_logger("service")
 
@@ -62,12 +67,38 @@ class FinalsWriter:
             # a full disk, a quota: the run goes on and answers; what is not written stays buffered and is
             # tried again (each turn with ends, each second), and its events wait for it
             self.write_failures += 1
+            if self.write_failures == 1:
+                print(f"Warning: jobs.report and track.states cannot be written now ({exc.strerror or exc}): "
+                      f"the final states wait until they can be", file=sys.stderr)
             if self.write_failures == 1 or self.write_failures % 1000 == 0:
                 log.error("final states not written; their events are held back", error=str(exc),
                           failures=self.write_failures)
             return
         if self.publisher is not None:
             self.publisher.flush()
+
+    def close(self, report_name: str, status: dict | None, status_path: str) -> list[str]:
+        """jobs.report, then track.states (a final state in the journal has its report line, so the
+        states wait for the report: unwritten, those tasks run again on --resume), then the final status
+        (None: left as it is) in any case. Returns what could not be written, and why."""
+        failed: list[str] = []
+        try:
+            self.report.close()
+            report_written = True
+        except OSError as exc:
+            report_written = False
+            failed.append(f"{report_name}: {exc.strerror or exc}")
+        try:
+            self.journal.close(flush=report_written)
+        except OSError as exc:
+            failed.append(f"track.states: {exc.strerror or exc}")
+        if status is not None:
+            try:
+                with open(status_path, "w", opener=own_opener) as f:
+                    json.dump(status, f, indent=2)
+            except OSError as exc:
+                failed.append(f"{os.path.basename(status_path)}: {exc.strerror or exc}")
+        return failed
 
     async def flush_periodically(self) -> None:
         while True:

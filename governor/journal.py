@@ -38,6 +38,7 @@ from qcg.pilotjob.api import protocol
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.jobparse import parse_jobs
 from qcg.pilotjob.api.parse_problems import unencodable_jobs
+from qcg.pilotjob.governor.append_file import AppendFile
 from qcg.pilotjob.governor.aux_dir import own_opener
 from qcg.pilotjob.governor.governor import GovernorListener
 from qcg.pilotjob.governor.states import JobState
@@ -63,9 +64,9 @@ class Journal(GovernorListener):
     """
 
     def __init__(self, aux_dir: str, batch: int = 512, on_pending: Callable[[], object] | None = None) -> None:
-        self._reqs = open(os.path.join(aux_dir, REQS_FILE), "ab", opener=own_opener)
+        self._reqs = AppendFile(os.path.join(aux_dir, REQS_FILE), own_opener)
         self._pack = msgpack.Packer(use_bin_type=True).pack
-        self._states = open(os.path.join(aux_dir, STATES_FILE), "a", encoding="utf-8", opener=own_opener)
+        self._states = AppendFile(os.path.join(aux_dir, STATES_FILE), own_opener)
         self._buffer: list[str] = []
         self._batch = batch
         self._on_pending = on_pending
@@ -137,8 +138,7 @@ class Journal(GovernorListener):
             self.flush()
 
     def _write_now(self, rec: dict[str, Any]) -> None:
-        self._reqs.write(self._pack(rec))
-        self._reqs.flush()
+        self._reqs.write_record(self._pack(rec))
 
     def flush(self) -> None:
         if self._buffer:
@@ -146,10 +146,16 @@ class Journal(GovernorListener):
             self._buffer.clear()
         self._states.flush()
 
-    def close(self) -> None:
-        self.flush()
-        self._reqs.close()
-        self._states.close()
+    def close(self, flush: bool = True) -> None:
+        """`flush=False`: the final states still buffered are dropped (their report lines were not written)."""
+        try:
+            if flush:
+                self.flush()
+        finally:
+            try:
+                self._reqs.close()
+            finally:
+                self._states.close()
 
 
 def _never(_task_id: str) -> bool:

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from qcg.pilotjob.governor.append_file import AppendFile
 from qcg.pilotjob.governor.aux_dir import report_opener as _report_opener
 from qcg.pilotjob.governor.governor import GovernorListener
 from qcg.pilotjob.governor.registry import IterationRecord, process_name
@@ -86,7 +87,7 @@ class JobReport(GovernorListener):
         self._fmt = fmt
         self._rt_stats = rt_stats
         # 0600: it holds the jobs' environments (the service passes own_opener for one in the aux dir)
-        self._file = open(path, "a", encoding="utf-8", opener=opener) if fmt != "none" else None
+        self._file = AppendFile(path, opener) if fmt != "none" else None
         self._buffer: list[str] = []
         self._batch = batch
         self._texts: dict[int, tuple[Any, str]] = {}
@@ -115,9 +116,11 @@ class JobReport(GovernorListener):
             chunk.append(f"{head}{it}{tail}")
             if len(chunk) == 65_536:
                 self._file.write("\n".join(chunk) + "\n")
+                self._file.flush()
                 chunk.clear()
         if chunk:
             self._file.write("\n".join(chunk) + "\n")
+            self._file.flush()
 
     def _add(self, name: str, rec: "IterationRecord", job: "JobRecord | None", of: "JobRecord") -> None:
         if self._file is None:
@@ -207,6 +210,8 @@ class JobReport(GovernorListener):
         self._file.flush()
 
     def close(self) -> None:
-        self.flush()
         if self._file is not None:
-            self._file.close()
+            if self._buffer:
+                self._file.write("\n".join(self._buffer) + "\n")
+                self._buffer.clear()
+            self._file.close()          # flushed, and closed even when the disk takes nothing

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ from qcg.pilotjob.governor.file_interface import serve_requests
 from qcg.pilotjob.governor.finals_writer import FinalsWriter
 from qcg.pilotjob.governor.service_config import (
     EXIT_OK,
+    EXIT_RECORD_LOST,
     EXIT_REFUSED,
     EXIT_START_FAILED,
     NothingToResume,
@@ -63,6 +63,7 @@ class Service(Workers):
         self._closers: list[Any] = []
         self._file_refused = 0
         self.replay: Any = None           # with --resume: the interrupted run's journal (journal.Replay)
+        self._record_lost = False          # jobs.report, track.states or final_status.json not all written
         self._keep_status = False         # a refused resume leaves the run's final_status.json as it was
         self.network: ServiceNetwork | None = None    # with --net or as a governor
         self.zmq: Any = None              # its ZmqInterface
@@ -170,6 +171,8 @@ class Service(Workers):
             return EXIT_START_FAILED
         if self._signal is not None:
             return 128 + self._signal
+        if self._record_lost:
+            return EXIT_RECORD_LOST
         return EXIT_REFUSED if self._file_refused else EXIT_OK
 
     def _start_failed(self, message: str, event: str, exc: Exception) -> int:
@@ -319,16 +322,13 @@ class Service(Workers):
         if self.progress:
             self.progress.close()
         status = self.status_data()
-        try:
-            self.report.close()
-            self.journal.close()
-            if not self._keep_status:
-                with open(os.path.join(self.aux_dir, self.config.final_status_file), "w",
-                          opener=aux_dirs.own_opener) as f:
-                    json.dump(status, f, indent=2)
-        except OSError as exc:
-            print(f"Error: the run's files in {self.aux_dir} could not be written: {exc}", file=sys.stderr)
-            log.error("run files not written", error=str(exc))
+        failed = self.finals.close(self.config.report_file, None if self._keep_status else status,
+                                   os.path.join(self.aux_dir, self.config.final_status_file))
+        if failed:
+            self._record_lost = True
+            print(f"Error: the run's files in {self.aux_dir} could not be written ({'; '.join(failed)})",
+                  file=sys.stderr)
+            log.error("run files not written", failed=failed)
         log.info("service finished", uptime=status["System"]["Uptime"], refused=self.handler.refused)
         for c in self._closers:
             c.close()

@@ -306,6 +306,20 @@ def test_output_that_cannot_be_written_does_not_end_the_run(tmp_path, broken):
     assert json.loads((aux / "final_status.json").read_text())["JobStats"]["FinishedJobs"] == 1
 
 
+def test_a_run_whose_record_cannot_be_written_says_so_and_exits_3(service):
+    """Helper report: a report that could not be written (a full disk; here `--report-file /dev/full`) ended
+    the run with exit code 0 and no final_status.json. Now a warning at the first failure, an error naming
+    the file at the end, exit code 3 (README "Exit codes"), final_status.json written all the same, and
+    no final state in track.states without its report line: those tasks run again on --resume."""
+    r = service([submit(job("a", iteration={"stop": 3}))], "--report-file", "/dev/full", nodes="2")
+    assert r.rc == 3, r.stderr
+    r.assert_no_traceback()
+    assert "Warning: jobs.report and track.states cannot be written now" in r.stderr
+    assert "could not be written (/dev/full: No space left on device)" in r.stderr
+    assert json.loads((r.aux / "final_status.json").read_text())["JobStats"]["FinishedJobs"] == 1
+    assert (r.aux / "track.states").read_text() == ""
+
+
 @pytest.mark.both_modes
 def test_placeholders(service, tmp_path):
     """Reference 10.3.1 variables `${it}`, `${itval}`, `${uniq}` (fresh per task), `${jname}`, `${rcnt}`,

@@ -66,6 +66,36 @@ def test_submission_written_before_answer(aux):
     h.close()
 
 
+def test_a_submission_the_disk_cut_short_is_refused_and_leaves_nothing(aux, monkeypatch):
+    """A full disk in the middle of a submission's record: the submit is refused (its OSError reaches the
+    request) and the torn start is cut off again, so the journal holds neither the refused batch (a resume
+    would run what the client was told was refused) nor garbage in front of the next one."""
+    from qcg.pilotjob.governor import append_file
+    j = Journal(str(aux))
+    h = Harness()
+    h.gov.add_listener(j)
+    h.submit(J("a"))
+    size = (aux / jmod.REQS_FILE).stat().st_size
+    real_write = os.write
+    calls = []
+
+    def write(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:10]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(append_file.os, "write", write)
+    with pytest.raises(OSError):
+        h.submit(J("b"))
+    assert (aux / jmod.REQS_FILE).stat().st_size == size
+    monkeypatch.setattr(append_file.os, "write", real_write)
+    h.submit(J("b"))                        # the refused name was not taken
+    assert [r["jobs"][0]["name"] for r in records(aux / jmod.REQS_FILE)] == ["a", "b"]
+    j.close()
+    h.close()
+
+
 def test_states_are_batched_and_flushed(aux):
     """Issue 3 "written in batches and flushed": final states buffered until flush/close."""
     j = Journal(str(aux), batch=1000)

@@ -1,0 +1,71 @@
+"""The run's record files (`jobs.report`, `track.states`, `track.reqs`): written to the end, nothing dropped.
+
+Python's buffered files drop what they could not write once a later flush
+fails too: a full disk for a few seconds lost report lines for good, with
+nothing said (helper report: 45 of 83 lines kept). Here what is not written
+stays, from the byte where the write stopped, until a flush gets it all out;
+so a line cut by a full disk is completed, not followed by the next one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+Opener = Callable[[str, int], int]
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+
+class AppendFile:
+    def __init__(self, path: str, opener: Opener) -> None:
+        self._fd = opener(path, _FLAGS)
+        self._pending: list[bytes] = []
+
+    @property
+    def pending(self) -> int:
+        """Bytes given but not yet on disk."""
+        return sum(map(len, self._pending))
+
+    def write(self, text: str) -> None:
+        """Kept until the next `flush` (never raises: a name the OS gave in another encoding stays as it was)."""
+        self._pending.append(text.encode("utf-8", "surrogateescape"))
+
+    def flush(self) -> None:
+        """Everything given so far to disk; OSError (what is left stays for the next flush)."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:] if done else data)
+        finally:
+            self._pending = [data[done:]] if done < len(data) else []
+
+    def write_record(self, data: bytes) -> None:
+        """All of `data` at once, or nothing: a failed write is cut off again (OSError raised), so that a
+        refused record never reaches the file later, nor a torn one stays in front of the next."""
+        self.flush()
+        size = os.lseek(self._fd, 0, os.SEEK_END)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:] if done else data)
+        except OSError:
+            if done:
+                try:
+                    os.ftruncate(self._fd, size)
+                except OSError:
+                    pass          # the reader cuts a torn end (journal.cut_torn_ends)
+            raise
+
+    def close(self) -> None:
+        """Flush, then close (closed even when the flush fails; its OSError is raised)."""
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
