@@ -104,3 +104,5 @@ class FinalsWriter:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             self.flush()
+            if self.publisher is not None:
+                self.publisher.tend()

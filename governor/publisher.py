@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("publisher")
 
-PUB_HWM = 1_000_000          # events queued per subscriber before they are dropped
+# events queued per subscriber before it loses them (it learns the states from its waits' re-checks): a
+# million let each subscriber that stopped reading hold about 130 MB of the service (helper report)
+PUB_HWM = 100_000
 PUB_LINGER_MS = 300          # the last events (e.g. of jobs canceled by `finish`) may still leave at close
 # the original's topics of final states, as its client subscribes to them
 LEGACY_JOB_FINISHED, LEGACY_ITERATION_FINISHED, LEGACY_NO_JOBS = "JFI", "IFI", "NOJ"
@@ -146,6 +148,13 @@ class EventPublisher(GovernorListener):
         pending, self._pending = self._pending, []
         for topic, payload in pending:
             self._send_now(topic, payload)
+
+    def tend(self) -> None:
+        """Let libzmq take in what it queued for the socket: the ends of subscribers that left. It does so
+        only when the socket is used, and an idle service kept every departed client's pipes and CURVE
+        state until the next event (helper report: 7000 clients that came and went, 190 MB)."""
+        if not self._closed:
+            self.sock.getsockopt(zmq.EVENTS)
 
     def _send_now(self, topic: bytes | None, payload: bytes) -> None:
         try:
