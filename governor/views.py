@@ -27,6 +27,15 @@ def fmt_time(ts: float) -> str:
     return str(datetime.fromtimestamp(ts))
 
 
+def account() -> str:
+    """The user's name, or the uid's number when it has none (a container's random uid, no passwd entry:
+    `getpass.getuser` raised there, and the status request and the final status failed with it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
 def history_text(history: "History") -> str:
     """`\\n<date>: <STATE>` per entry, as the reference's jobInfo shows it."""
     return "".join(f"\n{fmt_time(ts)}: {state.value}" for ts, state in history)
@@ -118,7 +127,7 @@ def status_report(jobs: "list[JobRecord]", resources: dict[str, int], *, instanc
         "System": {
             "InstanceId": instance_id, "Started": str(started), "Generated": str(now),
             "Uptime": str(now - started), "Zmqaddress": zmq_address, "Ifaces": interfaces,
-            "StatusPublisher": publisher, "Host": socket.gethostname(), "Account": getpass.getuser(),
+            "StatusPublisher": publisher, "Host": socket.gethostname(), "Account": account(),
             "Wd": os.getcwd(), "PythonVersion": sys.version.replace("\n", " "), "Python": sys.executable,
             "Platform": sys.platform,
         },

@@ -309,3 +309,22 @@ def test_unknown_request_names_it(env):
     """Facts 0: unknown request name is named in the message."""
     _, _, _, call = env
     assert "bogus" in call({"request": "bogus"})["message"]
+
+
+def test_status_account_of_a_uid_without_a_name(monkeypatch):
+    """Helper report: run as a uid that has no passwd entry (a container's) with USER and LOGNAME unset,
+    `getpass.getuser()` raised KeyError: the `status` request failed and the run ended without its
+    final_status.json. The account is then the uid's number."""
+    import os
+    import pwd
+
+    from qcg.pilotjob.governor.views import account
+
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    assert account() == str(os.getuid())
