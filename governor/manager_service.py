@@ -21,7 +21,6 @@ from typing import Any
 import structlog
 
 from qcg.pilotjob.api import protocol
-from qcg.pilotjob.governor import logs
 from qcg.pilotjob.governor.keys import KeysError, load_keys
 from qcg.pilotjob.governor.parent_link import ParentError, ParentLink
 from qcg.pilotjob.governor.service import Service
@@ -29,7 +28,7 @@ from qcg.pilotjob.governor.service_config import EXIT_OK, EXIT_START_FAILED, Sta
 
 log = structlog.get_logger("manager")
 
-EXIT_PARENT_LOST = 3
+EXIT_PARENT_LOST = 3               # README "Exit codes": a manager whose governor is gone
 
 
 class ManagerService(Service):
@@ -37,7 +36,8 @@ class ManagerService(Service):
         cfg = self.config
         self.loop = loop = asyncio.get_running_loop()
         os.chdir(self.wd)
-        self._closers.append(logs.setup(os.path.join(self.aux_dir, "service.log"), cfg.log_level))
+        if not self._open_log():
+            return EXIT_START_FAILED
         log.info("partition manager starting", id=self.instance_id, parent=cfg.parent, wd=self.wd,
                  resources=self.resources.info(), tags=cfg.tags, nested=cfg.governor_mode)
         try:

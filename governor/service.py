@@ -88,7 +88,8 @@ class Service(Workers):
         self._stop = asyncio.Event()
         # tasks run in the working directory by default; being there spares a chdir per spawn
         os.chdir(self.wd)
-        self._closers.append(logs.setup(os.path.join(self.aux_dir, "service.log"), cfg.log_level))
+        if not self._open_log():
+            return EXIT_START_FAILED
         log.info("service starting", id=self.instance_id, wd=self.wd, resources=self.resources.info(),
                  tags=cfg.tags, resume=cfg.resume)
         if cfg.wrapper_rt_stats:
@@ -174,6 +175,19 @@ class Service(Workers):
         if self._record_lost:
             return EXIT_RECORD_LOST
         return EXIT_REFUSED if self._file_refused else EXIT_OK
+
+    def _open_log(self) -> bool:
+        """service.log in the aux dir; False (one `Error:` line said) when it cannot be opened: a link
+        planted there, a read-only file, no inode left."""
+        path = os.path.join(self.aux_dir, "service.log")
+        try:
+            self._closers.append(logs.setup(path, self.config.log_level))
+        except OSError as exc:
+            print(f"Error: the service log '{path}' cannot be opened: {exc.strerror or exc}", file=sys.stderr)
+            for c in self._closers:
+                c.close()
+            return False
+        return True
 
     def _start_failed(self, message: str, event: str, exc: Exception) -> int:
         """A start refused before any task ran: one `Error:` line, the log's, and what was opened closed."""

@@ -231,7 +231,7 @@ def test_run_file_that_is_a_link_gives_one_error_line(tmp_path):
     assert first.rc == 0, first.stderr
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    for name in ("track.reqs", "jobs.report"):
+    for name in ("track.reqs", "jobs.report", "service.log"):      # service.log: a traceback (helper report)
         (first.aux / name).unlink()
         os.symlink(victim, first.aux / name)
         again = run_service(tmp_path, [submit(job("b"))], "--id", "again", nodes="1", timeout=60)

@@ -306,13 +306,13 @@ def test_output_that_cannot_be_written_does_not_end_the_run(tmp_path, broken):
     assert json.loads((aux / "final_status.json").read_text())["JobStats"]["FinishedJobs"] == 1
 
 
-def test_a_run_whose_record_cannot_be_written_says_so_and_exits_3(service):
+def test_a_run_whose_record_cannot_be_written_says_so_and_exits_4(service):
     """Helper report: a report that could not be written (a full disk; here `--report-file /dev/full`) ended
     the run with exit code 0 and no final_status.json. Now a warning at the first failure, an error naming
-    the file at the end, exit code 3 (README "Exit codes"), final_status.json written all the same, and
+    the file at the end, exit code 4 (README "Exit codes"), final_status.json written all the same, and
     no final state in track.states without its report line: those tasks run again on --resume."""
     r = service([submit(job("a", iteration={"stop": 3}))], "--report-file", "/dev/full", nodes="2")
-    assert r.rc == 3, r.stderr
+    assert r.rc == 4, r.stderr
     r.assert_no_traceback()
     assert "Warning: jobs.report and track.states cannot be written now" in r.stderr
     assert "could not be written (/dev/full: No space left on device)" in r.stderr
