@@ -91,6 +91,16 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
               show_default=True, help="how node agents are started")
 def cli(**opts: object) -> None:
     """Pilot-job manager: runs many tasks inside one allocation (QCG-PilotJob compatible)."""
+    flags = {param.name: param.opts[0] for param in click.get_current_context().command.params}
+    for name, value in opts.items():
+        for text in value if isinstance(value, tuple) else (value,):
+            if isinstance(text, str) and not _utf8(text):
+                # the run's journal (and every client) carries text as UTF-8: a name in another encoding
+                # (a latin-1 directory) failed there with a traceback
+                click.echo(f"Error: {flags.get(name, name)}: {text.encode('utf-8', 'replace').decode()!r} "
+                           f"is not valid UTF-8 (bytes in another encoding)",
+                           err=True)
+                sys.exit(EXIT_START_FAILED)
     if opts["file_flag"] and not opts["file_path"]:
         click.echo("Error: --file needs --file-path", err=True)
         sys.exit(EXIT_START_FAILED)
@@ -172,6 +182,14 @@ def cli(**opts: object) -> None:
     if env_keys:
         os.environ[KEYS_ENV] = os.path.abspath(env_keys)
     sys.exit(run(config))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:      # bytes the OS gave that are not UTF-8 (surrogate escapes)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,6 +95,19 @@ def test_working_directory_that_is_a_file(service, tmp_path):
     assert r.rc == 1 and one_error_line(r) == f"Error: working directory '{afile}' is not a directory"
 
 
+@pytest.mark.parametrize("option", ["--wd", "--nodes", "--id"])
+def test_option_value_in_another_encoding_is_one_error_line(service, tmp_path, option):
+    """A value that is not UTF-8 (a latin-1 directory name): it failed with a traceback when the run's
+    journal was written (helper report); now one line naming the option."""
+    latin1 = os.fsdecode(b"caf\xe9")
+    if option == "--wd":
+        r = service([submit(job("a"))], wd=tmp_path / latin1)
+    else:
+        r = service([submit(job("a"))], option, f"{latin1}:2" if option == "--nodes" else latin1)
+    assert r.rc == 1
+    assert one_error_line(r).startswith(f"Error: {option}: ") and "not valid UTF-8" in r.stderr
+
+
 def test_missing_file(service, tmp_path):
     """Issue 3 "missing file": one clear line with the path; exit non-zero."""
     r = service(None, file_path=str(tmp_path / "nofile.json"))
