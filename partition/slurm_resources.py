@@ -51,10 +51,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import hostlist
 
+from qcg.pilotjob.partition.local_nodes import MAX_NODE_CORES
 from qcg.pilotjob.partition.resources import Node, Resources
 
 __all__ = [
@@ -140,6 +142,9 @@ def parse_slurm_counts(value: str, var: str = JOB_CPUS) -> list[int]:
     naming ``var`` for a malformed list or a count below 1.
     """
     text = "" if value is None else str(value).strip().replace(" ", "")
+    if any(len(number) > 7 for number in re.findall(r"\d+", text)):
+        # checked before the list is expanded: '2(x1000000000)' is a list of a billion counts
+        raise ValueError(f"{var}={value!r} is too large: a count or repetition beyond 9 999 999")
     try:
         counts = hostlist.parse_slurm_tasks_per_node(text)
     except hostlist.BadHostlist:
@@ -148,6 +153,8 @@ def parse_slurm_counts(value: str, var: str = JOB_CPUS) -> list[int]:
         raise ValueError(f"{var}={value!r} gives no node counts")
     if any(c < 1 for c in counts):
         raise ValueError(f"{var}={value!r} is malformed: every count must be at least 1")
+    if max(counts) > MAX_NODE_CORES:
+        raise ValueError(f"{var}={value!r} is too large: at most {MAX_NODE_CORES} per node")
     return counts
 
 
@@ -287,6 +294,8 @@ def read_resources_file(path: str) -> Resources:
             text = fh.read()
     except OSError as exc:
         raise ValueError(f"{opt}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{opt}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = json.loads(text)
     except RecursionError:
@@ -335,6 +344,8 @@ def resources_from_dict(data) -> Resources:
         total = item.get("total_cores")
         if isinstance(total, bool) or not isinstance(total, int) or total < 1:
             raise ValueError(f"{where}: 'total_cores' must be a positive integer, got {total!r}")
+        if total > MAX_NODE_CORES:
+            raise ValueError(f"{where}: 'total_cores' {total}: at most {MAX_NODE_CORES} cores per node")
         raw_ids = item.get("core_ids")
         if raw_ids is None or raw_ids == []:
             ids = list(range(total))

@@ -85,7 +85,9 @@ def test_count_forms(value, expected):
     assert parse_slurm_counts(value) == expected
 
 
-@pytest.mark.parametrize("value", ["2(x3", "x", "", "-1", "3(x2),", "two", "0", "2(x0)"])
+@pytest.mark.parametrize("value", ["2(x3", "x", "", "-1", "3(x2),", "two", "0", "2(x0)",
+                                   # no cap: a traceback (OverflowError), or a billion-entry list
+                                   "99999999999999999999", "2(x1000000000)", "65537"])
 def test_count_errors_name_variable_and_value(value):
     with pytest.raises(ValueError) as exc:
         parse_slurm_counts(value, "SLURM_JOB_CPUS_PER_NODE")
@@ -293,7 +295,10 @@ ORIGINAL_FILE = {     # what the original's governor writes for a partition (Res
 
 def write(tmp_path, data, name="res.json"):
     path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data if isinstance(data, str) else json.dumps(data))
     return str(path)
 
 
@@ -353,6 +358,8 @@ def test_resources_file_round_trip(tmp_path):
     ({"nodes": [{"name": "a", "total_cores": 1, "core_ids": ["0,4"]}]}, "core id '0,4' is not"),
     ({"nodes": [{"name": "a", "total_cores": 2, "free_cores": ["7"]}]}, "free cores [7] are not cores"),
     ({"nodes": [{"name": "a", "total_cores": 1}, {"name": "a", "total_cores": 1}]}, "duplicate node name"),
+    ({"nodes": [{"name": "a", "total_cores": 10 ** 20}]}, "at most 65536 cores per node"),   # was OverflowError
+    (b"\xff\xfe{", "not UTF-8 text"),                                       # named neither option nor file
 ])
 def test_resources_file_errors(tmp_path, content, fragment):
     path = write(tmp_path, content)
