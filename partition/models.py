@@ -74,8 +74,8 @@ MODELS = ("default", "threads", "openmpi", "intelmpi", "srunmpi")
 WRAPPER_SCRIPT = (
     'n=$1; shift; mods=("${@:1:$n}"); shift "$n"; venv=$1; shift; '
     'if [ "$n" -gt 0 ]; then module load "${mods[@]}"; fi; '
-    'if [ -n "$venv" ]; then source "$venv/bin/activate"; fi; '
-    'exec "$@"'
+    'if [ -n "$venv" ]; then source -- "$venv/bin/activate"; fi; '
+    'exec -- "$@"'          # `--`: a program or venv path starting with '-' is no option of theirs
 )
 WRAPPER_ARGV0 = "qcg-task"
 

@@ -242,6 +242,24 @@ def test_venv_activated(service, tmp_path):
     assert (r.wd / "vs.out").read_text().strip() == str(venv)
 
 
+def test_venv_and_program_named_with_a_leading_dash(service, tmp_path):
+    """A relative venv `-venv` and a program `-prog` found through PATH (helper report: the wrapper's
+    `source` and `exec` took them for options: the venv was not activated, and the task failed with
+    `exec: -p: invalid option`)."""
+    wd = tmp_path / "wd"
+    (wd / "-venv" / "bin").mkdir(parents=True)
+    (wd / "-venv" / "bin" / "activate").write_text("export IN_VENV=yes\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "-prog").write_text('#!/bin/sh\necho "ran $IN_VENV"\n')
+    (bindir / "-prog").chmod(0o755)
+    r = service([submit(job("d", "-prog", stdout="d.out", venv="-venv",
+                            env={"PATH": f"{bindir}:{os.environ['PATH']}"}))], wd=wd)
+    assert r.rc == 0, r.stderr
+    assert r.report()["d"]["state"] == "SUCCEED", r.report()["d"]
+    assert (wd / "d.out").read_text() == "ran yes\n"
+
+
 @pytest.mark.both_modes
 def test_modules_loaded(service, tmp_path):
     """Reference 10.3.1 `modules`: `module load` runs in the task's login shell before the program; module
