@@ -133,5 +133,6 @@ def parse_execution(data: object, p: Problems) -> Execution | None:
     if len(p.items) != start:
         return None
     get = strs.get
-    return new_execution(exe or None, args, script or None, env, get("stdin"), get("stdout"),
-                          get("stderr"), get("wd"), modules, get("venv"), model, model_opts)
+    # an empty stream name is not given, as in the original (it opened the working directory itself)
+    return new_execution(exe or None, args, script or None, env, get("stdin") or None, get("stdout") or None,
+                         get("stderr") or None, get("wd"), modules, get("venv"), model, model_opts)

@@ -410,9 +410,12 @@ def test_wd_created_and_relative_streams(service, tmp_path):
         job("abs", "/bin/pwd", wd=str(absdir), stdout="pwd.txt"),
         {"name": "same", "execution": {"exec": "bash", "args": ["-c", "echo 1; echo 2 >&2; echo 3"],
                                        "stdout": "both.txt", "stderr": "both.txt"}},
+        # an empty name is not given, as in the original (helper report: it failed opening the wd)
+        job("empty", "/bin/echo", ["x"], stdin="", stdout="", stderr=""),
     )]
     r = service(reqs)
     assert r.rc == 0, r.stderr
+    assert r.report()["empty"]["state"] == "SUCCEED", r.report()["empty"]
     assert (r.wd / "sub" / "deeper" / "out.txt").read_text() == "from stdin\n"
     assert (r.wd / "new" / "dir" / "e.txt").read_text() == "E\n"
     assert (r.wd / "new" / "dir" / "o.txt").read_text() == f"O\n{r.wd / 'new' / 'dir'}\n"
