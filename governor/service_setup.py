@@ -57,8 +57,9 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
             aux_dirs.take_lock(resume_aux)
         except (FileNotFoundError, aux_dirs.AuxDirError) as exc:
             raise StartError(str(exc)) from None
-        except OSError as exc:
-            raise StartError(f"--resume: aux directory '{resume_aux}' cannot be used: {exc.strerror}") from None
+        except OSError as exc:      # resume_aux None: the directory given could not even be searched
+            raise StartError(f"--resume: aux directory '{resume_aux or cfg.resume}' cannot be used: "
+                             f"{exc.strerror}") from None
         replay = _read_journal(resume_aux, cfg)
     if cfg.report_format != "none" and not cfg.parent:
         # checked before any directory is made: a refused start leaves nothing behind
