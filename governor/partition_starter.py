@@ -198,6 +198,10 @@ class PartitionStarter:
     async def shutdown(self, timeout: float = 10.0) -> None:
         """After the server said `exit`: wait for the managers to end, then kill what is left."""
         self._closing = True
-        await self._procs.wait_then_shutdown(timeout)
+        joined = self.server.joined
+        # a manager that never registered was told nothing: waiting for it to end (a hung srun) only
+        # delayed the stop of a signal during the start
+        told = any(plan.id in joined and joined[plan.id].is_set() for plan in self.plans.values())
+        await self._procs.wait_then_shutdown(timeout if told else 0.0)
         for t in self._starts.values():
             t.cancel()

@@ -12,12 +12,13 @@ tasks (its own partition, node agents, partition managers) is `service_workers`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 import structlog
 
@@ -144,7 +145,10 @@ class Service(Workers):
         flusher = loop.create_task(self.finals.flush_periodically())
         start_failed = False
         try:
-            if not await self._start_workers():
+            started = await self._unless_stopped(self._start_workers())
+            if started is None:         # a signal while agents or managers were starting
+                return 128 + self._signal if self._signal is not None else EXIT_OK
+            if not started:
                 start_failed = True
                 return EXIT_START_FAILED
             if cfg.resume and not self._replay():
@@ -310,6 +314,23 @@ class Service(Workers):
         response = self.handler.handle(request)
         self.finals.flush_if_due()
         return response
+
+    async def _unless_stopped(self, work: Awaitable[bool]) -> bool | None:
+        """`work`'s result, or None when the service is told to stop first (a signal): `work` is then
+        canceled, and what it started is ended by the shutdown. Waiting out the start's own timeout (up
+        to 600 s of a hung srun) ignored Ctrl-C and left scancel's grace to run out (helper report)."""
+        work_task = asyncio.ensure_future(work)
+        stop_task = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+        if work_task.done():
+            return work_task.result()
+        work_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work_task
+        return None
 
     def _on_signal(self, sig: int) -> None:
         log.warning("signal received, finishing", signal=sig)

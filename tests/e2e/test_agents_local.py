@@ -594,3 +594,45 @@ def test_malformed_agent_messages_are_dropped_and_the_partition_goes_on(tmp_path
             ctx.term()
             await part.shutdown()
     run(main())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_agents_start_stops_the_service_at_once(tmp_path, sig):
+    """README "Exit codes" 128+N (helper report): a Slurm allocation whose `srun` hangs (here a stand-in
+    that sleeps; a real one does on "Job step creation temporarily disabled"). A signal used to be
+    logged and then ignored until --nl-init-timeout (600 s by default) ran out, and the run ended with
+    exit code 1. Now it ends the start at once: exit 128+N, final_status.json written, no srun left."""
+    import subprocess
+    import sys
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    marker = tmp_path / "srun-started"
+    (bindir / "srun").write_text(f'#!/bin/sh\necho $$ >> "{marker}"\nexec sleep 300\n')
+    (bindir / "srun").chmod(0o755)
+    reqs = tmp_path / "r.json"
+    reqs.write_text('[{"request": "submit", "jobs": [{"name": "a", "execution": {"exec": "/bin/true"}}]}]')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    env.update(PATH=f"{bindir}:{env['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="n1",
+               SLURM_JOB_CPUS_PER_NODE="2")
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs), "--wd", str(wd),
+                             "--nl-init-timeout", "300"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the stand-in srun was never run"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)     # well inside the 300 s the start would have waited
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, err
+    assert b"Traceback" not in err
+    assert list(wd.glob(".qcgpjm-service-*/final_status.json"))
+    srun_pids = [int(line) for line in marker.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in srun_pids):
+        assert time.monotonic() < deadline, "the stand-in srun outlived the service"
+        time.sleep(0.05)
