@@ -68,8 +68,9 @@ def serve_requests(requests: list[Any], handle: Callable[[Any], dict[str, Any]],
                 _print_failed_at_submit(i, data["failed"])
         if stopped():
             if i < len(requests):
-                print(f"Warning: requests #{i + 1}-#{len(requests)} come after 'finish' (#{i}) and were "
-                      f"not served", file=sys.stderr)
+                finish = isinstance(request, dict) and request.get("request") == "finish"
+                why = f"come after 'finish' (#{i})" if finish else "come after the service was told to stop"
+                print(f"Warning: requests #{i + 1}-#{len(requests)} {why} and were not served", file=sys.stderr)
                 log.warning("requests after finish not served", first=i + 1, last=len(requests))
             break
 

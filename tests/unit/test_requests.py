@@ -328,3 +328,24 @@ def test_status_account_of_a_uid_without_a_name(monkeypatch):
 
     monkeypatch.setattr(pwd, "getpwuid", no_entry)
     assert account() == str(os.getuid())
+
+
+def test_requests_left_by_a_stop_that_was_no_finish_are_not_blamed_on_a_finish(capsys):
+    """Helper report: a signal while the file was served printed "come after 'finish' (#1)" where request
+    #1 was a submit."""
+    from qcg.pilotjob.governor.file_interface import serve_requests
+
+    stop = []
+    requests = [{"request": "submit", "jobs": []}, {"request": "listJobs"}, {"request": "finish"},
+                {"request": "listJobs"}]
+
+    def handle(request):
+        if request["request"] == "finish" or request["request"] == "submit":
+            stop.append(True)             # the finish itself, or a signal that came meanwhile
+        return {"code": 0, "data": {}}
+
+    serve_requests(requests[:2], handle, lambda: bool(stop))
+    assert "requests #2-#2 come after the service was told to stop and were not served" in capsys.readouterr().err
+    stop.clear()
+    serve_requests(requests[2:], handle, lambda: bool(stop))
+    assert "requests #2-#2 come after 'finish' (#1) and were not served" in capsys.readouterr().err
