@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 
 import click
@@ -181,7 +182,10 @@ def cli(**opts: object) -> None:
     env_keys = os.environ.get(KEYS_ENV)
     if env_keys:
         os.environ[KEYS_ENV] = os.path.abspath(env_keys)
-    sys.exit(run(config))
+    try:
+        sys.exit(run(config))
+    except KeyboardInterrupt:   # Ctrl-C before the service's own handler is in place (start-up, a long resume)
+        sys.exit(128 + signal.SIGINT)
 
 
 def _utf8(text: str) -> bool:
@@ -202,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()              # a bad option value is a start failure (exit 1), as every other one
         sys.exit(EXIT_START_FAILED)
-    except click.Abort:
-        sys.exit(EXIT_START_FAILED)
+    except click.Abort as exc:
+        sys.exit(128 + signal.SIGINT if isinstance(exc.__context__, KeyboardInterrupt) else EXIT_START_FAILED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -17,11 +17,13 @@ def program() -> None:
 
     Only for a process that is the service: it marks ssl absent for the whole process.
     """
-    from qcg.pilotjob.agent.process_setup import keep_tls_out
+    try:
+        from qcg.pilotjob.agent.process_setup import keep_tls_out
 
-    keep_tls_out()
-    from qcg.pilotjob.governor.cli import program as cli_program
-
+        keep_tls_out()
+        from qcg.pilotjob.governor.cli import program as cli_program
+    except KeyboardInterrupt:       # Ctrl-C while the program still loads: nothing started, no traceback
+        raise SystemExit(130) from None
     cli_program()
 
 

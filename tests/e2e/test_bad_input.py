@@ -108,6 +108,31 @@ def test_option_value_in_another_encoding_is_one_error_line(service, tmp_path, o
     assert one_error_line(r).startswith(f"Error: {option}: ") and "not valid UTF-8" in r.stderr
 
 
+def test_ctrl_c_at_any_moment_of_the_start_exits_130_without_a_traceback(tmp_path):
+    """README "Exit codes" (SIGINT: 130; helper report): a Ctrl-C while the program loads printed a
+    traceback, and one before the service's own handler was in place exited 1 ("could not start") after
+    a blank line. The moments tried cover loading, start-up and the running service."""
+    import signal
+    import sys
+    import time
+    reqs = tmp_path / "r.json"
+    reqs.write_text('[{"request": "submit", "jobs": [{"name": "a", "execution": {"exec": "/bin/sleep", '
+                    '"args": ["30"]}}]}]')
+    for i, delay in enumerate((0.2, 0.3, 0.4, 0.5, 1.5)):     # before 0.1 s: Python's own start-up
+        proc = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs),
+                                 "--wd", str(tmp_path / f"wd{i}"), "--nodes", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130 and b"Traceback" not in err and not err.startswith(b"\n"), (delay, err)
+
+
 def test_missing_file(service, tmp_path):
     """Issue 3 "missing file": one clear line with the path; exit non-zero."""
     r = service(None, file_path=str(tmp_path / "nofile.json"))
