@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -195,17 +196,25 @@ def wait_for_address(path: str, timeout: float) -> str:
         time.sleep(0.005)
 
 
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (`nan` made the agent wait for ever, `-1` stop at once)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def main(argv: list[str] | None = None, stop_signals: tuple[int, ...] = STOP_SIGNALS) -> int:
     """The agent's command line; `stop_signals` end it (a forked agent gives its own, see early_agents)."""
     ap = argparse.ArgumentParser(prog="python -m qcg.pilotjob.agent", description=__doc__.split("\n")[0])
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--address", help="partition endpoint, tcp://host:port")
     where.add_argument("--address-file", help="file the partition writes its endpoint to (waited for)")
-    ap.add_argument("--address-wait", type=float, default=ADDRESS_WAIT,
+    ap.add_argument("--address-wait", type=_seconds, default=ADDRESS_WAIT,
                     help="seconds to wait for --address-file (default %(default)s)")
     ap.add_argument("--node", default=None, help="node name (default: $SLURMD_NODENAME or the host name)")
     ap.add_argument("--keys", default=None, help="directory with agent.key(_secret) and partition.key")
-    ap.add_argument("--heartbeat", type=float, default=HEARTBEAT)
+    ap.add_argument("--heartbeat", type=_seconds, default=HEARTBEAT)
     ap.add_argument("--proc-stats-dir", default=None,
                     help="record the processes of the tasks and write a ptrace_*.log file here at the end")
     args = ap.parse_args(argv)

@@ -636,3 +636,13 @@ def test_a_signal_while_the_agents_start_stops_the_service_at_once(tmp_path, sig
     while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in srun_pids):
         assert time.monotonic() < deadline, "the stand-in srun outlived the service"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "inf"])
+def test_agent_heartbeat_must_be_a_positive_number_of_seconds(value, capsys):
+    """Helper report: `--heartbeat nan` made the node agent wait for ever, `-1` stop at once."""
+    from qcg.pilotjob.agent.agent import main
+    with pytest.raises(SystemExit) as exc:
+        main(["--address", "tcp://127.0.0.1:1", "--heartbeat", value])
+    assert exc.value.code == 2
+    assert "is not a positive number of seconds" in capsys.readouterr().err
