@@ -182,6 +182,8 @@ class SpawnArgs:
             if not p:
                 continue
             own = write and spec.own_streams
+            if _is_fifo(p):
+                continue        # opened by the task's own shell (fifo_opens); here the open would wait
             try:
                 fd = os.open(p, (os.O_WRONLY | os.O_CREAT | os.O_APPEND if write else os.O_RDONLY)
                              | (os.O_NOFOLLOW if own else 0), 0o600 if own else 0o666)

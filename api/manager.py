@@ -267,17 +267,19 @@ class Manager(JobWaits):
                  ends_service: bool = False) -> dict[str, Any]:
         # one request at a time per Manager; a thread queued behind another thread's request to a hung
         # service gives up when its own timeout runs out, not when the other request's does
-        limit = self.request_timeout if timeout is None else float(timeout)
-        deadline = time.monotonic() + limit
-        if not self._req_lock.acquire(timeout=max(limit, 0.0)):
-            raise transport.ServiceUnreachable(
-                f"no answer from the service at {self._address} in {limit:g} s: another thread's request "
-                f"through this Manager was still waiting for it")
+        if not self._req_lock.acquire(blocking=False):
+            limit = self.request_timeout if timeout is None else float(timeout)
+            deadline = time.monotonic() + limit
+            if not self._req_lock.acquire(timeout=min(max(limit, 0.0), threading.TIMEOUT_MAX)):
+                raise transport.ServiceUnreachable(
+                    f"no answer from the service at {self._address} in {limit:g} s: another thread's request "
+                    f"through this Manager was still waiting for it")
+            timeout = max(deadline - time.monotonic(), 0.001)      # what is left of it
         try:
             conn = self._assure_connected()
             if _logger.isEnabledFor(logging.DEBUG):
                 _logger.debug("sending request %s", str(request)[:2000])
-            response = conn.request(request, max(deadline - time.monotonic(), 0.001), ends_service=ends_service)
+            response = conn.request(request, timeout, ends_service=ends_service)
         finally:
             self._req_lock.release()
         response.pop("v", None)

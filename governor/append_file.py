@@ -9,12 +9,20 @@ so a line cut by a full disk is completed, not followed by the next one.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Callable
 
 Opener = Callable[[str, int], int]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+
+def _write(fd: int, data: bytes) -> int:
+    written = os.write(fd, data)
+    if written == 0:            # nothing taken and no error: not a loop to spin in
+        raise OSError(errno.ENOSPC, "the file took no more bytes")
+    return written
 
 
 class AppendFile:
@@ -39,7 +47,7 @@ class AppendFile:
         done = 0
         try:
             while done < len(data):
-                done += os.write(self._fd, data[done:] if done else data)
+                done += _write(self._fd, data[done:] if done else data)
         finally:
             self._pending = [data[done:]] if done < len(data) else []
 
@@ -51,7 +59,7 @@ class AppendFile:
         done = 0
         try:
             while done < len(data):
-                done += os.write(self._fd, data[done:] if done else data)
+                done += _write(self._fd, data[done:] if done else data)
         except OSError:
             if done:
                 try:

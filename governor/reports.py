@@ -110,17 +110,28 @@ class JobReport(GovernorListener):
         rec = IterationRecord(JobState.CANCELED, when)
         line = self._line(f"{job.name}:\0", rec, None, job)        # with a marker where the index goes
         head, _, tail = line.rpartition("\\u0000" if self._fmt == "json" else "\0")
-        self.flush()
+        self._add_lines([])
         chunk: list[str] = []
         for it in iterations:
             chunk.append(f"{head}{it}{tail}")
             if len(chunk) == 65_536:
-                self._file.write("\n".join(chunk) + "\n")
-                self._file.flush()
+                self._add_lines(chunk)
                 chunk.clear()
-        if chunk:
-            self._file.write("\n".join(chunk) + "\n")
+        self._add_lines(chunk)
+
+    def _add_lines(self, lines: list[str]) -> None:
+        """Buffered ones first, then `lines`, written; on a full disk they wait in the file's buffer for
+        the service's next flush (raised, the error stopped a user's cancel of a sweep half way)."""
+        assert self._file is not None
+        if self._buffer:
+            self._file.write("\n".join(self._buffer) + "\n")
+            self._buffer.clear()
+        if lines:
+            self._file.write("\n".join(lines) + "\n")
+        try:
             self._file.flush()
+        except OSError:
+            pass
 
     def _add(self, name: str, rec: "IterationRecord", job: "JobRecord | None", of: "JobRecord") -> None:
         if self._file is None:

@@ -118,7 +118,7 @@ def test_ctrl_c_at_any_moment_of_the_start_exits_130_without_a_traceback(tmp_pat
     reqs = tmp_path / "r.json"
     reqs.write_text('[{"request": "submit", "jobs": [{"name": "a", "execution": {"exec": "/bin/sleep", '
                     '"args": ["30"]}}]}]')
-    for i, delay in enumerate((0.2, 0.3, 0.4, 0.5, 1.5)):     # before 0.1 s: Python's own start-up
+    for i, delay in enumerate((0.35, 0.45, 0.6, 1.5)):    # before ~0.2 s: Python's own start-up
         proc = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs),
                                  "--wd", str(tmp_path / f"wd{i}"), "--nodes", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
