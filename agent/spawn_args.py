@@ -128,6 +128,8 @@ class SpawnArgs:
             redirections.append("2>&1")
             fa[2] = (_DUP2, self._devnull, 2)
         script = f'exec {" ".join(redirections)} && shift {len(paths)} && exec "$@"'
+        if not exe.startswith("/"):
+            exe = os.path.join(spec.cwd, exe)       # dash's exec has no `--`: `-prog` would be an option
         return fa, [_SHELL, "-c", script, "qcg-fifo-open", *paths, exe, *argv[1:]], _SHELL
 
     def resolve(self, name: str, path: str, cwd: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from typing import Callable
 
 Opener = Callable[[str, int], int]
@@ -25,10 +26,15 @@ def _write(fd: int, data: bytes) -> int:
     return written
 
 
+RETRY_AFTER = 1.0       # seconds a failed flush is not tried again (each try copies what is waiting)
+
+
 class AppendFile:
     def __init__(self, path: str, opener: Opener) -> None:
         self._fd = opener(path, _FLAGS)
         self._pending: list[bytes] = []
+        self._failed: OSError | None = None     # the last flush's error, until RETRY_AFTER has passed
+        self._retry_at = 0.0
 
     @property
     def pending(self) -> int:
@@ -39,22 +45,30 @@ class AppendFile:
         """Kept until the next `flush` (never raises: a name the OS gave in another encoding stays as it was)."""
         self._pending.append(text.encode("utf-8", "surrogateescape"))
 
-    def flush(self) -> None:
-        """Everything given so far to disk; OSError (what is left stays for the next flush)."""
+    def flush(self, force: bool = False) -> None:
+        """Everything given so far to disk; OSError (what is left stays for the next flush). After a failure
+        the next RETRY_AFTER seconds raise the same error without trying (the service flushes every loop
+        turn with ends and before each answer), unless `force`d."""
         if not self._pending:
             return
+        if self._failed is not None and not force and time.monotonic() < self._retry_at:
+            raise self._failed
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         done = 0
         try:
             while done < len(data):
                 done += _write(self._fd, data[done:] if done else data)
+        except OSError as exc:
+            self._failed, self._retry_at = exc, time.monotonic() + RETRY_AFTER
+            raise
         finally:
             self._pending = [data[done:]] if done < len(data) else []
+        self._failed = None
 
     def write_record(self, data: bytes) -> None:
         """All of `data` at once, or nothing: a failed write is cut off again (OSError raised), so that a
         refused record never reaches the file later, nor a torn one stays in front of the next."""
-        self.flush()
+        self.flush(force=True)
         size = os.lseek(self._fd, 0, os.SEEK_END)
         done = 0
         try:
@@ -73,7 +87,7 @@ class AppendFile:
         if self._fd < 0:
             return
         try:
-            self.flush()
+            self.flush(force=True)
         finally:
             os.close(self._fd)
             self._fd = -1

@@ -159,7 +159,10 @@ def test_a_batch_that_cannot_be_written_stays_buffered_and_raises_nothing(tmp_pa
     real_write = os.write
     room = [150]            # bytes the disk still takes; None: room again
 
+    calls = []
+
     def write(fd, data):
+        calls.append(len(data))
         if room[0] is None:
             return real_write(fd, data)
         if room[0] == 0:
@@ -175,6 +178,10 @@ def test_a_batch_that_cannot_be_written_stays_buffered_and_raises_nothing(tmp_pa
     with pytest.raises(OSError):
         report.flush()          # what the service's writer does each turn (and logs)
     assert 0 < path.stat().st_size <= 150
+    tried = len(calls)
+    with pytest.raises(OSError):
+        report.flush()          # at once again: not tried (each try copies all that waits), the same error
+    assert len(calls) == tried
     room[0] = None
     report.close()
     assert [json.loads(line)["name"] for line in path.read_text().splitlines()] == [f"j:{i}" for i in range(5)]
