@@ -36,11 +36,6 @@ class AppendFile:
         self._failed: OSError | None = None     # the last flush's error, until RETRY_AFTER has passed
         self._retry_at = 0.0
 
-    @property
-    def pending(self) -> int:
-        """Bytes given but not yet on disk."""
-        return sum(map(len, self._pending))
-
     def write(self, text: str) -> None:
         """Kept until the next `flush` (never raises: a name the OS gave in another encoding stays as it was)."""
         self._pending.append(text.encode("utf-8", "surrogateescape"))

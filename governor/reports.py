@@ -115,19 +115,15 @@ class JobReport(GovernorListener):
         for it in iterations:
             chunk.append(f"{head}{it}{tail}")
             if len(chunk) == 65_536:
-                self._add_lines(chunk)
-                chunk.clear()
+                self._add_lines(chunk)          # emptied
         self._add_lines(chunk)
 
     def _add_lines(self, lines: list[str]) -> None:
-        """Buffered ones first, then `lines`, written; on a full disk they wait in the file's buffer for
-        the service's next flush (raised, the error stopped a user's cancel of a sweep half way)."""
+        """Buffered ones first, then `lines` (emptied), written; on a full disk they wait in the file's buffer
+        for the service's next flush (raised, the error stopped a user's cancel of a sweep half way)."""
         assert self._file is not None
-        if self._buffer:
-            self._file.write("\n".join(self._buffer) + "\n")
-            self._buffer.clear()
-        if lines:
-            self._file.write("\n".join(lines) + "\n")
+        self._hand_over(self._buffer)
+        self._hand_over(lines)
         try:
             self._file.flush()
         except OSError:
@@ -212,17 +208,19 @@ class JobReport(GovernorListener):
         self._texts[id(obj)] = (obj, text)    # the object is kept, so its id is not reused meanwhile
         return text
 
+    def _hand_over(self, lines: list[str]) -> None:
+        """`lines` to the file (which keeps them until they are on disk), and the list emptied."""
+        if lines:
+            self._file.write("\n".join(lines) + "\n")     # type: ignore[union-attr]
+            lines.clear()
+
     def flush(self) -> None:
         if self._file is None:
             return
-        if self._buffer:
-            self._file.write("\n".join(self._buffer) + "\n")
-            self._buffer.clear()
+        self._hand_over(self._buffer)
         self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
-            if self._buffer:
-                self._file.write("\n".join(self._buffer) + "\n")
-                self._buffer.clear()
+            self._hand_over(self._buffer)
             self._file.close()          # flushed, and closed even when the disk takes nothing
