@@ -6,15 +6,14 @@ scheduler and node agents) -- or, as a nested governor, partition managers
 of its own (a `PartitionSet`) -- and serves it to the parent through one
 `ParentLink`. It ends when the parent says `exit`, when the parent falls
 silent (its tasks are then re-dispatched by the parent or by a resumed run),
-or on a signal: the first SIGINT/SIGTERM leaves gracefully (no new tasks,
-running ones finish), a second one stops at once.
+or on a signal: the first SIGINT, SIGTERM or SIGHUP (`stop_signals`) leaves
+gracefully (no new tasks, running ones finish), a second one stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from typing import Any
 
@@ -25,6 +24,7 @@ from qcg.pilotjob.governor.keys import KeysError, load_keys
 from qcg.pilotjob.governor.parent_link import ParentError, ParentLink
 from qcg.pilotjob.governor.service import Service
 from qcg.pilotjob.governor.service_config import EXIT_OK, EXIT_START_FAILED, StartError
+from qcg.pilotjob.governor.stop_signals import stop_signals
 
 log = structlog.get_logger("manager")
 
@@ -83,7 +83,7 @@ class ManagerService(Service):
                 log.warning("second signal: stopping now, the parent runs our tasks elsewhere", signal=sig)
                 link.abandon(f"signal {sig}")
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             loop.add_signal_handler(sig, on_signal, sig)
         why = await link.wait()
         log.info("partition manager finishing", reason=why, tasks_received=link.received)

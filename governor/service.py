@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import signal
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Awaitable
@@ -38,6 +37,7 @@ from qcg.pilotjob.governor.service_config import (
 )
 from qcg.pilotjob.governor.service_setup import prepare_run, run_options
 from qcg.pilotjob.governor.service_workers import Workers
+from qcg.pilotjob.governor.stop_signals import stop_signals
 
 if TYPE_CHECKING:
     from qcg.pilotjob.governor.governor import Governor
@@ -140,7 +140,7 @@ class Service(Workers):
         self.governor.requeue_limit = cfg.nl_task_retries
         self.governor.eager_dispatch = not cfg.governor_mode
         self.handler = RequestHandler(self.governor, self)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             loop.add_signal_handler(sig, self._on_signal, sig)
         flusher = loop.create_task(self.finals.flush_periodically())
         start_failed = False

@@ -247,6 +247,44 @@ def test_resume_after_sigterm_runs_the_interrupted_and_the_queued(tmp_path, mode
     assert r.report()["gated"]["state"] == "SUCCEED"
 
 
+@pytest.mark.parametrize("ignored", [False, True], ids=["default", "nohup"])
+def test_hangup_stops_like_sigterm_unless_started_ignoring_it(tmp_path, ignored):
+    """A SIGHUP (the terminal of an interactive run went away) stops the service as SIGTERM does: exit 129,
+    the interruption not journalled as final, `--resume` runs the rest. Under `nohup` (SIGHUP ignored from
+    the start) the service runs on."""
+    n, opened = 8, 4
+    cnt, gate, wd = tmp_path / "cnt", tmp_path / "gate", tmp_path / "wd"
+    cnt.mkdir()
+    reqs = tmp_path / "gated.json"
+    reqs.write_text(json.dumps([_gated_sweep(cnt, gate, n, opened)]))
+    before = signal.SIG_IGN if ignored else signal.SIG_DFL
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", NODES, "--id", "g"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path),
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, before))
+    aux = wd / ".qcgpjm-service-g"
+    try:
+        _wait_journalled(proc, aux, opened)
+        proc.send_signal(signal.SIGHUP)
+        if ignored:
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+            gate.write_text(str(n))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        _kill_tree(proc)
+    if ignored:
+        assert proc.returncode == 0, err
+        assert _counts_of(cnt, n) == {i: 1 for i in range(n)}
+        return
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "JobStats" in json.loads((aux / "final_status.json").read_text()), "no final status written"
+    assert not [s for s in _states(aux) if s.get("state") == "CANCELED"], "an interruption was journalled as final"
+    gate.write_text(str(n))
+    r = run_service(tmp_path, None, "--resume", str(aux), nodes=NODES, timeout=60)
+    assert r.rc == 0, r.stderr
+    assert _counts_of(cnt, n) == {i: 1 for i in range(n)}
+
+
 @pytest.mark.both_modes
 def test_resume_of_a_resumed_and_killed_run(tmp_path, mode):
     """Reference 13.3 "no problem to resume already resumed computations": killed, resumed, killed again
