@@ -65,7 +65,7 @@ class Service(Workers):
         self._file_refused = 0
         self.replay: Any = None           # with --resume: the interrupted run's journal (journal.Replay)
         self._record_lost = False          # jobs.report, track.states or final_status.json not all written
-        self._keep_status = False         # a refused resume leaves the run's final_status.json as it was
+        self._keep_status = False         # a resume refused or stopped before its replay: keep final_status.json
         self.network: ServiceNetwork | None = None    # with --net or as a governor
         self.zmq: Any = None              # its ZmqInterface
         self.publisher: Any = None        # its EventPublisher, without --disable-pub
@@ -144,6 +144,8 @@ class Service(Workers):
             loop.add_signal_handler(sig, self._on_signal, sig)
         flusher = loop.create_task(self.finals.flush_periodically())
         start_failed = False
+        # until the journal is replayed, the interrupted run's final_status.json is the truth about it
+        self._keep_status = bool(cfg.resume)
         try:
             started = await self._unless_stopped(self._start_workers())
             if started is None:         # a signal while agents or managers were starting
@@ -209,8 +211,8 @@ class Service(Workers):
 
         assert self.replay is not None
         if not replay_journal(self.governor, self.journal, self.aux_dir, self.replay):
-            self._keep_status = True
             return False
+        self._keep_status = False
         if self.replay.finish_after_all:
             self._finish_after_all = True
         return True

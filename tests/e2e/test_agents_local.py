@@ -8,10 +8,14 @@ node, to play an agent that cannot start).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -596,27 +600,19 @@ def test_malformed_agent_messages_are_dropped_and_the_partition_goes_on(tmp_path
     run(main())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_while_the_agents_start_stops_the_service_at_once(tmp_path, sig):
-    """README "Exit codes" 128+N (helper report): a Slurm allocation whose `srun` hangs (here a stand-in
-    that sleeps; a real one does on "Job step creation temporarily disabled"). A signal used to be
-    logged and then ignored until --nl-init-timeout (600 s by default) ran out, and the run ended with
-    exit code 1. Now it ends the start at once: exit 128+N, final_status.json written, no srun left."""
-    import subprocess
-    import sys
+def _signal_while_srun_hangs(tmp_path, sig: int, *args: str) -> tuple[subprocess.Popen, bytes, Path]:
+    """The service run with `args` in a Slurm allocation whose `srun` hangs (a stand-in that sleeps; a real
+    one does on "Job step creation temporarily disabled"), given `sig` once the agents' srun has started."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     marker = tmp_path / "srun-started"
     (bindir / "srun").write_text(f'#!/bin/sh\necho $$ >> "{marker}"\nexec sleep 300\n')
     (bindir / "srun").chmod(0o755)
-    reqs = tmp_path / "r.json"
-    reqs.write_text('[{"request": "submit", "jobs": [{"name": "a", "execution": {"exec": "/bin/true"}}]}]')
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
     env.update(PATH=f"{bindir}:{env['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="n1",
                SLURM_JOB_CPUS_PER_NODE="2")
-    wd = tmp_path / "wd"
-    proc = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs), "--wd", str(wd),
-                             "--nl-init-timeout", "300"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", *args, "--nl-init-timeout", "300"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -628,6 +624,19 @@ def test_a_signal_while_the_agents_start_stops_the_service_at_once(tmp_path, sig
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return proc, err, marker
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_agents_start_stops_the_service_at_once(tmp_path, sig):
+    """README "Exit codes" 128+N (helper report): a Slurm allocation whose `srun` hangs (here a stand-in
+    that sleeps; a real one does on "Job step creation temporarily disabled"). A signal used to be
+    logged and then ignored until --nl-init-timeout (600 s by default) ran out, and the run ended with
+    exit code 1. Now it ends the start at once: exit 128+N, final_status.json written, no srun left."""
+    reqs = tmp_path / "r.json"
+    reqs.write_text('[{"request": "submit", "jobs": [{"name": "a", "execution": {"exec": "/bin/true"}}]}]')
+    wd = tmp_path / "wd"
+    proc, err, marker = _signal_while_srun_hangs(tmp_path, sig, "--file-path", str(reqs), "--wd", str(wd))
     assert proc.returncode == 128 + sig, err
     assert b"Traceback" not in err
     assert list(wd.glob(".qcgpjm-service-*/final_status.json"))
@@ -636,6 +645,36 @@ def test_a_signal_while_the_agents_start_stops_the_service_at_once(tmp_path, sig
     while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in srun_pids):
         assert time.monotonic() < deadline, "the stand-in srun outlived the service"
         time.sleep(0.05)
+
+
+def test_a_resume_stopped_while_its_agents_start_keeps_the_runs_final_status(tmp_path):
+    """A resume given SIGTERM before it replayed the journal knows nothing of the run yet: it used to
+    overwrite the interrupted run's final_status.json with one of no jobs. The file stays as the run
+    left it, and a later resume still runs what was unfinished."""
+    reqs = tmp_path / "r.json"
+    started = tmp_path / "started"
+    reqs.write_text(json.dumps([{"request": "submit", "jobs": [{"name": "long", "execution": {
+        "exec": "/bin/sh", "args": ["-c", f"touch {started}; exec sleep 60"]}}]}]))
+    wd = tmp_path / "wd"
+    first = subprocess.Popen([sys.executable, "-m", "qcg.pilotjob.service", "--file-path", str(reqs), "--wd", str(wd),
+                              "--nodes", "1", "--id", "r"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    aux = wd / ".qcgpjm-service-r"
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline and first.poll() is None, "the job did not start"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    status = (aux / "final_status.json").read_text()
+    assert json.loads(status)["JobStats"]["TotalJobs"] == 1
+    proc, err, _ = _signal_while_srun_hangs(tmp_path, signal.SIGTERM, "--resume", str(aux), "--resources", "slurm")
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert (aux / "final_status.json").read_text() == status
 
 
 @pytest.mark.parametrize("value", ["nan", "-1", "0", "inf"])
