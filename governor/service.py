@@ -156,7 +156,7 @@ class Service(Workers):
             if cfg.resume and not self._replay():
                 start_failed = True
                 return EXIT_START_FAILED
-            self.journal.run_started(run_options(cfg, self.wd, self.instance_id))
+            self.journal.run_started(run_options(cfg, self.wd, self.instance_id, self.aux_dir))
             self._serve_file()
             # only the request file decides exit code 2; network clients get their errors in the replies
             self._file_refused = self.handler.refused + self.handler.failed_at_submit

@@ -141,10 +141,25 @@ def _own_files(cfg: ServiceConfig) -> tuple[str, ...]:
 RESUMED_OPTIONS = ("wd", "nodes", "report_format", "report_file")
 
 
-def run_options(cfg: ServiceConfig, wd: str, instance_id: str) -> dict[str, Any]:
-    """The options a resume takes over, and the run's id (journalled at every start, `Journal.run_started`)."""
+def run_options(cfg: ServiceConfig, wd: str, instance_id: str, aux_dir: str) -> dict[str, Any]:
+    """The options a resume takes over, the run's id and where its aux dir was (journalled at every start,
+    `Journal.run_started`)."""
     return {"wd": wd, "nodes": cfg.nodes, "report_format": cfg.report_format, "report_file": cfg.report_file,
-            "id": instance_id}
+            "id": instance_id, "aux": aux_dir}
+
+
+def _moved_wd(run: dict[str, Any], aux_dir: str) -> str | None:
+    """The working directory of a run that was moved (or copied) with its aux dir inside: the aux dir's
+    directory now. Its old place (gone, or the original of a copy) is not where the rest should run.
+    None when the run was not moved, or its aux dir was not inside its working directory (`--aux-dir`)."""
+    old_wd, old_aux = run.get("wd"), run.get("aux")
+    if not isinstance(old_wd, str) or not isinstance(old_aux, str):
+        return None
+    if os.path.normpath(os.path.dirname(old_aux)) != os.path.normpath(old_wd):
+        return None
+    if os.path.realpath(old_aux) == os.path.realpath(aux_dir):
+        return None
+    return os.path.dirname(os.path.abspath(aux_dir))
 
 
 def _read_journal(aux_dir: str, cfg: ServiceConfig) -> "Replay":
@@ -162,7 +177,10 @@ def _read_journal(aux_dir: str, cfg: ServiceConfig) -> "Replay":
         print(f"Warning: --resume: {note}", file=sys.stderr)
     # what the interrupted run was told, unless this one is told otherwise: its tasks' directory, its
     # resources, one report in one format
+    moved = _moved_wd(replay.run, aux_dir)
     for option, value in replay.run.items():
+        if option == "wd" and moved is not None:
+            value = moved
         if option in RESUMED_OPTIONS and option not in cfg.given and value is not None:
             if option == "nodes" and cfg.given & {"resources", "slurm_resources_file"}:
                 continue        # told where the resources come from: not the interrupted run's --nodes
@@ -170,6 +188,9 @@ def _read_journal(aux_dir: str, cfg: ServiceConfig) -> "Replay":
     if not replay.unfinished() and not cfg.file_path and not cfg.net:
         raise NothingToResume(f"--resume {aux_dir}: nothing to resume, every job of the run has ended "
                               f"({sum(len(s.descs) for s in replay.submissions)} submitted); no file changed")
+    if moved is not None and "wd" not in cfg.given:
+        print(f"Warning: --resume: the run was moved from '{replay.run['wd']}': its unfinished tasks run in "
+              f"'{moved}', where its aux dir is now", file=sys.stderr)
     return replay
 
 

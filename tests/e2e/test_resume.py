@@ -189,6 +189,23 @@ def test_resume_without_wd_works_in_the_interrupted_runs_directory(tmp_path):
 
 
 
+def test_resume_of_a_moved_run_works_where_the_run_is_now(tmp_path):
+    """A run moved (or copied) with its aux dir inside, then resumed with `--resume` alone, runs the rest
+    where it is now, and says so; it used to recreate the old working directory and run the tasks there."""
+    cnt, wd, aux = _start_and_kill(tmp_path, "flat")
+    moved = tmp_path / "moved"
+    wd.rename(moved)
+    proc = subprocess.run([*SERVICE, "--resume", str(moved / aux.name), "--nodes", NODES], capture_output=True,
+                          text=True, timeout=60, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert f"moved from '{wd}'" in proc.stderr
+    assert not wd.exists()
+    rep = [json.loads(x) for x in (moved / aux.name / "jobs.report").read_text().splitlines() if x]
+    ran = {e["runtime"]["wd"] for e in rep if (e.get("runtime") or {}).get("wd")}
+    assert str(moved) in ran and str(wd) in ran, ran      # the first part ran before the move
+    assert (cnt / "after").read_text() == "after\n"
+
+
 def _gated_sweep(cnt: Path, gate: Path, n: int, opened: int) -> dict:
     """Iteration `it` ends once the number in `gate` (`opened` while there is no gate) exceeds it (at most 60 s)."""
     sc = (f"for i in $(seq 600); do [ $(cat {gate} 2>/dev/null || echo {opened}) -gt ${{it}} ] && break; "
