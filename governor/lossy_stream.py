@@ -51,3 +51,13 @@ def make_standard_streams_lossy() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, LossyStream):
             setattr(sys, name, LossyStream(stream))
+
+
+def standard_streams_lost() -> dict[str, int]:
+    """How many writes to sys.stdout and sys.stderr were dropped, for those that lost any."""
+    lost = {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, LossyStream) and stream.lost:
+            lost[name] = stream.lost
+    return lost

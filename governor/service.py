@@ -26,6 +26,7 @@ from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor import logs
 from qcg.pilotjob.governor.file_interface import serve_requests
 from qcg.pilotjob.governor.finals_writer import FinalsWriter
+from qcg.pilotjob.governor.lossy_stream import LossyStream, standard_streams_lost
 from qcg.pilotjob.governor.service_config import (
     EXIT_OK,
     EXIT_RECORD_LOST,
@@ -367,8 +368,14 @@ class Service(Workers):
                   file=sys.stderr)
             log.error("run files not written", failed=failed)
         log.info("service finished", uptime=status["System"]["Uptime"], refused=self.handler.refused)
+        lost = standard_streams_lost()
+        if lost:
+            log.warning("writes to the standard streams were lost", **lost)
         for c in self._closers:
             c.close()
+            if isinstance(c, LossyStream) and c.lost:
+                print(f"Warning: {c.lost} writes to the service log in {self.aux_dir} were lost (a full disk?)",
+                      file=sys.stderr)
 
 
 def tune_gc() -> None:

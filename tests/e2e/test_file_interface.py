@@ -304,6 +304,8 @@ def test_output_that_cannot_be_written_does_not_end_the_run(tmp_path, broken):
     aux = find_aux(wd)
     assert [json.loads(line)["state"] for line in (aux / "jobs.report").read_text().splitlines()] == ["SUCCEED"]
     assert json.loads((aux / "final_status.json").read_text())["JobStats"]["FinishedJobs"] == 1
+    # what was lost is on record where it can be read
+    assert "event='writes to the standard streams were lost' stderr=" in (aux / "service.log").read_text()
 
 
 def test_a_run_whose_record_cannot_be_written_says_so_and_exits_4(service):
