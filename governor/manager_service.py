@@ -6,7 +6,7 @@ scheduler and node agents) -- or, as a nested governor, partition managers
 of its own (a `PartitionSet`) -- and serves it to the parent through one
 `ParentLink`. It ends when the parent says `exit`, when the parent falls
 silent (its tasks are then re-dispatched by the parent or by a resumed run),
-or on a signal: the first SIGINT, SIGTERM or SIGHUP (`stop_signals`) leaves
+or on a signal: the first SIGINT, SIGTERM or SIGHUP (`stop_causes`) leaves
 gracefully (no new tasks, running ones finish), a second one stops at once.
 """
 
@@ -23,8 +23,8 @@ from qcg.pilotjob.api import protocol
 from qcg.pilotjob.governor.keys import KeysError, load_keys
 from qcg.pilotjob.governor.parent_link import ParentError, ParentLink
 from qcg.pilotjob.governor.service import Service
-from qcg.pilotjob.governor.service_config import EXIT_OK, EXIT_START_FAILED, StartError
-from qcg.pilotjob.governor.stop_signals import stop_signals
+from qcg.pilotjob.governor.service_config import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_START_FAILED, StartError
+from qcg.pilotjob.governor.stop_causes import internal_error_line, stop_signals
 
 log = structlog.get_logger("manager")
 
@@ -85,12 +85,25 @@ class ManagerService(Service):
 
         for sig in stop_signals():
             loop.add_signal_handler(sig, on_signal, sig)
+        internal_error: list[str] = []
+
+        def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            # a bug (stop_causes): the parent runs our tasks elsewhere, as when this manager is killed
+            loop.default_exception_handler(context)
+            if not internal_error:
+                internal_error.append(internal_error_line(context, self.aux_dir))
+                print(internal_error[0], file=sys.stderr)
+                link.abandon("internal error")
+
+        loop.set_exception_handler(on_loop_error)
         why = await link.wait()
         log.info("partition manager finishing", reason=why, tasks_received=link.received)
         await self._stop_everything()
         await link.close()
         for c in self._closers:
             c.close()
+        if internal_error:
+            return EXIT_INTERNAL_ERROR
         if len(signals) > 1:
             return 128 + signals[-1]
         return EXIT_PARENT_LOST if why.startswith("parent lost") else EXIT_OK

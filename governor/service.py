@@ -28,6 +28,7 @@ from qcg.pilotjob.governor.file_interface import serve_requests
 from qcg.pilotjob.governor.finals_writer import FinalsWriter
 from qcg.pilotjob.governor.lossy_stream import LossyStream, standard_streams_lost
 from qcg.pilotjob.governor.service_config import (
+    EXIT_INTERNAL_ERROR,
     EXIT_OK,
     EXIT_RECORD_LOST,
     EXIT_REFUSED,
@@ -38,7 +39,7 @@ from qcg.pilotjob.governor.service_config import (
 )
 from qcg.pilotjob.governor.service_setup import prepare_run, run_options
 from qcg.pilotjob.governor.service_workers import Workers
-from qcg.pilotjob.governor.stop_signals import stop_signals
+from qcg.pilotjob.governor.stop_causes import internal_error_line, stop_signals
 
 if TYPE_CHECKING:
     from qcg.pilotjob.governor.governor import Governor
@@ -66,6 +67,7 @@ class Service(Workers):
         self._file_refused = 0
         self.replay: Any = None           # with --resume: the interrupted run's journal (journal.Replay)
         self._record_lost = False          # jobs.report, track.states or final_status.json not all written
+        self._internal_error = ""         # the line said when an exception escaped into the loop (a bug)
         self._keep_status = False         # a resume refused or stopped before its replay: keep final_status.json
         self.network: ServiceNetwork | None = None    # with --net or as a governor
         self.zmq: Any = None              # its ZmqInterface
@@ -143,6 +145,7 @@ class Service(Workers):
         self.handler = RequestHandler(self.governor, self)
         for sig in stop_signals():
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.set_exception_handler(self._on_loop_error)
         flusher = loop.create_task(self.finals.flush_periodically())
         start_failed = False
         # until the journal is replayed, the interrupted run's final_status.json is the truth about it
@@ -179,6 +182,8 @@ class Service(Workers):
             return EXIT_START_FAILED
         if self._signal is not None:
             return 128 + self._signal
+        if self._internal_error:
+            return EXIT_INTERNAL_ERROR
         if self._record_lost:
             return EXIT_RECORD_LOST
         return EXIT_REFUSED if self._file_refused else EXIT_OK
@@ -334,6 +339,17 @@ class Service(Workers):
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await work_task
         return None
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An exception nothing caught, in a callback of the loop: a bug. Going on could leave tasks that
+        never start in a run that never ends (helper report: a scheduling pass that raised did exactly
+        that), so the service stops as on SIGTERM, and `--resume` finishes the run."""
+        loop.default_exception_handler(context)          # the traceback, into service.log
+        if self._internal_error or self._stop is None or self._stop.is_set():
+            return
+        self._internal_error = internal_error_line(context, self.aux_dir)
+        print(self._internal_error, file=sys.stderr)
+        self.finish_now()
 
     def _on_signal(self, sig: int) -> None:
         log.warning("signal received, finishing", signal=sig)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-EXIT_OK, EXIT_START_FAILED, EXIT_REFUSED, EXIT_RECORD_LOST = 0, 1, 2, 4
+EXIT_OK, EXIT_START_FAILED, EXIT_REFUSED, EXIT_RECORD_LOST, EXIT_INTERNAL_ERROR = 0, 1, 2, 4, 5
 
 
 class StartError(Exception):

@@ -397,17 +397,29 @@ class Resources:
     def mark_reserved(self, node_index: int, cid: int) -> None:
         """A core another manager reserved for itself (its `register` says which), out of the tasks' reach."""
         node = self.nodes[node_index]
+        self._withhold(node, cid)
+        if self._system is None:
+            self._system = (node.name, cid)
+        self._rebuild_stats()
+
+    def withhold(self, cores: Iterable[tuple[int, int]]) -> None:
+        """Cores (node index, core id) that are someone else's for the whole run -- a resources file that
+        does not list them as free: used, and out of every capacity, so that a task needing them fails at
+        once instead of waiting for cores nobody will ever release."""
+        for node_index, cid in cores:
+            self._withhold(self.nodes[node_index], cid)
+        self._rebuild_stats()
+
+    def _withhold(self, node: Node, cid: int) -> None:
         if cid not in node._id_set:
             raise ValueError(f"reserved core {cid} is not a core of node {node.name!r}")
         if cid in node._free_set:
             node._free_set.discard(cid)
             node._free_heap.remove(cid)
             heapq.heapify(node._free_heap)
+            self.used_cores += 1
         if cid not in node.reserved:
             node.reserved = node.reserved + (cid,)
-        if self._system is None:
-            self._system = (node.name, cid)
-        self._rebuild_stats()
 
     @property
     def system_core(self) -> tuple[str, int] | None:

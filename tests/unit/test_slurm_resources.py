@@ -331,6 +331,29 @@ def test_resources_file_partial_free_and_defaults(tmp_path):
     assert res.used_cores == 1
 
 
+def test_cores_a_file_does_not_list_as_free_are_never_waited_for(tmp_path):
+    """Helper report: a node of 2 cores with only core 1 free took a 2-core job that then waited for ever
+    (nobody releases core 0). Such cores are out of the node's capacity: the job can never fit, it fails
+    at once (reference 7.2); a 1-core job runs on the free core."""
+    res = read_resources_file(write(tmp_path, {"nodes": [{"name": "a", "total_cores": 2, "free_cores": ["1"]}]}))
+    assert res.never_fits(ResourceRequest(cores_min=2, cores_max=2)) is not None
+    alloc = res.allocate(ResourceRequest(cores_min=1, cores_max=None))
+    assert alloc is not None and alloc.nodes == (("a", (1,)),)
+    res.release(alloc)
+    assert res.info() == {"total_nodes": 1, "total_cores": 2, "used_cores": 1, "free_cores": 1}
+
+
+def test_reserved_cores_of_a_file_count_as_used(tmp_path):
+    """Helper report: `reserved_cores` took the core out of the free ones but not out of the used count; the
+    first `numCores {min: 1}` allocation then failed with "free core count does not match nodes"."""
+    data = {"nodes": [{"name": "n1", "total_cores": 2, "reserved_cores": ["0"]}, {"name": "n2", "total_cores": 2}]}
+    res = read_resources_file(write(tmp_path, data))
+    assert res.info() == {"total_nodes": 2, "total_cores": 4, "used_cores": 1, "free_cores": 3}
+    alloc = res.allocate(ResourceRequest(cores_min=1, cores_max=None))
+    assert alloc is not None and alloc.nodes == (("n1", (1,)), ("n2", (0, 1)))
+    assert res.free_cores == 0
+
+
 def test_resources_file_round_trip(tmp_path):
     src = Resources([Node("x1", [4, 5]), Node("x2", 3)])
     src.reserve_system_core()
