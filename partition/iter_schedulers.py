@@ -5,9 +5,11 @@ An iterative job may give ``numCores`` and/or ``numNodes`` a ``scheduler``
 then gets an exact size computed from the number of iterations and the
 resources available. The numbers are those of QCG-PilotJob 0.14:
 
-* the cores scheduler works on ``total_cores`` and the nodes scheduler on
-  ``total_nodes`` (also when both ``numCores`` and ``numNodes`` are given —
-  the cores figure is then a per-node count, as in the original);
+* the cores scheduler works on the cores tasks can get (``total_cores``
+  less a core reserved by ``--system-core`` and the cores of lost nodes) and
+  the nodes scheduler on ``total_nodes`` (also when both ``numCores`` and
+  ``numNodes`` are given — the cores figure is then a per-node count, as in
+  the original);
 * ``maximum-iters`` (min = ``pmin``, default 1; ``max`` not allowed):
   if ``iterations * pmin <= avail`` one round: ``avail`` split over all
   iterations as evenly as possible, the later iterations getting the one

@@ -544,6 +544,29 @@ def test_iteration_schedulers(service):
         assert len(alloc.split("[")[1].rstrip("]").split(":")) == 2
 
 
+def _cores_of(allocation: str) -> int:
+    """How many cores an allocation text (`a[1],b[0:1]`) holds."""
+    return sum(len(part.split("[")[1].rstrip("]").split(":")) for part in allocation.split(","))
+
+
+def test_iteration_schedulers_size_by_the_cores_tasks_can_get(service):
+    """Reference 12 ("split all available resources") with `--system-core` (helper report): the reserved
+    core was counted, so `maximum-iters` with one iteration asked for 4 cores of 2 nodes that give 3 and
+    FAILED, and `split-into` sized 2 iterations 2 + 2 where 3 cores are free (one waited). Now:
+    3 cores, and 1 + 1 (floor(3 / 2)) running together."""
+    reqs = [submit(job("one", "/bin/true", iteration={"stop": 1},
+                       resources={"numCores": {"min": 1, "scheduler": {"name": "maximum-iters"}}})),
+            submit(job("two", "/bin/true", iteration={"stop": 2},
+                       resources={"numCores": {"min": 1, "scheduler": {"name": "split-into"}}}))]
+    r = service(reqs, "--system-core", nodes="a:2,b:2", timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    rep = r.report()
+    assert rep["one"]["state"] == "SUCCEED", rep["one"]
+    assert _cores_of(rep["one:0"]["runtime"]["allocation"]) == 3
+    assert [_cores_of(rep[f"two:{i}"]["runtime"]["allocation"]) for i in range(2)] == [1, 1]
+
+
 def test_iteration_sized_beyond_every_node_fails_alone(service):
     """Reference 7.2 (a task whose minimum exceeds the resources is FAILED) with reference 12.1: maximum-iters
     sizes the last of 3 iterations 4 cores, more than any 2-core node has on one node. That iteration
