@@ -21,7 +21,7 @@ from qcg.pilotjob.api.placeholders import FieldTemplate, field_template
 from qcg.pilotjob.governor.dependencies import BatchDeps, check_submission
 from qcg.pilotjob.governor.registry import IterationRecord, JobRecord, Registry
 from qcg.pilotjob.governor.states import JobState
-from qcg.pilotjob.partition.iter_schedulers import iteration_request
+from qcg.pilotjob.partition.iter_schedulers import DoesNotFit, iteration_request
 from qcg.pilotjob.partition.task import ResourceRequest
 
 if TYPE_CHECKING:
@@ -135,8 +135,10 @@ class Admission:
         if (cores is not None and cores.scheduler is not None) or (nodes is not None and nodes.scheduler is not None):
             try:
                 req = self.request_of(desc, 0)
-            except ValueError:
+            except ValueError as exc:
                 if self.partition.totals()[0]:
+                    if isinstance(exc, DoesNotFit):
+                        return ResourceRequest(), str(exc), True     # FAILED alone, as a job too big is
                     raise
                 # no partition yet (--governor, none attached): nothing to size against; every iteration is
                 # sized when it is handed out, which waits for a partition (or fails: none will come)

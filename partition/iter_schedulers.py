@@ -27,10 +27,11 @@ computed in O(1) per iteration (closed form of the original's generator).
 
 Differences from the original (all turn a silent hang or crash into an
 error): unknown scheduler names, ``exact`` combined with a scheduler,
-``parts`` < 1, a ``min`` larger than the available resources (the original
-divides by zero), ``split-into`` giving less than ``min`` (the original
-ignores ``min``) and a per-node core count larger than ``cores_per_node``
-raise ValueError.
+``parts`` < 1 raise ValueError (the submit is refused); a ``min`` larger
+than the available resources (the original divides by zero), ``split-into``
+giving less than ``min`` (the original ignores ``min``) and a per-node core
+count larger than ``cores_per_node`` raise its subclass DoesNotFit (the job
+FAILS, the rest of the submit runs).
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ from qcg.pilotjob.partition.task import ResourceRequest
 if TYPE_CHECKING:
     from qcg.pilotjob.api.jobdesc import ResourceSize
 
-__all__ = ["iteration_request", "maximum_iters_size", "split_into_size", "SCHEDULERS"]
+__all__ = ["iteration_request", "maximum_iters_size", "split_into_size", "SCHEDULERS", "DoesNotFit"]
 
 MAXIMUM_ITERS = "maximum-iters"
 SPLIT_INTO = "split-into"
 SCHEDULERS = (MAXIMUM_ITERS, SPLIT_INTO)
+
+
+class DoesNotFit(ValueError):
+    """A valid scheduler whose size cannot be met by these resources: the job FAILS alone (reference 7.2),
+    as a job too big for them does; the other errors are mistakes in the description and refuse it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,7 @@ def maximum_iters_size(iterations: int, avail: int, pmin: int, index: int) -> in
     if pmin < 1:
         raise ValueError(f"maximum-iters: minimum must be at least 1, got {pmin}")
     if pmin > avail:
-        raise ValueError(f"maximum-iters: an iteration needs at least {pmin} but only {avail} are available")
+        raise DoesNotFit(f"maximum-iters: an iteration needs at least {pmin} but only {avail} are available")
     if not 0 <= index < iterations:
         raise ValueError(f"iteration index {index} outside 0..{iterations - 1}")
     if iterations * pmin <= avail:
@@ -97,7 +103,7 @@ def split_into_size(iterations: int, avail: int, parts: int | None) -> int:
         raise ValueError(f"split-into: 'parts' must be at least 1, got {parts}")
     size = avail // parts
     if size < 1:
-        raise ValueError(f"split-into: {avail} split into {parts} parts gives less than 1 per part")
+        raise DoesNotFit(f"split-into: {avail} split into {parts} parts gives less than 1 per part")
     return size
 
 
@@ -129,13 +135,13 @@ def _resolve(size: "ResourceSize", what: str, iterations: int, avail: int, index
         try:
             return _Exact(maximum_iters_size(iterations, avail, pmin, index))
         except ValueError as exc:
-            raise ValueError(f"{what}: {exc}") from None
+            raise type(exc)(f"{what}: {exc}") from None
     try:
         value = split_into_size(iterations, avail, _parts_param(params))
     except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        raise type(exc)(f"{what}: {exc}") from None
     if value < pmin:
-        raise ValueError(f"{what}: split-into gives {value} per iteration, less than the minimum {pmin}")
+        raise DoesNotFit(f"{what}: split-into gives {value} per iteration, less than the minimum {pmin}")
     return _Exact(value)
 
 
@@ -158,6 +164,6 @@ def iteration_request(cores: "ResourceSize | None", nodes: "ResourceSize | None"
         nodes = _resolve(nodes, "numNodes", iterations, total_nodes, index)
     req = ResourceRequest.from_sizes(cores, nodes)
     if cores_scheduled and nodes is not None and cores_per_node and req.cores_min > cores_per_node:
-        raise ValueError(f"numCores: {req.cores_min} cores per node requested but nodes have at most "
+        raise DoesNotFit(f"numCores: {req.cores_min} cores per node requested but nodes have at most "
                          f"{cores_per_node}")
     return req

@@ -567,6 +567,28 @@ def test_iteration_schedulers_size_by_the_cores_tasks_can_get(service):
     assert [_cores_of(rep[f"two:{i}"]["runtime"]["allocation"]) for i in range(2)] == [1, 1]
 
 
+def test_an_iteration_scheduler_that_cannot_be_met_fails_alone(service):
+    """Reference 7.2 (a job bigger than the resources is FAILED, the rest runs), for a scheduler's size
+    (helper report): `split-into` with `min` 3 gives 3 iterations 1 core of 4; the whole submit was
+    refused, `ok` never ran. Now `sp` FAILS with the reason, like `big`, and `ok` runs. A mistake in the
+    description (an unknown scheduler) still refuses the submit."""
+    reqs = [submit(job("ok", "/bin/true"),
+                   job("big", "/bin/true", resources={"numCores": {"exact": 9}}),
+                   job("sp", "/bin/true", iteration={"stop": 3},
+                       resources={"numCores": {"min": 3, "scheduler": {"name": "split-into"}}})),
+            submit(job("typo", "/bin/true", iteration={"stop": 3},
+                       resources={"numCores": {"min": 1, "scheduler": {"name": "split-in"}}}))]
+    r = service(reqs, nodes="4", timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 2, r.stderr
+    assert "unknown scheduler 'split-in'" in r.stderr
+    assert "job 'sp' FAILED" in r.stderr        # the submit's answer names what FAILED at once, as for 'big'
+    rep = r.report()
+    assert rep["ok"]["state"] == "SUCCEED"
+    assert rep["big"]["state"] == "FAILED"
+    assert rep["sp"]["state"] == "FAILED" and "less than the minimum 3" in rep["sp"]["messages"], rep["sp"]
+
+
 def test_iteration_sized_beyond_every_node_fails_alone(service):
     """Reference 7.2 (a task whose minimum exceeds the resources is FAILED) with reference 12.1: maximum-iters
     sizes the last of 3 iterations 4 cores, more than any 2-core node has on one node. That iteration
