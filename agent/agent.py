@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from qcg.pilotjob.agent.allocation_env import restore as restore_allocation_env
+from qcg.pilotjob.agent.run_lock import RunLock
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.private_files import read_private
@@ -71,7 +72,24 @@ class Agent:
             if stats is not None:     # however the agent ends: exit, a stop signal, an error
                 stats.stop()
 
+    def _run_lock(self) -> RunLock | None:
+        """The run's lock on this node (agent/run_lock.py): the tasks an agent of a killed service left here
+        end before any of ours starts. Named after the keys directory, which is in the run's aux dir."""
+        if not self.keys_dir:
+            return None
+        lock = RunLock(self.keys_dir, self.node)
+
+        def waiting() -> None:
+            print(f"agent {self.node}: waiting for the tasks of the interrupted run on this node to end",
+                  file=sys.stderr)
+
+        if not lock.acquire(waiting=waiting):
+            print(f"agent {self.node}: run lock {lock.path} not taken: tasks of an interrupted run may still "
+                  f"run here", file=sys.stderr)
+        return lock
+
     async def _serve(self) -> int:
+        run_lock = self._run_lock()
         loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         self.ctx = zmq.asyncio.Context()
@@ -84,7 +102,7 @@ class Agent:
             server_public = curve.read_private_key(self.keys_dir, "partition.key")
             curve.make_client(self.sock, public, secret, server_public)
         self.sock.connect(self.address)
-        self.spawner = ProcessSpawner(loop, orphan_guard=True)
+        self.spawner = ProcessSpawner(loop, orphan_guard=True, run_lock=run_lock)
         for sig in self.stop_signals:
             loop.add_signal_handler(sig, self._done.set)
         try:

@@ -77,7 +77,10 @@ def _not_below(fd: int, lowest: int) -> int:
 class OrphanGuard:
     """The launcher's end: the shared table of live task groups, and the pipe whose end tells of its death."""
 
-    def __init__(self, grace: float = GRACE) -> None:
+    def __init__(self, grace: float = GRACE, hold_fd: int = -1) -> None:
+        """`hold_fd`: a descriptor the guard keeps open as its descriptor 4 for as long as it lives (the
+        run lock of the launcher, agent/run_lock.py), so that what it locks outlives a killed launcher
+        until the guard has ended the tasks."""
         # here: the guard process imports this file and never needs them (nor could it import the package)
         from contextlib import ExitStack
 
@@ -95,13 +98,18 @@ class OrphanGuard:
             failed.callback(os.close, self._fd)
             read_end = _not_below(read_end, 4)
             done.callback(os.close, read_end)
+            extra = []
+            if hold_fd >= 0:
+                held = _not_below(os.dup(hold_fd), 5)      # not a descriptor the dups into 0 and 3 replace
+                done.callback(os.close, held)
+                extra.append((os.POSIX_SPAWN_DUP2, held, 4))
             self.pid: int | None = os.posix_spawn(
                 sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), str(grace)], os.environ,
                 # not the launcher's stdout/stderr: a reader waiting for their end must not wait for the guard
                 file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0),
                               (os.POSIX_SPAWN_DUP2, table, 3),
                               (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                              (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)], setsid=True)
+                              (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0), *extra], setsid=True)
             failed.callback(end_unwatched, self.pid)    # its own group (setsid); no zombie left
             # watched by the launcher: a guard killed by someone is replaced (guard_keeper)
             self.pidfd = os.pidfd_open(self.pid)

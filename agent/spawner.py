@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 from qcg.pilotjob.agent.guard_keeper import GuardKeeper
+from qcg.pilotjob.agent.run_lock import RunLock
 from qcg.pilotjob.agent.process_setup import (
     ask_for_short_slices, keep_inherited_fds_from_tasks, raise_open_files_limit)
 from qcg.pilotjob.agent.process_stopping import ProcessStopping
@@ -116,8 +117,12 @@ def end_unwatched(pid: int) -> None:
 class ProcessSpawner(ProcessStopping):
     """Starts processes and reports their exits through callbacks on `loop`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0, orphan_guard: bool = False) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0, orphan_guard: bool = False,
+                 run_lock: RunLock | None = None) -> None:
+        """`run_lock` (taken by the caller): held by this spawner and its orphan guards until the tasks have
+        all ended, then released by `shutdown` (agent/run_lock.py)."""
         self._loop = loop
+        self._run_lock = run_lock
         self._kill_grace = kill_grace
         raise_open_files_limit()
         inherited = keep_inherited_fds_from_tasks()
@@ -129,7 +134,8 @@ class ProcessSpawner(ProcessStopping):
         # tasks (not infrastructure) are guarded: a kill -9 of this process must not leave them running.
         # The guard starts with the first task: a launcher that is replaced before it runs any has none.
         self._procs: dict[Hashable, _Proc] = {}
-        self._guard = GuardKeeper(loop, kill_grace, self._live_groups, describe=err_text) if orphan_guard else None
+        self._guard = GuardKeeper(loop, kill_grace, self._live_groups, describe=err_text,
+                                  hold_fd=run_lock.fileno() if run_lock is not None else -1) if orphan_guard else None
         # a task's processes end with it (process_stopping); infrastructure (agents, managers) is not a task
         self._ends_groups = orphan_guard
         self._lingering: dict[int, Any] = {}           # process_stopping._Lingering
@@ -291,6 +297,8 @@ class ProcessSpawner(ProcessStopping):
             self._kill_all_lingering()
             if self._guard is not None and not self._procs:
                 self._guard.stop()          # every task has ended: the guard leaves (not waited for)
+            if self._run_lock is not None and not self._procs:
+                self._run_lock.release()    # a guard that still runs keeps holding it
             self._args.close()
             if self._epoll is not None and not self._procs:
                 self._loop.remove_reader(self._epoll.fileno())

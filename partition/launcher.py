@@ -15,10 +15,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
+import structlog
+
+from qcg.pilotjob.agent.run_lock import RunLock
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 
 if TYPE_CHECKING:
     from qcg.pilotjob.agent.process_stats import ProcessStats
+
+_log = structlog.get_logger("launcher")
 
 
 @dataclass(slots=True)
@@ -66,6 +71,10 @@ def exit_description(code: int | None) -> str:
         return f"killed by signal {-code}"
 
 
+def _waiting_for_the_interrupted() -> None:
+    _log.warning("waiting for the tasks of the interrupted run on this host to end (run lock held)")
+
+
 class LocalLauncher:
     """Runs every task as a child of this process (flat local mode).
 
@@ -75,8 +84,15 @@ class LocalLauncher:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_started: StartedCallback, on_exit: ExitCallback,
-                 kill_grace: float = 3.0, proc_stats_dir: str | None = None) -> None:
-        self._spawner = ProcessSpawner(loop, kill_grace=kill_grace, orphan_guard=True)
+                 kill_grace: float = 3.0, proc_stats_dir: str | None = None, run_dir: str | None = None) -> None:
+        """`run_dir`: a directory of the run's own (the same for a resume); the tasks a killed launcher of
+        the run left on this host end before any of ours starts (agent/run_lock.py)."""
+        run_lock = None
+        if run_dir is not None:
+            run_lock = RunLock(run_dir, os.uname().nodename)
+            if not run_lock.acquire(waiting=_waiting_for_the_interrupted):
+                _log.warning("run lock not taken: tasks of an interrupted launcher may still run", path=run_lock.path)
+        self._spawner = ProcessSpawner(loop, kill_grace=kill_grace, orphan_guard=True, run_lock=run_lock)
         self._on_started = on_started
         self._on_exit = on_exit
         self._base_env = dict(os.environ)

@@ -62,7 +62,8 @@ class Partition:
         self.scheduler = Scheduler(resources)
         self.running: dict[str, _Running] = {}
         self.launcher: Launcher = launcher or LocalLauncher(loop, self._launched, self._exited,
-                                                            proc_stats_dir=config.proc_stats_dir)
+                                                            proc_stats_dir=config.proc_stats_dir,
+                                                            run_dir=config.scratch_dir)
         self._pass_pending = False
         self._deferring = False          # inside an exit callback: run the pass at its end
         self._closing = False

@@ -206,6 +206,39 @@ def test_resume_of_a_moved_run_works_where_the_run_is_now(tmp_path):
     assert (cnt / "after").read_text() == "after\n"
 
 
+@pytest.mark.both_modes
+def test_a_resume_right_after_a_kill_starts_no_task_next_to_its_first_copy(tmp_path, mode):
+    """Helper report: `--resume` at once after a `kill -9` started the interrupted task while its first copy
+    (which ignores SIGTERM) still ran on the same cores, until the orphan guard's SIGKILL 3 s later. The
+    run lock (agent/run_lock.py) makes the resumed launcher wait for that: the copies never overlap."""
+    alive = tmp_path / "alive"
+    script = f"trap '' TERM; for i in $(seq 60); do echo \"$$ $(date +%s.%N)\" >> {alive}; sleep 0.05; done"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit({"name": "A", "execution": {"script": script},
+                                        "resources": {"numCores": {"exact": 2}}})]))
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", NODES, "--id", "k",
+                             *mode_args(mode, NODES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path))
+    try:
+        deadline = time.monotonic() + 30
+        while not (alive.exists() and alive.read_text().count("\n") >= 3):
+            assert time.monotonic() < deadline and proc.poll() is None, "the task did not start"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)        # only the service: its tasks are left to the guards
+        proc.wait(timeout=10)
+    r = run_service(tmp_path, None, "--resume", str(wd / ".qcgpjm-service-k"), nodes=NODES, timeout=90, mode=mode)
+    assert r.rc == 0, r.stderr
+    runs: dict[str, list[float]] = {}
+    for line in alive.read_text().splitlines():
+        pid, when = line.split()
+        runs.setdefault(pid, []).append(float(when))
+    assert len(runs) == 2, runs.keys()
+    first, second = sorted(runs.values())
+    assert max(first) < min(second), f"the copies ran together for {max(first) - min(second):.2f} s"
+
+
 def _gated_sweep(cnt: Path, gate: Path, n: int, opened: int) -> dict:
     """Iteration `it` ends once the number in `gate` (`opened` while there is no gate) exceeds it (at most 60 s)."""
     sc = (f"for i in $(seq 600); do [ $(cat {gate} 2>/dev/null || echo {opened}) -gt ${{it}} ] && break; "

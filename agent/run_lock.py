@@ -1,0 +1,115 @@
+"""One lock per run and node, held while tasks of the run may live on the node.
+
+`--resume` right after a `kill -9` started the interrupted tasks again at
+once, while the first copies still ran on the same cores: the killed
+launcher's orphan guard gives them SIGTERM and, 3 s later, SIGKILL, and in
+Slurm mode the node agents of a killed service notice its loss only after
+about 10 s (helper report: two copies of a task side by side for 9 s). The
+aux dir's lock cannot tell: it goes with the service.
+
+This lock is a file in the node's temporary directory named after the run
+(a path in its aux dir, the same for a resume) and the node. A launcher takes
+it before it starts any task, waiting (bounded) while an earlier launcher of
+the run -- or that launcher's orphan guard -- still holds it, and hands it to
+each guard it starts, so it is held until the last task of the run on this
+node is gone. flock(2) locks belong to the open file, which a guard shares.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import stat
+import tempfile
+import time
+from typing import Callable
+
+WAIT = 60.0         # seconds a launcher waits for the tasks of an interrupted run on its node to end
+POLL = 0.1
+
+
+def _private_dir() -> str | None:
+    """This user's directory for run locks, or None when it is not safely ours (another user made it)."""
+    path = os.path.join(tempfile.gettempdir(), f"qcgpj-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return path
+
+
+class RunLock:
+    def __init__(self, run: str, node: str) -> None:
+        self.path: str | None = None
+        self._fd = -1
+        where = _private_dir()
+        if where is None:
+            return
+        digest = hashlib.sha256(f"{os.path.realpath(run)}\0{node}".encode("utf-8", "surrogateescape")).hexdigest()
+        self.path = os.path.join(where, digest[:32] + ".lock")
+        self._open()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            self._fd = -1
+
+    def acquire(self, timeout: float = WAIT, waiting: Callable[[], None] | None = None) -> bool:
+        """Take the lock, waiting up to `timeout` s (`waiting` is called once when a wait begins); False
+        when it could not be taken (no lock file, or still held at the end: the caller goes on)."""
+        if self._fd < 0:
+            return False
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return False
+            else:
+                if self._still_at_path():
+                    return True
+                os.close(self._fd)        # the holder released it and removed the file: lock the new one
+                self._open()
+                if self._fd < 0:
+                    return False
+                continue
+            if time.monotonic() >= deadline:
+                return False
+            if not told and waiting is not None:
+                waiting()
+                told = True
+            time.sleep(POLL)
+
+    def _still_at_path(self) -> bool:
+        try:
+            here, there = os.fstat(self._fd), os.stat(self.path, follow_symlinks=False)    # type: ignore[arg-type]
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+    def fileno(self) -> int:
+        """The locked file's descriptor (-1 without one), for an orphan guard to hold too."""
+        return self._fd
+
+    def release(self) -> None:
+        """The run's tasks on this node have all ended: the file goes, then the lock."""
+        if self._fd < 0:
+            return
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self._fd)
+        self._fd = -1
