@@ -89,8 +89,9 @@ class PartitionStarter:
     def _command(self, plan: ManagerPlan) -> list[str]:
         first = plan.nodes[0].name
         if self.start_method == "slurm":
-            # the manager (and through it every task) gets the allocation's SLURM_* values, not its step's
-            return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={first}", "--cpu-bind=none",
+            # the manager (and through it every task) gets the allocation's SLURM_* values, not its step's;
+            # --whole: all of the job's CPUs on the node, for the agent it forks there (agent_command)
+            return ["srun", "--overlap", "--whole", "-N", "1", "-n", "1", f"--nodelist={first}", "--cpu-bind=none",
                     "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *command_prefix(), *plan.argv]
         if self.start_method == "ssh":
             return [*self.ssh_command, first,

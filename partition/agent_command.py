@@ -22,8 +22,10 @@ def agent_command(start_method: str, node: str, address: str | None, keys_dir: s
     agent = [sys.executable, "-m", "qcg.pilotjob.agent",
              *agent_args(node, address, keys_dir, address_file, proc_stats_dir)]
     if start_method == "slurm":
-        # the agent's tasks get the allocation's SLURM_* values, not those srun sets for the agent's step
-        return ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
+        # the agent's tasks get the allocation's SLURM_* values, not those srun sets for the agent's step;
+        # --whole: the step (and so every task) may use all of the job's CPUs on the node -- with cgroups a
+        # step of one task gets one CPU, and every task would run on it (the original: --cpus-per-task)
+        return ["srun", "--overlap", "--whole", "-N", "1", "-n", "1", f"--nodelist={node}", "--cpu-bind=none",
                 "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *command_prefix(), *agent]
     if start_method == "ssh":
         # ssh hands the remote side one command line: quote every argument

@@ -149,7 +149,7 @@ class SrunLauncher(LocalLauncher):
         if prog not in ("srun", "mpirun", "mpiexec"):
             bind = ["--cpu-bind=verbose,mask_cpu:" + hex(sum(1 << c for c in req.cpus))] if req.cpus else \
                 ["--cpu-bind=none"]
-            argv = ["srun", "--overlap", "-N", "1", "-n", "1", f"--nodelist={req.node}", "--mem-per-cpu=0",
+            argv = ["srun", "--overlap", "--whole", "-N", "1", "-n", "1", f"--nodelist={req.node}", "--mem-per-cpu=0",
                     "--kill-on-bad-exit=1", *bind, *req.argv]
             req = LaunchRequest(req.task_id, req.node, argv, req.env, req.cwd, req.stdin, req.stdout,
                                 req.stderr, None, req.walltime)

@@ -367,7 +367,8 @@ def resources_from_dict(data) -> Resources:
         nodes.append(Node(name, ids, free))   # Node/Resources check unknown free ids and duplicates
     res = Resources(nodes)
     # cores the file does not list as free are someone else's for the whole run, not cores that free up
-    res.withhold((idx, cid) for idx, node in enumerate(nodes) for cid in sorted(set(node.core_ids) - set(node.free_cores)))
+    res.withhold((idx, cid) for idx, node in enumerate(nodes)
+                 for cid in sorted(set(node.core_ids) - set(node.free_cores)))
     for idx, item in enumerate(raw_nodes):
         raw_reserved = item.get("reserved_cores")
         if raw_reserved is not None:

@@ -44,6 +44,8 @@ def test_agents_started_by_srun_or_ssh_carry_the_allocation(monkeypatch):
     monkeypatch.setenv("SLURM_NNODES", "4")
     srun = agent_command("slurm", "n2", "tcp://h:1", "/keys")
     assert srun[0] == "srun" and "env" in srun
+    # all of the job's CPUs on the node for the agent's step (Slurm 20.11 gave a step of one task one CPU)
+    assert "--whole" in srun[:srun.index("env")]
     carried = srun[srun.index("env") + 1]
     assert json.loads(carried.split("=", 1)[1])["SLURM_NNODES"] == "4"
     monkeypatch.setenv("SLURM_JOB_ID", "17")
