@@ -83,12 +83,13 @@ def prepare_run(cfg: ServiceConfig, instance_id: str) -> RunPlace:
             and _in_slurm_allocation()))
     try:
         if slurm_mode:
+            from qcg.pilotjob.partition.slurm_cpu_ids import allocated_cpu_ids
             from qcg.pilotjob.partition.slurm_resources import slurm_resources
 
             resources = slurm_resources(
                 os.environ, limit_begin=cfg.slurm_limit_nodes_range_begin,
                 limit_end=cfg.slurm_limit_nodes_range_end, resources_file=cfg.slurm_resources_file,
-                system_core=cfg.system_core)
+                system_core=cfg.system_core, cpu_ids=allocated_cpu_ids)
         else:
             resources = local_resources(cfg.nodes, cfg.system_core)
     except ValueError as exc:

@@ -17,11 +17,13 @@ Where the numbers come from
      Paired with ``SLURM_NODELIST``, falling back to ``SLURM_JOB_NODELIST``.
 
   The run-length form ``N(xM)`` is parsed with python-hostlist too.
-* Core ids: ``0..n-1`` on every node, unless Slurm exported a CPU binding
-  (``SLURM_CPU_BIND_TYPE`` starting with ``mask_cpu`` and
-  ``SLURM_CPU_BIND_LIST`` with hexadecimal masks): then the CPUs of the masks
-  are used, the same list on every node (Slurm exports only one), each node
-  taking as many as it has cores.
+* Core ids: if Slurm exported a CPU binding (``SLURM_CPU_BIND_TYPE``
+  starting with ``mask_cpu`` and ``SLURM_CPU_BIND_LIST`` with hexadecimal
+  masks), the CPUs of the masks, the same list on every node (Slurm exports
+  only one), each node taking as many as it has cores. Otherwise the
+  ``CPU_IDs`` that ``scontrol show job --detail`` gives each node
+  (`slurm_cpu_ids`: jobs sharing a node get different CPUs), and where it
+  cannot tell, ``0..n-1``.
 
 Deliberate differences from the original (QCG-PilotJob 0.14):
 
@@ -29,9 +31,6 @@ Deliberate differences from the original (QCG-PilotJob 0.14):
   without it) and ignores ``SLURM_CPUS_PER_TASK``; under ``salloc -N4
   --exclusive`` it therefore sees one core per node.  We use the CPUs of
   the job first.
-* The original also asks ``scontrol show job --detail`` for ``CPU_IDs``;
-  we read the environment only (no subprocess), so the agent, which reads
-  its real CPU set, remains the authority on binding.
 * A node range end of 0 is an empty range here (an error), not "no limit".
 * Bad values are reported as ``ValueError`` naming the variable and its value.
 
@@ -52,7 +51,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import hostlist
 
@@ -265,23 +264,39 @@ def select_node_range(items: Sequence, begin: int | None = None, end: int | None
 
 def slurm_resources(env: Mapping[str, str] = os.environ, *, limit_begin: int | None = None,
                     limit_end: int | None = None, resources_file: str | None = None,
-                    system_core: bool = False) -> Resources:
+                    system_core: bool = False,
+                    cpu_ids: Callable[[str], dict[str, list[int]]] | None = None) -> Resources:
     """Resources of the Slurm allocation described by ``env``.
 
     ``resources_file`` (``--slurm-resources-file``) replaces the environment
     and the node range; ``limit_begin``/``limit_end``
     (``--slurm-limit-nodes-range-begin/end``) select nodes ``begin..end-1``;
-    ``system_core`` (``--system-core``) reserves one core for the manager.
+    ``system_core`` (``--system-core``) reserves one core for the manager;
+    ``cpu_ids`` (`slurm_cpu_ids.allocated_cpu_ids`) tells which CPUs of each
+    node the job ``SLURM_JOB_ID`` has, where the environment gave no CPU mask.
     Raises ValueError with a one-line reason for any bad input.
     """
     if resources_file:
         res = read_resources_file(resources_file)
     else:
         nodes = select_node_range(slurm_nodes(env), limit_begin, limit_end)
+        job = _get(env, "SLURM_JOB_ID")
+        if cpu_ids is not None and job is not None and not (_get(env, BIND_TYPE) or "").startswith("mask_cpu"):
+            nodes = _allocated_ids(nodes, cpu_ids(job))
         res = Resources(Node(name, ids) for name, ids in nodes)
     if system_core:
         res.reserve_system_core()
     return res
+
+
+def _allocated_ids(nodes: list[tuple[str, list[int]]], allocated: dict[str, list[int]]) -> list[tuple[str, list[int]]]:
+    """Each node's ids as Slurm allocated them, where it names as many as the node has cores (HT: the
+    first ones, as the original); the others keep theirs."""
+    out = []
+    for name, ids in nodes:
+        mine = allocated.get(name)
+        out.append((name, mine[:len(ids)] if mine is not None and len(mine) >= len(ids) else ids))
+    return out
 
 
 # -- the resources file ---------------------------------------------------------------

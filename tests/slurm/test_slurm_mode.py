@@ -77,6 +77,35 @@ def test_file_run_on_four_nodes_with_binding(tmp_path: Path, method: str, reques
     assert not list(wd.glob(".*hostfile")) and not list(wd.glob("*.rankfile"))   # no stray files
 
 
+def test_jobs_sharing_a_node_bind_their_tasks_to_their_own_cpus(tmp_path: Path) -> None:
+    """Reference 8.1 (Slurm execution environment, cores bound as Slurm allocated them), helper report: two
+    allocations of one CPU each on one 2-CPU node both read SLURM_JOB_CPUS_PER_NODE=1, took core id 0 and
+    bound their tasks to CPU 0 at the same time (this cluster confines nothing: task/none). Core ids now
+    come from Slurm's CPU_IDs: the two tasks, running together, are bound to different CPUs."""
+    node = "n8"
+    procs = []
+    for tag in ("j1", "j2"):
+        script = (f"echo $QCG_PM_CPU_SET $(grep Cpus_allowed_list /proc/self/status | cut -f2) > {tmp_path}/{tag}; "
+                  f"for i in $(seq 900); do [ -e {tmp_path}/j1 ] && [ -e {tmp_path}/j2 ] && break; sleep 0.1; done")
+        reqs = tmp_path / f"{tag}.json"
+        reqs.write_text(json.dumps(_reqs([{"name": tag, "execution": {"script": script}}])))
+        cmd = ["salloc", "-N1", "-n1", f"--nodelist={node}", "-t", "10", sys.executable, "-m", "qcg.pilotjob.service",
+               "--file-path", str(reqs), "--wd", str(tmp_path / f"wd-{tag}")]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=clean_env()))
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    seen = {tag: (tmp_path / tag).read_text().split() for tag in ("j1", "j2")}
+    for cpu_set, allowed in seen.values():
+        assert cpu_set == allowed, seen
+    assert seen["j1"][0] != seen["j2"][0], f"both jobs bound their tasks to CPU {seen['j1'][0]}"
+
+
 STEP_ONLY = ("SLURM_PROCID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_TASK_PID", "SLURM_LOCALID", "SLURM_NODEID",
              "SLURM_GTIDS", "SLURM_SRUN_COMM_PORT", "SRUN_DEBUG")
 

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from qcg.pilotjob.partition.resources import Node, Resources
+from qcg.pilotjob.partition.slurm_cpu_ids import parse_cpu_ids
 from qcg.pilotjob.partition.task import ResourceRequest
 from qcg.pilotjob.partition.slurm_resources import (
     in_slurm_allocation,
@@ -279,6 +280,32 @@ def test_system_core_with_range_and_real_ids():
     e = env("n[1-3]", cpus="2(x3)", SLURM_CPU_BIND_TYPE="mask_cpu:", SLURM_CPU_BIND_LIST="0xC")
     res = slurm_resources(e, limit_begin=1, system_core=True)
     assert res.system_core == ("n2", 2)
+
+
+# -- CPU_IDs of scontrol ------------------------------------------------------------------
+
+SCONTROL = ("JobId=7 JobName=x NumNodes=3 NumCPUs=4 NodeList=n[5-7] Nodes=n5 CPU_IDs=0-1 Mem=0 GRES= "
+            "Nodes=n[6-7] CPU_IDs=1 Mem=0 GRES= Power=")
+
+
+def test_cpu_ids_of_scontrol_are_parsed_per_node():
+    assert parse_cpu_ids(SCONTROL) == {"n5": [0, 1], "n6": [1], "n7": [1]}
+    assert parse_cpu_ids("Nodes=a CPU_IDs=0,2-3,8 Mem=0") == {"a": [0, 2, 3, 8]}
+    with pytest.raises(ValueError):
+        parse_cpu_ids("Nodes=a CPU_IDs=3-1 Mem=0")
+
+
+def test_the_cpus_slurm_allocated_are_the_core_ids():
+    """Helper report: jobs sharing a node both took ids 0..n-1 and bound their tasks to the same CPU."""
+    e = env("n[5-7]", cpus="2,1(x2)", SLURM_JOB_ID="7")
+    res = slurm_resources(e, cpu_ids=lambda job: parse_cpu_ids(SCONTROL) if job == "7" else {})
+    assert [(n.name, n.core_ids) for n in res.nodes] == [("n5", (0, 1)), ("n6", (1,)), ("n7", (1,))]
+    # scontrol could not tell, or named fewer CPUs than the node has: 0..n-1, as without it
+    res = slurm_resources(e, cpu_ids=lambda job: {"n5": [3]})
+    assert [(n.name, n.core_ids) for n in res.nodes] == [("n5", (0, 1)), ("n6", (0,)), ("n7", (0,))]
+    # a CPU mask in the environment comes first
+    masked = env("n5", cpus="2", SLURM_JOB_ID="7", SLURM_CPU_BIND_TYPE="mask_cpu:", SLURM_CPU_BIND_LIST="0xC")
+    assert slurm_resources(masked, cpu_ids=lambda job: {"n5": [0, 1]}).nodes[0].core_ids == (2, 3)
 
 
 # -- --slurm-resources-file -----------------------------------------------------------------
