@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("governor")
 
+#: times a task its partition ended on its own (CANCELED unasked: the manager lost its parent or was stopped)
+#: runs again before that end stands -- as `partition_set.MAX_MOVES` bounds the moves of a lost partition's
+INTERRUPTIONS = 3
+
 
 def _task_fields(job: str, it: int | None, **fields: object) -> dict:
     """The fields of a task's debug line, those without a value left out."""
@@ -87,6 +91,7 @@ class Governor(Cancellation, FinalStates):
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._alloc_text: dict[Allocation, str] = {}
         self._requeues: dict[str, int] = {}
+        self._interruptions: dict[str, int] = {}
         self.stopping = False               # cancellations from now on are the service stopping
         self.canceled_by_user: set[str] = set()   # tasks (and iterative jobs) a user canceled while they ran
         self.unfittable: dict[str, str] = {}    # jobs of the last submit FAILED at once: name -> why
@@ -307,9 +312,16 @@ class Governor(Cancellation, FinalStates):
         was_executing = rec.state is JobState.EXECUTING
         if it is not None and was_executing:
             job.executing_count -= 1
-        if ev.requeue and self._requeues.get(ev.task_id, 0) < self.requeue_limit \
+        # CANCELED when nobody asked: its partition manager ended it on its own (it lost its parent, it was
+        # stopped) and told before it was declared lost (helper report: a governor stalled for a minute read
+        # the ends first, and the tasks stayed CANCELED). An interruption, not a decision: it runs again.
+        # At most INTERRUPTIONS times, as a lost partition's tasks move at most MAX_MOVES times.
+        interrupted = ev.state == "CANCELED" and not job.canceled and not self.stopping \
+            and self._interruptions.get(ev.task_id, 0) < INTERRUPTIONS
+        if (interrupted or ev.requeue and self._requeues.get(ev.task_id, 0) < self.requeue_limit) \
                 and not job.canceled and self.registry.get(job.name) is job:
-            self._requeues[ev.task_id] = self._requeues.get(ev.task_id, 0) + 1
+            counts = self._interruptions if interrupted else self._requeues
+            counts[ev.task_id] = counts.get(ev.task_id, 0) + 1
             log.warning("task requeued", task=ev.task_id, reason=ev.message)
             rec.add_message(ev.message)
             if it is None:

@@ -15,7 +15,7 @@ import pytest
 
 from qcg.pilotjob.api.errors import InvalidJobDescriptionError
 from qcg.pilotjob.api.jobparse import parse_jobs
-from qcg.pilotjob.governor.governor import Governor, GovernorListener
+from qcg.pilotjob.governor.governor import INTERRUPTIONS, Governor, GovernorListener
 from qcg.pilotjob.governor.states import JobState
 from qcg.pilotjob.partition.local_nodes import local_resources
 from qcg.pilotjob.partition.task import Allocation, TaskFinished, TaskStarted
@@ -308,6 +308,29 @@ def test_dependency_on_canceled_job_omits(h):
     h.finish("a", "CANCELED", code=-15)
     assert h.state("a") is S.CANCELED
     assert h.state("b") is S.OMITTED
+
+
+def test_a_task_its_partition_ended_on_its_own_runs_again(h):
+    """README "Faults: at-least-once" (helper report): a partition manager that lost its governor kills its
+    tasks and reports them CANCELED ("shutdown"); a governor that stalled read those ends before it declared
+    the manager lost, and the tasks stayed CANCELED, never run. A CANCELED nobody asked for is an
+    interruption: the task runs again (up to INTERRUPTIONS times, then the end stands)."""
+    h.submit(J("a"), J("s", iteration={"stop": 2}))
+    assert sorted(h.part.ids) == ["a", "s:0", "s:1"]
+    h.finish("a", "CANCELED", code=-15, message="shutdown")
+    h.finish("s:1", "CANCELED", code=-15, message="shutdown")
+    assert h.state("a") is S.QUEUED and h.state("s") is not S.CANCELED
+    assert h.part.ids.count("a") == 2 and h.part.ids.count("s:1") == 2      # handed out again
+    h.finish("a")
+    h.finish("s:0")
+    h.finish("s:1")
+    assert h.state("a") is S.SUCCEED and h.state("s") is S.SUCCEED
+    h.submit(J("b"))
+    for _ in range(INTERRUPTIONS):
+        h.finish("b", "CANCELED", code=-15, message="shutdown")
+    assert h.part.ids.count("b") == INTERRUPTIONS + 1
+    h.finish("b", "CANCELED", code=-15, message="shutdown")
+    assert h.state("b") is S.CANCELED
 
 
 def test_omitted_propagates_through_3000_job_chain_without_recursion(h):
