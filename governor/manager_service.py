@@ -61,9 +61,16 @@ class ManagerService(Service):
             await self._stop_everything()
             return EXIT_START_FAILED
         if cfg.governor_mode and not self.partition.members:
-            await self._stop_everything()
-            return self._fail("a nested governor needs partitions of its own before it can join its parent "
-                              "(give --slurm-partition-nodes)")
+            if cfg.slurm_partition_nodes is None:
+                # `--governor`: its managers attach with --parent to it, as to any governor (its address file
+                # is written); it joins its parent with the first one, whose size it then offers
+                print(f"waiting for a partition manager to attach (its address: {self.zmq_address}) before "
+                      f"joining the parent", file=sys.stderr)
+                await self._first_member(cfg.partition_init_timeout)
+            if not self.partition.members:
+                await self._stop_everything()
+                return self._fail("a nested governor needs partitions of its own before it can join its parent: "
+                                  "none attached" if cfg.slurm_partition_nodes is None else "none started")
         link = ParentLink(loop, self.partition, address=cfg.parent or "", member_id=self.instance_id,
                           keys=parent_keys, tags=cfg.tags)
         self.partition.events = link
@@ -107,6 +114,24 @@ class ManagerService(Service):
         if len(signals) > 1:
             return 128 + signals[-1]
         return EXIT_PARENT_LOST if why.startswith("parent lost") else EXIT_OK
+
+    async def _first_member(self, timeout: float) -> None:
+        """Until a partition manager has attached, `timeout` s have passed, or a stop signal came."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = stop_signals()
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            deadline = loop.time() + timeout
+            while not self.partition.members and not stop.is_set() and loop.time() < deadline:
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.1)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
     def _parent_keys(self) -> Any:
         cfg = self.config

@@ -557,3 +557,37 @@ def test_managers_stop_within_a_heartbeat_when_the_governor_dies(tmp_path):
     for pid in ("part-0", "part-1"):
         log = (wd / ".qcgpjm-service-g" / "partitions" / pid / "service.log").read_text()
         assert "parent lost: its process ended" in log, log[-2000:]
+
+
+def test_a_nested_governor_without_partitions_joins_with_its_first_manager(tmp_path):
+    """README "Attaching": a governor started with `--parent` and `--governor` is a partition of the higher
+    governor (helper report: it was refused, "needs partitions of its own"). It waits for a manager to attach
+    to it, joins the top with that manager's size, and the top's tasks run there."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    procs: list[subprocess.Popen] = []
+    try:
+        for top in local_manager(["--governor", "--wd", str(wd)], client_cfg(tmp_path)):
+            mid_aux = wd / ".qcgpjm-service-mid"
+            procs.append(subprocess.Popen([*SERVICE, "--parent", top.address, "--keys", top.aux_dir, "--governor",
+                                           "--id", "mid", "--wd", str(wd)], cwd=str(tmp_path),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            deadline = time.monotonic() + WAIT
+            while not (mid_aux / "address").exists():
+                assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].stderr.read()
+                time.sleep(0.05)
+            procs.append(subprocess.Popen([*SERVICE, "--parent", (mid_aux / "address").read_text().strip(),
+                                           "--keys", str(mid_aux), "--id", "leaf", "--nodes", "n:2",
+                                           "--wd", str(wd)], cwd=str(tmp_path),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            top.submit(Jobs().add(name="s", exec="/bin/true", iteration=4))
+            assert top.wait4("s", timeout=WAIT) == {"s": "SUCCEED"}
+            childs = top.info("s", withChilds=True)["jobs"]["s"]["data"]["childs"]
+            assert {c["runtime"]["partition"] for c in childs} == {"mid"}, childs
+        for p in procs:
+            assert p.wait(WAIT) == 0           # the top's `exit` ends the nested governor and its manager
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(WAIT)
