@@ -72,24 +72,29 @@ class Agent:
             if stats is not None:     # however the agent ends: exit, a stop signal, an error
                 stats.stop()
 
-    def _run_lock(self) -> RunLock | None:
-        """The run's lock on this node (agent/run_lock.py): the tasks an agent of a killed service left here
-        end before any of ours starts. Named after the keys directory, which is in the run's aux dir."""
-        if not self.keys_dir:
-            return None
-        lock = RunLock(self.keys_dir, self.node)
-
+    async def _take_run_lock(self, lock: RunLock) -> None:
+        """The run's lock on this node (agent/run_lock.py), before the agent says it is ready: the tasks an
+        agent of a killed service left here end before any of ours starts."""
         def waiting() -> None:
             print(f"agent {self.node}: waiting for the tasks of the interrupted run on this node to end",
                   file=sys.stderr)
 
-        if not lock.acquire(waiting=waiting):
+        assert self._done is not None
+        taking = asyncio.ensure_future(lock.acquire_async(waiting=waiting))
+        stopping = asyncio.ensure_future(self._done.wait())
+        try:
+            await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not taking.done():
+            taking.cancel()             # told to stop meanwhile
+        elif not taking.result():
             print(f"agent {self.node}: run lock {lock.path} not taken: tasks of an interrupted run may still "
                   f"run here", file=sys.stderr)
-        return lock
 
     async def _serve(self) -> int:
-        run_lock = self._run_lock()
+        # named after the keys directory, which is in the run's aux dir (the same for a resume)
+        run_lock = RunLock(self.keys_dir, self.node) if self.keys_dir else None
         loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         self.ctx = zmq.asyncio.Context()
@@ -105,6 +110,8 @@ class Agent:
         self.spawner = ProcessSpawner(loop, orphan_guard=True, run_lock=run_lock)
         for sig in self.stop_signals:
             loop.add_signal_handler(sig, self._done.set)
+        if run_lock is not None:
+            await self._take_run_lock(run_lock)
         try:
             cpus = sorted(os.sched_getaffinity(0))
         except OSError:

@@ -26,9 +26,9 @@ REPLACEMENTS = 3       # guards that may die (be killed) and be replaced before 
 
 class GuardKeeper:
     def __init__(self, loop: asyncio.AbstractEventLoop, grace: float, live_groups: Callable[[], Iterable[int]],
-                 describe: Callable[[OSError], str] = str, hold_fd: int = -1) -> None:
+                 describe: Callable[[OSError], str] = str, hold: Callable[[], int] | None = None) -> None:
         self._loop = loop
-        self._hold_fd = hold_fd             # the run lock each guard holds too (OrphanGuard)
+        self._hold = hold                   # the descriptor of the run lock each guard holds too (OrphanGuard)
         self._grace = grace
         self._live_groups = live_groups     # the groups of the tasks running now, for a replacement guard
         self._describe = describe
@@ -57,7 +57,7 @@ class GuardKeeper:
             guard.close()
 
     def _start(self) -> OrphanGuard:
-        guard = self.current = OrphanGuard(self._grace, self._hold_fd)
+        guard = self.current = OrphanGuard(self._grace, self._hold() if self._hold is not None else -1)
         self._loop.add_reader(guard.pidfd, self._ended, guard)
         return guard
 

@@ -17,6 +17,7 @@ node is gone. flock(2) locks belong to the open file, which a guard shares.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import os
@@ -45,51 +46,60 @@ def _private_dir() -> str | None:
 
 
 class RunLock:
+    """Taken with `acquire` (tests, tools) or `acquire_async` (a launcher: stop signals still work while it
+    waits); released by `release`, which removes the file only when this process held the lock."""
+
     def __init__(self, run: str, node: str) -> None:
         self.path: str | None = None
         self._fd = -1
+        self._held = False
         where = _private_dir()
-        if where is None:
-            return
-        digest = hashlib.sha256(f"{os.path.realpath(run)}\0{node}".encode("utf-8", "surrogateescape")).hexdigest()
-        self.path = os.path.join(where, digest[:32] + ".lock")
-        self._open()
+        if where is not None:
+            key = f"{os.path.realpath(run)}\0{node}".encode("utf-8", "surrogateescape")
+            self.path = os.path.join(where, hashlib.sha256(key).hexdigest()[:32] + ".lock")
 
-    def _open(self) -> None:
-        assert self.path is not None
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError:
+    def _try(self) -> bool | None:
+        """One attempt: True when held, False when another holds it, None when it cannot be had at all."""
+        if self.path is None:
+            return None
+        while True:
+            if self._fd < 0:
+                try:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                except OSError:
+                    return None
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return None
+            if self._still_at_path():
+                self._held = True
+                return True
+            os.close(self._fd)        # the holder released it and removed the file: lock the new one
             self._fd = -1
 
     def acquire(self, timeout: float = WAIT, waiting: Callable[[], None] | None = None) -> bool:
         """Take the lock, waiting up to `timeout` s (`waiting` is called once when a wait begins); False
         when it could not be taken (no lock file, or still held at the end: the caller goes on)."""
-        if self._fd < 0:
-            return False
         deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass
-            except OSError:
-                return False
-            else:
-                if self._still_at_path():
-                    return True
-                os.close(self._fd)        # the holder released it and removed the file: lock the new one
-                self._open()
-                if self._fd < 0:
-                    return False
-                continue
-            if time.monotonic() >= deadline:
-                return False
-            if not told and waiting is not None:
+        while (got := self._try()) is False and time.monotonic() < deadline:
+            if waiting is not None:
                 waiting()
-                told = True
+                waiting = None
             time.sleep(POLL)
+        return bool(got)
+
+    async def acquire_async(self, timeout: float = WAIT, waiting: Callable[[], None] | None = None) -> bool:
+        """`acquire` inside an event loop: the loop (its signal handlers) runs while it waits."""
+        deadline = time.monotonic() + timeout
+        while (got := self._try()) is False and time.monotonic() < deadline:
+            if waiting is not None:
+                waiting()
+                waiting = None
+            await asyncio.sleep(POLL)
+        return bool(got)
 
     def _still_at_path(self) -> bool:
         try:
@@ -99,17 +109,17 @@ class RunLock:
         return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
     def fileno(self) -> int:
-        """The locked file's descriptor (-1 without one), for an orphan guard to hold too."""
-        return self._fd
+        """The locked file's descriptor while the lock is held (-1 otherwise), for an orphan guard to hold too."""
+        return self._fd if self._held else -1
 
     def release(self) -> None:
-        """The run's tasks on this node have all ended: the file goes, then the lock."""
-        if self._fd < 0:
-            return
-        if self.path is not None:
+        """The run's tasks on this node have all ended: the file goes (if the lock was ours), then the lock."""
+        if self._held and self.path is not None:
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
         self._fd = -1
+        self._held = False

@@ -119,8 +119,8 @@ class ProcessSpawner(ProcessStopping):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, kill_grace: float = 3.0, orphan_guard: bool = False,
                  run_lock: RunLock | None = None) -> None:
-        """`run_lock` (taken by the caller): held by this spawner and its orphan guards until the tasks have
-        all ended, then released by `shutdown` (agent/run_lock.py)."""
+        """`run_lock` (taken by the caller before the first task): held by this spawner and its orphan
+        guards until the tasks have all ended, then released by `shutdown` (agent/run_lock.py)."""
         self._loop = loop
         self._run_lock = run_lock
         self._kill_grace = kill_grace
@@ -135,7 +135,7 @@ class ProcessSpawner(ProcessStopping):
         # The guard starts with the first task: a launcher that is replaced before it runs any has none.
         self._procs: dict[Hashable, _Proc] = {}
         self._guard = GuardKeeper(loop, kill_grace, self._live_groups, describe=err_text,
-                                  hold_fd=run_lock.fileno() if run_lock is not None else -1) if orphan_guard else None
+                                  hold=run_lock.fileno if run_lock is not None else None) if orphan_guard else None
         # a task's processes end with it (process_stopping); infrastructure (agents, managers) is not a task
         self._ends_groups = orphan_guard
         self._lingering: dict[int, Any] = {}           # process_stopping._Lingering

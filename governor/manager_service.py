@@ -97,7 +97,7 @@ class ManagerService(Service):
         def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             # a bug (stop_causes): the parent runs our tasks elsewhere, as when this manager is killed
             loop.default_exception_handler(context)
-            if not internal_error:
+            if not internal_error and not link.ended:
                 internal_error.append(internal_error_line(context, self.aux_dir))
                 print(internal_error[0], file=sys.stderr)
                 link.abandon("internal error")

@@ -131,6 +131,11 @@ class ParentLink:
         assert self._done is not None
         return await self._done
 
+    @property
+    def ended(self) -> bool:
+        """The link has ended (`exit`, parent lost, abandoned): the manager is finishing."""
+        return self._done is not None and self._done.done()
+
     def abandon(self, why: str) -> None:
         """Stop at once: what ended so far is reported, then the parent hears this manager is gone, so it
         runs the rest elsewhere at once (as after a lost heartbeat); the ends of the tasks killed next

@@ -91,6 +91,7 @@ class Workers:
             self._publish_address()
             return True
         if not self.slurm_mode:
+            await self._wait_for_the_interrupted()
             return True
         from qcg.pilotjob.partition.agent_launcher import AgentStartError
 
@@ -101,6 +102,12 @@ class Workers:
             log.error("node agents not started", error=str(exc))
             return False
         return True
+
+    async def _wait_for_the_interrupted(self) -> None:
+        """Tasks launched from this process: those a killed run left here end first (agent/run_lock.py)."""
+        launcher = getattr(self.partition, "launcher", None)
+        if isinstance(launcher, LocalLauncher):
+            await launcher.wait_for_the_interrupted()
 
     def _launch_partitions(self) -> None:
         """Split the allocation and spawn one manager per group (`_start_workers` waits for them)."""
@@ -139,7 +146,8 @@ class Workers:
         stats_dir = self.wd if cfg.enable_proc_stats else None     # ptrace_*.log files (reference 16)
         if cfg.disable_nl:
             part.attach_launcher(SrunLauncher(self.loop, part._launched, part._exited,  # type: ignore[arg-type]
-                                              proc_stats_dir=stats_dir))
+                                              proc_stats_dir=stats_dir, run_dir=part.config.scratch_dir))
+            await self._wait_for_the_interrupted()
             return
         launcher = AgentLauncher(
             self.loop, [n.name for n in self.resources.nodes], part._launched, part._exited,  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -72,6 +73,8 @@ def exit_description(code: int | None) -> str:
 
 
 def _waiting_for_the_interrupted() -> None:
+    print("Waiting for the tasks of the interrupted run on this host to end (a killed launcher's guard is "
+          "stopping them)", file=sys.stderr)
     _log.warning("waiting for the tasks of the interrupted run on this host to end (run lock held)")
 
 
@@ -85,14 +88,10 @@ class LocalLauncher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_started: StartedCallback, on_exit: ExitCallback,
                  kill_grace: float = 3.0, proc_stats_dir: str | None = None, run_dir: str | None = None) -> None:
-        """`run_dir`: a directory of the run's own (the same for a resume); the tasks a killed launcher of
-        the run left on this host end before any of ours starts (agent/run_lock.py)."""
-        run_lock = None
-        if run_dir is not None:
-            run_lock = RunLock(run_dir, os.uname().nodename)
-            if not run_lock.acquire(waiting=_waiting_for_the_interrupted):
-                _log.warning("run lock not taken: tasks of an interrupted launcher may still run", path=run_lock.path)
-        self._spawner = ProcessSpawner(loop, kill_grace=kill_grace, orphan_guard=True, run_lock=run_lock)
+        """`run_dir`: a directory of the run's own (the same for a resume): with it, `wait_for_the_interrupted`
+        lets the tasks a killed launcher of the run left on this host end before ours start."""
+        self._run_lock = RunLock(run_dir, os.uname().nodename) if run_dir is not None else None
+        self._spawner = ProcessSpawner(loop, kill_grace=kill_grace, orphan_guard=True, run_lock=self._run_lock)
         self._on_started = on_started
         self._on_exit = on_exit
         self._base_env = dict(os.environ)
@@ -102,6 +101,13 @@ class LocalLauncher:
 
             # every task of a local run is on this host: the file is named after it
             self._stats = start_collector(proc_stats_dir, os.uname().nodename)
+
+    async def wait_for_the_interrupted(self) -> None:
+        """Before the first task: take the run lock (agent/run_lock.py), waiting while the tasks of a killed
+        launcher of this run still live here; after `run_lock.WAIT` s the run goes on, with a warning."""
+        if self._run_lock is not None and not await self._run_lock.acquire_async(waiting=_waiting_for_the_interrupted):
+            _log.warning("run lock not taken: tasks of an interrupted launcher may still run",
+                         path=self._run_lock.path)
 
     @property
     def running(self) -> int:

@@ -80,8 +80,9 @@ class Partition:
     def _size_to_nodes(self) -> None:
         """Totals (what iterations are sized by) and credit from the cores tasks can get: not those of a
         lost node, which will never run anything again, nor a core reserved by `--system-core` (sized
-        with it, a `split-into` with one part asked for a core more than there is)."""
-        live = [n for n in self.resources.nodes if not self.resources.is_lost(n.name)]
+        with it, a `split-into` with one part asked for a core more than there is), nor a node that has no
+        other core."""
+        live = [n for n in self.resources.nodes if not self.resources.is_lost(n.name) and n.capacity > 0]
         cores = sum(n.capacity for n in live)
         self._totals = (cores, len(live), max((n.capacity for n in live), default=0))
         self.queue_limit = max(cores * (1 + self.config.queue_factor), 64)

@@ -567,6 +567,17 @@ def test_iteration_schedulers_size_by_the_cores_tasks_can_get(service):
     assert [_cores_of(rep[f"two:{i}"]["runtime"]["allocation"]) for i in range(2)] == [1, 1]
 
 
+def test_a_node_left_without_cores_by_the_system_core_is_not_sized_for(service):
+    """Review: `--system-core` on a 1-core node leaves it no core for tasks, but the nodes scheduler still
+    counted it: `maximum-iters` over nodes asked for 2 nodes of the one that can run tasks, and FAILED."""
+    reqs = [submit(job("n", "/bin/true", iteration={"stop": 1},
+                       resources={"numNodes": {"min": 1, "scheduler": {"name": "maximum-iters"}}}))]
+    r = service(reqs, "--system-core", nodes="a:1,b:2", timeout=60)
+    r.assert_no_traceback()
+    assert r.rc == 0, r.stderr
+    assert r.report()["n"]["state"] == "SUCCEED", r.report()["n"]
+
+
 def test_an_iteration_scheduler_that_cannot_be_met_fails_alone(service):
     """Reference 7.2 (a job bigger than the resources is FAILED, the rest runs), for a scheduler's size
     (helper report): `split-into` with `min` 3 gives 3 iterations 1 core of 4; the whole submit was

@@ -239,6 +239,36 @@ def test_a_resume_right_after_a_kill_starts_no_task_next_to_its_first_copy(tmp_p
     assert max(first) < min(second), f"the copies ran together for {max(first) - min(second):.2f} s"
 
 
+def test_a_signal_while_the_service_waits_for_the_interrupted_tasks_stops_it_cleanly(tmp_path):
+    """Review: the wait for a killed run's tasks (the run lock) blocked the loop: Ctrl-C did nothing and
+    SIGTERM killed the service on the spot (no final status). The wait is the loop's now: it is said on
+    stderr, and SIGINT stops the service as at any other time (exit 130, its files written)."""
+    from qcg.pilotjob.agent.run_lock import RunLock
+
+    wd = tmp_path / "wd"
+    aux = wd / ".qcgpjm-service-w"
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([submit({"name": "a", "execution": {"exec": "/bin/true"}})]))
+    interrupted = RunLock(str(aux / "tmp"), os.uname().nodename)     # as a killed launcher's guard holds it
+    assert interrupted.acquire(timeout=5)
+    try:
+        proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", NODES,
+                                 "--id", "w"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+        try:
+            said = proc.stderr.readline()      # type: ignore[union-attr]
+            assert "Waiting for the tasks of the interrupted run" in said, said
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            _kill_tree(proc)
+    finally:
+        interrupted.release()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err
+    assert "JobStats" in json.loads((aux / "final_status.json").read_text())      # stopped before it read the file
+
+
 def _gated_sweep(cnt: Path, gate: Path, n: int, opened: int) -> dict:
     """Iteration `it` ends once the number in `gate` (`opened` while there is no gate) exceeds it (at most 60 s)."""
     sc = (f"for i in $(seq 600); do [ $(cat {gate} 2>/dev/null || echo {opened}) -gt ${{it}} ] && break; "

@@ -59,6 +59,20 @@ def test_one_holder_at_a_time_and_the_next_takes_it_once_released(tmp_path):
             lock.release()
 
 
+def test_a_lock_that_was_not_taken_is_not_removed_on_release(tmp_path):
+    """Review: a launcher whose wait timed out went on, and at its end removed the file its predecessor's
+    guard still held locked; the next launcher then made a new file and did not wait at all."""
+    holder, late, next_one = (RunLock(str(tmp_path), "n1") for _ in range(3))
+    try:
+        assert holder.acquire(timeout=1)
+        assert not late.acquire(timeout=0.2)
+        late.release()
+        assert not next_one.acquire(timeout=0.2)
+    finally:
+        for lock in (holder, late, next_one):
+            lock.release()
+
+
 def test_a_killed_launchers_lock_is_held_until_its_guard_has_ended_the_tasks(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path), "kill"], stdout=subprocess.PIPE,
                             text=True)
