@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
 import os
 import stat
 import tempfile
 import time
+import zlib
 from typing import Callable
 
 WAIT = 60.0         # seconds a launcher waits for the tasks of an interrupted run on its node to end
@@ -55,8 +55,10 @@ class RunLock:
         self._held = False
         where = _private_dir()
         if where is not None:
+            # a checksum, not hashlib: that loads OpenSSL (4 MB of RSS, 5 ms) into every launcher; a clash
+            # of two runs would only make one wait for the other's end on this node
             key = f"{os.path.realpath(run)}\0{node}".encode("utf-8", "surrogateescape")
-            self.path = os.path.join(where, hashlib.sha256(key).hexdigest()[:32] + ".lock")
+            self.path = os.path.join(where, f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}{len(key):04x}.lock")
 
     def _try(self) -> bool | None:
         """One attempt: True when held, False when another holds it, None when it cannot be had at all."""
