@@ -224,7 +224,7 @@ class PartitionServer:
 
         def drained() -> None:
             self._forget(peer)
-            self.pset.remove_member(peer.id, "left")
+            self.pset.remove_member(peer.id, "left", left=True)
             self._send(peer.ident, protocol.encode({"type": "exit"}))
 
         self.pset.drain_member(peer.id, drained)

@@ -104,6 +104,7 @@ class PartitionSet(Rebalancing):
         self._init_rebalancing()
         self._fits: dict[tuple[str, ResourceRequest], bool] = {}
         self.lost: list[str] = []
+        self.left: list[str] = []           # members that left in order (drained, told to exit)
 
     # ------------------------------------------------------------ membership
     def add_member(self, member_id: str, port: MemberPort, credit: int, tags: list[str] | None = None) -> Member:
@@ -133,13 +134,14 @@ class PartitionSet(Rebalancing):
         log.info("partition draining", partition=member_id, tasks=len(member.inflight))
         self._maybe_drained(member)
 
-    def remove_member(self, member_id: str, reason: str) -> None:
-        """The member is gone (lost or left): its tasks are dispatched again to the others."""
+    def remove_member(self, member_id: str, reason: str, *, left: bool = False) -> None:
+        """The member is gone: lost, its tasks dispatched again to the others; or `left` in order, drained
+        (a graceful leave was listed among the lost partitions and logged as an error)."""
         member = self.members.pop(member_id, None)
         if member is None:
             return
         self._fits = {k: v for k, v in self._fits.items() if k[0] != member_id}
-        self.lost.append(member_id)
+        (self.left if left else self.lost).append(member_id)
         moved: list[TaskSpec] = []
         for tid in sorted(member.inflight, key=lambda t: self._specs[t].seq):
             spec = self._specs.pop(tid)
@@ -161,7 +163,10 @@ class PartitionSet(Rebalancing):
         member.running.clear()
         member.retracting.clear()
         self._retract_to.pop(member_id, None)
-        log.error("partition removed", partition=member_id, reason=reason, redispatched=len(moved))
+        if left and not moved:
+            log.info("partition left", partition=member_id)
+        else:
+            log.error("partition removed", partition=member_id, reason=reason, redispatched=len(moved))
         self._backlog.extendleft(reversed(moved))
         self._capacity_changed()
 

@@ -262,6 +262,7 @@ class Service(Workers):
         if self.partitions is not None:
             data["Partitions"] = self.partition.status()
             data["LostPartitions"] = list(self.partition.lost)
+            data["LeftPartitions"] = list(self.partition.left)
         return data
 
     def _interfaces(self) -> list[str]:

@@ -46,7 +46,7 @@ def test_full_run_report_status_and_journal(service, tmp_path, mode):
     assert rep["a"]["execution"]["exec"] == "/bin/echo"
     assert [h["state"] for h in rep["a"]["history"]][-1] == "SUCCEED"
     fs = r.final_status()
-    partition_keys = {"Partitions", "LostPartitions"} if mode == "partitioned" else set()
+    partition_keys = {"Partitions", "LostPartitions", "LeftPartitions"} if mode == "partitioned" else set()
     assert set(fs) == {"System", "Resources", "JobStats", "IterationStats"} | partition_keys
     assert set(fs["System"]) >= {"InstanceId", "Started", "Generated", "Uptime", "Zmqaddress", "Ifaces",
                                  "StatusPublisher", "Host", "Account", "Wd", "PythonVersion", "Python",

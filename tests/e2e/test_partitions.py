@@ -417,7 +417,12 @@ def test_a_sweep_with_an_iteration_scheduler_waits_for_the_first_partition(tmp_p
             if manager is not None:
                 manager.send_signal(signal.SIGTERM)
                 manager.wait(WAIT)
-        assert [(out / str(i)).read_text().strip() for i in range(3)] == ["2", "2", "2"]
+        aux = Path(governor.aux_dir)
+    assert [(out / str(i)).read_text().strip() for i in range(3)] == ["2", "2", "2"]
+    # it left in order (drained, told to exit): not a lost partition, nor an error in the log (helper report)
+    status = json.loads((aux / "final_status.json").read_text())
+    assert (status["LeftPartitions"], status["LostPartitions"]) == (["p"], []), status
+    assert "partition removed" not in (aux / "service.log").read_text()
 
 
 @pytest.mark.parametrize("flag", [["--nodes", "a:2"], ["--system-core"]])

@@ -296,7 +296,7 @@ def test_partition_server_register_events_and_bad_messages():
         for _ in range(5):
             await asyncio.sleep(0)
         assert replies(b"id0")[-1]["type"] == "exit"
-        assert pset.members == {} and pset.lost == ["p0"]
+        assert pset.members == {} and pset.lost == [] and pset.left == ["p0"]    # in order: not lost
 
     asyncio.run(asyncio.wait_for(main(), 10))
 
