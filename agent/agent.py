@@ -80,7 +80,7 @@ class Agent:
                   file=sys.stderr)
 
         assert self._done is not None
-        taking = asyncio.ensure_future(lock.acquire_async(waiting=waiting))
+        taking = asyncio.ensure_future(lock.acquire(waiting=waiting))
         stopping = asyncio.ensure_future(self._done.wait())
         try:
             await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)

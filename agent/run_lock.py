@@ -46,8 +46,8 @@ def _private_dir() -> str | None:
 
 
 class RunLock:
-    """Taken with `acquire` (tests, tools) or `acquire_async` (a launcher: stop signals still work while it
-    waits); released by `release`, which removes the file only when this process held the lock."""
+    """Taken with `acquire`, released by `release`, which removes the file only when this process held the
+    lock."""
 
     def __init__(self, run: str, node: str) -> None:
         self.path: str | None = None
@@ -82,19 +82,10 @@ class RunLock:
             os.close(self._fd)        # the holder released it and removed the file: lock the new one
             self._fd = -1
 
-    def acquire(self, timeout: float = WAIT, waiting: Callable[[], None] | None = None) -> bool:
-        """Take the lock, waiting up to `timeout` s (`waiting` is called once when a wait begins); False
-        when it could not be taken (no lock file, or still held at the end: the caller goes on)."""
-        deadline = time.monotonic() + timeout
-        while (got := self._try()) is False and time.monotonic() < deadline:
-            if waiting is not None:
-                waiting()
-                waiting = None
-            time.sleep(POLL)
-        return bool(got)
-
-    async def acquire_async(self, timeout: float = WAIT, waiting: Callable[[], None] | None = None) -> bool:
-        """`acquire` inside an event loop: the loop (its signal handlers) runs while it waits."""
+    async def acquire(self, timeout: float = WAIT, waiting: Callable[[], None] | None = None) -> bool:
+        """Take the lock, waiting up to `timeout` s (`waiting` is called once when a wait begins) while the
+        loop -- its signal handlers -- runs on; False when it could not be taken (no lock file, or still
+        held at the end: the caller goes on)."""
         deadline = time.monotonic() + timeout
         while (got := self._try()) is False and time.monotonic() < deadline:
             if waiting is not None:

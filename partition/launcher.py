@@ -105,7 +105,7 @@ class LocalLauncher:
     async def wait_for_the_interrupted(self) -> None:
         """Before the first task: take the run lock (agent/run_lock.py), waiting while the tasks of a killed
         launcher of this run still live here; after `run_lock.WAIT` s the run goes on, with a warning."""
-        if self._run_lock is not None and not await self._run_lock.acquire_async(waiting=_waiting_for_the_interrupted):
+        if self._run_lock is not None and not await self._run_lock.acquire(waiting=_waiting_for_the_interrupted):
             _log.warning("run lock not taken: tasks of an interrupted launcher may still run",
                          path=self._run_lock.path)
 

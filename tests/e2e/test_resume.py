@@ -7,6 +7,7 @@ the governor, its partition managers and their tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -250,7 +251,7 @@ def test_a_signal_while_the_service_waits_for_the_interrupted_tasks_stops_it_cle
     reqs = tmp_path / "reqs.json"
     reqs.write_text(json.dumps([submit({"name": "a", "execution": {"exec": "/bin/true"}})]))
     interrupted = RunLock(str(aux / "tmp"), os.uname().nodename)     # as a killed launcher's guard holds it
-    assert interrupted.acquire(timeout=5)
+    assert asyncio.run(interrupted.acquire(timeout=5))
     try:
         proc = subprocess.Popen([*SERVICE, "--file-path", str(reqs), "--wd", str(wd), "--nodes", NODES,
                                  "--id", "w"],

@@ -7,11 +7,13 @@ the same cores for seconds (9 s in Slurm mode, where the agents notice the loss 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import psutil
 
@@ -24,7 +26,7 @@ LAUNCHER = textwrap.dedent("""
 
     async def main():
         lock = RunLock(sys.argv[1], "n1")
-        assert lock.acquire(timeout=5)
+        assert await lock.acquire(timeout=5)
         sp = ProcessSpawner(asyncio.get_running_loop(), kill_grace=1.0, orphan_guard=True, run_lock=lock)
         # ignores SIGTERM: only the guard's SIGKILL, 1 s later, ends it
         pid = sp.spawn("t", ProcessSpec(["/bin/sh", "-c", "trap '' TERM; sleep 60"], dict(os.environ), os.getcwd()),
@@ -39,6 +41,10 @@ LAUNCHER = textwrap.dedent("""
 """)
 
 
+def _take(lock: RunLock, **wait: Any) -> bool:
+    return asyncio.run(lock.acquire(**wait))
+
+
 def _alive(pid: int) -> bool:
     return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
@@ -47,13 +53,13 @@ def test_one_holder_at_a_time_and_the_next_takes_it_once_released(tmp_path):
     first, second = RunLock(str(tmp_path), "n1"), RunLock(str(tmp_path), "n1")
     other_node = RunLock(str(tmp_path), "n2")
     try:
-        assert first.acquire(timeout=1)
+        assert _take(first, timeout=1)
         called = []
-        assert not second.acquire(timeout=0.3, waiting=lambda: called.append(1))
+        assert not _take(second, timeout=0.3, waiting=lambda: called.append(1))
         assert called == [1]
-        assert other_node.acquire(timeout=1)         # another node of the same run is not waited for
+        assert _take(other_node, timeout=1)         # another node of the same run is not waited for
         first.release()
-        assert second.acquire(timeout=1)
+        assert _take(second, timeout=1)
     finally:
         for lock in (first, second, other_node):
             lock.release()
@@ -64,10 +70,10 @@ def test_a_lock_that_was_not_taken_is_not_removed_on_release(tmp_path):
     guard still held locked; the next launcher then made a new file and did not wait at all."""
     holder, late, next_one = (RunLock(str(tmp_path), "n1") for _ in range(3))
     try:
-        assert holder.acquire(timeout=1)
-        assert not late.acquire(timeout=0.2)
+        assert _take(holder, timeout=1)
+        assert not _take(late, timeout=0.2)
         late.release()
-        assert not next_one.acquire(timeout=0.2)
+        assert not _take(next_one, timeout=0.2)
     finally:
         for lock in (holder, late, next_one):
             lock.release()
@@ -79,10 +85,10 @@ def test_a_killed_launchers_lock_is_held_until_its_guard_has_ended_the_tasks(tmp
     task = int(proc.stdout.readline())          # type: ignore[union-attr]
     resumed = RunLock(str(tmp_path), "n1")
     try:
-        assert not resumed.acquire(timeout=0.2)
+        assert not _take(resumed, timeout=0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert resumed.acquire(timeout=20), "the lock was never released"
+        assert _take(resumed, timeout=20), "the lock was never released"
         assert not _alive(task), "the lock was free while the killed launcher's task still ran"
     finally:
         resumed.release()
@@ -102,7 +108,7 @@ def test_a_launcher_that_ended_its_tasks_releases_the_lock(tmp_path):
         task = int(proc.stdout.readline())          # type: ignore[union-attr]
         assert proc.stdout.readline().strip() == "down"     # type: ignore[union-attr]
         assert not _alive(task)
-        assert resumed.acquire(timeout=2)
+        assert _take(resumed, timeout=2)
     finally:
         resumed.release()
         proc.kill()

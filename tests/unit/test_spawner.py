@@ -12,6 +12,7 @@ import stat
 import signal
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -348,17 +349,21 @@ def _spawn_beside_a_fifo(sp: ProcessSpawner, key: str, spec: ProcessSpec, col: C
     return pid
 
 
+def _spawner_and_a_fifo(tmp_path) -> tuple[ProcessSpawner, Collector, Path]:
+    """A spawner on the running loop, its exit collector, and a FIFO `pipe` in `tmp_path`."""
+    loop = asyncio.get_running_loop()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    return ProcessSpawner(loop), Collector(loop), fifo
+
+
 def test_fifo_streams_are_opened_by_the_task_not_by_the_spawner(tmp_path):
     """A FIFO as stdin/stdout (helper report: the service hung, unkillable, inside posix_spawn's open of
     a FIFO; a task reading a FIFO that a later task writes deadlocked the run): the reader's spawn
     returns at once, the writer then starts, and the data goes through; stdout and stderr on one FIFO
     share it."""
     async def main():
-        loop = asyncio.get_running_loop()
-        sp = ProcessSpawner(loop)
-        col = Collector(loop)
-        fifo = tmp_path / "pipe"
-        os.mkfifo(fifo)
+        sp, col, fifo = _spawner_and_a_fifo(tmp_path)
         assert _spawn_beside_a_fifo(sp, "reader", ProcessSpec(["cat"], env(), str(tmp_path), stdin=str(fifo),
                                                               stdout=str(tmp_path / "got")), col, fifo)
         sp.spawn("writer", ProcessSpec(["sh", "-c", "echo hello; echo world >&2"], env(), str(tmp_path),
@@ -374,11 +379,7 @@ def test_a_task_waiting_for_its_fifo_can_be_canceled(tmp_path):
     """Nobody ever reads the FIFO the task writes to: the task waits, the spawner does not, and cancel
     ends it like any task."""
     async def main():
-        loop = asyncio.get_running_loop()
-        sp = ProcessSpawner(loop)
-        col = Collector(loop)
-        fifo = tmp_path / "pipe"
-        os.mkfifo(fifo)
+        sp, col, fifo = _spawner_and_a_fifo(tmp_path)
         assert _spawn_beside_a_fifo(sp, "w", ProcessSpec(["echo", "x"], env(), str(tmp_path), stdout=str(fifo)),
                                     col, fifo)
         assert sp.cancel("w") is True
