@@ -21,7 +21,6 @@ import asyncio
 import fcntl
 import os
 import stat
-import tempfile
 import time
 import zlib
 from typing import Callable
@@ -30,9 +29,20 @@ WAIT = 60.0         # seconds a launcher waits for the tasks of an interrupted r
 POLL = 0.1
 
 
+def _temp_root() -> str:
+    """`tempfile.gettempdir()`'s choice (the first of TMPDIR, TEMP, TMP that is a usable directory, else /tmp),
+    without `tempfile`: it loads shutil, bz2, lzma and random into every launcher (5 ms of each start), and
+    tries a file in the directory."""
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        path = os.environ.get(var)
+        if path and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+            return os.path.abspath(path)
+    return "/tmp"
+
+
 def _private_dir() -> str | None:
     """This user's directory for run locks, or None when it is not safely ours (another user made it)."""
-    path = os.path.join(tempfile.gettempdir(), f"qcgpj-{os.getuid()}")
+    path = os.path.join(_temp_root(), f"qcgpj-{os.getuid()}")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

@@ -113,3 +113,20 @@ def test_a_launcher_that_ended_its_tasks_releases_the_lock(tmp_path):
         resumed.release()
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_the_lock_directory_follows_tmpdir_as_tempfile_does(tmp_path, monkeypatch):
+    from qcg.pilotjob.agent.run_lock import _temp_root
+
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(var, raising=False)
+    assert _temp_root() == "/tmp"
+    monkeypatch.setenv("TMP", str(tmp_path))
+    assert _temp_root() == str(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))       # not a directory: the next one counts
+    assert _temp_root() == str(tmp_path)
+    monkeypatch.setenv("TMPDIR", "rel")
+    (tmp_path / "rel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _temp_root() == str(tmp_path / "rel")
+    assert RunLock("run", "n1").path.startswith(str(tmp_path / "rel" / f"qcgpj-{os.getuid()}") + "/")
