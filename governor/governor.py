@@ -316,7 +316,7 @@ class Governor(Cancellation, FinalStates):
         # stopped) and told before it was declared lost (helper report: a governor stalled for a minute read
         # the ends first, and the tasks stayed CANCELED). An interruption, not a decision: it runs again.
         # At most INTERRUPTIONS times, as a lost partition's tasks move at most MAX_MOVES times.
-        interrupted = ev.state == "CANCELED" and not self.stopping \
+        interrupted = ev.state == "CANCELED" and not self.stopping and ev.task_id not in self.canceled_by_user \
             and self._interruptions.get(ev.task_id, 0) < INTERRUPTIONS
         if (interrupted or ev.requeue and self._requeues.get(ev.task_id, 0) < self.requeue_limit) \
                 and not job.canceled and self.registry.get(job.name) is job:

@@ -154,6 +154,19 @@ def test_cancel_running_job(lm):
 
 
 @pytest.mark.both_modes
+def test_cancel_of_running_iterations_ends_them_and_the_job_fails(lm):
+    """Reference 10.3.6 `cancelJob` with `job:N` names (audit helper): the iterations a user canceled while
+    they ran were started again, and the job ended SUCCEED; the original ends them CANCELED, the job FAILED."""
+    lm.submit(Jobs().add(name="it", iteration=4,
+                         script="case ${it} in 1|3) sleep 60;; *) sleep 3;; esac"))
+    assert lm.cancel(["it:1", "it:3"]) == {"canceled": 2}
+    assert lm.wait4("it", timeout=WAIT) == {"it": "FAILED"}
+    info = lm.info_parsed("it", withChilds=True)["it"]
+    assert {c.iteration: c.status for c in info.childs} == {0: "SUCCEED", 1: "CANCELED", 2: "SUCCEED",
+                                                            3: "CANCELED"}
+
+
+@pytest.mark.both_modes
 def test_wait4_timeout_raises_timeout_elapsed(lm):
     lm.submit(Jobs().add(name="slow", exec="/bin/sleep", args=["60"]))
     with pytest.raises(errors.TimeoutElapsed):

@@ -333,6 +333,25 @@ def test_a_task_its_partition_ended_on_its_own_runs_again(h):
     assert h.state("b") is S.CANCELED
 
 
+def test_a_running_iteration_a_user_canceled_stays_canceled(h):
+    """Reference 10.3.6 `cancelJob` with `job:N` names (audit helper): the CANCELED end of an iteration the
+    user canceled was taken for an interruption -- the iteration ran again and the job ended SUCCEED. The
+    original ends it CANCELED, and the job FAILED."""
+    h.submit(J("it", iteration={"stop": 4}))
+    assert sorted(h.part.ids) == ["it:0", "it:1", "it:2", "it:3"]
+    assert h.gov.cancel(["it:1", "it:3"]) == (2, {})
+    h.drain()
+    assert sorted(h.part.canceled) == ["it:1", "it:3"]
+    h.finish("it:1", "CANCELED", code=-15)
+    h.finish("it:3", "CANCELED", code=-15)
+    assert h.part.ids.count("it:1") == 1 and h.part.ids.count("it:3") == 1       # not handed out again
+    h.finish("it:0")
+    h.finish("it:2")
+    job = h.gov.registry.get("it")
+    assert job.iteration_state(1) is S.CANCELED and job.iteration_state(3) is S.CANCELED
+    assert h.state("it") is S.FAILED
+
+
 def test_omitted_propagates_through_3000_job_chain_without_recursion(h):
     """Issue 3 "dependants of a FAILED/CANCELED/OMITTED job become OMITTED" over a long chain
     (3000 jobs: no RecursionError, every job OMITTED)."""
