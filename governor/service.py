@@ -164,9 +164,10 @@ class Service(Workers):
             self._serve_file()
             # only the request file decides exit code 2; network clients get their errors in the replies
             self._file_refused = self.handler.refused + self.handler.failed_at_submit
-            if self.zmq is not None and not self._finish_requested:
-                # the file (if any) is done; network clients are served until `finish`,
-                # `control finishAfterAllTasksDone` or a signal
+            if self.zmq is not None and not self._stop.is_set():
+                # the file (if any) is done; network clients are served until `finish`, a signal, or the end
+                # of the last task after `control finishAfterAllTasksDone` -- also one the file sent: its tasks
+                # may be clients (reference 8.2, an application controller), as in the original
                 self.zmq.start(loop, self.handle_request, self._replied)
                 self._serve_requests_first()
                 self._publish_address()

@@ -27,6 +27,7 @@ import pytest
 import zmq
 
 from qcg.pilotjob.api import protocol
+from tests.conftest import find_aux
 
 SERVICE = [sys.executable, "-m", "qcg.pilotjob.service"]
 START_TIMEOUT = 30.0
@@ -563,6 +564,34 @@ def test_disable_pub_and_file_with_net(net_service, tmp_path: Path) -> None:
     assert out.exists() and svc.proc.poll() is None      # file done, jobs done: still serving
     ask(dealer, {"request": "finish"})
     assert svc.wait_exit() == 0
+
+
+CONTROLLER = """
+import json, sys
+from qcg.pilotjob.api.job import Jobs
+from qcg.pilotjob.api.manager import Manager
+m = Manager()                                   # QCG_PM_ZMQ_ADDRESS, and the keys from the service
+m.submit(Jobs().add(name="child", exec="/bin/true"))
+print(json.dumps([m.resources()["total_cores"], m.wait4("child", timeout=60)]))
+m.cleanup()
+"""
+
+
+def test_a_file_that_asks_to_finish_after_all_still_serves_its_tasks_requests(tmp_path: Path) -> None:
+    """Reference 8.2 (application controller; audit helper): with `--net`, a request file ending in `control
+    finishAfterAllTasksDone` left the network unserved, and a task using the API waited for ever. The
+    original serves it until the last task has ended."""
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([
+        {"request": "submit", "jobs": [{"name": "ctl", "execution": {
+            "exec": sys.executable, "args": ["-c", CONTROLLER], "stdout": "ctl.out", "stderr": "ctl.err"}}]},
+        {"request": "control", "command": "finishAfterAllTasksDone"}]))
+    run = subprocess.run([*SERVICE, "--net", "--nodes", "2", "--wd", str(tmp_path), "--file-path", str(reqs)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr + (tmp_path / "ctl.err").read_text()
+    assert json.loads((tmp_path / "ctl.out").read_text()) == [2, {"child": "SUCCEED"}]
+    report = [json.loads(line) for line in (find_aux(tmp_path) / "jobs.report").read_text().splitlines()]
+    assert {line["name"]: line["state"] for line in report} == {"ctl": "SUCCEED", "child": "SUCCEED"}
 
 
 def test_exact_ports_and_port_in_use(net_service, tmp_path: Path) -> None:
