@@ -186,6 +186,9 @@ def _be_forked_agent(agent_module: Any, argv: list[str], node: str, err: str, pa
         os.setpgid(0, 0)         # its own group, as a spawned agent: killpg reaches it and its tasks only
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # started under nohup (or by a shell that ignores SIGHUP) the manager passes SIG_IGN on for
+        # PARENT_GONE: the agent would drop its manager's stop signal and the kernel's death signal
+        signal.signal(PARENT_GONE, signal.SIG_DFL)
         _prctl(PR_SET_PDEATHSIG, int(PARENT_GONE))
         _prctl(PR_SET_NAME, b"qcg-pj-agent")          # `ps`/`top` tell it from its manager
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

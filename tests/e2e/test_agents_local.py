@@ -549,14 +549,15 @@ else:
 """
 
 
-def test_forked_agent_is_ended_when_the_early_start_fails(tmp_path):
+@pytest.mark.parametrize("nohup", [False, True])
+def test_forked_agent_is_ended_when_the_early_start_fails(tmp_path, nohup):
     """Issue 6 (manager start-up): when the manager cannot bind the agents' socket, the agents it already
-    started (the forked one, which ignores SIGTERM, included) are ended, not left waiting for an address."""
-    import subprocess
-    import sys
-
+    started (the forked one, which ignores SIGTERM, included) are ended, not left waiting for an address.
+    `nohup`: a manager started with SIGHUP ignored passed that on to its forked agent, which then ignored
+    its stop signal and the kernel's death signal alike (Python 3.12 helper, found under a nohup'd run)."""
     script = tmp_path / "manager.py"
-    script.write_text(FAILING_MANAGER)
+    script.write_text(("import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n" if nohup else "")
+                      + FAILING_MANAGER)
     p = subprocess.run([sys.executable, str(script), str(tmp_path / "keys"), str(tmp_path)],
                        capture_output=True, text=True, timeout=60)
     assert p.stdout.splitlines()[0].startswith("failed:"), (p.stdout, p.stderr)
