@@ -383,6 +383,8 @@ def _status_in_a_forked_child(manager, queue) -> None:
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
+# forking a process with threads is the point of the test: Python 3.12+ warns about it (DeprecationWarning)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_a_forked_child_is_told_to_make_its_own_manager(tmp_path):
     """Issue 4 "a hang is a bug": a child forked (multiprocessing's fork) after the Manager was made spun in
     zmq_poll on the parent's sockets, past its timeout, and the parent hung at exit waiting for it. It gets a
