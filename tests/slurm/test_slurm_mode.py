@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.slurm_env import SlurmCluster, clean_env
+from tests.slurm_env import clean_env
 
 pytestmark = pytest.mark.slurm
 
