@@ -32,7 +32,8 @@ POLL = 0.1
 def _temp_root() -> str:
     """`tempfile.gettempdir()`'s choice (the first of TMPDIR, TEMP, TMP that is a usable directory, else /tmp),
     without `tempfile`: it loads shutil, bz2, lzma and random into every launcher (5 ms of each start), and
-    tries a file in the directory."""
+    tries a file in the directory. Where /tmp is unusable too, tempfile goes on to /var/tmp and the working
+    directory; here the run then has no lock (see `_try`), as before where none of them was usable."""
     for var in ("TMPDIR", "TEMP", "TMP"):
         path = os.environ.get(var)
         if path and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):

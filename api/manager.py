@@ -340,8 +340,8 @@ class Manager(JobWaits):
     def cancel(self, names: Any) -> dict:
         """`cancelJob`: cancel queued or running jobs (or iterations `job:N`); returns the response data.
 
-        Unlike the original (where it was a no-op), cancelling works: running
-        processes get SIGTERM and end CANCELED.
+        Running processes get SIGTERM and end CANCELED. The original's returns None (its
+        docstring calls the method unsupported, but the request is sent and served).
         """
         return self._send_and_validate_result({"request": "cancelJob", "jobNames": as_job_names(names)})
 

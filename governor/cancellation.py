@@ -147,6 +147,7 @@ class Cancellation:
                 errors[name] = f"job '{name}' not finished ({job.state.value}) - can not be removed"
             else:
                 self.registry.remove(name)
+                self.canceled_by_user.discard(name)     # an iterative job's own entry
                 removed.append(name)
         if removed:
             for lst in self._listeners:

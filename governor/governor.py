@@ -316,10 +316,12 @@ class Governor(Cancellation, FinalStates):
         # stopped) and told before it was declared lost (helper report: a governor stalled for a minute read
         # the ends first, and the tasks stayed CANCELED). An interruption, not a decision: it runs again.
         # At most INTERRUPTIONS times, as a lost partition's tasks move at most MAX_MOVES times.
-        interrupted = ev.state == "CANCELED" and not self.stopping and ev.task_id not in self.canceled_by_user \
+        # Neither, nor a requeue, when the user canceled it: its end is the user's decision.
+        interrupted = ev.state == "CANCELED" and not self.stopping \
             and self._interruptions.get(ev.task_id, 0) < INTERRUPTIONS
         if (interrupted or ev.requeue and self._requeues.get(ev.task_id, 0) < self.requeue_limit) \
-                and not job.canceled and self.registry.get(job.name) is job:
+                and not job.canceled and ev.task_id not in self.canceled_by_user \
+                and self.registry.get(job.name) is job:
             counts = self._interruptions if interrupted else self._requeues
             counts[ev.task_id] = counts.get(ev.task_id, 0) + 1
             log.warning("task requeued", task=ev.task_id, reason=ev.message)
@@ -354,6 +356,10 @@ class Governor(Cancellation, FinalStates):
         else:
             rec.set_state(state, ev.finished_at)
             self._finish_iteration(job, it, rec, state)
+        # over, and journaled: forgotten, as its name may come back (removeJob frees it; review of c48cefc)
+        self.canceled_by_user.discard(ev.task_id)
+        self._interruptions.pop(ev.task_id, None)
+        self._requeues.pop(ev.task_id, None)
         self._propagate()
         if self._runnable:
             if self.eager_dispatch:

@@ -191,7 +191,7 @@ def _be_forked_agent(agent_module: Any, argv: list[str], node: str, err: str, pa
         signal.signal(PARENT_GONE, signal.SIG_DFL)
         _prctl(PR_SET_PDEATHSIG, int(PARENT_GONE))
         _prctl(PR_SET_NAME, b"qcg-pj-agent")          # `ps`/`top` tell it from its manager
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask - {PARENT_GONE})     # nor blocked, for the same reason
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)

@@ -87,11 +87,12 @@ class Harness:
         alloc = Allocation((("n0", (0,)),))
         self.gov.task_started(TaskStarted(task_id, alloc, "/tmp", now, now, 1))
 
-    def finish(self, task_id: str, state: str = "SUCCEED", code: int = 0, message: str | None = None) -> None:
+    def finish(self, task_id: str, state: str = "SUCCEED", code: int = 0, message: str | None = None,
+               requeue: bool = False) -> None:
         self.start(task_id)
         now = time.time()
         self.gov.task_finished(TaskFinished(task_id, state, exit_code=code, message=message,
-                                            started_at=now, finished_at=now))
+                                            started_at=now, finished_at=now, requeue=requeue))
         self.drain()
 
     def job(self, name: str):
@@ -350,6 +351,35 @@ def test_a_running_iteration_a_user_canceled_stays_canceled(h):
     job = h.gov.registry.get("it")
     assert job.iteration_state(1) is S.CANCELED and job.iteration_state(3) is S.CANCELED
     assert h.state("it") is S.FAILED
+
+
+def test_an_iteration_the_user_canceled_is_not_requeued_when_its_node_is_lost(h):
+    """Review: a partition reports a canceled task whose node was lost before the cancel landed as CANCELED
+    with `requeue`; for a `job:N` cancel (the job itself not canceled) it ran again."""
+    h.gov.requeue_limit = 2
+    h.submit(J("it", iteration={"stop": 2}))
+    h.gov.cancel(["it:1"])
+    h.drain()
+    h.finish("it:1", "CANCELED", code=-15, message="node lost", requeue=True)
+    assert h.part.ids.count("it:1") == 1
+    assert h.gov.registry.get("it").iteration_state(1) is S.CANCELED
+
+
+def test_a_name_freed_by_remove_does_not_inherit_the_old_jobs_cancel(h):
+    """Review: the user's cancel of a job was remembered by name after its end; a job submitted under the
+    name again (after removeJob) had its interruptions taken for the user's cancel, and was not run again."""
+    h.submit(J("a"), J("s", iteration={"stop": 2}))
+    h.gov.cancel(["a", "s:1", "s"])
+    h.drain()
+    for tid in ("a", "s:0", "s:1"):
+        h.finish(tid, "CANCELED", code=-15)
+    assert h.gov.remove(["a", "s"]) == (2, {})
+    assert not h.gov.canceled_by_user
+    h.submit(J("a"), J("s", iteration={"stop": 2}))
+    h.finish("a", "CANCELED", code=-15, message="shutdown")
+    h.finish("s:1", "CANCELED", code=-15, message="shutdown")
+    assert h.part.ids.count("a") == 3 and h.part.ids.count("s:1") == 3     # handed out again
+    assert h.state("a") is S.QUEUED
 
 
 def test_omitted_propagates_through_3000_job_chain_without_recursion(h):
