@@ -220,7 +220,7 @@ def _parse(data: object, position: int, problems: list[str],
         attributes = {}
     elif not isinstance(attributes, dict):
         p.add("attributes", f"must be a dict, got {type_name(attributes)}")
-    elif _nesting(attributes) > MAX_ATTRIBUTE_NESTING:
+    elif _deeper_than(attributes, MAX_ATTRIBUTE_NESTING):
         p.add("attributes", f"nested deeper than {MAX_ATTRIBUTE_NESTING} levels")
     else:
         attributes = dict(attributes)
@@ -231,20 +231,19 @@ def _parse(data: object, position: int, problems: list[str],
     return new_job(name, execution, resources, iteration, after, attributes)
 
 
-def _nesting(value: object) -> int:
-    """How many lists/dicts deep `value` goes (iterative: no recursion limit)."""
-    deepest, stack = 0, [(value, 1)]
+def _deeper_than(value: object, levels: int) -> bool:
+    """Whether lists/dicts inside `value` go more than `levels` deep (iterative: no recursion limit)."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
             item = item.values()
         elif not isinstance(item, (list, tuple)):
             continue
-        deepest = max(deepest, depth)
-        if depth > MAX_ATTRIBUTE_NESTING:
-            break
+        if depth > levels:
+            return True
         stack.extend((sub, depth + 1) for sub in item)
-    return deepest
+    return False
 
 
 def parse_job(data: object) -> JobDescription:
