@@ -35,6 +35,7 @@ from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.private_files import read_private
 from qcg.pilotjob.api.socket_batches import receive_frames
+from qcg.pilotjob.api.unless_stopped import unless_stopped
 
 HEARTBEAT = 2.0
 MISSED_HEARTBEATS = 5
@@ -74,21 +75,13 @@ class Agent:
 
     async def _take_run_lock(self, lock: RunLock) -> None:
         """The run's lock on this node (agent/run_lock.py), before the agent says it is ready: the tasks an
-        agent of a killed service left here end before any of ours starts."""
+        agent of a killed service left here end before any of ours starts. A stop signal ends the wait."""
         def waiting() -> None:
             print(f"agent {self.node}: waiting for the tasks of the interrupted run on this node to end",
                   file=sys.stderr)
 
         assert self._done is not None
-        taking = asyncio.ensure_future(lock.acquire(waiting=waiting))
-        stopping = asyncio.ensure_future(self._done.wait())
-        try:
-            await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not taking.done():
-            taking.cancel()             # told to stop meanwhile
-        elif not taking.result():
+        if await unless_stopped(lock.acquire(waiting=waiting), self._done) is False:
             print(f"agent {self.node}: run lock {lock.path} not taken: tasks of an interrupted run may still "
                   f"run here", file=sys.stderr)
 

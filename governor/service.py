@@ -12,16 +12,16 @@ tasks (its own partition, node agents, partition managers) is `service_workers`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from qcg.pilotjob.api import protocol
+from qcg.pilotjob.api.unless_stopped import unless_stopped
 from qcg.pilotjob.governor import aux_dir as aux_dirs
 from qcg.pilotjob.governor import logs
 from qcg.pilotjob.governor.file_interface import serve_requests
@@ -151,7 +151,10 @@ class Service(Workers):
         # until the journal is replayed, the interrupted run's final_status.json is the truth about it
         self._keep_status = bool(cfg.resume)
         try:
-            started = await self._unless_stopped(self._start_workers())
+            # a signal ends the start at once (what it started is ended by the shutdown): waiting out the
+            # start's own timeout (up to 600 s of a hung srun) ignored Ctrl-C and left scancel's grace to run
+            # out (helper report)
+            started = await unless_stopped(self._start_workers(), self._stop)
             if started is None:         # a signal while agents or managers were starting
                 return 128 + self._signal if self._signal is not None else EXIT_OK
             if not started:
@@ -324,23 +327,6 @@ class Service(Workers):
         response = self.handler.handle(request)
         self.finals.flush_if_due()
         return response
-
-    async def _unless_stopped(self, work: Awaitable[bool]) -> bool | None:
-        """`work`'s result, or None when the service is told to stop first (a signal): `work` is then
-        canceled, and what it started is ended by the shutdown. Waiting out the start's own timeout (up
-        to 600 s of a hung srun) ignored Ctrl-C and left scancel's grace to run out (helper report)."""
-        work_task = asyncio.ensure_future(work)
-        stop_task = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_task.cancel()
-        if work_task.done():
-            return work_task.result()
-        work_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work_task
-        return None
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An exception nothing caught, in a callback of the loop: a bug. Going on could leave tasks that
