@@ -107,7 +107,9 @@ class ParentLink:
                     retry=tenacity.retry_if_exception_type(asyncio.TimeoutError), reraise=True):
                 with attempt:
                     self._registered = self.loop.create_future()
-                    await self._send(self._register_message())
+                    # a DEALER whose CURVE handshake was refused has no pipe to send on: unbounded, the send
+                    # would wait for ever
+                    await asyncio.wait_for(self._send(self._register_message()), REGISTER_TIMEOUT)
                     await asyncio.wait_for(asyncio.shield(self._registered), REGISTER_TIMEOUT)
         except asyncio.TimeoutError:
             await self.close()

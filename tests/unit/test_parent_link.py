@@ -9,11 +9,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
 import zmq
 import zmq.asyncio
 
-from qcg.pilotjob.api import protocol
+from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.jobdesc import Execution
+from qcg.pilotjob.governor import parent_link
+from qcg.pilotjob.governor.keys import RunKeys
 from qcg.pilotjob.governor.parent_link import ParentLink
 from qcg.pilotjob.partition import wire
 from qcg.pilotjob.partition.local_nodes import local_resources
@@ -153,5 +156,36 @@ def test_a_second_registered_keeps_one_watch_of_the_parents_process() -> None:
                 assert len(ended) == 1
         finally:
             stand_in.kill()
+
+    asyncio.run(main())
+
+
+def test_a_parent_refusing_our_keys_ends_the_connect_with_a_clear_error(monkeypatch) -> None:
+    """README "Attaching" / DESIGN principle 5: a manager given keys of another run is refused by the
+    parent's CURVE handshake. Its registration must still end -- "no answer ... keys that do not match" --
+    instead of a send waiting for ever on a socket that has no pipe (found by a helper: the manager hung
+    with no message)."""
+    monkeypatch.setattr(parent_link, "REGISTER_TIMEOUT", 0.5)
+    monkeypatch.setattr(parent_link, "REGISTER_ATTEMPTS", 2)
+
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        parent = ctx.socket(zmq.ROUTER)
+        server_public, server_secret = zmq.curve_keypair()
+        curve.make_server(parent, server_secret)
+        authenticator = curve.start_authenticator(ctx, {zmq.curve_keypair()[0]})   # only someone else's key
+        port_no = parent.bind_to_random_port("tcp://127.0.0.1")
+        ours = zmq.curve_keypair()
+        keys = RunKeys("unused", server_public, b"", ours[0], ours[1])
+        link = ParentLink(asyncio.get_running_loop(), FakePort(), address=f"tcp://127.0.0.1:{port_no}",
+                          member_id="m1", keys=keys)
+        try:
+            with pytest.raises(parent_link.ParentError, match="no answer from the parent .* keys that do not match"):
+                await asyncio.wait_for(link.connect(), TIMEOUT)
+        finally:
+            await link.close()
+            authenticator.stop()        # type: ignore[attr-defined]
+            parent.close(linger=0)
+            ctx.term()
 
     asyncio.run(main())
