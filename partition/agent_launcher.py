@@ -170,6 +170,9 @@ class AgentLauncher:
             state.failed = error
             state.lost = True
             log.error("node agent did not start", node=node, attempts=state.attempts, error=error)
+            if not self._closing:
+                # down for good, as a lost node: what needs it fails now instead of waiting for ever
+                self._on_node_state(node, False, True)
 
     async def _run_agent_once(self, state: _AgentState) -> None:
         state.attempts += 1

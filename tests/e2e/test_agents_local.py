@@ -227,6 +227,26 @@ def test_what_needs_a_lost_node_fails_instead_of_waiting_for_ever(tmp_path, fake
     run(main())
 
 
+def test_what_needs_a_node_whose_agent_never_started_fails(tmp_path, fake_ssh):
+    """Issue 5 "node lost" with `--nl-ready-threshold` below 1: an agent that never starts (every attempt
+    failed) leaves its node down for good, as a lost one. A job needing both nodes fails with the reason;
+    it used to wait for ever (found by a helper: a file-mode run never ended)."""
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,bad:1", fake_ssh, threshold=0.5)
+        try:
+            gov.submit(parse_jobs([
+                {"name": "both", "execution": {"exec": "/bin/true"}, "resources": {"numNodes": {"exact": 2}}},
+                {"name": "one", "execution": {"exec": "/bin/true"}}]))
+            both = await _wait_final(gov, "both", timeout=60)
+            assert both.state.value == "FAILED", both.record.messages
+            assert ("cannot run after node bad was lost: requires 2 nodes but the partition has 1 (1 node lost)"
+                    in both.record.messages), both.record.messages
+            assert (await _wait_final(gov, "one")).state.value == "SUCCEED"
+        finally:
+            await part.shutdown()
+    run(main(), timeout=90)
+
+
 def test_a_manager_gives_back_what_it_can_no_longer_run(tmp_path):
     """Partitioned mode (issue 6 "Dispatch"): a partition manager's partition that loses a node does not
     fail the queued tasks that needed it; it tells its parent the new size first, then gives them back
