@@ -103,6 +103,16 @@ def _who() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+def _running(pid: int) -> bool:
+    """The process lives: not gone, nor a zombie its parent (maybe this governor) has yet to reap."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 class PartitionServer:
     def __init__(self, loop: asyncio.AbstractEventLoop, pset: PartitionSet, send: Send, *,
                  lost_after: float = wire.LINK_LOST_AFTER) -> None:
@@ -172,6 +182,10 @@ class PartitionServer:
             if old.ident == ident:
                 self._send(ident, protocol.encode({"type": "registered", "id": pid, **_who()}))
                 return None
+            live = self._live_holder(old)
+            if live:
+                return self._refuse(ident, f"partition manager id '{pid}' is in use by a running manager "
+                                           f"({live}): give each manager its own --id")
             # the same manager again on a new connection (it restarted): the old one is gone
             self.lose(pid, "registered again from a new connection")
         try:
@@ -196,6 +210,18 @@ class PartitionServer:
                  totals=totals, tags=tags)
         self.expect(pid).set()
         return None
+
+    def _live_holder(self, old: _Peer) -> str:
+        """Who holds the id, when it is alive ('' when it may have ended): a second manager under a live one's
+        id would make the governor drop the first, whose tasks then ran twice, in the same aux dir. A restart
+        must still be taken: a holder on this host is alive while its process is; a remote one while it was
+        heard within half the silence that loses it (heartbeats come every second)."""
+        if old.host == socket.gethostname() and isinstance(old.pid, int) and old.pid > 0:
+            return f"pid {old.pid} on this host" if _running(old.pid) else ""
+        silent = time.monotonic() - old.last_seen
+        if silent < self.lost_after / 2:
+            return f"host {old.host}, pid {old.pid}, heard {silent:.1f} s ago"
+        return ""
 
     def _refuse(self, ident: bytes, reason: str) -> None:
         log.warning("partition manager refused", reason=reason)

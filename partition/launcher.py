@@ -74,7 +74,7 @@ def exit_description(code: int | None) -> str:
 
 def _waiting_for_the_interrupted() -> None:
     print("Waiting for the tasks of the interrupted run on this host to end (a killed launcher's guard is "
-          "stopping them)", file=sys.stderr)
+          "stopping them; or a manager with the same --id and --wd is running)", file=sys.stderr)
     _log.warning("waiting for the tasks of the interrupted run on this host to end (run lock held)")
 
 

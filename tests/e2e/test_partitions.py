@@ -393,6 +393,47 @@ def test_partition_attaching_later_takes_over_queued_work(tmp_path):
         assert sum(nodes == ["b"] for nodes in runs.values()) >= 2, runs   # the newcomer took its share
 
 
+def test_a_second_manager_under_a_live_managers_id_is_refused(tmp_path):
+    """README "Attaching": each manager has its own `--id`. A second manager started under the id of one
+    that runs is refused with a clear message (exit code 1), and the first goes on: its task runs once.
+    The governor used to take the second for a restart of the first, told the first to exit and ran its
+    task again (found by a helper). A manager restarted under the id of one that ended is still taken."""
+    wd, marks = tmp_path / "wd", tmp_path / "marks"
+    wd.mkdir()
+    marks.mkdir()
+    for governor in local_manager(["--governor", "--wd", str(wd)], client_cfg(tmp_path)):
+        argv = [*SERVICE, "--parent", governor.address, "--keys", governor.aux_dir, "--id", "twin", "--nodes", "t:2"]
+        first = subprocess.Popen([*argv, "--wd", str(tmp_path / "first")], cwd=str(tmp_path),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + WAIT
+            while not governor.system_status()["Partitions"]:
+                assert time.monotonic() < deadline, "the first manager did not attach"
+                time.sleep(0.1)
+            governor.submit(Jobs().add(name="once", exec="/bin/bash", args=["-c", f"echo x >> {marks}/runs; sleep 3"]))
+            while not (marks / "runs").exists():
+                assert time.monotonic() < deadline, "the task did not start"
+                time.sleep(0.05)
+            second = subprocess.run([*argv, "--wd", str(tmp_path / "second")], cwd=str(tmp_path),
+                                    capture_output=True, text=True, timeout=WAIT)
+            assert second.returncode == 1, second.stderr
+            assert ("the parent refused this manager: partition manager id 'twin' is in use by a running manager "
+                    f"(pid {first.pid} on this host): give each manager its own --id") in second.stderr, second.stderr
+            assert governor.wait4("once", timeout=WAIT) == {"once": "SUCCEED"}
+            assert first.poll() is None, "the first manager was told to exit"
+            assert (marks / "runs").read_text() == "x\n"        # ran once
+            # a restart under the id is still taken at once, before the killed one's silence loses it
+            first.kill()
+            first.wait(WAIT)
+            first = subprocess.Popen([*argv, "--wd", str(tmp_path / "second")], cwd=str(tmp_path),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            governor.submit(Jobs().add(name="after", exec="/bin/true"))
+            assert governor.wait4("after", timeout=WAIT) == {"after": "SUCCEED"}
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.wait(WAIT)
+
+
 def test_a_sweep_with_an_iteration_scheduler_waits_for_the_first_partition(tmp_path):
     """README ("--governor": while none is attached, jobs wait for one that fits them) and reference 12: a
     `split-into` sweep submitted before any manager attached is accepted like any other job -- it was
