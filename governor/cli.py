@@ -88,7 +88,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--disable-pub", is_flag=True, help="disable the event publisher")
 @click.option("--nl-task-retries", type=click.IntRange(0, 100), default=1, show_default=True,
               help="how often a task lost with its node runs again elsewhere before it FAILS")
-@click.option("--nl-start-method", type=click.Choice(["slurm", "ssh", "local"]), default="slurm",
+@click.option("--nl-start-method", type=click.Choice(["slurm", "ssh"]), default="slurm",
               show_default=True, help="how node agents are started")
 def cli(**opts: object) -> None:
     """Pilot-job manager: runs many tasks inside one allocation (QCG-PilotJob compatible)."""

@@ -299,7 +299,7 @@ class Service(Workers):
     def _default_host(self) -> str:
         """Loopback, unless partition managers started here run on other nodes (srun, ssh)."""
         cfg = self.config
-        remote = cfg.slurm_partition_nodes is not None and self.slurm_mode and cfg.nl_start_method != "local"
+        remote = cfg.slurm_partition_nodes is not None and self.slurm_mode
         return "0.0.0.0" if remote else "127.0.0.1"
 
     def _publish_address(self) -> None:

@@ -407,6 +407,17 @@ def test_bad_option_values(service, args, names):
     assert not (r.wd / "a.out").exists()
 
 
+def test_node_agents_start_only_as_the_reference_says(service):
+    """Reference 6 (`--nl-start-method`: "ssh,slurm - default"): `local` was accepted and, inside an
+    allocation, ran every node's agent on the first node while its tasks were told other nodes (found by
+    a helper). A usage error now (exit code 1, README "Exit codes"), naming the option and the two methods."""
+    r = service([submit(job("a"))], "--nl-start-method", "local")
+    assert r.rc == 1
+    r.assert_no_traceback()
+    assert "--nl-start-method" in r.stderr and "'slurm', 'ssh'" in r.stderr, r.stderr
+    assert not (r.wd / "a.out").exists()
+
+
 def test_empty_nodes_is_refused(service):
     """`--nodes ""` is a mistake, not "use the local CPUs"."""
     r = service([submit(job("a"))], nodes="")
