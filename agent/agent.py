@@ -11,7 +11,9 @@ together with its partition manager, before the manager has bound its socket.
 
 Messages (msgpack maps with "v", see api/protocol.py), partition -> agent:
 `run` (task, argv, env, cwd, stdin, stdout, stderr, cpus, walltime),
-`cancel` (task), `exit`, `hb`; agent -> partition: `ready` (node, cpus,
+`cancel` (task), `exit`, `hb`, and to an agent started by ssh, once, right
+after its `ready`, `env` (env: the service's environment, the base of its
+tasks' environment, see agent/service_env.py); agent -> partition: `ready` (node, cpus,
 pid), `events` (list of `started`/`exited` records), `hb`.
 """
 
@@ -31,6 +33,7 @@ import zmq.asyncio
 
 from qcg.pilotjob.agent.allocation_env import restore as restore_allocation_env
 from qcg.pilotjob.agent.run_lock import RunLock
+from qcg.pilotjob.agent.service_env import task_base
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.private_files import read_private
@@ -58,8 +61,10 @@ class Agent:
         self._last_heard = time.monotonic()
         self._done: asyncio.Event | None = None
         # the tasks' environment: the agent's own, read once (`dict(os.environ)` decodes every variable
-        # again: 67 us for the ~100 of a Slurm step, per task, against 0.3 us for a copy of this)
+        # again: 67 us for the ~100 of a Slurm step, per task, against 0.3 us for a copy of this); an agent
+        # started by ssh replaces it with the service's once that arrives (`env`, before any `run`)
         self._base_env = dict(os.environ)
+        self._own_env = self._base_env      # what the node's own variables are taken from (agent/service_env.py)
 
     async def run(self) -> int:
         stats = None
@@ -149,6 +154,16 @@ class Agent:
         elif kind == "exit":
             assert self._done is not None
             self._done.set()
+        elif kind == "env":
+            self._take_service_env(msg.get("env"))
+
+    def _take_service_env(self, env: Any) -> None:
+        """The service's environment (sent to an agent started by ssh): the base of the tasks' environment from
+        now on, with the node's own variables kept (agent/service_env.py; reference "Execution environments")."""
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            print(f"agent {self.node}: dropped a malformed service environment", file=sys.stderr)
+            return
+        self._base_env = task_base(env, self._own_env)
 
     def _run(self, msg: dict[str, Any]) -> None:
         task = msg["task"]

@@ -48,8 +48,10 @@ def _start_agents_early(argv: list[str]) -> None:
 def main() -> None:
     argv = sys.argv[1:]
     from qcg.pilotjob.agent.allocation_env import restore
+    from qcg.pilotjob.agent.service_env import adopt_file
 
     restore()       # started by srun or ssh: the allocation's variables back, before the agents inherit them
+    adopt_file()    # started by ssh: the governor's environment, which the agents and tasks must get
     _start_agents_early(argv)
     from qcg.pilotjob.governor.cli import main as cli_main
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from qcg.pilotjob.agent import service_env
 from qcg.pilotjob.agent.allocation_env import command_prefix
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.governor.partition_server import PartitionServer
@@ -70,10 +71,15 @@ class PartitionStarter:
         self._starts: dict[str, asyncio.Task[None]] = {}     # plan id -> its start (ends when given up)
         self._t0 = time.monotonic()
         self._closing = False
+        self._env_file: str | None = None     # this process's environment, for managers started by ssh
 
     def plan(self, groups: list[list[Node]], *, base_args: list[str], work_dir: str, slurm: bool) -> None:
         """One manager per node group; its resources go to a file (Slurm) or `--nodes` (local)."""
         os.makedirs(work_dir, mode=0o700, exist_ok=True)     # private whatever the umask: managers check it
+        if self.start_method == "ssh":
+            # an ssh login has none of this process's environment: the managers adopt it from this file
+            self._env_file = os.path.join(work_dir, "service-env.json")
+            service_env.write_file(self._env_file)
         for k, group in enumerate(groups):
             pid = f"part-{k}"
             args = [sys.executable, "-m", "qcg.pilotjob.governor.manager_boot", *base_args, "--id", pid,
@@ -94,8 +100,8 @@ class PartitionStarter:
             return ["srun", "--overlap", "--whole", "-N", "1", "-n", "1", f"--nodelist={first}", "--cpu-bind=none",
                     "--mem-per-cpu=0", "--kill-on-bad-exit=0", "--export=ALL", *command_prefix(), *plan.argv]
         if self.start_method == "ssh":
-            return [*self.ssh_command, first,
-                    f"cd {shlex.quote(os.getcwd())} && {shlex.join([*command_prefix(everything=True), *plan.argv])}"]
+            prefix = [*command_prefix(everything=True), f"{service_env.FILE_VAR}={self._env_file}"]
+            return [*self.ssh_command, first, f"cd {shlex.quote(os.getcwd())} && {shlex.join([*prefix, *plan.argv])}"]
         return plan.argv
 
     async def start(self) -> list[str]:

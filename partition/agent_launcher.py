@@ -8,6 +8,12 @@ starts once `ready_threshold` of the agents are ready (or fails after
 agent registers late. A node whose agent process ends or falls silent is
 lost: it goes out of use and its running tasks end with reason "node lost"
 (the partition re-queues or fails them).
+
+An agent started by ssh gets this process's environment once, in an `env`
+message sent in answer to its `ready` and before any `run` (one connection
+keeps the order): ssh gives the agent a fresh login, while the tasks must
+see the service's environment, as srun-started agents' tasks do (reference
+"Execution environments"; what the agent keeps of its own: agent/service_env.py).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
+from qcg.pilotjob.agent.service_env import service_environment
 from qcg.pilotjob.agent.spawner import ProcessExit, ProcessSpawner, ProcessSpec
 from qcg.pilotjob.api import curve, protocol
 from qcg.pilotjob.api.socket_batches import receive_multipart
@@ -87,6 +94,7 @@ class AgentLauncher:
         self._early: dict[str, tuple[int, float]] = {}
         self._forked: str | None = None        # the node whose agent was forked (it ignores SIGTERM)
         self._adopted_from: zmq.Socket | None = None    # the early agents' socket `sock` is a view of
+        self._env_frame: bytes | None = None   # the `env` message for ssh-started agents, encoded once
 
     # ------------------------------------------------------------------ start
     async def start(self, early: EarlyAgents | None = None) -> None:
@@ -248,9 +256,20 @@ class AgentLauncher:
             log.warning("agent of a lost node registered again; node stays out", node=state.node)
             return
         if not state.ready:
+            if self.start_method == "ssh" and not self._send(state.node, self._service_env_frame()):
+                return          # not reachable: it stays not ready (its start is retried when it ends)
             state.ready = True
             log.info("node agent ready", node=state.node, cpus=state.cpus, pid=msg.get("pid"))
             self._on_node_state(state.node, True, False)
+
+    def _service_env_frame(self) -> bytes:
+        """`env` for an ssh-started agent: what an srun-started one inherits (the agent's own environment as
+        `_run_agent_once` gives it), built once for all agents."""
+        if self._env_frame is None:
+            env = dict(os.environ)
+            env.update(self.agent_env)
+            self._env_frame = protocol.encode({"type": "env", "env": service_environment(env)})
+        return self._env_frame
 
     def _events(self, state: _AgentState, events: list[list[Any]]) -> None:
         if state.lost:

@@ -20,8 +20,25 @@ Formats follow the original:
   ``2(x3),1``; ``SLURM_NTASKS_PER_NODE`` is only set when every node has the
   same number of cores; ``SLURM_OVERLAP=1`` lets a task's own ``srun`` share
   the allocation's CPUs; ``SLURM_CPU_BIND`` (one ``mask_cpu`` per core) is set
-  when binding; ``SLURM_HOSTFILE`` only when the caller wrote one (the
-  original writes a hostfile into every task's working directory; we do not).
+  when binding.
+* ``SLURM_HOSTFILE``: the caller writes the file (in Slurm mode the partition
+  does, for every task: the node's name once per core, nodes in allocation
+  order, as the original writes it; ours goes to the aux dir's ``tmp/``, not
+  the task's working directory). Without it a task's own ``srun`` runs on the
+  allocation's first nodes, whatever ``SLURM_NODELIST`` says. srun reads as
+  many lines as it starts tasks (``SLURM_NTASKS`` unless ``-n`` is given) and
+  places them as the lines say: a step over all the task's cores gets one
+  per core; a smaller one (``srun -n 2`` in a 4-core task, whatever its
+  ``-N``) gets the first lines only, so the first node; with
+  ``--nodelist=$SLURM_NODELIST`` srun ignores the file and spreads it.
+* ``OMPI_MCA_plm_slurm_args`` is set with the hostfile: the manager's own
+  value, if any, then ``--nodelist=<the task's nodes>``. OpenMPI's ``mpirun``
+  starts its daemons with ``srun --ntasks-per-node=1 --ntasks=<nodes>`` and
+  names no nodes when it uses all it sees; srun would then take the
+  hostfile's first lines (the first node twice) and the daemons would not
+  start where the ranks go.
+* A job's own ``SLURM_HOSTFILE`` or ``OMPI_MCA_plm_slurm_args`` (in its
+  ``env``) is kept, unlike the other SLURM_* variables.
 * with the slurm schema ``CUDA_VISIBLE_DEVICES`` is removed (the original
   does so for allocations without GPUs; allocations carry no GPUs yet).
 """
@@ -34,6 +51,11 @@ from collections.abc import Mapping
 from qcg.pilotjob.partition.task import Allocation
 
 SCHEMAS = ("auto", "common", "slurm")
+
+#: OpenMPI's extra arguments of the srun that starts mpirun's daemons (see the module doc)
+OMPI_SRUN_ARGS = "OMPI_MCA_plm_slurm_args"
+#: variables a job may set itself in its env, which the slurm schema then leaves as they are
+JOB_MAY_SET = ("SLURM_HOSTFILE", OMPI_SRUN_ARGS)
 
 
 def new_step_id() -> str:
@@ -132,7 +154,10 @@ def task_environment(base: Mapping[str, str], job_env: Mapping[str, str] | None,
                      allocation: Allocation, step_id: str, envschema: str = "auto",
                      zmq_address: str | None = None, extra: Mapping[str, str] | None = None,
                      *, binding: bool = True, hostfile: str | None = None) -> dict[str, str]:
-    """The complete environment of one task (see the module doc for precedence)."""
+    """The complete environment of one task (see the module doc for precedence).
+
+    `hostfile`: the task's Slurm hostfile, already written (slurm schema only).
+    """
     schemas = resolve_schemas(envschema, base)
     env = dict(base)
     if job_env:
@@ -142,6 +167,12 @@ def task_environment(base: Mapping[str, str], job_env: Mapping[str, str] | None,
     env.update(qcg_variables(allocation, step_id, binding))
     if "slurm" in schemas:
         env.update(slurm_variables(allocation, binding, hostfile))
+        if hostfile:
+            own = base.get(OMPI_SRUN_ARGS)
+            env[OMPI_SRUN_ARGS] = (own + " " if own else "") + "--nodelist=" + ",".join(allocation.node_names)
+        for name in JOB_MAY_SET:
+            if job_env and name in job_env:
+                env[name] = job_env[name]
         env.pop("CUDA_VISIBLE_DEVICES", None)
     if extra:
         env.update(extra)

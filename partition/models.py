@@ -20,7 +20,9 @@ Rules and choices (differences from the original are marked *):
   ``srun -N 1 -n 1 --cpus-per-task=N ... --cpu-bind=verbose,mask_cpu:M``.
 * ``openmpi``: Slurm mode: ``mpirun -np N --rankfile F [mpirun_args] prog``
   with ``rank i=<node> slot=<core>`` lines (core ids as OpenMPI slots; add
-  ``--mca rmaps_rank_file_physical 1`` to mpirun_args for physical ids).
+  ``--mca rmaps_rank_file_physical 1`` to mpirun_args for physical ids);
+  mpirun's daemons keep to the task's nodes through the task's
+  ``OMPI_MCA_plm_slurm_args`` (see partition/environment.py).
   Local mode (*): the node names are virtual, so all ranks run on this host:
   ``mpirun -np N --host localhost:N --bind-to none [mpirun_args] prog`` —
   declaring N slots on localhost makes ``--oversubscribe`` unnecessary even
@@ -118,14 +120,20 @@ def _list_opt(opts: dict, key: str) -> list[str]:
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def _helper_file(scratch_dir: str, name: str, suffix: str, lines: list[str]) -> str:
-    import tempfile     # here: it loads shutil, bz2, lzma and random (4 ms, 0.6 MB), and few runs need it
+def helper_file(scratch_dir: str, name: str, suffix: str, lines: list[str]) -> str:
+    """Write `lines` to a new private (0600) file in `scratch_dir`, named after `name`; its path."""
+    import tempfile     # here: it loads shutil, bz2, lzma and random (4 ms, 0.6 MB); local runs seldom need it
 
     os.makedirs(scratch_dir, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix=f"{_SAFE.sub('_', name)[:64]}.", suffix=suffix, dir=scratch_dir)
     with os.fdopen(fd, "w") as f:
         f.write("".join(line + "\n" for line in lines))
     return path
+
+
+def hostfile_lines(allocation: Allocation) -> list[str]:
+    """A Slurm hostfile of the allocation: the node's name once per core, nodes in allocation order."""
+    return [node for node, cores in allocation.nodes for _ in cores]
 
 
 def wrap_modules_venv(argv: list[str], modules: list[str] | tuple[str, ...] | None,
@@ -207,7 +215,7 @@ def build_launch(execution: Any, allocation: Allocation, *, local: bool, scratch
                 for core in cores:
                     lines.append(f"rank {rank}={node} slot={core}")
                     rank += 1
-            rankfile = _helper_file(scratch_dir, name, ".rankfile", lines)
+            rankfile = helper_file(scratch_dir, name, ".rankfile", lines)
             cmd = LaunchCommand([mpirun, "-np", str(ncores), "--rankfile", rankfile, *margs, *prog],
                                 {}, [rankfile])
     elif model == "intelmpi":
@@ -246,8 +254,7 @@ def build_launch(execution: Any, allocation: Allocation, *, local: bool, scratch
         else:
             # the hostfile (one line per rank) picks the nodes and places the ranks; an explicit
             # --nodelist would replace it and srun rejects a list shorter than the rank count
-            hostfile = _helper_file(scratch_dir, name, ".hostfile",
-                                    [node for node, cores in allocation.nodes for _ in cores])
+            hostfile = helper_file(scratch_dir, name, ".hostfile", hostfile_lines(allocation))
             argv += ["-m", "arbitrary"]
             env["SLURM_HOSTFILE"] = hostfile
             files.append(hostfile)

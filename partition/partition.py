@@ -8,6 +8,7 @@ coalesced: many submissions or exits in one loop turn cost one pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ from typing import Protocol
 import structlog
 
 from qcg.pilotjob.api.placeholders import substitute_fields
-from qcg.pilotjob.partition.environment import task_environment
+from qcg.pilotjob.partition.environment import OMPI_SRUN_ARGS, resolve_schemas, task_environment
 from qcg.pilotjob.partition.launcher import Launcher, LaunchRequest, LaunchResult, LocalLauncher, exit_description
-from qcg.pilotjob.partition.models import ModelError, build_launch
+from qcg.pilotjob.partition.models import ModelError, build_launch, helper_file, hostfile_lines
 from qcg.pilotjob.partition.resources import Resources
 from qcg.pilotjob.partition.scheduler import Scheduler
 from qcg.pilotjob.partition.task import Allocation, ResourceRequest, TaskFinished, TaskSpec, TaskStarted
@@ -69,9 +70,13 @@ class Partition:
         self._closing = False
         self._hold_until = 0.0           # loop time before which a requested pass does not launch
         self._env_cache: dict[tuple, dict[str, str]] = {}
+        self._hostfiles: dict[tuple, str] = {}     # ((node, cores), ...) -> the SLURM_HOSTFILE written for it
         self._size_to_nodes()
-        # task_environment looks at the base only to detect a Slurm allocation (envschema auto)
-        self._base_env = {k: v for k, v in os.environ.items() if k.startswith("SLURM_")}
+        # task_environment looks at the base to detect a Slurm allocation (envschema auto) and for the
+        # manager's own srun args of OpenMPI, which a task's come after
+        self._base_env = {k: v for k, v in os.environ.items() if k.startswith("SLURM_") or k == OMPI_SRUN_ARGS}
+        # a task's own srun (and mpirun's) keeps to its nodes only through a hostfile: real Slurm nodes only
+        self._write_hostfiles = not config.local and "slurm" in resolve_schemas(config.envschema, self._base_env)
 
     # ------------------------------------------------------------ governor side
     def totals(self) -> tuple[int, int, int]:
@@ -151,6 +156,9 @@ class Partition:
         # nothing more starts: the ends of the tasks being killed would otherwise free cores for the queue
         self._closing = True
         await self.launcher.shutdown(timeout)
+        for path in self._hostfiles.values():
+            _remove(path)
+        self._hostfiles.clear()
 
     # ------------------------------------------------------------- scheduling
     def _report_later(self, ev: TaskFinished) -> None:
@@ -227,19 +235,37 @@ class Partition:
         key = (allocation, tuple(job_env.items()) if job_env else None)
         env = self._env_cache.get(key)
         if env is None:
+            if len(self._env_cache) >= 4096:
+                self._env_cache.clear()
+                self._drop_hostfiles()
             cfg = self.config
+            hostfile = self._hostfile(allocation) if self._write_hostfiles else None
             # QCG_PM_CPU_SET names the allocated cores even where processes are not bound (local mode)
             env = task_environment(self._base_env, job_env, allocation, "", envschema=cfg.envschema,
-                                   zmq_address=cfg.zmq_address, binding=True)
+                                   zmq_address=cfg.zmq_address, binding=True, hostfile=hostfile)
             for k in self._base_env:
                 if env.get(k) == self._base_env[k]:
                     del env[k]
-            if len(self._env_cache) >= 4096:
-                self._env_cache.clear()
             self._env_cache[key] = env
         env = env.copy()
         env["QCG_PM_STEP_ID"] = os.urandom(16).hex()
         return env
+
+    def _hostfile(self, allocation: Allocation) -> str:
+        """The task's SLURM_HOSTFILE, written once per shape (nodes and their core counts) and shared by
+        the tasks of that shape; removed at shutdown, or with the environment cache once no task has it."""
+        shape = _shape(allocation)
+        path = self._hostfiles.get(shape)
+        if path is None:
+            path = self._hostfiles[shape] = helper_file(self.config.scratch_dir, "task", ".hostfile",
+                                                        hostfile_lines(allocation))
+        return path
+
+    def _drop_hostfiles(self) -> None:
+        """Remove the hostfiles no running task has (the environments naming them were just dropped)."""
+        used = {_shape(run.allocation) for run in self.running.values()}
+        for shape in [s for s in self._hostfiles if s not in used]:
+            _remove(self._hostfiles.pop(shape))
 
     # ---------------------------------------------------------- launcher side
     def _launched(self, task_id: str, pid: int | None, started_at: float) -> None:
@@ -263,10 +289,7 @@ class Partition:
     def _report_exit(self, run: _Running, res: LaunchResult) -> None:
         self.resources.release(run.allocation)
         for path in run.files:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            _remove(path)
         if res.killed == "canceled" or run.canceled:
             state, message = "CANCELED", res.message or "canceled by user"
         elif res.exit_code == 0 and not res.killed:
@@ -278,3 +301,13 @@ class Partition:
             res.task_id, state, exit_code=res.exit_code if res.exit_code is not None else -1, message=message,
             allocation=run.allocation, wd=run.wd, started_at=res.started_at, finished_at=res.finished_at,
             requeue=res.killed == "node lost"))
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _shape(allocation: Allocation) -> tuple[tuple[str, int], ...]:
+    """What a hostfile says of an allocation: its nodes in order and their core counts."""
+    return tuple((node, len(cores)) for node, cores in allocation.nodes)

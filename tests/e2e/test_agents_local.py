@@ -105,6 +105,52 @@ def test_tasks_run_through_agents(tmp_path, fake_ssh):
     run(main())
 
 
+FAKE_SSH_LOGIN = """#!/bin/bash
+# fake ssh that gives the remote command a fresh login's environment, as sshd does
+while [[ "$1" == -* ]]; do shift 2; done
+node=$1; shift
+exec env -i HOME="$HOME" PATH=/usr/bin:/bin SSH_CONNECTION="127.0.0.1 40001 127.0.0.1 22" bash -c "$1"
+"""
+
+
+def test_ssh_started_agents_tasks_get_the_services_environment(tmp_path, monkeypatch):
+    """Reference 8 "Execution environments": the tasks' base environment is the service's, also when ssh
+    started their agent in a fresh login. Before, an exported marker and a PATH entry of the service were
+    missing. What names the manager's session (SSH_CONNECTION, HOSTNAME) stays the node's or goes, and
+    SLURMD_NODENAME is the node's own."""
+    login = tmp_path / "fake-ssh-login"
+    login.write_text(FAKE_SSH_LOGIN)
+    login.chmod(0o755)
+    marker_dir = tmp_path / "marker-bin"
+    monkeypatch.setenv("QCG_TEST_MARK", "mark-5519")
+    monkeypatch.setenv("PATH", f"{marker_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
+    monkeypatch.setenv("HOSTNAME", "qcg-manager-host")
+    monkeypatch.setenv("SSH_CONNECTION", "10.99.0.1 40000 10.99.0.2 22")
+    monkeypatch.setenv("SLURMD_NODENAME", "manager-node")
+
+    async def main():
+        gov, part, launcher, res = await _setup(tmp_path, "a:1,b:1", str(login))
+        try:
+            gov.submit(parse_jobs([{"name": "e", "iteration": {"stop": 2},
+                                    "execution": {"script": "env > env.${it}"}}]))
+            job = await _wait_final(gov, "e")
+            assert job.state.value == "SUCCEED"
+        finally:
+            await part.shutdown()
+    run(main())
+    nodes = set()
+    for i in range(2):
+        seen = dict(line.split("=", 1) for line in (tmp_path / "wd" / f"env.{i}").read_text().splitlines()
+                    if "=" in line)
+        assert seen.get("QCG_TEST_MARK") == "mark-5519", seen
+        assert str(marker_dir) in seen["PATH"].split(os.pathsep), seen["PATH"]
+        assert seen.get("SSH_CONNECTION") == "127.0.0.1 40001 127.0.0.1 22", seen
+        assert "HOSTNAME" not in seen, seen
+        assert seen["SLURMD_NODENAME"] == seen["QCG_PM_NODELIST"], seen
+        nodes.add(seen["SLURMD_NODENAME"])
+    assert nodes == {"a", "b"}
+
+
 def test_threshold_lets_run_start_without_a_failed_agent(tmp_path, fake_ssh):
     """Issue 5: threshold 0.75 with one agent that cannot start -> the run completes on the other nodes."""
     async def main():

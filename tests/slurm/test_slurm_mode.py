@@ -137,6 +137,55 @@ def test_tasks_see_the_allocation_not_the_agents_srun_step(tmp_path: Path, metho
     assert "QCG_PM_ALLOCATION_ENV" not in seen
 
 
+MANAGER_ONLY = {"HOSTNAME": "qcg-manager-host", "SSH_CONNECTION": "10.99.0.1 40000 10.99.0.2 22",
+                "XDG_RUNTIME_DIR": "/run/user/qcg-manager-only"}
+
+
+@pytest.mark.parametrize("method,partitions", [
+    ("ssh", False), ("slurm", False),
+    # a partition manager started by ssh is itself a fresh login: it adopts the governor's environment
+    ("ssh", True),
+], ids=["ssh", "slurm", "ssh-partitions"])
+def test_tasks_see_the_services_environment(tmp_path: Path, method: str, partitions: bool, request) -> None:
+    """Reference 8 "Execution environments": a task's base environment is the service's, whatever starts
+    the node agents. Before, an ssh-started agent built it from its own fresh login: a variable exported
+    before salloc (QCG_TEST_MARK, OMPI_ALLOW_RUN_AS_ROOT) was missing and PATH was the login's (a `module
+    load` lost). Slurm's node variables stay the node's (SLURMD_NODENAME: where the task runs, not the
+    service's), and over ssh what names the manager host's session (HOSTNAME, SSH_CONNECTION,
+    XDG_RUNTIME_DIR, TMPDIR) is the node's own or absent, never the manager's."""
+    if method == "ssh":
+        request.getfixturevalue("sshd")
+    marker_dir = tmp_path / "qcg-marker-bin"
+    marker_dir.mkdir()
+    manager_tmp = tmp_path / "manager-tmp"
+    manager_tmp.mkdir()
+    jobs = [{"name": "e", "iteration": {"stop": 4}, "execution": {"script": "env > env.${it}"}}]
+    env = {"QCG_TEST_MARK": "mark-7431", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PATH": f"{marker_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+           "TMPDIR": str(manager_tmp), **MANAGER_ONLY}
+    extra = ["--slurm-partition-nodes", "1"] if partitions else []
+    proc, wd = run_in_allocation(tmp_path, jobs, "--nl-start-method", method, *extra, nodes=2, env=env)
+    _ok(proc)
+    assert all(r["state"] == "SUCCEED" for r in report(wd).values())
+    seen = [dict(line.split("=", 1) for line in (wd / f"env.{i}").read_text().splitlines() if "=" in line)
+            for i in range(4)]
+    nodes = set()
+    for task in seen:
+        assert task.get("QCG_TEST_MARK") == "mark-7431", task
+        assert task.get("OMPI_ALLOW_RUN_AS_ROOT") == "1" and task.get("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM") == "1", task
+        assert str(marker_dir) in task.get("PATH", "").split(os.pathsep), task.get("PATH")
+        assert task["SLURMD_NODENAME"] in task["SLURM_NODELIST"].split(","), task    # the node it runs on
+        assert task["SLURMD_NODENAME"] == task["QCG_PM_NODELIST"], task
+        assert "QCG_PM_ALLOCATION_ENV" not in task
+        nodes.add(task["SLURMD_NODENAME"])
+        if method == "ssh":
+            for key, value in MANAGER_ONLY.items():
+                assert task.get(key) != value, (key, task)
+            assert task.get("TMPDIR") != str(manager_tmp), task
+            assert task.get("SSH_CONNECTION", "").startswith("127.0.0.1 "), task     # the agent's own login
+    assert len(nodes) == 2, nodes
+
+
 def test_srunmpi_two_nodes(tmp_path: Path) -> None:
     """Reference 9 `srunmpi`: srun over the task's 2 nodes; every rank reports SLURM_PROCID and its node."""
     jobs = [{"name": "mpi", "execution": {"script": "echo $SLURM_PROCID $SLURMD_NODENAME", "model": "srunmpi",
@@ -182,9 +231,12 @@ def test_srunmpi_uneven_split(tmp_path: Path, nodes: int, ncores: int, blocker: 
     assert {total for _, _, total in rows} == {str(ncores)}
 
 
-@pytest.mark.mpi
-def test_openmpi_two_nodes(tmp_path: Path) -> None:
-    """Reference 9 `openmpi`: a real MPI program over 2 nodes placed by a rankfile."""
+#: what OpenMPI needs on the virtual test cluster (as root, one shared /dev/shm)
+OMPI_TEST_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl": "self,tcp"}
+
+
+def _mpi_hello(tmp_path: Path) -> Path:
+    """An MPI program printing `rank size SLURMD_NODENAME`, compiled with mpicc (skips without OpenMPI)."""
     if not shutil.which("mpicc") or not shutil.which("mpirun"):
         pytest.skip("OpenMPI (mpicc, mpirun) is not installed")
     src = tmp_path / "hello.c"
@@ -193,8 +245,15 @@ def test_openmpi_two_nodes(tmp_path: Path) -> None:
                    'const char*s=getenv("SLURMD_NODENAME");printf("%d %d %s\\n",r,n,s?s:"?");'
                    'MPI_Finalize();return 0;}\n')
     subprocess.run(["mpicc", "-o", str(tmp_path / "hello"), str(src)], check=True, timeout=120)
-    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl": "self,tcp"}
-    jobs = [{"name": "mpi", "execution": {"exec": str(tmp_path / "hello"), "model": "openmpi",
+    return tmp_path / "hello"
+
+
+@pytest.mark.mpi
+def test_openmpi_two_nodes(tmp_path: Path) -> None:
+    """Reference 9 `openmpi`: a real MPI program over 2 nodes placed by a rankfile."""
+    hello = _mpi_hello(tmp_path)
+    env = dict(OMPI_TEST_ENV)
+    jobs = [{"name": "mpi", "execution": {"exec": str(hello), "model": "openmpi",
                                           "stdout": "mpi.out", "stderr": "mpi.err", "env": env},
              "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 2}}}]
     proc, wd = run_in_allocation(tmp_path, jobs)
@@ -204,6 +263,135 @@ def test_openmpi_two_nodes(tmp_path: Path) -> None:
     assert sorted(int(r[0]) for r in rows) == [0, 1, 2, 3], (wd / "mpi.err").read_text()
     assert {r[1] for r in rows} == {"4"}
     assert len({r[2] for r in rows}) == 2
+
+
+def _together(name: str, names: list[str], script: str) -> str:
+    """`script`, then wait (at most 60 s) until every task of `names` has got so far: the tasks hold their
+    cores at the same time, so they run on different cores, some not on the allocation's first nodes."""
+    ready = " && ".join(f"[ -e ready.{n} ]" for n in names)
+    return f"{script}; touch ready.{name}; for i in $(seq 600); do {ready} && break; sleep 0.1; done"
+
+
+def _core_lines(entry: dict) -> list[str]:
+    """A task's nodes once per allocated core, in allocation order (what its hostfile says)."""
+    return [node for node, n in _allocation(entry["runtime"]["allocation"]) for _ in range(n)]
+
+
+def _no_task_hostfiles_left(wd: Path) -> None:
+    aux = next(wd.glob(".qcgpjm-service-*"))
+    assert not list(aux.rglob("*.hostfile")), list(aux.rglob("*.hostfile"))
+
+
+@pytest.mark.parametrize("ncores, extra", [(4, ()), (3, ()), (4, ("--slurm-partition-nodes", "2"))],
+                         ids=["2x2-cores", "2+1-cores", "partitions"])
+def test_a_tasks_own_srun_runs_on_the_tasks_nodes(tmp_path: Path, ncores: int, extra: tuple) -> None:
+    """Reference 8 "Execution environments" ("an appropriate machine file is created with a list of
+    resources for each task"): a task's own `srun` runs one process per allocated core on the task's own
+    nodes, and `srun -N<nodes> --ntasks-per-node=1` (how OpenMPI's mpirun starts its daemons) runs on them
+    too, without "Too few NodeNames in Slurm Hostfile". Two tasks hold their cores at once, so one is not
+    on the allocation's first nodes, where srun went before (SLURM_NODELIST alone does not steer it).
+    The hostfiles are gone after the run."""
+    names = ["a", "b"]
+    jobs = [{"name": n, "resources": {"numCores": {"exact": ncores}},
+             "execution": {"script": _together(n, names,
+                                               f"srun printenv SLURMD_NODENAME > {n}.all 2> {n}.all.err; "
+                                               f"srun -N$SLURM_NNODES --ntasks-per-node=1 printenv SLURMD_NODENAME "
+                                               f"> {n}.pernode 2> {n}.pernode.err")}} for n in names]
+    proc, wd = run_in_allocation(tmp_path, jobs, *extra)
+    _ok(proc)
+    rep = report(wd)
+    assert _core_lines(rep["a"]) != _core_lines(rep["b"]), rep
+    for n in names:
+        assert rep[n]["state"] == "SUCCEED", rep[n]
+        own = _core_lines(rep[n])
+        assert len(set(own)) == 2, own
+        all_err = (wd / f"{n}.all.err").read_text()
+        assert sorted((wd / f"{n}.all").read_text().split()) == sorted(own), (n, own, all_err)
+        pernode, err = (wd / f"{n}.pernode").read_text().split(), (wd / f"{n}.pernode.err").read_text()
+        assert "NodeNames" not in err, err
+        assert set(pernode) == set(own), (n, own, pernode, err)
+    _no_task_hostfiles_left(wd)
+
+
+@pytest.mark.parametrize("ncores", [4, 3], ids=["even", "uneven"])
+def test_srunmpi_beside_another_task_with_the_task_hostfile(tmp_path: Path, ncores: int) -> None:
+    """Reference 9 `srunmpi` (with 8's machine file of each task now in its env): two srunmpi tasks at once,
+    nodes with equal core counts (--nodelist) and unequal ones (-m arbitrary, its own hostfile); every rank
+    runs on the node its place in the allocation gives it."""
+    names = ["s1", "s2"]
+    jobs = [{"name": n, "resources": {"numCores": {"exact": ncores}},
+             "execution": {"exec": "bash", "model": "srunmpi", "stdout": f"{n}.out", "stderr": f"{n}.err",
+                           "args": ["-c", _together(n, names, "echo $SLURM_PROCID $SLURMD_NODENAME")]}}
+            for n in names]
+    proc, wd = run_in_allocation(tmp_path, jobs)
+    _ok(proc)
+    rep = report(wd)
+    for n in names:
+        err = (wd / f"{n}.err").read_text()
+        assert rep[n]["state"] == "SUCCEED", (rep[n], err)
+        rows = [line.split() for line in (wd / f"{n}.out").read_text().splitlines() if line.strip()]
+        expected = {str(rank): node for rank, node in enumerate(_core_lines(rep[n]))}
+        assert dict(rows) == expected, (n, rows, err)
+    _no_task_hostfiles_left(wd)
+
+
+@pytest.mark.mpi
+def test_openmpi_ranks_run_on_the_tasks_nodes(tmp_path: Path) -> None:
+    """Reference 9 `openmpi` and 8 ("an appropriate machine file is created with a list of resources for
+    each task"): two 2-node MPI tasks at once; every rank runs on the node its task's rankfile names.
+    Before, mpirun's daemons (started by `srun --ntasks-per-node=1` with no node list) went to the
+    allocation's first nodes, so the ranks of the task on the other nodes ran on another task's cores."""
+    hello = _mpi_hello(tmp_path)
+    names = ["m1", "m2"]
+    jobs = [{"name": n, "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 2}},
+             "execution": {"exec": "bash", "model": "openmpi", "stdout": f"{n}.out", "stderr": f"{n}.err",
+                           "args": ["-c", _together(n, names, f"{hello}")], "env": dict(OMPI_TEST_ENV)}}
+            for n in names]
+    # the rankfile's program is the barrier-wrapped hello: run it through bash under mpirun
+    proc, wd = run_in_allocation(tmp_path, jobs)
+    _ok(proc)
+    rep = report(wd)
+    assert set(_core_lines(rep["m1"])).isdisjoint(_core_lines(rep["m2"])), rep
+    for n in names:
+        err = (wd / f"{n}.err").read_text()
+        assert rep[n]["state"] == "SUCCEED", (rep[n], err)
+        rows = [line.split() for line in (wd / f"{n}.out").read_text().splitlines() if line.strip()]
+        expected = {str(rank): node for rank, node in enumerate(_core_lines(rep[n]))}
+        assert {rank: node for rank, _, node in rows} == expected, (n, rows, err)
+        assert {size for _, size, _ in rows} == {"4"}
+    _no_task_hostfiles_left(wd)
+
+
+def test_a_jobs_own_hostfile_and_openmpi_srun_args_are_kept(tmp_path: Path) -> None:
+    """Reference 8 (the machine file of each task) and 8.1 (the job's env): a task gets SLURM_HOSTFILE,
+    a private file listing its nodes once per core, and OMPI_MCA_plm_slurm_args naming its nodes; a job
+    that sets either in its `env` keeps its own, and its own hostfile steers its srun."""
+    names = ["ours", "mine"]
+    wd = tmp_path / "wd"
+    show = 'echo "$SLURM_HOSTFILE|$OMPI_MCA_plm_slurm_args|$SLURM_NODELIST" > {n}.env; cp "$SLURM_HOSTFILE" {n}.hosts; ' \
+           'stat -c %a "$SLURM_HOSTFILE" > {n}.mode; srun -n1 printenv SLURMD_NODENAME > {n}.srun'
+    own = {"SLURM_HOSTFILE": str(wd / "mine.hostlist"), "OMPI_MCA_plm_slurm_args": "--kill-on-bad-exit=1"}
+    jobs = [{"name": "ours", "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 2}},
+             "execution": {"script": _together("ours", names, show.format(n="ours"))}},
+            {"name": "mine", "resources": {"numNodes": {"exact": 2}, "numCores": {"exact": 2}},
+             "execution": {"env": own,
+                           "script": _together("mine", names, "echo $SLURM_NODELIST | cut -d, -f2 > mine.hostlist; "
+                                                              + show.format(n="mine"))}}]
+    proc, wd = run_in_allocation(tmp_path, jobs)
+    _ok(proc)
+    rep = report(wd)
+    assert all(rep[n]["state"] == "SUCCEED" for n in names), rep
+    hostfile, args, nodelist = (wd / "ours.env").read_text().strip().split("|")
+    assert (wd / "ours.hosts").read_text().split() == _core_lines(rep["ours"])
+    assert hostfile.startswith(str(next(wd.glob(".qcgpjm-service-*")))), hostfile   # not in the wd
+    assert (wd / "ours.mode").read_text().strip() == "600"
+    assert args == f"--nodelist={nodelist}"
+    assert nodelist.split(",") == list(dict.fromkeys(_core_lines(rep["ours"])))
+    assert (wd / "ours.srun").read_text().strip() == _core_lines(rep["ours"])[0]
+    hostfile, args, nodelist = (wd / "mine.env").read_text().strip().split("|")
+    assert (hostfile, args) == (own["SLURM_HOSTFILE"], own["OMPI_MCA_plm_slurm_args"])
+    assert (wd / "mine.srun").read_text().strip() == nodelist.split(",")[1]     # the node its own file names
+    _no_task_hostfiles_left(wd)
 
 
 def test_threshold_with_a_node_that_cannot_start_an_agent(tmp_path: Path) -> None:

@@ -71,6 +71,29 @@ def test_slurm_ntasks_per_node_when_uniform_and_hostfile():
     assert "SLURM_CPU_BIND" not in env
 
 
+def test_hostfile_brings_openmpi_srun_args_naming_the_tasks_nodes():
+    """Reference 8 ("an appropriate machine file is created with a list of resources for each task"): with
+    the task's hostfile comes OMPI_MCA_plm_slurm_args=--nodelist=<its nodes>, so that mpirun's daemons
+    (srun with no node list) start there; after the manager's own srun args for OpenMPI, if it has any."""
+    env = task_environment(BASE, {}, ALLOC, "s", envschema="slurm", hostfile="/scratch/h")
+    assert env["SLURM_HOSTFILE"] == "/scratch/h"
+    assert env["OMPI_MCA_plm_slurm_args"] == "--nodelist=n1,n2,n3"
+    base = {**BASE, "OMPI_MCA_plm_slurm_args": "--cpu-freq=high"}
+    env = task_environment(base, {}, ALLOC, "s", envschema="slurm", hostfile="/scratch/h")
+    assert env["OMPI_MCA_plm_slurm_args"] == "--cpu-freq=high --nodelist=n1,n2,n3"
+    env = task_environment(BASE, {}, ALLOC, "s", envschema="slurm")
+    assert "OMPI_MCA_plm_slurm_args" not in env and "SLURM_HOSTFILE" not in env
+
+
+def test_a_jobs_own_hostfile_and_openmpi_srun_args_are_kept():
+    """Reference 8.1: the job's env; unlike the other SLURM_* variables, a job's own SLURM_HOSTFILE and
+    OMPI_MCA_plm_slurm_args are kept (they steer its own srun and mpirun)."""
+    own = {"SLURM_HOSTFILE": "/mine", "OMPI_MCA_plm_slurm_args": "--exclusive", "SLURM_NNODES": "9"}
+    env = task_environment(BASE, own, ALLOC, "s", envschema="slurm", hostfile="/scratch/h")
+    assert env["SLURM_HOSTFILE"] == "/mine" and env["OMPI_MCA_plm_slurm_args"] == "--exclusive"
+    assert env["SLURM_NNODES"] == "3"
+
+
 def test_auto_schema_follows_the_base_environment():
     """'auto' picks slurm inside an allocation (SLURM_NODELIST and SLURM_JOB_CPUS_PER_NODE set)."""
     assert resolve_schemas("auto", {}) == {"common"}
